@@ -1,0 +1,1 @@
+//! SWIM + Lifeguard gossip membership (sans-IO).

@@ -1,0 +1,10 @@
+//! Tribune's sans-IO core.
+//!
+//! Nothing in this crate reads a clock, opens a socket, spawns a thread or draws from a
+//! global random source: time and randomness are inputs. The crate holds the KV index
+//! (`kv`), the replicated state machine (`fsm`) and the Raft glue (`raft`).
+
+pub mod fsm;
+pub mod gossip;
+pub mod kv;
+pub mod raft;

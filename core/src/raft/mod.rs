@@ -1,0 +1,1 @@
+//! Raft glue (openraft type config and storage).

@@ -1,0 +1,3 @@
+fn main() {
+    println!("tribune {}", env!("CARGO_PKG_VERSION"));
+}
