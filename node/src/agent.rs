@@ -1,0 +1,438 @@
+//! `tribune agent`: load the config, take the data_dir lock, set up logging, start the store,
+//! the HTTP API and the config watches; handle reload (SIGHUP, `/v1/agent/reload`) and leave
+//! (SIGINT, SIGTERM, `/v1/agent/leave`).
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde_json::json;
+use serde_json::Map;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::reload;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Registry;
+
+use crate::config;
+use crate::config::Config;
+use crate::config::LoadOptions;
+use crate::config::Source;
+use crate::flags;
+use crate::flags::FlagError;
+use crate::flags::Kind;
+use crate::http;
+use crate::http::AgentInfo;
+use crate::http::Api;
+use crate::http::Control;
+use crate::store::DevStore;
+use crate::store::Store;
+
+/// Agent flags: (flag, kind, config key path, value type).
+#[derive(Clone, Copy)]
+enum Ty {
+    Str,
+    Int,
+    Bool,
+    List,
+}
+
+const AGENT_FLAGS: &[(&str, Kind, &[&str], Ty)] = &[
+    ("node", Kind::Value, &["node_name"], Ty::Str),
+    ("node-id", Kind::Value, &["node_id"], Ty::Str),
+    ("server", Kind::Bool, &["server"], Ty::Bool),
+    ("bootstrap", Kind::Bool, &["bootstrap"], Ty::Bool),
+    ("bootstrap-expect", Kind::Value, &["bootstrap_expect"], Ty::Int),
+    ("bind", Kind::Value, &["bind_addr"], Ty::Str),
+    ("advertise", Kind::Value, &["advertise_addr"], Ty::Str),
+    ("client", Kind::Value, &["client_addr"], Ty::Str),
+    ("data-dir", Kind::Value, &["data_dir"], Ty::Str),
+    ("datacenter", Kind::Value, &["datacenter"], Ty::Str),
+    ("domain", Kind::Value, &["domain"], Ty::Str),
+    ("join", Kind::Value, &["retry_join"], Ty::List),
+    ("retry-join", Kind::Value, &["retry_join"], Ty::List),
+    ("retry-interval", Kind::Value, &["retry_interval"], Ty::Str),
+    ("encrypt", Kind::Value, &["encrypt"], Ty::Str),
+    ("log-level", Kind::Value, &["log_level"], Ty::Str),
+    ("log-json", Kind::Bool, &["log_json"], Ty::Bool),
+    ("syslog", Kind::Bool, &["enable_syslog"], Ty::Bool),
+    ("rejoin", Kind::Bool, &["rejoin_after_leave"], Ty::Bool),
+    ("ui", Kind::Bool, &["ui"], Ty::Bool),
+    ("http-port", Kind::Value, &["ports", "http"], Ty::Int),
+    ("dns-port", Kind::Value, &["ports", "dns"], Ty::Int),
+    ("serf-lan-port", Kind::Value, &["ports", "serf_lan"], Ty::Int),
+    ("serf-wan-port", Kind::Value, &["ports", "serf_wan"], Ty::Int),
+    ("server-port", Kind::Value, &["ports", "server"], Ty::Int),
+];
+
+const USAGE: &str = "Usage: tribune agent [options]\n\n  Starts the Tribune agent and runs until an interrupt is received.\n\n  -dev  -node=NAME  -config-dir=DIR  -config-file=FILE  -server  -bind=ADDR  -client=ADDR\n  -data-dir=DIR  -datacenter=DC  -bootstrap-expect=N  -join=ADDR  -retry-join=ADDR  -encrypt=KEY\n  -log-level=LEVEL  -log-json  -http-port=N  -dns-port=N  -serf-lan-port=N  -server-port=N";
+
+/// Parse the agent's command line into config load options.
+pub fn parse_args(argv: &[String]) -> Result<LoadOptions, FlagError> {
+    let mut specs: Vec<(&str, Kind)> = AGENT_FLAGS.iter().map(|(n, k, _, _)| (*n, *k)).collect();
+    specs.extend([("dev", Kind::Bool), ("config-dir", Kind::Value), ("config-file", Kind::Value), ("config-format", Kind::Value), ("pid-file", Kind::Value)]);
+    let p = flags::parse(&specs, argv)?;
+    if let Some(a) = p.args.first() {
+        return Err(FlagError::Bad(format!("unexpected argument: {a}")));
+    }
+    if let Some(f) = p.get("config-format").filter(|f| *f != "json") {
+        return Err(FlagError::Bad(format!("-config-format={f}: only json is supported")));
+    }
+    let mut opts = LoadOptions { dev: p.flag("dev"), ..Default::default() };
+    for (name, value) in &p.values {
+        match name.as_str() {
+            "config-dir" => opts.sources.push(Source::Dir(PathBuf::from(value))),
+            "config-file" => opts.sources.push(Source::File(PathBuf::from(value))),
+            _ => {}
+        }
+    }
+    let mut frag = Value::Object(Map::new());
+    for (name, value) in &p.values {
+        let Some((_, _, path, ty)) = AGENT_FLAGS.iter().find(|(n, ..)| n == name) else { continue };
+        let v = match ty {
+            Ty::Str => json!(value),
+            Ty::Bool => json!(value == "true"),
+            Ty::List => json!([value]),
+            Ty::Int => match value.parse::<i64>() {
+                Ok(n) => json!(n),
+                Err(_) => return Err(FlagError::Bad(format!("invalid value {value:?} for flag -{name}: expected an integer"))),
+            },
+        };
+        let mut nested = v;
+        for k in path.iter().rev() {
+            let mut m = Map::new();
+            m.insert(k.to_string(), nested);
+            nested = Value::Object(m);
+        }
+        config::merge(&mut frag, nested);
+    }
+    if let Value::Object(m) = frag {
+        opts.flags = m;
+    }
+    Ok(opts)
+}
+
+/// Writes log lines to stdout and, if enabled, to the local syslog socket.
+#[derive(Clone)]
+struct LogWriter {
+    syslog: Option<Arc<UnixDatagram>>,
+}
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Some(s) = &self.syslog {
+            // LOCAL0 (16) * 8 + info (6).
+            let mut msg = b"<134>tribune: ".to_vec();
+            msg.extend_from_slice(buf.strip_suffix(b"\n").unwrap_or(buf));
+            let _ = s.send(&msg);
+        }
+        std::io::stdout().write_all(buf)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stdout().flush()
+    }
+}
+
+type LevelHandle = reload::Handle<LevelFilter, Registry>;
+
+fn level_filter(level: &str) -> LevelFilter {
+    level.parse().unwrap_or(LevelFilter::INFO)
+}
+
+fn init_logging(cfg: &Config) -> (LevelHandle, Option<String>) {
+    let mut warning = None;
+    let syslog = if cfg.enable_syslog {
+        if Path::new("/dev/log").exists() {
+            match UnixDatagram::unbound().and_then(|s| s.connect("/dev/log").map(|_| s)) {
+                Ok(s) => Some(Arc::new(s)),
+                Err(e) => {
+                    warning = Some(format!("enable_syslog: cannot connect to /dev/log ({e}); logging to stdout only"));
+                    None
+                }
+            }
+        } else {
+            warning = Some("enable_syslog: /dev/log does not exist; logging to stdout only".into());
+            None
+        }
+    } else {
+        None
+    };
+    let (filter, handle) = reload::Layer::new(level_filter(&cfg.log_level));
+    let writer = LogWriter { syslog };
+    let make = move || writer.clone();
+    let registry = tracing_subscriber::registry().with(filter);
+    if cfg.log_json {
+        registry.with(tracing_subscriber::fmt::layer().json().with_ansi(false).with_writer(make)).init();
+    } else {
+        registry.with(tracing_subscriber::fmt::layer().with_ansi(false).with_target(false).with_writer(make)).init();
+    }
+    (handle, warning)
+}
+
+/// Hold an exclusive flock on `<data_dir>/tribune.lock` for the agent's lifetime.
+fn lock_data_dir(dir: &Path) -> Result<File, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("Error creating data_dir {}: {e}", dir.display()))?;
+    let path = dir.join("tribune.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("Error opening lock file {}: {e}", path.display()))?;
+    // SAFETY: flock on a valid, open file descriptor.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(format!(
+            "Error starting agent: data_dir {} is in use by another agent (could not lock {}: {})",
+            dir.display(),
+            path.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    let mut f = &file;
+    let _ = f.set_len(0);
+    let _ = writeln!(f, "{}", std::process::id());
+    Ok(file)
+}
+
+fn random_uuid() -> String {
+    let mut b = [0u8; 16];
+    let _ = getrandom::fill(&mut b);
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+fn node_id(cfg: &Config) -> Result<String, String> {
+    if let Some(id) = &cfg.node_id {
+        return Ok(id.clone());
+    }
+    let Some(dir) = &cfg.data_dir else { return Ok(random_uuid()) };
+    let path = dir.join("node-id");
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        let s = s.trim();
+        if !s.is_empty() {
+            return Ok(s.to_string());
+        }
+    }
+    let id = random_uuid();
+    std::fs::write(&path, &id).map_err(|e| format!("Error writing {}: {e}", path.display()))?;
+    Ok(id)
+}
+
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+fn compile_watches(cfg: &Config) -> Result<Vec<crate::watch::WatchSpec>, String> {
+    cfg.watches.iter().map(|w| crate::watch::parse_watch(w).map_err(|e| format!("Failed to compile watch: {e}"))).collect()
+}
+
+fn spawn_watches(api: &Arc<Api>, specs: Vec<crate::watch::WatchSpec>) -> Vec<tokio::task::JoinHandle<()>> {
+    specs.into_iter().map(|s| tokio::spawn(crate::watch::run(s, crate::watch::Source::Local(api.clone())))).collect()
+}
+
+pub async fn run(argv: &[String]) -> i32 {
+    let opts = match parse_args(argv) {
+        Ok(o) => o,
+        Err(FlagError::Help) => {
+            println!("{USAGE}");
+            return 0;
+        }
+        Err(FlagError::Bad(m)) => {
+            eprintln!("{m}\n\n{USAGE}");
+            return 1;
+        }
+    };
+    let (cfg, warnings) = match config::load(&opts) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("==> {e}");
+            return 1;
+        }
+    };
+    let watch_specs = match compile_watches(&cfg) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("==> {e}");
+            return 1;
+        }
+    };
+    let _lock = match &cfg.data_dir {
+        Some(dir) => match lock_data_dir(dir) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                eprintln!("==> {e}");
+                return 1;
+            }
+        },
+        None => None,
+    };
+    let node_id = match node_id(&cfg) {
+        Ok(id) => id,
+        Err(e) => {
+            eprintln!("==> {e}");
+            return 1;
+        }
+    };
+    raise_fd_limit();
+    let (level, log_warning) = init_logging(&cfg);
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    if let Some(w) = log_warning {
+        tracing::warn!("{w}");
+    }
+
+    let rpc_addr = format!("{}:{}", cfg.advertise_ip(), cfg.server_port);
+    if !cfg.dev {
+        tracing::warn!("replication is not wired in yet: serving a single-node in-memory store (data is not persisted)");
+    }
+    let store: Arc<dyn Store> = Arc::new(DevStore::new(rpc_addr.clone()));
+    let (control_tx, mut control_rx) = mpsc::unbounded_channel();
+    let api = Arc::new(Api {
+        store,
+        agent: AgentInfo {
+            node_name: cfg.node_name.clone(),
+            node_id: node_id.clone(),
+            datacenter: cfg.datacenter.clone(),
+            server: cfg.server,
+            bootstrap: cfg.bootstrap,
+            bootstrap_expect: cfg.bootstrap_expect,
+            advertise_ip: cfg.advertise_ip(),
+            serf_lan_port: cfg.serf_lan_port,
+            serf_wan_port: cfg.serf_wan_port,
+            server_port: cfg.server_port,
+            debug_config: cfg.raw.clone(),
+        },
+        kv_max_value_size: cfg.kv_max_value_size,
+        default_query_time: cfg.default_query_time,
+        max_query_time: cfg.max_query_time,
+        metrics: Arc::default(),
+        control: control_tx,
+    });
+
+    let listen = cfg.http_listen();
+    let listener = if cfg.http_port < 0 {
+        None
+    } else {
+        match tokio::net::TcpListener::bind(&listen).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::error!("Error starting agent: Failed to start HTTP listener on {listen}: {e}");
+                eprintln!("==> Error starting agent: Failed to start HTTP listener on {listen}: {e}");
+                return 1;
+            }
+        }
+    };
+    println!("==> Starting Tribune agent...");
+    println!("           Version: 'v{}'", http::VERSION);
+    println!("           Node ID: '{node_id}'");
+    println!("         Node name: '{}'", cfg.node_name);
+    println!("        Datacenter: '{}' (Segment: '<all>')", cfg.datacenter);
+    println!("            Server: {} (Bootstrap: {})", cfg.server, cfg.bootstrap);
+    println!("       Client Addr: [{}] (HTTP: {}, DNS: {})", cfg.client_addr, cfg.http_port, cfg.dns_port);
+    println!("      Cluster Addr: {} (LAN: {}, WAN: {})", cfg.advertise_ip(), cfg.serf_lan_port, cfg.serf_wan_port);
+    println!("==> Log data will now stream in as it occurs:");
+    if let Some(l) = listener {
+        let router = http::router(api.clone());
+        let per_client = cfg.http_max_conns_per_client;
+        tokio::spawn(http::serve(l, router, per_client, 65_536));
+        tracing::info!(address = %listen, "agent: Started HTTP server");
+    }
+    tracing::info!(leader = %rpc_addr, "agent: cluster leadership acquired (single node)");
+    let mut watches = spawn_watches(&api, watch_specs);
+    if !cfg.start_join.is_empty() || !cfg.retry_join.is_empty() {
+        tracing::warn!(start_join = ?cfg.start_join, retry_join = ?cfg.retry_join, "agent: joining is not available yet (gossip pending); running alone");
+    }
+    println!("==> Tribune agent running!");
+
+    use tokio::signal::unix::signal;
+    use tokio::signal::unix::SignalKind;
+    let (Ok(mut hup), Ok(mut int), Ok(mut term)) = (signal(SignalKind::hangup()), signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        tracing::error!("cannot install signal handlers");
+        return 1;
+    };
+    loop {
+        let reply = tokio::select! {
+            _ = hup.recv() => None,
+            _ = int.recv() => { tracing::info!("agent: Caught signal: interrupt; gracefully leaving"); break; }
+            _ = term.recv() => { tracing::info!("agent: Caught signal: terminated"); break; }
+            c = control_rx.recv() => match c {
+                Some(Control::Reload(tx)) => Some(tx),
+                Some(Control::Leave) | None => { tracing::info!("agent: Requesting shutdown (leave)"); break; }
+            },
+        };
+        tracing::info!("agent: Reloading configuration...");
+        let result = match config::load(&opts) {
+            Ok((new, warnings)) => {
+                for w in warnings {
+                    tracing::warn!("{w}");
+                }
+                match compile_watches(&new) {
+                    Ok(specs) => {
+                        let _ = level.modify(|f| *f = level_filter(&new.log_level));
+                        for w in watches.drain(..) {
+                            w.abort();
+                        }
+                        watches = spawn_watches(&api, specs);
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &result {
+            tracing::error!("agent: Failed to reload configs: {e}");
+        }
+        if let Some(tx) = reply {
+            let _ = tx.send(result);
+        }
+    }
+    tracing::info!("agent: shutdown complete");
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(s: &[&str]) -> Vec<String> {
+        s.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn flags_become_config() {
+        let o = parse_args(&argv(&["-dev", "-node=n1", "--http-port", "9001", "-join=a", "-retry-join", "b", "-config-dir=/etc/x", "-config-file", "/f.json", "-server"])).unwrap();
+        assert!(o.dev);
+        assert_eq!(o.sources, vec![Source::Dir("/etc/x".into()), Source::File("/f.json".into())]);
+        assert_eq!(Value::Object(o.flags), json!({"node_name": "n1", "ports": {"http": 9001}, "retry_join": ["a", "b"], "server": true}));
+        assert!(matches!(parse_args(&argv(&["-http-port=x"])), Err(FlagError::Bad(m)) if m.contains("http-port")));
+        assert!(matches!(parse_args(&argv(&["-bogus"])), Err(FlagError::Bad(_))));
+        assert!(matches!(parse_args(&argv(&["extra"])), Err(FlagError::Bad(_))));
+    }
+
+    #[test]
+    fn second_lock_on_data_dir_fails() {
+        let d = std::env::temp_dir().join(format!("tribune-lock-{}", std::process::id()));
+        let first = lock_data_dir(&d).unwrap();
+        let err = lock_data_dir(&d).unwrap_err();
+        assert!(err.contains("in use by another agent"), "{err}");
+        drop(first);
+        lock_data_dir(&d).unwrap();
+    }
+}

@@ -1,0 +1,263 @@
+//! The change hub: wakes exactly the blocking queries a write could affect.
+//!
+//! One fan-out channel per watched key and one per watched prefix, shared by every request
+//! watching it and removed when the last of them goes away. A write publishes what it
+//! touched (a key, a deleted prefix, or everything for a tombstone reap) and the hub wakes:
+//! - key watchers of that key, or of any key under a deleted prefix;
+//! - prefix watchers whose prefix is a prefix of the touched key, or (for a deleted prefix)
+//!   that start with it or that it starts with.
+//!
+//! Waiters subscribe *before* they read the state, so a write that lands between the read
+//! and the wait is never lost (the channel remembers it was signalled).
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::Arc;
+use std::sync::Mutex;
+
+use tokio::sync::watch;
+
+/// What a blocking query watches.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Topic {
+    Key(String),
+    Prefix(String),
+}
+
+/// What a write touched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Touched {
+    Key(String),
+    Tree(String),
+    All,
+}
+
+impl Touched {
+    /// From a KV operation (`KvOp::touched`), telling a tree delete apart.
+    pub fn of(op: &tribune_core::kv::KvOp) -> Touched {
+        use tribune_core::kv::KvOp;
+        match op {
+            KvOp::DeleteTree { prefix } => Touched::Tree(prefix.clone()),
+            other => match other.touched() {
+                Some(k) => Touched::Key(k.to_string()),
+                None => Touched::All,
+            },
+        }
+    }
+}
+
+#[derive(Default)]
+struct Maps {
+    keys: BTreeMap<String, watch::Sender<u64>>,
+    prefixes: BTreeMap<String, watch::Sender<u64>>,
+}
+
+impl Maps {
+    fn map<'a, 't>(&'a mut self, topic: &'t Topic) -> (&'a mut BTreeMap<String, watch::Sender<u64>>, &'t str) {
+        match topic {
+            Topic::Key(k) => (&mut self.keys, k.as_str()),
+            Topic::Prefix(p) => (&mut self.prefixes, p.as_str()),
+        }
+    }
+}
+
+/// Shared by the store (publisher) and the HTTP layer / watches (subscribers).
+#[derive(Clone, Default)]
+pub struct Hub {
+    inner: Arc<Mutex<Maps>>,
+}
+
+/// A registration on one topic; dropping it unregisters (and frees the topic's channel if
+/// it was the last).
+pub struct Subscription {
+    hub: Hub,
+    topic: Topic,
+    rx: Option<watch::Receiver<u64>>,
+}
+
+impl Subscription {
+    /// Wait until a write that could affect the topic is published after the subscription
+    /// was taken (or after the previous `changed` returned). Returns its index.
+    pub async fn changed(&mut self) -> u64 {
+        let rx = self.rx.as_mut().expect("live subscription");
+        // The sender lives as long as any receiver (the hub only drops it with no receivers).
+        let _ = rx.changed().await;
+        *rx.borrow_and_update()
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut maps = self.hub.inner.lock().unwrap();
+        drop(self.rx.take());
+        let (map, name) = maps.map(&self.topic);
+        if let Some(tx) = map.get(name) {
+            if tx.receiver_count() == 0 {
+                map.remove(name);
+            }
+        }
+    }
+}
+
+impl Hub {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn subscribe(&self, topic: Topic) -> Subscription {
+        let mut maps = self.inner.lock().unwrap();
+        let (map, name) = maps.map(&topic);
+        let rx = match map.get(name) {
+            Some(tx) => tx.subscribe(),
+            None => {
+                let (tx, rx) = watch::channel(0);
+                map.insert(name.to_string(), tx);
+                rx
+            }
+        };
+        drop(maps);
+        Subscription { hub: self.clone(), topic, rx: Some(rx) }
+    }
+
+    /// Number of distinct topics being watched (keys, prefixes).
+    pub fn topics(&self) -> (usize, usize) {
+        let maps = self.inner.lock().unwrap();
+        (maps.keys.len(), maps.prefixes.len())
+    }
+
+    /// Wake the watchers a write at `index` that touched `touched` could affect.
+    pub fn publish(&self, index: u64, touched: &Touched) {
+        let maps = self.inner.lock().unwrap();
+        let wake = |tx: &watch::Sender<u64>| {
+            tx.send_replace(index);
+        };
+        match touched {
+            Touched::All => {
+                maps.keys.values().for_each(wake);
+                maps.prefixes.values().for_each(wake);
+            }
+            Touched::Key(k) => {
+                if let Some(tx) = maps.keys.get(k.as_str()) {
+                    wake(tx);
+                }
+                for_each_prefix_of(&maps.prefixes, k, wake);
+            }
+            Touched::Tree(p) => {
+                for_each_under(&maps.keys, p, wake);
+                for_each_under(&maps.prefixes, p, wake);
+                // Prefix watchers that the deleted prefix starts with.
+                for_each_prefix_of(&maps.prefixes, p, wake);
+            }
+        }
+    }
+}
+
+/// Call `f` on every entry whose name is a prefix of `s` (including "" and `s` itself).
+fn for_each_prefix_of(map: &BTreeMap<String, watch::Sender<u64>>, s: &str, mut f: impl FnMut(&watch::Sender<u64>)) {
+    if map.is_empty() {
+        return;
+    }
+    for (i, _) in s.char_indices().chain(std::iter::once((s.len(), ' '))) {
+        if let Some(tx) = map.get(&s[..i]) {
+            f(tx);
+        }
+    }
+}
+
+/// Call `f` on every entry whose name starts with `p`.
+fn for_each_under(map: &BTreeMap<String, watch::Sender<u64>>, p: &str, mut f: impl FnMut(&watch::Sender<u64>)) {
+    for (_, tx) in map.range::<str, _>((Bound::Included(p), Bound::Unbounded)).take_while(|(k, _)| k.starts_with(p)) {
+        f(tx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    async fn woke(sub: &mut Subscription) -> bool {
+        tokio::time::timeout(Duration::from_millis(50), sub.changed()).await.is_ok()
+    }
+
+    fn key(k: &str) -> Topic {
+        Topic::Key(k.into())
+    }
+    fn prefix(p: &str) -> Topic {
+        Topic::Prefix(p.into())
+    }
+
+    #[tokio::test]
+    async fn key_write_wakes_only_its_watchers() {
+        let hub = Hub::new();
+        let mut ab = hub.subscribe(key("a/b"));
+        let mut cd = hub.subscribe(key("c/d"));
+        let mut pa = hub.subscribe(prefix("a/"));
+        let mut pc = hub.subscribe(prefix("c/"));
+        let mut all = hub.subscribe(prefix(""));
+        let mut abc = hub.subscribe(key("a/bc"));
+        hub.publish(5, &Touched::Key("a/b".into()));
+        assert!(woke(&mut ab).await);
+        assert!(woke(&mut pa).await);
+        assert!(woke(&mut all).await);
+        assert!(!woke(&mut cd).await);
+        assert!(!woke(&mut pc).await);
+        assert!(!woke(&mut abc).await);
+        // Woken once per publish.
+        assert!(!woke(&mut ab).await);
+    }
+
+    #[tokio::test]
+    async fn publish_before_wait_is_not_lost() {
+        let hub = Hub::new();
+        let mut ab = hub.subscribe(key("a/b"));
+        hub.publish(7, &Touched::Key("a/b".into()));
+        assert_eq!(tokio::time::timeout(Duration::from_millis(50), ab.changed()).await.unwrap(), 7);
+    }
+
+    #[tokio::test]
+    async fn tree_delete_wakes_keys_and_prefixes_both_ways() {
+        let hub = Hub::new();
+        let mut k_under = hub.subscribe(key("a/b/c"));
+        let mut k_other = hub.subscribe(key("b/x"));
+        let mut p_under = hub.subscribe(prefix("a/b/"));
+        let mut p_over = hub.subscribe(prefix("a"));
+        let mut p_other = hub.subscribe(prefix("b/"));
+        hub.publish(9, &Touched::Tree("a/".into()));
+        assert!(woke(&mut k_under).await);
+        assert!(woke(&mut p_under).await);
+        assert!(woke(&mut p_over).await);
+        assert!(!woke(&mut k_other).await);
+        assert!(!woke(&mut p_other).await);
+    }
+
+    #[tokio::test]
+    async fn reap_wakes_everyone() {
+        let hub = Hub::new();
+        let mut k = hub.subscribe(key("x"));
+        let mut p = hub.subscribe(prefix("y/"));
+        hub.publish(3, &Touched::All);
+        assert!(woke(&mut k).await);
+        assert!(woke(&mut p).await);
+    }
+
+    #[tokio::test]
+    async fn topics_are_shared_and_freed() {
+        let hub = Hub::new();
+        let subs: Vec<_> = (0..10_000).map(|_| hub.subscribe(key("same"))).collect();
+        let other = hub.subscribe(prefix("p/"));
+        assert_eq!(hub.topics(), (1, 1));
+        drop(subs);
+        assert_eq!(hub.topics(), (0, 1));
+        drop(other);
+        assert_eq!(hub.topics(), (0, 0));
+    }
+
+    #[test]
+    fn touched_of_ops() {
+        use tribune_core::kv::KvOp;
+        assert_eq!(Touched::of(&KvOp::Delete { key: "k".into() }), Touched::Key("k".into()));
+        assert_eq!(Touched::of(&KvOp::DeleteTree { prefix: "p".into() }), Touched::Tree("p".into()));
+        assert_eq!(Touched::of(&KvOp::ReapTombstones { up_to: 3 }), Touched::All);
+    }
+}

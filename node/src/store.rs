@@ -1,0 +1,204 @@
+//! The storage seam between the HTTP API / watches and replication.
+//!
+//! [`Store`] is what the API needs from a replicated state machine: apply a write and learn
+//! its outcome and index, read the state in a consistency mode, and have blocking queries
+//! woken by writes (through the [`Hub`]). [`DevStore`] is the single-node in-memory store
+//! behind `tribune agent -dev`; the Raft store implements the same trait.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::sync::RwLock;
+
+use tribune_core::fsm::Command;
+use tribune_core::fsm::Request;
+use tribune_core::fsm::Response;
+use tribune_core::fsm::StateMachine;
+
+use crate::hub::Hub;
+use crate::hub::Touched;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Consul's read consistency modes (`?consistent`, `?stale`, or neither).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consistency {
+    Default,
+    Consistent,
+    Stale,
+}
+
+impl Consistency {
+    /// The `X-Consul-Effective-Consistency` value.
+    pub fn header(self) -> &'static str {
+        match self {
+            Consistency::Default => "leader",
+            Consistency::Consistent => "consistent",
+            Consistency::Stale => "stale",
+        }
+    }
+}
+
+/// What a read reports besides its result (`X-Consul-KnownLeader`, `X-Consul-LastContact`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadMeta {
+    pub known_leader: bool,
+    pub last_contact_ms: u64,
+}
+
+#[allow(dead_code)] // constructed by the Raft store
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// No leader is known (HTTP 500 "No cluster leader").
+    NoLeader,
+    /// Anything else, with Consul-style text (HTTP 500).
+    Other(String),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::NoLeader => f.write_str("No cluster leader"),
+            StoreError::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// A replicated (or dev, single-node) state machine as the API sees it. Object safe: the
+/// agent holds an `Arc<dyn Store>`.
+pub trait Store: Send + Sync + 'static {
+    /// Apply a command through the log. The store assigns the client id / sequence number
+    /// (dedup of its own retries) and the log index; the response carries the index. After
+    /// the state machine applied it, the store must `hub().publish(index, &Touched::of(op))`
+    /// for every write whose outcome `changed` (on every node that applies it).
+    fn write(&self, cmd: Command) -> BoxFuture<'_, Result<Response, StoreError>>;
+
+    /// Make a read in `mode` safe to serve from the local state machine (Default: be the
+    /// leader or forward; Consistent: confirm leadership / read index and wait for apply;
+    /// Stale: nothing), and report the read's metadata. Called before every (re-)read.
+    fn read_barrier(&self, mode: Consistency) -> BoxFuture<'_, Result<ReadMeta, StoreError>>;
+
+    /// Run `f` on the local state machine (under its lock; keep `f` short).
+    fn with_state(&self, f: &mut dyn FnMut(&StateMachine));
+
+    /// The change hub the store publishes applied writes to.
+    fn hub(&self) -> &Hub;
+
+    /// The leader's server RPC address (`ip:port`), if one is known.
+    fn leader(&self) -> Option<String>;
+
+    /// The server RPC addresses of the voters.
+    fn peers(&self) -> Vec<String>;
+}
+
+/// Read the state in `mode`: barrier, then `f` on the state machine.
+pub async fn read<R>(store: &dyn Store, mode: Consistency, f: impl FnOnce(&StateMachine) -> R) -> Result<(R, ReadMeta), StoreError> {
+    let meta = store.read_barrier(mode).await?;
+    let mut f = Some(f);
+    let mut out = None;
+    store.with_state(&mut |sm| {
+        if let Some(f) = f.take() {
+            out = Some(f(sm));
+        }
+    });
+    Ok((out.expect("with_state ran the closure"), meta))
+}
+
+/// Single-node, in-memory store: the leader at once, every write applied directly.
+pub struct DevStore {
+    sm: RwLock<StateMachine>,
+    seq: Mutex<u64>,
+    hub: Hub,
+    rpc_addr: String,
+}
+
+/// The client id the dev store writes under (dedup is moot on one node, but the state
+/// machine sees the same shape of requests as under Raft).
+const DEV_CLIENT: u64 = 1;
+
+impl DevStore {
+    /// `rpc_addr` is what `/v1/status/leader` reports (`127.0.0.1:8300`).
+    pub fn new(rpc_addr: String) -> Self {
+        let mut sm = StateMachine::new();
+        // Index 1 is Consul's raft configuration entry: the first write gets index 2.
+        sm.apply_empty(1);
+        DevStore { sm: RwLock::new(sm), seq: Mutex::new(0), hub: Hub::new(), rpc_addr }
+    }
+
+    fn apply(&self, cmd: Command) -> Response {
+        let touched = match &cmd {
+            Command::Kv(op) => Touched::of(op),
+        };
+        let response = {
+            let mut seq = self.seq.lock().unwrap();
+            let mut sm = self.sm.write().unwrap();
+            *seq += 1;
+            let index = sm.last_applied() + 1;
+            sm.apply(index, &Request { client: DEV_CLIENT, seq: *seq, cmd })
+        };
+        if let Response::Kv { outcome, index } = response {
+            if outcome.changed {
+                self.hub.publish(index, &touched);
+            }
+        }
+        response
+    }
+}
+
+impl Store for DevStore {
+    fn write(&self, cmd: Command) -> BoxFuture<'_, Result<Response, StoreError>> {
+        let r = self.apply(cmd);
+        Box::pin(async move { Ok(r) })
+    }
+
+    fn read_barrier(&self, _mode: Consistency) -> BoxFuture<'_, Result<ReadMeta, StoreError>> {
+        Box::pin(async { Ok(ReadMeta { known_leader: true, last_contact_ms: 0 }) })
+    }
+
+    fn with_state(&self, f: &mut dyn FnMut(&StateMachine)) {
+        f(&self.sm.read().unwrap());
+    }
+
+    fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    fn leader(&self) -> Option<String> {
+        Some(self.rpc_addr.clone())
+    }
+
+    fn peers(&self) -> Vec<String> {
+        vec![self.rpc_addr.clone()]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::Topic;
+    use tribune_core::kv::KvOp;
+
+    fn set(k: &str, v: &str) -> Command {
+        Command::Kv(KvOp::Set { key: k.into(), value: v.as_bytes().to_vec(), flags: 0 })
+    }
+
+    #[tokio::test]
+    async fn first_write_is_index_2_and_publishes_changes_only() {
+        let s = DevStore::new("127.0.0.1:8300".into());
+        let mut sub = s.hub().subscribe(Topic::Key("a".into()));
+        let r = s.write(set("a", "1")).await.unwrap();
+        let Response::Kv { outcome, index } = r else { panic!("{r:?}") };
+        assert!(outcome.ok && outcome.changed);
+        assert_eq!(index, 2);
+        assert_eq!(tokio::time::timeout(std::time::Duration::from_millis(50), sub.changed()).await, Ok(2));
+        // Identical write: applied at a new index but changes nothing and wakes nobody.
+        let r = s.write(set("a", "1")).await.unwrap();
+        assert!(matches!(r, Response::Kv { outcome, index: 3 } if !outcome.changed));
+        assert!(tokio::time::timeout(std::time::Duration::from_millis(50), sub.changed()).await.is_err());
+        let (idx, meta) = read(&s, Consistency::Default, |sm| sm.kv().key_index("a")).await.unwrap();
+        assert_eq!(idx, 2);
+        assert!(meta.known_leader);
+    }
+}

@@ -1,0 +1,322 @@
+//! Watches (`key`, `keyprefix`): Consul's plan loop over a blocking query, with script,
+//! HTTP or stdout handlers. Used by agent-config `watches` (reading the local store) and by
+//! `tribune watch` (reading an agent over HTTP).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+use tribune_core::kv::Entry;
+
+use crate::client;
+use crate::flags::parse_duration;
+use crate::http::Api;
+use crate::http::ReadOpts;
+use crate::hub::Topic;
+use crate::store::Consistency;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchKind {
+    Key(String),
+    KeyPrefix(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handler {
+    /// Run `args` (through `$SHELL -c` when `shell`), JSON on stdin, CONSUL_INDEX in env.
+    Script { args: Vec<String>, shell: bool, inherit_output: bool },
+    Http { url: String, method: String, headers: Vec<(String, String)>, timeout: Duration },
+    /// Print the JSON to stdout (`tribune watch` without a handler).
+    Stdout,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchSpec {
+    pub kind: WatchKind,
+    pub handler: Handler,
+    pub stale: bool,
+}
+
+/// Parse one entry of the agent config's `watches`.
+pub fn parse_watch(v: &Value) -> Result<WatchSpec, String> {
+    let obj = v.as_object().ok_or("a watch must be an object")?;
+    let ty = obj.get("type").and_then(Value::as_str).ok_or("Watch type must be specified")?;
+    let common = ["type", "datacenter", "token", "args", "handler", "handler_type", "http_handler_config", "stale"];
+    let (kind, own): (WatchKind, &[&str]) = match ty {
+        "key" => (WatchKind::Key(str_param(obj, "key")?), &["key"]),
+        "keyprefix" => (WatchKind::KeyPrefix(str_param(obj, "prefix")?), &["prefix"]),
+        "services" | "nodes" | "service" | "checks" | "event" => return Err(format!("watch type {ty:?} is not supported yet")),
+        other => return Err(format!("Unsupported watch type: {other}")),
+    };
+    let unknown: Vec<&str> = obj.keys().map(String::as_str).filter(|k| !common.contains(k) && !own.contains(k)).collect();
+    if !unknown.is_empty() {
+        return Err(format!("Invalid parameters: {unknown:?}"));
+    }
+    let stale = obj.get("stale").and_then(Value::as_bool).unwrap_or(false);
+    let handler_type = obj.get("handler_type").and_then(Value::as_str);
+    let has_args = obj.contains_key("args");
+    let has_handler = obj.contains_key("handler");
+    let is_http = handler_type == Some("http");
+    if [has_args, has_handler, is_http].iter().filter(|b| **b).count() > 1 {
+        return Err("Only one watch handler allowed".into());
+    }
+    let handler = if is_http {
+        let c = obj.get("http_handler_config").and_then(Value::as_object).ok_or("http_handler_config is required for handler_type http")?;
+        let url = c.get("path").and_then(Value::as_str).ok_or("http_handler_config.path is required")?.to_string();
+        client::split_url(&url)?;
+        let method = c.get("method").and_then(Value::as_str).unwrap_or("POST").to_uppercase();
+        let timeout = match c.get("timeout").and_then(Value::as_str) {
+            Some(t) => parse_duration(t).ok_or_else(|| format!("http_handler_config.timeout: invalid duration {t:?}"))?,
+            None => Duration::from_secs(10),
+        };
+        let mut headers = Vec::new();
+        if let Some(h) = c.get("header").and_then(Value::as_object) {
+            for (k, vs) in h {
+                for v in vs.as_array().into_iter().flatten().filter_map(Value::as_str) {
+                    headers.push((k.clone(), v.to_string()));
+                }
+            }
+        }
+        Handler::Http { url, method, headers, timeout }
+    } else if has_args {
+        let args: Vec<String> = obj["args"].as_array().ok_or("args must be a list of strings")?.iter().filter_map(|a| a.as_str().map(str::to_string)).collect();
+        if args.is_empty() {
+            return Err("Must define a watch handler".into());
+        }
+        Handler::Script { args, shell: false, inherit_output: false }
+    } else if let Some(h) = obj.get("handler").and_then(Value::as_str) {
+        Handler::Script { args: vec![h.to_string()], shell: true, inherit_output: false }
+    } else {
+        return Err("Must define a watch handler".into());
+    };
+    Ok(WatchSpec { kind, handler, stale })
+}
+
+fn str_param(obj: &serde_json::Map<String, Value>, name: &str) -> Result<String, String> {
+    match obj.get(name) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(_) => Err(format!("{name} must be a string")),
+        None => Err(format!("Must specify a single {name} to watch")),
+    }
+}
+
+/// An entry as the Go API client (and so watch handlers) shows it.
+pub fn entry_watch_json(e: &Entry) -> Value {
+    json!({
+        "Key": e.key, "CreateIndex": e.create_index, "ModifyIndex": e.modify_index,
+        "LockIndex": e.lock_index, "Flags": e.flags,
+        "Value": if e.value.is_empty() { Value::Null } else { Value::String(crate::http::b64(&e.value)) },
+        "Session": e.session.clone().unwrap_or_default(),
+    })
+}
+
+/// Same, from the HTTP API's entry JSON.
+fn http_entry_to_watch(v: &Value) -> Value {
+    json!({
+        "Key": v.get("Key").cloned().unwrap_or(Value::Null),
+        "CreateIndex": v.get("CreateIndex").cloned().unwrap_or(json!(0)),
+        "ModifyIndex": v.get("ModifyIndex").cloned().unwrap_or(json!(0)),
+        "LockIndex": v.get("LockIndex").cloned().unwrap_or(json!(0)),
+        "Flags": v.get("Flags").cloned().unwrap_or(json!(0)),
+        "Value": v.get("Value").cloned().unwrap_or(Value::Null),
+        "Session": v.get("Session").cloned().unwrap_or(json!("")),
+    })
+}
+
+/// Where a watch reads from.
+#[derive(Clone)]
+pub enum Source {
+    Local(Arc<Api>),
+    /// An agent's HTTP address (`host:port`).
+    Remote(String),
+}
+
+const WATCH_WAIT: Duration = Duration::from_secs(300);
+
+impl Source {
+    async fn fetch(&self, kind: &WatchKind, stale: bool, index: u64) -> Result<(Value, u64), String> {
+        match self {
+            Source::Local(api) => {
+                let opts = ReadOpts { mode: if stale { Consistency::Stale } else { Consistency::Default }, min_index: index, wait: WATCH_WAIT };
+                let (topic, k) = match kind {
+                    WatchKind::Key(k) => (Topic::Key(k.clone()), k.clone()),
+                    WatchKind::KeyPrefix(p) => (Topic::Prefix(p.clone()), p.clone()),
+                };
+                let prefix = matches!(kind, WatchKind::KeyPrefix(_));
+                let (v, idx, _) = crate::http::blocking(&*api.store, &api.metrics, topic, &opts, |sm| {
+                    if prefix {
+                        let (es, i) = sm.kv().list(&k);
+                        (Value::Array(es.into_iter().map(entry_watch_json).collect()), i)
+                    } else {
+                        (sm.kv().get(&k).map(entry_watch_json).unwrap_or(Value::Null), sm.kv().key_index(&k))
+                    }
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+                Ok((v, idx.max(1)))
+            }
+            Source::Remote(addr) => {
+                let (key, recurse) = match kind {
+                    WatchKind::Key(k) => (k, false),
+                    WatchKind::KeyPrefix(p) => (p, true),
+                };
+                let mut path = format!("/v1/kv/{}?index={index}&wait=5m", crate::cli::escape_key(key));
+                if recurse {
+                    path.push_str("&recurse");
+                }
+                if stale {
+                    path.push_str("&stale");
+                }
+                let r = client::request(addr, "GET", &path, &[], b"", WATCH_WAIT + Duration::from_secs(60)).await?;
+                let idx = r.header("X-Consul-Index").and_then(|v| v.parse::<u64>().ok()).unwrap_or(1).max(1);
+                let v = match r.status {
+                    200 => {
+                        let arr: Value = serde_json::from_slice(&r.body).map_err(|e| format!("bad response: {e}"))?;
+                        let items: Vec<Value> = arr.as_array().map(|a| a.iter().map(http_entry_to_watch).collect()).unwrap_or_default();
+                        if recurse {
+                            Value::Array(items)
+                        } else {
+                            items.into_iter().next().unwrap_or(Value::Null)
+                        }
+                    }
+                    404 if recurse => Value::Array(vec![]),
+                    404 => Value::Null,
+                    s => return Err(format!("Unexpected response code: {s} ({})", r.text().trim())),
+                };
+                Ok((v, idx))
+            }
+        }
+    }
+}
+
+/// Consul's plan loop: fire on the first result, then whenever the index moves and the
+/// result differs. Handlers run in the loop, so bursts coalesce. Runs until cancelled.
+pub async fn run(spec: WatchSpec, source: Source) {
+    let mut last_index: u64 = 0;
+    let mut last_result: Option<Value> = None;
+    let mut failures: u32 = 0;
+    loop {
+        let (result, index) = match source.fetch(&spec.kind, spec.stale, last_index).await {
+            Ok(r) => r,
+            Err(e) => {
+                failures += 1;
+                let backoff = (Duration::from_secs(5) * failures.saturating_mul(failures)).min(Duration::from_secs(180));
+                tracing::error!(watch = ?spec.kind, error = %e, retry_in = ?backoff, "watch: query failed");
+                tokio::time::sleep(backoff).await;
+                continue;
+            }
+        };
+        failures = 0;
+        if last_result.is_some() && index == last_index {
+            continue;
+        }
+        // An index that went backwards means the data was reset: start over.
+        last_index = if index < last_index { 0 } else { index };
+        if last_result.as_ref() == Some(&result) {
+            continue;
+        }
+        last_result = Some(result.clone());
+        if let Source::Local(api) = &source {
+            api.metrics.watch_fires.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Err(e) = fire(&spec.handler, index, &result).await {
+            tracing::error!(watch = ?spec.kind, error = %e, "watch: handler failed");
+        }
+    }
+}
+
+async fn fire(handler: &Handler, index: u64, result: &Value) -> Result<(), String> {
+    match handler {
+        Handler::Stdout => {
+            println!("{}", serde_json::to_string_pretty(result).unwrap());
+            Ok(())
+        }
+        Handler::Script { args, shell, inherit_output } => {
+            let mut cmd = if *shell {
+                let sh = std::env::var("SHELL").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "/bin/sh".into());
+                let mut c = tokio::process::Command::new(sh);
+                c.arg("-c").arg(args.join(" "));
+                c
+            } else {
+                let mut c = tokio::process::Command::new(&args[0]);
+                c.args(&args[1..]);
+                c
+            };
+            cmd.env("CONSUL_INDEX", index.to_string()).stdin(std::process::Stdio::piped());
+            if !*inherit_output {
+                cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+            }
+            let mut child = cmd.spawn().map_err(|e| format!("failed to run {args:?}: {e}"))?;
+            let mut input = serde_json::to_vec(result).unwrap();
+            input.push(b'\n');
+            if let Some(mut stdin) = child.stdin.take() {
+                // A handler that does not read its input is not an error.
+                let _ = stdin.write_all(&input).await;
+            }
+            let out = child.wait_with_output().await.map_err(|e| format!("handler {args:?}: {e}"))?;
+            if !*inherit_output {
+                const KEEP: usize = 64 * 1024;
+                let mut captured = out.stdout;
+                captured.extend_from_slice(&out.stderr);
+                let total = captured.len();
+                captured.truncate(KEEP);
+                tracing::debug!(handler = ?args, "watch handler output (Captured {} of {} bytes): {}", captured.len(), total, String::from_utf8_lossy(&captured));
+            }
+            if !out.status.success() {
+                return Err(format!("handler {args:?} exited with {}", out.status));
+            }
+            Ok(())
+        }
+        Handler::Http { url, method, headers, timeout } => {
+            let (addr, path) = client::split_url(url)?;
+            let mut hs = headers.clone();
+            hs.push(("Content-Type".into(), "application/json".into()));
+            hs.push(("X-Consul-Index".into(), index.to_string()));
+            let body = serde_json::to_vec(result).unwrap();
+            let path = if path.is_empty() { "/".to_string() } else { path };
+            let r = client::request(&addr, method, &path, &hs, &body, *timeout).await?;
+            if !(200..300).contains(&r.status) {
+                return Err(format!("{method} {url}: status {}", r.status));
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_walkthrough_watches() {
+        let w = parse_watch(&json!({ "type": "key", "key": "foo/bar/baz", "handler_type": "script",
+            "args": ["/usr/bin/my-service-handler.sh", "-redis"] }))
+        .unwrap();
+        assert_eq!(w.kind, WatchKind::Key("foo/bar/baz".into()));
+        assert!(matches!(w.handler, Handler::Script { ref args, shell: false, .. } if args.len() == 2));
+        let w = parse_watch(&json!({ "type": "keyprefix", "prefix": "foo/", "handler_type": "http",
+            "http_handler_config": { "path": "http://localhost:8000/watch", "method": "POST",
+              "header": {"x-foo": ["bar", "baz"]}, "timeout": "10s", "tls_skip_verify": false } }))
+        .unwrap();
+        match w.handler {
+            Handler::Http { url, method, headers, timeout } => {
+                assert_eq!((url.as_str(), method.as_str(), timeout), ("http://localhost:8000/watch", "POST", Duration::from_secs(10)));
+                assert_eq!(headers.len(), 2);
+            }
+            h => panic!("{h:?}"),
+        }
+    }
+
+    #[test]
+    fn watch_errors() {
+        let err = |v: Value| parse_watch(&v).unwrap_err();
+        assert_eq!(err(json!({"key": "k", "args": ["x"]})), "Watch type must be specified");
+        assert_eq!(err(json!({"type": "key", "key": "k"})), "Must define a watch handler");
+        assert_eq!(err(json!({"type": "key", "key": "k", "args": ["x"], "handler": "y"})), "Only one watch handler allowed");
+        assert!(err(json!({"type": "key", "key": "k", "args": ["x"], "bogus": 1})).starts_with("Invalid parameters"));
+        assert!(err(json!({"type": "key", "args": ["x"]})).contains("key"));
+    }
+}
