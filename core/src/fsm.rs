@@ -130,6 +130,26 @@ impl StateMachine {
         response
     }
 
+    /// [`StateMachine::apply`], then check the write against the index rules and the
+    /// table invariants; the simulator runs every entry through this.
+    pub fn apply_checked(&mut self, index: u64, req: &Request) -> (Response, Result<(), String>) {
+        let Command::Kv(op) = &req.cmd;
+        let key = match op {
+            KvOp::Set { key, .. } | KvOp::Cas { key, .. } | KvOp::Delete { key } | KvOp::DeleteCas { key, .. } => {
+                Some(key.clone())
+            }
+            _ => None,
+        };
+        let before = key.as_ref().and_then(|k| self.kv.get(k).cloned());
+        let response = self.apply(index, req);
+        let applied_now = matches!(response, Response::Kv { index: at, .. } if at == index);
+        let mut verdict = self.check_invariants();
+        if let (Some(k), true, Ok(())) = (&key, applied_now, &verdict) {
+            verdict = crate::kv::check_transition(index, op, before.as_ref(), self.kv.get(k));
+        }
+        (response, verdict)
+    }
+
     fn apply_kv(&mut self, index: u64, op: &KvOp) -> KvOutcome {
         #[cfg(feature = "sabotage")]
         self.kv.set_sabotage_noop_bumps_index(self.sabotage.noop_bumps_index);
@@ -210,3 +230,15 @@ pub enum SnapshotError {
 #[cfg(test)]
 #[path = "fsm_test.rs"]
 mod fsm_test;
+
+impl std::fmt::Display for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "client {} seq {}: {:?}", self.client, self.seq, self.cmd)
+    }
+}
+
+impl std::fmt::Display for Response {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self:?}")
+    }
+}

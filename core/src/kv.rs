@@ -319,6 +319,47 @@ impl KvStore {
     }
 }
 
+/// Check one applied operation against the index rules (spec §3.5), given the entry for
+/// its key before and after. Deletes and tree operations are checked by the table
+/// invariants instead.
+pub fn check_transition(index: u64, op: &KvOp, before: Option<&Entry>, after: Option<&Entry>) -> Result<(), String> {
+    let (key, value, flags) = match op {
+        KvOp::Set { key, value, flags } | KvOp::Cas { key, value, flags, .. } => (key, value, *flags),
+        KvOp::Delete { key } => {
+            return match after {
+                Some(_) => Err(format!("{key}: still present after delete at {index}")),
+                None => Ok(()),
+            };
+        }
+        _ => return Ok(()),
+    };
+    let Some(a) = after else {
+        return match before {
+            Some(_) => Err(format!("{key}: vanished on a write at {index}")),
+            None => Ok(()), // a failed cas on a missing key
+        };
+    };
+    if a.create_index > a.modify_index || a.modify_index > index {
+        return Err(format!("{key}: CreateIndex {} ModifyIndex {} at write {index}", a.create_index, a.modify_index));
+    }
+    match before {
+        None if a.create_index != index || a.modify_index != index => {
+            Err(format!("{key}: created at {index} with CreateIndex {} ModifyIndex {}", a.create_index, a.modify_index))
+        }
+        None => Ok(()),
+        Some(b) if a.create_index != b.create_index => {
+            Err(format!("{key}: CreateIndex moved from {} to {} at {index}", b.create_index, a.create_index))
+        }
+        Some(b) if b.value == *value && b.flags == flags && a != b => {
+            Err(format!("{key}: identical write at {index} changed the entry (ModifyIndex {} -> {})", b.modify_index, a.modify_index))
+        }
+        Some(b) if a != b && a.modify_index != index => {
+            Err(format!("{key}: changed at {index} but ModifyIndex is {}", a.modify_index))
+        }
+        Some(_) => Ok(()),
+    }
+}
+
 #[cfg(test)]
 #[path = "kv_test.rs"]
 mod kv_test;

@@ -1,1 +1,119 @@
-fn main() {}
+//! `tribune-sim`: run seeded simulations. See `ci/sim --help`.
+
+#[cfg(not(madsim))]
+fn main() {
+    eprintln!("tribune-sim must be built with RUSTFLAGS=\"--cfg madsim\": run it through ci/sim");
+    std::process::exit(2);
+}
+
+#[cfg(madsim)]
+fn main() {
+    std::process::exit(cli::main());
+}
+
+#[cfg(madsim)]
+mod cli {
+    use std::time::Instant;
+
+    use tribune_sim::harness::run_seed;
+    use tribune_sim::Sabotage;
+
+    const USAGE: &str = "usage: ci/sim [--seeds N | --seed S] [--first F] [--sabotage NAME] [--list-sabotages] [--verbose]";
+
+    fn repro(seed: u64, sabotage: Sabotage) -> String {
+        match sabotage {
+            Sabotage::None => format!("ci/sim --seed {seed}"),
+            s => format!("ci/sim --seed {seed} --sabotage {}", s.name()),
+        }
+    }
+
+    pub fn main() -> i32 {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let mut seeds: Option<u64> = None;
+        let mut single: Option<u64> = None;
+        let mut first = 1u64;
+        let mut sabotage = Sabotage::None;
+        let mut verbose = false;
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let mut num = |name: &str| -> Result<u64, String> {
+                it.next().and_then(|v| v.parse().ok()).ok_or(format!("{name} needs a number"))
+            };
+            let r = match a.as_str() {
+                "--seeds" => num("--seeds").map(|n| seeds = Some(n)),
+                "--seed" => num("--seed").map(|n| single = Some(n)),
+                "--first" => num("--first").map(|n| first = n),
+                "--sabotage" => match it.next().and_then(|n| Sabotage::parse(n)) {
+                    Some(s) => {
+                        sabotage = s;
+                        Ok(())
+                    }
+                    None => Err("unknown sabotage (see --list-sabotages)".to_string()),
+                },
+                "--list-sabotages" => {
+                    for (name, _) in Sabotage::ALL {
+                        println!("{name}");
+                    }
+                    return 0;
+                }
+                "--verbose" | "-v" => {
+                    verbose = true;
+                    Ok(())
+                }
+                "--help" | "-h" => {
+                    println!("{USAGE}");
+                    return 0;
+                }
+                other => Err(format!("unknown argument {other}")),
+            };
+            if let Err(e) = r {
+                eprintln!("ci/sim: {e}\n{USAGE}");
+                return 2;
+            }
+        }
+
+        if let Some(seed) = single {
+            let started = Instant::now();
+            let r = run_seed(seed, sabotage);
+            println!(
+                "seed {seed}: ops={} unknown={} terms={} sim_ms={} wall_ms={}",
+                r.ops,
+                r.unknown,
+                r.leader_terms,
+                r.sim_ms,
+                started.elapsed().as_millis()
+            );
+            for f in &r.failures {
+                println!("FAIL seed={seed} property=\"{f}\" repro: {}", repro(seed, sabotage));
+            }
+            println!("trace {:016x}", r.trace);
+            return if r.failures.is_empty() { 0 } else { 1 };
+        }
+
+        let n = seeds.unwrap_or(300);
+        let started = Instant::now();
+        let (mut failed, mut ops, mut sim_ms, mut inconclusive) = (0u64, 0usize, 0u64, 0usize);
+        for seed in first..first + n {
+            let r = run_seed(seed, sabotage);
+            ops += r.ops;
+            sim_ms += r.sim_ms;
+            inconclusive += r.inconclusive;
+            if verbose {
+                println!("seed {seed}: ops={} unknown={} terms={} trace {:016x}", r.ops, r.unknown, r.leader_terms, r.trace);
+            }
+            if let Some(f) = r.failures.first() {
+                failed += 1;
+                println!("FAIL seed={seed} property=\"{f}\" repro: {}", repro(seed, sabotage));
+            }
+        }
+        let wall = started.elapsed().as_secs_f64();
+        println!(
+            "summary: sabotage={} seeds={n} failures={failed} ops_checked={ops} inconclusive_keys={inconclusive} sim_seconds={:.0} wall_seconds={wall:.1} sim_per_wall={:.0} seeds_per_min={:.0}",
+            sabotage.name(),
+            sim_ms as f64 / 1000.0,
+            sim_ms as f64 / 1000.0 / wall.max(1e-9),
+            n as f64 * 60.0 / wall.max(1e-9),
+        );
+        if failed == 0 { 0 } else { 1 }
+    }
+}

@@ -1,0 +1,316 @@
+//! One seed, end to end: build the cluster, run the workload under the fault plan, heal,
+//! demand liveness, and check everything.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::net::Ipv4Addr;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use madsim::net::NetSim;
+use madsim::runtime::Handle;
+use madsim::runtime::NodeHandle;
+use openraft::ServerState;
+use openraft_rt::watch::WatchReceiver;
+
+use crate::check::Fnv;
+use crate::check::Recorder;
+use crate::faults;
+use crate::lin;
+use crate::net::PORT;
+use crate::plan::Fault;
+use crate::plan::Plan;
+use crate::server;
+use crate::server::ServerCtx;
+use crate::workload;
+use crate::workload::ClientCfg;
+use crate::workload::History;
+use crate::Sabotage;
+
+/// What one seed produced.
+#[derive(Debug)]
+pub struct SeedReport {
+    pub seed: u64,
+    pub trace: u64,
+    pub ops: usize,
+    pub unknown: usize,
+    pub inconclusive: usize,
+    pub sim_ms: u64,
+    pub leader_terms: usize,
+    /// Broken properties; empty means the seed passed.
+    pub failures: Vec<String>,
+}
+
+fn server_ip(id: u64) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 0, 0, id as u8))
+}
+
+fn client_ip(i: u64) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 0, 1, i as u8))
+}
+
+struct Cluster {
+    handle: Handle,
+    nodes: BTreeMap<u64, NodeHandle>,
+    ctxs: BTreeMap<u64, Arc<ServerCtx>>,
+}
+
+impl Cluster {
+    fn mid(&self, id: u64) -> madsim::task::NodeId {
+        self.nodes[&id].id()
+    }
+
+    fn cut(&self, a: u64, b: u64, on: bool) {
+        let net = NetSim::current();
+        let (x, y) = (self.mid(a), self.mid(b));
+        if on {
+            net.clog_link(x, y);
+            net.clog_link(y, x);
+        } else {
+            net.unclog_link(x, y);
+            net.unclog_link(y, x);
+        }
+    }
+
+    fn leader(&self) -> Option<u64> {
+        let mut best: Option<(u64, u64)> = None;
+        for (id, ctx) in &self.ctxs {
+            if let Some((raft, _)) = ctx.live() {
+                let m = raft.metrics().borrow_watched().clone();
+                if m.state == ServerState::Leader && best.is_none_or(|(t, _)| m.current_term > t) {
+                    best = Some((m.current_term, *id));
+                }
+            }
+        }
+        best.map(|(_, id)| id)
+    }
+
+    fn kill(&self, id: u64) {
+        self.handle.kill(self.mid(id));
+        let ctx = &self.ctxs[&id];
+        *ctx.live.lock().unwrap() = None;
+        // kill -9: whatever was not synced is gone.
+        ctx.backend.crash();
+    }
+
+    fn restart(&self, id: u64) {
+        self.handle.restart(self.mid(id));
+    }
+
+    /// Apply a fault; returns how to undo it.
+    fn apply(&self, fault: &Fault) -> Box<dyn FnOnce(&Cluster)> {
+        let ids: Vec<u64> = self.ctxs.keys().copied().collect();
+        match fault.clone() {
+            Fault::Partition { side } => {
+                let pairs: Vec<(u64, u64)> = side
+                    .iter()
+                    .flat_map(|a| ids.iter().filter(|b| !side.contains(b)).map(move |b| (*a, *b)))
+                    .collect();
+                pairs.iter().for_each(|(a, b)| self.cut(*a, *b, true));
+                Box::new(move |c| pairs.iter().for_each(|(a, b)| c.cut(*a, *b, false)))
+            }
+            Fault::OneWay { from, to } => {
+                NetSim::current().clog_link(self.mid(from), self.mid(to));
+                Box::new(move |c| NetSim::current().unclog_link(c.mid(from), c.mid(to)))
+            }
+            Fault::IsolateLeader => match self.leader() {
+                Some(l) => {
+                    NetSim::current().clog_node(self.mid(l));
+                    Box::new(move |c| NetSim::current().unclog_node(c.mid(l)))
+                }
+                None => Box::new(|_| {}),
+            },
+            Fault::Bridge { bridge } => {
+                let rest: Vec<u64> = ids.iter().copied().filter(|i| *i != bridge).collect();
+                let (a, b) = rest.split_at(rest.len() / 2);
+                let pairs: Vec<(u64, u64)> = a.iter().flat_map(|x| b.iter().map(move |y| (*x, *y))).collect();
+                pairs.iter().for_each(|(x, y)| self.cut(*x, *y, true));
+                Box::new(move |c| pairs.iter().for_each(|(x, y)| c.cut(*x, *y, false)))
+            }
+            Fault::Loss(p) => {
+                NetSim::current().update_config(|c| c.packet_loss_rate = p);
+                Box::new(|_| NetSim::current().update_config(|c| c.packet_loss_rate = 0.0))
+            }
+            Fault::SlowNet(ms) => {
+                NetSim::current().update_config(|c| c.send_latency = Duration::from_millis(1)..Duration::from_millis(ms));
+                Box::new(|_| NetSim::current().update_config(|c| c.send_latency = base_latency()))
+            }
+            Fault::Duplicate(p) => {
+                faults::set_dup_rate(p);
+                Box::new(|_| faults::set_dup_rate(0.0))
+            }
+            Fault::Kill(id) => {
+                self.kill(id);
+                Box::new(move |c| c.restart(id))
+            }
+            Fault::KillAll => {
+                ids.iter().for_each(|id| self.kill(*id));
+                Box::new(move |c| ids.iter().for_each(|id| c.restart(*id)))
+            }
+        }
+    }
+}
+
+fn base_latency() -> std::ops::Range<Duration> {
+    Duration::from_millis(1)..Duration::from_millis(5)
+}
+
+/// Run one seed inside madsim.
+pub fn run_seed(seed: u64, sabotage: Sabotage) -> SeedReport {
+    faults::set_dup_rate(0.0);
+    let mut config = madsim::Config::default();
+    config.net.send_latency = base_latency();
+    let rt = madsim::runtime::Runtime::with_seed_and_config(seed, config);
+    rt.block_on(simulate(seed, sabotage))
+}
+
+async fn simulate(seed: u64, sabotage: Sabotage) -> SeedReport {
+    let plan = Plan::from_seed(seed);
+    let handle = Handle::current();
+    let start = madsim::time::Instant::now();
+    let recorder = Arc::new(Mutex::new(Recorder::default()));
+    let history = Arc::new(Mutex::new(History::default()));
+    let members: BTreeMap<u64, SocketAddr> =
+        (1..=plan.servers).map(|id| (id, SocketAddr::new(server_ip(id), PORT))).collect();
+
+    let mut cluster = Cluster { handle: handle.clone(), nodes: BTreeMap::new(), ctxs: BTreeMap::new() };
+    for (&id, &addr) in &members {
+        let ctx = Arc::new(ServerCtx::new(id, addr, members.clone(), recorder.clone(), sabotage));
+        let c = ctx.clone();
+        let node = handle
+            .create_node()
+            .name(format!("server-{id}"))
+            .ip(addr.ip())
+            .init(move || server::run(c.clone()))
+            .build();
+        cluster.nodes.insert(id, node);
+        cluster.ctxs.insert(id, ctx);
+    }
+    for i in 1..=plan.clients {
+        let cfg = ClientCfg {
+            id: 1000 + i,
+            addr: SocketAddr::new(client_ip(i), PORT),
+            servers: members.clone(),
+            keys: plan.keys,
+            think_ms: plan.think_ms,
+            until_ms: plan.safety_ms,
+            history: history.clone(),
+        };
+        handle.create_node().name(format!("client-{i}")).ip(cfg.addr.ip()).build().spawn(workload::run_client(cfg, start));
+    }
+
+    // Safety phase: the fault plan.
+    for ep in &plan.episodes {
+        madsim::time::sleep_until(start + Duration::from_millis(ep.at_ms)).await;
+        let undo = cluster.apply(&ep.fault);
+        madsim::time::sleep(Duration::from_millis(ep.for_ms)).await;
+        undo(&cluster);
+    }
+    madsim::time::sleep_until(start + Duration::from_millis(plan.safety_ms)).await;
+
+    // Liveness phase: no faults. A write must succeed and every server converge.
+    let mut failures = Vec::new();
+    let probe_history = Arc::new(Mutex::new(History::default()));
+    let probe = ClientCfg {
+        id: 999,
+        addr: SocketAddr::new(client_ip(200), PORT),
+        servers: members.clone(),
+        keys: 1,
+        think_ms: 0,
+        until_ms: 0,
+        history: probe_history.clone(),
+    };
+    let liveness_deadline = madsim::time::Instant::now() + Duration::from_millis(plan.liveness_ms);
+    let probe_done = Arc::new(Mutex::new(None::<u64>));
+    let pd = probe_done.clone();
+    handle.create_node().name("probe").ip(probe.addr.ip()).build().spawn(async move {
+        let index = workload::probe_write(probe).await;
+        *pd.lock().unwrap() = index;
+    });
+    // Let clients finish their last operations (bounded by their deadline).
+    madsim::time::sleep(Duration::from_millis(3_000)).await;
+    let mut converged = false;
+    while madsim::time::Instant::now() < liveness_deadline {
+        madsim::time::sleep(Duration::from_millis(100)).await;
+        let Some(target) = *probe_done.lock().unwrap() else { continue };
+        let applied: Vec<Option<u64>> = cluster
+            .ctxs
+            .values()
+            .map(|c| c.live().map(|(_, sm)| sm.read(|s| s.last_applied())))
+            .collect();
+        let top = applied.iter().flatten().max().copied().unwrap_or(0);
+        if top >= target && applied.iter().all(|a| *a == Some(top)) {
+            converged = true;
+            break;
+        }
+    }
+    if probe_done.lock().unwrap().is_none() {
+        failures.push(format!("liveness: no write succeeded within {} ms after healing", plan.liveness_ms));
+    } else if !converged {
+        failures.push("liveness: servers did not converge to one applied index after healing".to_string());
+    }
+
+    // Identical state at equal index.
+    let mut states: Vec<(u64, u64, Vec<u8>)> = Vec::new();
+    for (id, ctx) in &cluster.ctxs {
+        if let Some((_, sm)) = ctx.live() {
+            let (applied, snap, inv) = sm.read(|s| (s.last_applied(), s.snapshot(), s.check_invariants()));
+            if let Err(e) = inv {
+                failures.push(format!("state invariant on server {id}: {e}"));
+            }
+            states.push((*id, applied, snap));
+        }
+    }
+    for pair in states.windows(2) {
+        if pair[0].1 == pair[1].1 && pair[0].2 != pair[1].2 {
+            failures.push(format!("servers {} and {} differ at index {}", pair[0].0, pair[1].0, pair[0].1));
+        }
+    }
+
+    // Acknowledged writes, then invariants seen along the way.
+    let h = history.lock().unwrap();
+    {
+        let mut r = recorder.lock().unwrap();
+        for (index, req) in &h.acked {
+            r.acked(*index, req);
+        }
+        failures.extend(r.violations.iter().cloned());
+    }
+
+    // Linearizability, key by key.
+    let mut by_key: BTreeMap<&str, Vec<&lin::Op>> = BTreeMap::new();
+    for (k, op) in &h.ops {
+        by_key.entry(k.as_str()).or_default().push(op);
+    }
+    let mut inconclusive = 0;
+    for (k, ops) in &by_key {
+        match lin::check_key(ops) {
+            lin::Verdict::Linearizable => {}
+            lin::Verdict::Inconclusive => inconclusive += 1,
+            lin::Verdict::Violation(v) => failures.push(format!("linearizability of {k}: {v}")),
+        }
+    }
+
+    let mut trace = Fnv::default();
+    for (k, op) in &h.ops {
+        trace.bytes(k.as_bytes()).u64(op.client).u64(op.invoke).u64(op.complete);
+        trace.bytes(format!("{:?}{:?}", op.kind, op.outcome).as_bytes());
+    }
+    let r = recorder.lock().unwrap();
+    trace.u64(r.trace.finish());
+    for (_, applied, snap) in &states {
+        trace.u64(*applied).bytes(snap);
+    }
+    SeedReport {
+        seed,
+        trace: trace.finish(),
+        ops: h.ops.len(),
+        unknown: h.ops.iter().filter(|(_, o)| o.outcome == lin::Outcome::Unknown).count(),
+        inconclusive,
+        sim_ms: start.elapsed().as_millis() as u64,
+        leader_terms: r.leader_terms(),
+        failures,
+    }
+}

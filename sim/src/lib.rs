@@ -1,0 +1,59 @@
+//! Tribune's deterministic simulator: real openraft clusters over the real core stores,
+//! driven by madsim with a fault plan derived from one seed, checked for linearizability
+//! and Raft's safety properties. Build and run it with `ci/sim` (it sets `--cfg madsim`).
+
+pub mod check;
+pub mod lin;
+pub mod plan;
+
+#[cfg(madsim)]
+pub mod faults;
+#[cfg(madsim)]
+pub mod harness;
+#[cfg(madsim)]
+pub mod net;
+#[cfg(madsim)]
+pub mod runtime;
+#[cfg(madsim)]
+pub mod server;
+#[cfg(madsim)]
+mod watch;
+#[cfg(madsim)]
+pub mod workload;
+
+#[cfg(madsim)]
+tribune_core::declare_types!(pub SimTypes, crate::runtime::MadsimRuntime);
+
+/// A deliberately wrong variant of the real code that the checks must catch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sabotage {
+    None,
+    /// Any server answers linearizable reads from its local state.
+    StaleRead,
+    /// The leader acknowledges a write before it is committed.
+    AckBeforeCommit,
+    /// Log appends are acknowledged without fsync.
+    SkipFsync,
+    /// A write that changes nothing still bumps ModifyIndex.
+    NoopBumpsIndex,
+    /// Retried writes are applied again.
+    NoDedup,
+}
+
+impl Sabotage {
+    pub const ALL: [(&'static str, Sabotage); 5] = [
+        ("stale-read", Sabotage::StaleRead),
+        ("ack-before-commit", Sabotage::AckBeforeCommit),
+        ("skip-fsync", Sabotage::SkipFsync),
+        ("noop-bumps-index", Sabotage::NoopBumpsIndex),
+        ("no-dedup", Sabotage::NoDedup),
+    ];
+
+    pub fn parse(name: &str) -> Option<Sabotage> {
+        Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
+    }
+
+    pub fn name(self) -> &'static str {
+        Self::ALL.iter().find(|(_, s)| *s == self).map(|(n, _)| *n).unwrap_or("none")
+    }
+}

@@ -1,0 +1,126 @@
+//! The fault plan: plain data derived from one seed before the run starts.
+
+use rand::rngs::SmallRng;
+use rand::RngExt;
+use rand::SeedableRng;
+
+/// Servers are numbered 1..=n.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fault {
+    /// Cut the cluster into two sides, both directions.
+    Partition { side: Vec<u64> },
+    /// Drop traffic from one server to another only.
+    OneWay { from: u64, to: u64 },
+    /// Cut whoever leads at that moment off from everyone (clients too).
+    IsolateLeader,
+    /// Two halves that cannot talk, and one server that talks to both.
+    Bridge { bridge: u64 },
+    /// Lose this share of packets everywhere.
+    Loss(f64),
+    /// Deliver each packet after 1 ms up to this many ms: reordering.
+    SlowNet(u64),
+    /// Send this share of requests twice.
+    Duplicate(f64),
+    /// kill -9 one server; unsynced writes are lost.
+    Kill(u64),
+    /// Power loss: every server dies at once.
+    KillAll,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Episode {
+    pub at_ms: u64,
+    pub fault: Fault,
+    /// How long the fault lasts (for kills: until restart).
+    pub for_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub seed: u64,
+    pub servers: u64,
+    pub clients: u64,
+    pub keys: u64,
+    /// Faults happen in [0, safety_ms); then everything heals.
+    pub safety_ms: u64,
+    /// Fault-free time in which the cluster must converge and serve.
+    pub liveness_ms: u64,
+    pub episodes: Vec<Episode>,
+    /// Mean pause between one client's operations.
+    pub think_ms: u64,
+}
+
+impl Plan {
+    pub fn from_seed(seed: u64) -> Plan {
+        let mut rng = SmallRng::seed_from_u64(seed ^ 0x7472_6962_756e_6521);
+        let servers = if rng.random_bool(0.7) { 3 } else { 5 };
+        let safety_ms = 30_000;
+        let mut episodes = Vec::new();
+        let mut t = rng.random_range(500..2_000);
+        while t < safety_ms - 1_000 {
+            let for_ms = rng.random_range(300..4_000);
+            let node = rng.random_range(1..=servers);
+            let fault = match rng.random_range(0..100) {
+                0..=17 => {
+                    let size = rng.random_range(1..=servers / 2);
+                    let mut side: Vec<u64> = (1..=servers).collect();
+                    // deterministic shuffle, then take a minority
+                    for i in (1..side.len()).rev() {
+                        let j = rng.random_range(0..=i);
+                        side.swap(i, j);
+                    }
+                    side.truncate(size as usize);
+                    side.sort_unstable();
+                    Fault::Partition { side }
+                }
+                18..=27 => {
+                    let to = 1 + (node + rng.random_range(0..servers - 1)) % servers;
+                    Fault::OneWay { from: node, to }
+                }
+                28..=40 => Fault::IsolateLeader,
+                41..=47 => Fault::Bridge { bridge: node },
+                48..=57 => Fault::Loss(rng.random_range(0.05..0.3)),
+                58..=64 => Fault::SlowNet(rng.random_range(20..200)),
+                65..=71 => Fault::Duplicate(rng.random_range(0.1..0.5)),
+                72..=95 => Fault::Kill(node),
+                _ => Fault::KillAll,
+            };
+            let at_ms = t;
+            t += for_ms + rng.random_range(100..2_500);
+            episodes.push(Episode { at_ms, fault, for_ms });
+        }
+        Plan {
+            seed,
+            servers,
+            clients: rng.random_range(3..=5),
+            keys: rng.random_range(1..=4),
+            safety_ms,
+            liveness_ms: 10_000,
+            episodes,
+            think_ms: rng.random_range(30..120),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_is_a_function_of_the_seed() {
+        assert_eq!(Plan::from_seed(7), Plan::from_seed(7));
+        assert_ne!(Plan::from_seed(7).episodes, Plan::from_seed(8).episodes);
+    }
+
+    #[test]
+    fn plans_cover_every_fault_kind() {
+        let mut kinds = std::collections::BTreeSet::new();
+        for seed in 1..50 {
+            for e in Plan::from_seed(seed).episodes {
+                kinds.insert(std::mem::discriminant(&e.fault));
+                assert!(e.at_ms + 1 < 30_000);
+            }
+        }
+        assert_eq!(kinds.len(), 9);
+    }
+}
