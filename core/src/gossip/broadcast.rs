@@ -45,7 +45,10 @@ pub fn retransmit_limit(retransmit_mult: u32, n: usize) -> u32 {
 impl BroadcastQueue {
     /// An empty queue holding at most `max` parts.
     pub fn new(max: usize) -> BroadcastQueue {
-        BroadcastQueue { max: max.max(1), ..Default::default() }
+        BroadcastQueue {
+            max: max.max(1),
+            ..Default::default()
+        }
     }
 
     /// Queued parts.
@@ -70,7 +73,14 @@ impl BroadcastQueue {
         self.next_id += 1;
         let id = self.next_id;
         self.order.insert((0, u64::MAX - id, key.clone()));
-        self.items.insert(key, Item { part, transmits: 0, id });
+        self.items.insert(
+            key,
+            Item {
+                part,
+                transmits: 0,
+                id,
+            },
+        );
         while self.items.len() > self.max {
             if let Some(last) = self.order.iter().next_back().cloned() {
                 self.order.remove(&last);
@@ -83,7 +93,8 @@ impl BroadcastQueue {
     /// Drop the part queued under `key`, if any.
     pub fn remove(&mut self, key: &BroadcastKey) {
         if let Some(old) = self.items.remove(key) {
-            self.order.remove(&(old.transmits, u64::MAX - old.id, key.clone()));
+            self.order
+                .remove(&(old.transmits, u64::MAX - old.id, key.clone()));
         }
     }
 
@@ -106,7 +117,9 @@ impl BroadcastQueue {
         let mut out = Vec::with_capacity(chosen.len());
         for (t, inv, key) in chosen {
             self.order.remove(&(t, inv, key.clone()));
-            let Some(item) = self.items.get_mut(&key) else { continue };
+            let Some(item) = self.items.get_mut(&key) else {
+                continue;
+            };
             out.push(item.part.clone());
             item.transmits += 1;
             if item.transmits >= limit {

@@ -30,33 +30,89 @@ fn state() -> impl Strategy<Value = MemberState> {
 
 fn simple() -> impl Strategy<Value = Message> {
     prop_oneof![
-        (any::<u32>(), ".{0,12}", any::<u64>()).prop_map(|(seq, target, incarnation)| Message::Ping(Ping { seq, target, incarnation })),
-        (any::<u32>(), ".{0,12}", addr(), any::<bool>())
-            .prop_map(|(seq, target, target_addr, nack)| Message::IndirectPing(IndirectPing { seq, target, target_addr, nack })),
+        (any::<u32>(), ".{0,12}", any::<u64>()).prop_map(|(seq, target, incarnation)| {
+            Message::Ping(Ping {
+                seq,
+                target,
+                incarnation,
+            })
+        }),
+        (any::<u32>(), ".{0,12}", addr(), any::<bool>()).prop_map(
+            |(seq, target, target_addr, nack)| Message::IndirectPing(IndirectPing {
+                seq,
+                target,
+                target_addr,
+                nack
+            })
+        ),
         any::<u32>().prop_map(|seq| Message::Ack(Ack { seq })),
         any::<u32>().prop_map(|seq| Message::Nack(Nack { seq })),
-        (".{0,12}", addr(), tags(), any::<u64>())
-            .prop_map(|(name, addr, tags, incarnation)| Message::Alive(Alive { name, addr, tags, incarnation })),
-        (".{0,12}", any::<u64>(), ".{0,12}").prop_map(|(name, incarnation, from)| Message::Suspect(Suspect { name, incarnation, from })),
+        (".{0,12}", addr(), tags(), any::<u64>()).prop_map(|(name, addr, tags, incarnation)| {
+            Message::Alive(Alive {
+                name,
+                addr,
+                tags,
+                incarnation,
+            })
+        }),
+        (".{0,12}", any::<u64>(), ".{0,12}").prop_map(
+            |(name, incarnation, from)| Message::Suspect(Suspect {
+                name,
+                incarnation,
+                from
+            })
+        ),
         (".{0,12}", any::<u64>(), ".{0,12}", 0..3u8).prop_map(|(name, incarnation, from, r)| {
             let reason = [DeadReason::Failed, DeadReason::Left, DeadReason::Pruned][r as usize];
-            Message::Dead(Dead { name, incarnation, from, reason })
+            Message::Dead(Dead {
+                name,
+                incarnation,
+                from,
+                reason,
+            })
         }),
-        (any::<u64>(), ".{0,12}", proptest::collection::vec(any::<u8>(), 0..32))
-            .prop_map(|(ltime, name, payload)| Message::UserEvent(UserEvent { ltime, name, payload })),
-        (any::<bool>(), any::<bool>(), any::<u64>(), proptest::collection::vec((".{0,8}", addr(), tags(), any::<u64>(), state()), 0..4))
+        (
+            any::<u64>(),
+            ".{0,12}",
+            proptest::collection::vec(any::<u8>(), 0..32)
+        )
+            .prop_map(|(ltime, name, payload)| Message::UserEvent(UserEvent {
+                ltime,
+                name,
+                payload
+            })),
+        (
+            any::<bool>(),
+            any::<bool>(),
+            any::<u64>(),
+            proptest::collection::vec((".{0,8}", addr(), tags(), any::<u64>(), state()), 0..4)
+        )
             .prop_map(|(reply, join, event_ltime, ms)| {
                 let members = ms
                     .into_iter()
-                    .map(|(name, addr, tags, incarnation, state)| PushPullMember { name, addr, tags, incarnation, state })
+                    .map(|(name, addr, tags, incarnation, state)| PushPullMember {
+                        name,
+                        addr,
+                        tags,
+                        incarnation,
+                        state,
+                    })
                     .collect();
-                Message::PushPull(PushPull { reply, join, event_ltime, members })
+                Message::PushPull(PushPull {
+                    reply,
+                    join,
+                    event_ltime,
+                    members,
+                })
             }),
     ]
 }
 
 fn message() -> impl Strategy<Value = Message> {
-    prop_oneof![simple(), proptest::collection::vec(simple(), 0..5).prop_map(Message::Compound)]
+    prop_oneof![
+        simple(),
+        proptest::collection::vec(simple(), 0..5).prop_map(Message::Compound)
+    ]
 }
 
 proptest! {

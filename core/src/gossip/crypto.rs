@@ -123,7 +123,10 @@ impl Keyring {
     /// A ring from base64 keys; the first becomes the primary. At most `max` keys.
     pub fn new(keys: &[String], max: usize) -> Result<Keyring, KeyError> {
         let first = keys.first().ok_or(KeyError::Empty)?;
-        let mut ring = Keyring { keys: vec![Key::parse(first)?], max: max.max(1) };
+        let mut ring = Keyring {
+            keys: vec![Key::parse(first)?],
+            max: max.max(1),
+        };
         for k in &keys[1..] {
             ring.install(k)?;
         }
@@ -146,7 +149,11 @@ impl Keyring {
     /// Make an installed key the primary.
     pub fn use_key(&mut self, b64: &str) -> Result<(), KeyError> {
         let key = Key::parse(b64)?;
-        let i = self.keys.iter().position(|k| k.raw == key.raw).ok_or(KeyError::NotInstalled)?;
+        let i = self
+            .keys
+            .iter()
+            .position(|k| k.raw == key.raw)
+            .ok_or(KeyError::NotInstalled)?;
         let k = self.keys.remove(i);
         self.keys.insert(0, k);
         Ok(())
@@ -155,7 +162,11 @@ impl Keyring {
     /// Remove a secondary key.
     pub fn remove(&mut self, b64: &str) -> Result<(), KeyError> {
         let key = Key::parse(b64)?;
-        let i = self.keys.iter().position(|k| k.raw == key.raw).ok_or(KeyError::NotInstalled)?;
+        let i = self
+            .keys
+            .iter()
+            .position(|k| k.raw == key.raw)
+            .ok_or(KeyError::NotInstalled)?;
         if i == 0 {
             return Err(KeyError::RemovePrimary);
         }
@@ -177,7 +188,9 @@ impl Keyring {
     pub fn encrypt(&self, rng: &mut impl RngCore, plaintext: &[u8]) -> Vec<u8> {
         let mut nonce = [0u8; NONCE_LEN];
         rng.fill_bytes(&mut nonce);
-        let ct = self.keys[0].seal(&nonce, &[ENCRYPTED_VERSION], plaintext).unwrap_or_default();
+        let ct = self.keys[0]
+            .seal(&nonce, &[ENCRYPTED_VERSION], plaintext)
+            .unwrap_or_default();
         let mut out = Vec::with_capacity(OVERHEAD + plaintext.len());
         out.push(ENCRYPTED_VERSION);
         out.extend_from_slice(&nonce);
@@ -233,7 +246,10 @@ mod tests {
         assert_eq!(ring.decrypt(&ct), Err(DecryptError::NoKey));
         assert_eq!(ring.decrypt(&ct3).unwrap(), b"x");
         assert_eq!(ring.install("!!"), Err(KeyError::Base64));
-        assert_eq!(ring.install(&STANDARD.encode([1u8; 5])), Err(KeyError::Length(5)));
+        assert_eq!(
+            ring.install(&STANDARD.encode([1u8; 5])),
+            Err(KeyError::Length(5))
+        );
         assert_eq!(ring.decrypt(&[2, 1]), Err(DecryptError::NotEncrypted));
     }
 }

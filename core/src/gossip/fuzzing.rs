@@ -19,25 +19,72 @@ pub fn seed_messages() -> Vec<Message> {
     let mut tags = Tags::new();
     tags.insert("role".into(), "consul".into());
     tags.insert("dc".into(), "dc1".into());
-    let alive = Message::Alive(Alive { name: "node-0001".into(), addr: a, tags: tags.clone(), incarnation: 3 });
+    let alive = Message::Alive(Alive {
+        name: "node-0001".into(),
+        addr: a,
+        tags: tags.clone(),
+        incarnation: 3,
+    });
     vec![
-        Message::Ping(Ping { seq: 7, target: "fuzz".into(), incarnation: 0 }),
-        Message::IndirectPing(IndirectPing { seq: 8, target: "node-0001".into(), target_addr: a, nack: true }),
+        Message::Ping(Ping {
+            seq: 7,
+            target: "fuzz".into(),
+            incarnation: 0,
+        }),
+        Message::IndirectPing(IndirectPing {
+            seq: 8,
+            target: "node-0001".into(),
+            target_addr: a,
+            nack: true,
+        }),
         Message::Ack(Ack { seq: 7 }),
         Message::Nack(Nack { seq: 8 }),
         alive.clone(),
-        Message::Suspect(Suspect { name: "node-0001".into(), incarnation: 3, from: "node-0002".into() }),
-        Message::Suspect(Suspect { name: "fuzz".into(), incarnation: 1, from: "node-0002".into() }),
-        Message::Dead(Dead { name: "node-0001".into(), incarnation: 3, from: "node-0002".into(), reason: DeadReason::Failed }),
-        Message::Dead(Dead { name: "node-0001".into(), incarnation: 3, from: "node-0001".into(), reason: DeadReason::Left }),
-        Message::Dead(Dead { name: "node-0001".into(), incarnation: 4, from: "fuzz".into(), reason: DeadReason::Pruned }),
-        Message::UserEvent(UserEvent { ltime: 5, name: "deploy".into(), payload: b"v1".to_vec() }),
+        Message::Suspect(Suspect {
+            name: "node-0001".into(),
+            incarnation: 3,
+            from: "node-0002".into(),
+        }),
+        Message::Suspect(Suspect {
+            name: "fuzz".into(),
+            incarnation: 1,
+            from: "node-0002".into(),
+        }),
+        Message::Dead(Dead {
+            name: "node-0001".into(),
+            incarnation: 3,
+            from: "node-0002".into(),
+            reason: DeadReason::Failed,
+        }),
+        Message::Dead(Dead {
+            name: "node-0001".into(),
+            incarnation: 3,
+            from: "node-0001".into(),
+            reason: DeadReason::Left,
+        }),
+        Message::Dead(Dead {
+            name: "node-0001".into(),
+            incarnation: 4,
+            from: "fuzz".into(),
+            reason: DeadReason::Pruned,
+        }),
+        Message::UserEvent(UserEvent {
+            ltime: 5,
+            name: "deploy".into(),
+            payload: b"v1".to_vec(),
+        }),
         Message::Compound(vec![Message::Ack(Ack { seq: 1 }), alive.clone()]),
         Message::PushPull(PushPull {
             reply: false,
             join: true,
             event_ltime: 9,
-            members: vec![PushPullMember { name: "node-0001".into(), addr: a, tags, incarnation: 3, state: MemberState::Alive }],
+            members: vec![PushPullMember {
+                name: "node-0001".into(),
+                addr: a,
+                tags,
+                incarnation: 3,
+                state: MemberState::Alive,
+            }],
         }),
     ]
 }
@@ -63,13 +110,19 @@ pub fn seed_files() -> Vec<Vec<u8>> {
 /// What the fuzz target does with one input (`[mode, bytes...]`) (shared so the corpus replays identically):
 /// feed it to a live node as a packet and as a stream, check invariants.
 pub fn exercise(data: &[u8]) {
-    let Some((&mode, bytes)) = data.split_first() else { return };
+    let Some((&mode, bytes)) = data.split_first() else {
+        return;
+    };
     let keyed = mode & 1 == 1;
     let mut config = Config::lan();
     if keyed {
         config.keys = vec![FUZZ_KEY.to_owned()];
     }
-    let me = Identity { name: "fuzz".into(), addr: node_addr(0), tags: Tags::new() };
+    let me = Identity {
+        name: "fuzz".into(),
+        addr: node_addr(0),
+        tags: Tags::new(),
+    };
     let mut g = Gossip::new(Millis(0), config, me, [7; 32]).unwrap();
     let from = node_addr(1);
     g.handle_packet(Millis(10), from, bytes);

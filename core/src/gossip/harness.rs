@@ -38,16 +38,32 @@ pub struct NetConfig {
 
 impl Default for NetConfig {
     fn default() -> Self {
-        NetConfig { loss: 0.0, latency_min: Millis(1), latency_max: Millis(5) }
+        NetConfig {
+            loss: 0.0,
+            latency_min: Millis(1),
+            latency_max: Millis(5),
+        }
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Ev {
     Wake(usize),
-    Packet { to: usize, from: SocketAddr, bytes: Vec<u8> },
-    StreamRequest { to: usize, from: usize, bytes: Vec<u8> },
-    StreamReply { to: usize, from: SocketAddr, bytes: Vec<u8> },
+    Packet {
+        to: usize,
+        from: SocketAddr,
+        bytes: Vec<u8>,
+    },
+    StreamRequest {
+        to: usize,
+        from: usize,
+        bytes: Vec<u8>,
+    },
+    StreamReply {
+        to: usize,
+        from: SocketAddr,
+        bytes: Vec<u8>,
+    },
 }
 
 struct Slot {
@@ -161,14 +177,24 @@ impl Harness {
     /// Add a node named [`node_name`]`(i)` at [`node_addr`]`(i)`; it knows only itself.
     pub fn add_node(&mut self, config: Config, tags: Tags) -> usize {
         let i = self.nodes.len();
-        let identity = Identity { name: node_name(i), addr: node_addr(i), tags };
-        let seed = Gossip::seed_from_u64(self.seed ^ (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let identity = Identity {
+            name: node_name(i),
+            addr: node_addr(i),
+            tags,
+        };
+        let seed =
+            Gossip::seed_from_u64(self.seed ^ (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let gossip = match Gossip::new(self.now, config, identity, seed) {
             Ok(g) => g,
             Err(e) => panic!("harness node config invalid: {e}"),
         };
         self.by_addr.insert(node_addr(i), i);
-        self.nodes.push(Slot { gossip, addr: node_addr(i), up: true, wake: None });
+        self.nodes.push(Slot {
+            gossip,
+            addr: node_addr(i),
+            up: true,
+            wake: None,
+        });
         self.pump(i);
         i
     }
@@ -224,7 +250,9 @@ impl Harness {
     }
 
     fn reachable(&self, a: usize, b: usize) -> bool {
-        !self.isolated.contains(&a) && !self.isolated.contains(&b) && !self.cuts.contains(&(a.min(b), a.max(b)))
+        !self.isolated.contains(&a)
+            && !self.isolated.contains(&b)
+            && !self.cuts.contains(&(a.min(b), a.max(b)))
     }
 
     fn latency(&mut self) -> Millis {
@@ -252,7 +280,8 @@ impl Harness {
                         self.traffic.packets_lost += 1;
                         continue;
                     };
-                    let lost = self.net.loss > 0.0 && (self.rng.next_u64() as f64 / u64::MAX as f64) < self.net.loss;
+                    let lost = self.net.loss > 0.0
+                        && (self.rng.next_u64() as f64 / u64::MAX as f64) < self.net.loss;
                     if lost || !self.reachable(i, j) || self.muted.contains(&i) {
                         self.traffic.packets_lost += 1;
                         continue;
@@ -281,13 +310,23 @@ impl Harness {
     fn route_stream(&mut self, i: usize, to: SocketAddr, bytes: Vec<u8>, request: bool) {
         self.traffic.streams += 1;
         self.traffic.stream_bytes += bytes.len() as u64;
-        let Some(&j) = self.by_addr.get(&to) else { return };
+        let Some(&j) = self.by_addr.get(&to) else {
+            return;
+        };
         if !self.reachable(i, j) {
             return;
         }
         let at = self.now.plus(self.latency());
         let from = self.nodes[i].addr;
-        let ev = if request { Ev::StreamRequest { to: j, from: i, bytes } } else { Ev::StreamReply { to: j, from, bytes } };
+        let ev = if request {
+            Ev::StreamRequest {
+                to: j,
+                from: i,
+                bytes,
+            }
+        } else {
+            Ev::StreamReply { to: j, from, bytes }
+        };
         self.push(at, ev);
     }
 
@@ -297,7 +336,9 @@ impl Harness {
             Some(Reverse((at, _, _))) if *at <= until => {}
             _ => return false,
         }
-        let Some(Reverse((at, _, ev))) = self.heap.pop() else { return false };
+        let Some(Reverse((at, _, ev))) = self.heap.pop() else {
+            return false;
+        };
         self.now = self.now.max(at);
         let now = self.now;
         match ev {
@@ -330,7 +371,14 @@ impl Harness {
                     if self.reachable(to, from) {
                         let at = now.plus(self.latency());
                         let to_addr = self.nodes[to].addr;
-                        self.push(at, Ev::StreamReply { to: from, from: to_addr, bytes: reply });
+                        self.push(
+                            at,
+                            Ev::StreamReply {
+                                to: from,
+                                from: to_addr,
+                                bytes: reply,
+                            },
+                        );
                     }
                 }
             }
@@ -395,10 +443,20 @@ impl Harness {
                 let state = slot.gossip.member(&node_name(j)).map(|m| m.state);
                 if self.running(j) {
                     if state != Some(MemberState::Alive) {
-                        return Err(format!("{} sees running {} as {:?}", node_name(i), node_name(j), state));
+                        return Err(format!(
+                            "{} sees running {} as {:?}",
+                            node_name(i),
+                            node_name(j),
+                            state
+                        ));
                     }
                 } else if state.is_some_and(MemberState::is_live) {
-                    return Err(format!("{} still sees stopped {} as {:?}", node_name(i), node_name(j), state));
+                    return Err(format!(
+                        "{} still sees stopped {} as {:?}",
+                        node_name(i),
+                        node_name(j),
+                        state
+                    ));
                 }
             }
         }
@@ -413,7 +471,12 @@ impl Harness {
             }
             let state = slot.gossip.member(&node_name(victim)).map(|m| m.state);
             if state.is_some_and(MemberState::is_live) {
-                return Err(format!("{} sees {} as {:?}", node_name(i), node_name(victim), state));
+                return Err(format!(
+                    "{} sees {} as {:?}",
+                    node_name(i),
+                    node_name(victim),
+                    state
+                ));
             }
         }
         Ok(())

@@ -41,8 +41,8 @@ use rand_chacha::ChaCha12Rng;
 
 use super::broadcast::{retransmit_limit, BroadcastKey, BroadcastQueue};
 use super::codec::{
-    compound_len, encode_compound, Ack, Alive, Dead, DeadReason, IndirectPing,
-    Message, Nack, Ping, PushPull, PushPullMember, Suspect, UserEvent, VERSION,
+    compound_len, encode_compound, Ack, Alive, Dead, DeadReason, IndirectPing, Message, Nack, Ping,
+    PushPull, PushPullMember, Suspect, UserEvent, VERSION,
 };
 use super::config::Config;
 use super::counters::Counters;
@@ -220,7 +220,9 @@ impl std::fmt::Debug for Gossip {
 
 fn digest(bytes: &[u8]) -> u64 {
     // FNV-1a: only to key the broadcast queue.
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ *b as u64).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 fn tags_len(tags: &Tags) -> usize {
@@ -231,7 +233,12 @@ impl Gossip {
     /// A node that knows only itself (alive, incarnation 1). `seed` drives every random
     /// choice and every nonce: pass fresh OS randomness in production (never reuse a seed
     /// with the same key), a fixed value in tests.
-    pub fn new(now: Millis, config: Config, identity: Identity, seed: [u8; 32]) -> Result<Gossip, CommandError> {
+    pub fn new(
+        now: Millis,
+        config: Config,
+        identity: Identity,
+        seed: [u8; 32],
+    ) -> Result<Gossip, CommandError> {
         let keyring = if config.keys.is_empty() {
             None
         } else {
@@ -275,7 +282,11 @@ impl Gossip {
         g.names.push(me);
         g.broadcast_self_alive();
         // Stagger the periodic timers so nodes started together don't probe in lockstep.
-        let (pi, gi, ppi) = (g.config.probe_interval, g.config.gossip_interval, g.config.push_pull_interval);
+        let (pi, gi, ppi) = (
+            g.config.probe_interval,
+            g.config.gossip_interval,
+            g.config.push_pull_interval,
+        );
         let p = Millis(g.rng.next_u64() % pi.0.max(1));
         g.schedule(Timer::Probe, now.plus(p));
         let gj = Millis(g.rng.next_u64() % gi.0.max(1));
@@ -332,7 +343,12 @@ impl Gossip {
         self.members
             .values()
             .filter(|m| m.state.is_live())
-            .filter(|m| matches!(m.tags.get("role").map(String::as_str), Some("consul" | "server")))
+            .filter(|m| {
+                matches!(
+                    m.tags.get("role").map(String::as_str),
+                    Some("consul" | "server")
+                )
+            })
             .filter(|m| m.tags.get("dc").map(String::as_str) == Some(dc))
             .map(|m| ServerInfo {
                 name: m.name.clone(),
@@ -379,7 +395,10 @@ impl Gossip {
             Input::Packet { from, bytes } => self.handle_packet(now, from, &bytes),
             Input::Stream { from, bytes } => {
                 if let Some(reply) = self.handle_stream(now, from, &bytes) {
-                    self.push_output(Output::StreamReply { to: from, bytes: reply });
+                    self.push_output(Output::StreamReply {
+                        to: from,
+                        bytes: reply,
+                    });
                 }
             }
             Input::Timeout => self.handle_timeout(now),
@@ -395,7 +414,9 @@ impl Gossip {
     /// Fire every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Millis) {
         for _ in 0..100_000 {
-            let Some((at, timer)) = self.deadlines.iter().next().cloned() else { return };
+            let Some((at, timer)) = self.deadlines.iter().next().cloned() else {
+                return;
+            };
             if at > now {
                 return;
             }
@@ -439,7 +460,12 @@ impl Gossip {
 
     /// A stream payload arrived: a push-pull request (returns the reply to write back) or
     /// the reply to one of our requests (returns None). Invalid input is counted and dropped.
-    pub fn handle_stream(&mut self, now: Millis, _from: SocketAddr, bytes: &[u8]) -> Option<Vec<u8>> {
+    pub fn handle_stream(
+        &mut self,
+        now: Millis,
+        _from: SocketAddr,
+        bytes: &[u8],
+    ) -> Option<Vec<u8>> {
         self.counters.streams_in += 1;
         self.counters.stream_bytes_in += bytes.len() as u64;
         if self.has_left() {
@@ -488,12 +514,20 @@ impl Gossip {
         }
         let inc = self.local_incarnation();
         self.set_self_state(now, MemberState::Leaving);
-        let d = Dead { name: self.me.clone(), incarnation: inc, from: self.me.clone(), reason: DeadReason::Left };
+        let d = Dead {
+            name: self.me.clone(),
+            incarnation: inc,
+            from: self.me.clone(),
+            reason: DeadReason::Left,
+        };
         self.queue_broadcast(BroadcastKey::Member(self.me.clone()), &Message::Dead(d));
         self.cancel(&Timer::Probe);
         self.cancel(&Timer::ProbeTimeout);
         self.prober.current = None;
-        self.schedule(Timer::LeaveDone, now.plus(self.config.leave_propagate_delay));
+        self.schedule(
+            Timer::LeaveDone,
+            now.plus(self.config.leave_propagate_delay),
+        );
         Ok(())
     }
 
@@ -505,7 +539,10 @@ impl Gossip {
         if tags_len(&tags) > self.config.limits.tags_bytes_max {
             return Err(CommandError::TagsTooLarge);
         }
-        let m = self.members.get_mut(&self.me).ok_or(CommandError::NotRunning)?;
+        let m = self
+            .members
+            .get_mut(&self.me)
+            .ok_or(CommandError::NotRunning)?;
         m.tags = tags;
         m.incarnation += 1;
         m.state_change = now;
@@ -516,14 +553,23 @@ impl Gossip {
     }
 
     /// Fire a user event: stamped with the Lamport clock, delivered locally and broadcast.
-    pub fn user_event(&mut self, _now: Millis, name: &str, payload: Vec<u8>) -> Result<(), CommandError> {
+    pub fn user_event(
+        &mut self,
+        _now: Millis,
+        name: &str,
+        payload: Vec<u8>,
+    ) -> Result<(), CommandError> {
         if self.has_left() {
             return Err(CommandError::NotRunning);
         }
         if name.len() + payload.len() > self.config.limits.user_event_bytes_max {
             return Err(CommandError::EventTooLarge);
         }
-        let ev = UserEvent { ltime: self.event_clock, name: name.to_owned(), payload };
+        let ev = UserEvent {
+            ltime: self.event_clock,
+            name: name.to_owned(),
+            payload,
+        };
         self.event_clock += 1;
         self.receive_event(ev);
         Ok(())
@@ -533,13 +579,27 @@ impl Gossip {
     /// (same or lower incarnation) cannot bring it back; only the member itself can, by
     /// refuting with a higher incarnation. With `prune` the member is also forgotten
     /// (tombstoned) cluster-wide.
-    pub fn force_leave(&mut self, now: Millis, name: &str, prune: bool) -> Result<(), CommandError> {
+    pub fn force_leave(
+        &mut self,
+        now: Millis,
+        name: &str,
+        prune: bool,
+    ) -> Result<(), CommandError> {
         if name == self.me {
             return Err(CommandError::IsSelf);
         }
         let m = self.members.get(name).ok_or(CommandError::UnknownMember)?;
-        let reason = if prune { DeadReason::Pruned } else { DeadReason::Left };
-        let d = Dead { name: name.to_owned(), incarnation: m.incarnation, from: self.me.clone(), reason };
+        let reason = if prune {
+            DeadReason::Pruned
+        } else {
+            DeadReason::Left
+        };
+        let d = Dead {
+            name: name.to_owned(),
+            incarnation: m.incarnation,
+            from: self.me.clone(),
+            reason,
+        };
         self.dead_node(now, d);
         Ok(())
     }
@@ -551,26 +611,42 @@ impl Gossip {
 
     /// Install a secondary key.
     pub fn install_key(&mut self, b64: &str) -> Result<(), CommandError> {
-        Ok(self.keyring.as_mut().ok_or(CommandError::NoKeyring)?.install(b64)?)
+        Ok(self
+            .keyring
+            .as_mut()
+            .ok_or(CommandError::NoKeyring)?
+            .install(b64)?)
     }
 
     /// Make an installed key the primary.
     pub fn use_key(&mut self, b64: &str) -> Result<(), CommandError> {
-        Ok(self.keyring.as_mut().ok_or(CommandError::NoKeyring)?.use_key(b64)?)
+        Ok(self
+            .keyring
+            .as_mut()
+            .ok_or(CommandError::NoKeyring)?
+            .use_key(b64)?)
     }
 
     /// Remove a secondary key.
     pub fn remove_key(&mut self, b64: &str) -> Result<(), CommandError> {
-        Ok(self.keyring.as_mut().ok_or(CommandError::NoKeyring)?.remove(b64)?)
+        Ok(self
+            .keyring
+            .as_mut()
+            .ok_or(CommandError::NoKeyring)?
+            .remove(b64)?)
     }
 
     /// True once the leave completed.
     pub fn has_left(&self) -> bool {
-        self.members.get(&self.me).is_none_or(|m| m.state == MemberState::Left)
+        self.members
+            .get(&self.me)
+            .is_none_or(|m| m.state == MemberState::Left)
     }
 
     fn is_leaving(&self) -> bool {
-        self.members.get(&self.me).is_some_and(|m| m.state == MemberState::Leaving)
+        self.members
+            .get(&self.me)
+            .is_some_and(|m| m.state == MemberState::Leaving)
     }
 
     // ----- timers -----------------------------------------------------------------------
@@ -601,16 +677,26 @@ impl Gossip {
                 self.schedule(Timer::Gossip, now.plus(self.config.gossip_interval));
             }
             Timer::PushPull => {
-                if let Some((_, addr)) = self.random_members(1, now, |m, _| m.state.is_live()).pop() {
+                if let Some((_, addr)) = self.random_members(1, now, |m, _| m.state.is_live()).pop()
+                {
                     let bytes = self.push_pull_bytes(false, false);
                     self.send_stream(addr, bytes);
                 }
                 let n = self.members.len() as f64;
-                let mult = if n <= 32.0 { 1.0 } else { (n.log2() - 32f64.log2()).ceil() + 1.0 };
-                self.schedule(Timer::PushPull, now.plus(self.config.push_pull_interval.scale(mult)));
+                let mult = if n <= 32.0 {
+                    1.0
+                } else {
+                    (n.log2() - 32f64.log2()).ceil() + 1.0
+                };
+                self.schedule(
+                    Timer::PushPull,
+                    now.plus(self.config.push_pull_interval.scale(mult)),
+                );
             }
             Timer::Reconnect => {
-                let pick = self.random_members(1, now, |m, _| m.state == MemberState::Failed).pop();
+                let pick = self
+                    .random_members(1, now, |m, _| m.state == MemberState::Failed)
+                    .pop();
                 if let Some((_, addr)) = pick {
                     let bytes = self.push_pull_bytes(false, true);
                     self.send_stream(addr, bytes);
@@ -631,15 +717,24 @@ impl Gossip {
                 }
             }
             Timer::Suspicion(name) => {
-                let Some(m) = self.members.get(&name) else { return };
+                let Some(m) = self.members.get(&name) else {
+                    return;
+                };
                 if m.state != MemberState::Suspect {
                     return;
                 }
-                let d = Dead { name: name.clone(), incarnation: m.incarnation, from: self.me.clone(), reason: DeadReason::Failed };
+                let d = Dead {
+                    name: name.clone(),
+                    incarnation: m.incarnation,
+                    from: self.me.clone(),
+                    reason: DeadReason::Failed,
+                };
                 self.dead_node(now, d);
             }
             Timer::Relay(seq) => {
-                let Some(relay) = self.prober.relays.get_mut(&seq) else { return };
+                let Some(relay) = self.prober.relays.get_mut(&seq) else {
+                    return;
+                };
                 if relay.nacked || !relay.want_nack {
                     self.prober.relays.remove(&seq);
                     return;
@@ -647,7 +742,10 @@ impl Gossip {
                 relay.nacked = true;
                 let (origin, origin_seq) = (relay.origin, relay.origin_seq);
                 self.send_message(origin, &Message::Nack(Nack { seq: origin_seq }));
-                let rest = self.config.probe_timeout.scale((100 - self.config.nack_timeout_percent.min(100)) as f64 / 100.0);
+                let rest = self
+                    .config
+                    .probe_timeout
+                    .scale((100 - self.config.nack_timeout_percent.min(100)) as f64 / 100.0);
                 self.schedule(Timer::Relay(seq), now.plus(rest));
             }
         }
@@ -660,11 +758,19 @@ impl Gossip {
         if let Some(p) = self.prober.current.take() {
             if !p.acked {
                 self.counters.probes_failed += 1;
-                let delta = if p.indirect > 0 { p.indirect.saturating_sub(p.nacks) } else { 1 };
+                let delta = if p.indirect > 0 {
+                    p.indirect.saturating_sub(p.nacks)
+                } else {
+                    1
+                };
                 self.adjust_health(delta as i64);
                 if let Some(m) = self.members.get(&p.target) {
                     if m.state.is_live() {
-                        let s = Suspect { name: p.target.clone(), incarnation: m.incarnation, from: self.me.clone() };
+                        let s = Suspect {
+                            name: p.target.clone(),
+                            incarnation: m.incarnation,
+                            from: self.me.clone(),
+                        };
                         self.suspect_node(now, s);
                     }
                 }
@@ -672,14 +778,36 @@ impl Gossip {
         }
         self.cancel(&Timer::ProbeTimeout);
         if let Some(target) = self.next_probe_target() {
-            let (addr, incarnation) = (self.members[&target].addr, self.members[&target].incarnation);
+            let (addr, incarnation) = (
+                self.members[&target].addr,
+                self.members[&target].incarnation,
+            );
             let seq = self.prober.next_seq();
-            self.prober.current = Some(Probe { seq, target: target.clone(), acked: false, indirect: 0, nacks: 0 });
+            self.prober.current = Some(Probe {
+                seq,
+                target: target.clone(),
+                acked: false,
+                indirect: 0,
+                nacks: 0,
+            });
             self.counters.probes_sent += 1;
-            self.send_message(addr, &Message::Ping(Ping { seq, target, incarnation }));
-            self.schedule(Timer::ProbeTimeout, now.plus(self.scaled(self.config.probe_timeout)));
+            self.send_message(
+                addr,
+                &Message::Ping(Ping {
+                    seq,
+                    target,
+                    incarnation,
+                }),
+            );
+            self.schedule(
+                Timer::ProbeTimeout,
+                now.plus(self.scaled(self.config.probe_timeout)),
+            );
         }
-        self.schedule(Timer::Probe, now.plus(self.scaled(self.config.probe_interval)));
+        self.schedule(
+            Timer::Probe,
+            now.plus(self.scaled(self.config.probe_interval)),
+        );
     }
 
     fn next_probe_target(&mut self) -> Option<String> {
@@ -712,17 +840,28 @@ impl Gossip {
     }
 
     fn probe_timeout(&mut self, now: Millis) {
-        let Some(p) = self.prober.current.as_ref() else { return };
+        let Some(p) = self.prober.current.as_ref() else {
+            return;
+        };
         if p.acked {
             return;
         }
         let (seq, target) = (p.seq, p.target.clone());
-        let Some(addr) = self.members.get(&target).map(|m| m.addr) else { return };
+        let Some(addr) = self.members.get(&target).map(|m| m.addr) else {
+            return;
+        };
         let k = self.config.indirect_checks;
-        let helpers = self.random_members(k, now, |m, me| m.state == MemberState::Alive && m.name != me && m.name != target);
+        let helpers = self.random_members(k, now, |m, me| {
+            m.state == MemberState::Alive && m.name != me && m.name != target
+        });
         let n = helpers.len() as u32;
         for (_, h) in helpers {
-            let msg = Message::IndirectPing(IndirectPing { seq, target: target.clone(), target_addr: addr, nack: true });
+            let msg = Message::IndirectPing(IndirectPing {
+                seq,
+                target: target.clone(),
+                target_addr: addr,
+                nack: true,
+            });
             self.send_message(h, &msg);
         }
         if let Some(p) = self.prober.current.as_mut() {
@@ -785,7 +924,12 @@ impl Gossip {
                 let me = &self.members[&self.me];
                 if p.incarnation < me.incarnation {
                     // The prober missed our latest alive (e.g. a refutation): include it.
-                    let a = Alive { name: me.name.clone(), addr: me.addr, tags: me.tags.clone(), incarnation: me.incarnation };
+                    let a = Alive {
+                        name: me.name.clone(),
+                        addr: me.addr,
+                        tags: me.tags.clone(),
+                        incarnation: me.incarnation,
+                    };
                     self.send_messages(from, &[ack, Message::Alive(a)]);
                 } else {
                     self.send_message(from, &ack);
@@ -797,17 +941,37 @@ impl Gossip {
                     return;
                 }
                 let seq = self.prober.next_seq();
-                let relay = Relay { origin: from, origin_seq: ip.seq, want_nack: ip.nack, nacked: false };
+                let relay = Relay {
+                    origin: from,
+                    origin_seq: ip.seq,
+                    want_nack: ip.nack,
+                    nacked: false,
+                };
                 self.prober.relays.insert(seq, relay);
                 let incarnation = self.members.get(&ip.target).map_or(0, |m| m.incarnation);
-                self.send_message(ip.target_addr, &Message::Ping(Ping { seq, target: ip.target, incarnation }));
-                let wait = self.config.probe_timeout.scale(self.config.nack_timeout_percent.min(100) as f64 / 100.0);
+                self.send_message(
+                    ip.target_addr,
+                    &Message::Ping(Ping {
+                        seq,
+                        target: ip.target,
+                        incarnation,
+                    }),
+                );
+                let wait = self
+                    .config
+                    .probe_timeout
+                    .scale(self.config.nack_timeout_percent.min(100) as f64 / 100.0);
                 self.schedule(Timer::Relay(seq), now.plus(wait));
             }
             Message::Ack(a) => {
                 if let Some(relay) = self.prober.relays.remove(&a.seq) {
                     self.cancel(&Timer::Relay(a.seq));
-                    self.send_message(relay.origin, &Message::Ack(Ack { seq: relay.origin_seq }));
+                    self.send_message(
+                        relay.origin,
+                        &Message::Ack(Ack {
+                            seq: relay.origin_seq,
+                        }),
+                    );
                     return;
                 }
                 let mut healthy = false;
@@ -846,7 +1010,11 @@ impl Gossip {
             return;
         }
         let key = (e.name.clone(), e.payload.clone());
-        if self.events_seen.get(&e.ltime).is_some_and(|s| s.contains(&key)) {
+        if self
+            .events_seen
+            .get(&e.ltime)
+            .is_some_and(|s| s.contains(&key))
+        {
             self.counters.events_deduped += 1;
             return;
         }
@@ -854,7 +1022,9 @@ impl Gossip {
         self.events_seen_len += 1;
         // Bound the buffer: forget events outside the window, then the oldest.
         while let Some((&oldest, set)) = self.events_seen.iter().next() {
-            if oldest.saturating_add(window) >= self.event_clock && self.events_seen_len <= self.config.limits.event_buffer.max(1) {
+            if oldest.saturating_add(window) >= self.event_clock
+                && self.events_seen_len <= self.config.limits.event_buffer.max(1)
+            {
                 break;
             }
             self.events_seen_len -= set.len();
@@ -878,7 +1048,9 @@ impl Gossip {
 
     /// Someone says we are suspect / dead / alive-with-other-data at `inc`: outbid it.
     fn refute(&mut self, inc: u64) {
-        let Some(m) = self.members.get_mut(&self.me) else { return };
+        let Some(m) = self.members.get_mut(&self.me) else {
+            return;
+        };
         m.incarnation = m.incarnation.max(inc) + 1;
         self.counters.refutations += 1;
         self.adjust_health(1);
@@ -891,7 +1063,9 @@ impl Gossip {
                 return;
             }
             let m = &self.members[&self.me];
-            if a.incarnation > m.incarnation || (a.incarnation == m.incarnation && (a.addr != m.addr || a.tags != m.tags)) {
+            if a.incarnation > m.incarnation
+                || (a.incarnation == m.incarnation && (a.addr != m.addr || a.tags != m.tags))
+            {
                 self.refute(a.incarnation);
             }
             return;
@@ -924,7 +1098,9 @@ impl Gossip {
             }
             Some(m) => {
                 if a.incarnation <= m.incarnation {
-                    if matches!(m.state, MemberState::Left | MemberState::Failed) && a.incarnation == m.incarnation {
+                    if matches!(m.state, MemberState::Left | MemberState::Failed)
+                        && a.incarnation == m.incarnation
+                    {
                         self.counters.stale_ignored += 1;
                     }
                     return;
@@ -939,7 +1115,10 @@ impl Gossip {
                     m.state_change = now;
                 }
                 let info = m.info();
-                if matches!(old, MemberState::Failed | MemberState::Left | MemberState::Leaving) {
+                if matches!(
+                    old,
+                    MemberState::Failed | MemberState::Left | MemberState::Leaving
+                ) {
                     Some(Event::MemberJoined(info))
                 } else if changed {
                     Some(Event::MemberUpdated(info))
@@ -966,17 +1145,24 @@ impl Gossip {
             return;
         }
         let n = self.members.len();
-        let Some(m) = self.members.get_mut(&s.name) else { return };
+        let Some(m) = self.members.get_mut(&s.name) else {
+            return;
+        };
         if s.incarnation < m.incarnation {
             return;
         }
         match m.state {
             MemberState::Suspect => {
-                let Some(sus) = self.suspicions.get_mut(&s.name) else { return };
+                let Some(sus) = self.suspicions.get_mut(&s.name) else {
+                    return;
+                };
                 if sus.confirm(&s.from) {
                     let at = sus.deadline();
                     self.schedule(Timer::Suspicion(s.name.clone()), at);
-                    self.queue_broadcast(BroadcastKey::Member(s.name.clone()), &Message::Suspect(s));
+                    self.queue_broadcast(
+                        BroadcastKey::Member(s.name.clone()),
+                        &Message::Suspect(s),
+                    );
                 }
             }
             MemberState::Alive | MemberState::Leaving => {
@@ -1017,13 +1203,16 @@ impl Gossip {
         if d.incarnation < m.incarnation {
             return;
         }
-        let new = if d.reason == DeadReason::Failed { MemberState::Failed } else { MemberState::Left };
-        let old = m.state;
-        let transition = match (old, new) {
-            (MemberState::Left, _) => false,
-            (MemberState::Failed, MemberState::Failed) => false,
-            _ => true,
+        let new = if d.reason == DeadReason::Failed {
+            MemberState::Failed
+        } else {
+            MemberState::Left
         };
+        let old = m.state;
+        let transition = !matches!(
+            (old, new),
+            (MemberState::Left, _) | (MemberState::Failed, MemberState::Failed)
+        );
         if !transition && d.reason != DeadReason::Pruned {
             return;
         }
@@ -1037,7 +1226,11 @@ impl Gossip {
             self.cancel(&Timer::Suspicion(d.name.clone()));
         }
         if transition {
-            self.emit(if new == MemberState::Failed { Event::MemberFailed(info) } else { Event::MemberLeft(info) });
+            self.emit(if new == MemberState::Failed {
+                Event::MemberFailed(info)
+            } else {
+                Event::MemberLeft(info)
+            });
         }
         let name = d.name.clone();
         let pruned = d.reason == DeadReason::Pruned;
@@ -1054,39 +1247,84 @@ impl Gossip {
         self.event_clock = self.event_clock.max(pp.event_ltime);
         let refutations = self.counters.refutations;
         let mut peer = None;
-        for e in pp.members.into_iter().take(self.config.limits.member_count_max) {
+        for e in pp
+            .members
+            .into_iter()
+            .take(self.config.limits.member_count_max)
+        {
             let known = self.members.contains_key(&e.name) || e.name == self.me;
             match e.state {
                 MemberState::Alive | MemberState::Leaving => {
                     if peer.is_none() {
                         peer = Some(e.addr);
                     }
-                    self.alive_node(now, Alive { name: e.name, addr: e.addr, tags: e.tags, incarnation: e.incarnation })
+                    self.alive_node(
+                        now,
+                        Alive {
+                            name: e.name,
+                            addr: e.addr,
+                            tags: e.tags,
+                            incarnation: e.incarnation,
+                        },
+                    )
                 }
-                MemberState::Suspect | MemberState::Failed if known => {
-                    self.suspect_node(now, Suspect { name: e.name, incarnation: e.incarnation, from: self.me.clone() })
-                }
+                MemberState::Suspect | MemberState::Failed if known => self.suspect_node(
+                    now,
+                    Suspect {
+                        name: e.name,
+                        incarnation: e.incarnation,
+                        from: self.me.clone(),
+                    },
+                ),
                 MemberState::Left if known => self.dead_node(
                     now,
-                    Dead { name: e.name, incarnation: e.incarnation, from: self.me.clone(), reason: DeadReason::Left },
+                    Dead {
+                        name: e.name,
+                        incarnation: e.incarnation,
+                        from: self.me.clone(),
+                        reason: DeadReason::Left,
+                    },
                 ),
                 MemberState::Suspect => {
-                    let a = Alive { name: e.name.clone(), addr: e.addr, tags: e.tags, incarnation: e.incarnation };
+                    let a = Alive {
+                        name: e.name.clone(),
+                        addr: e.addr,
+                        tags: e.tags,
+                        incarnation: e.incarnation,
+                    };
                     self.alive_node(now, a);
-                    self.suspect_node(now, Suspect { name: e.name, incarnation: e.incarnation, from: self.me.clone() });
+                    self.suspect_node(
+                        now,
+                        Suspect {
+                            name: e.name,
+                            incarnation: e.incarnation,
+                            from: self.me.clone(),
+                        },
+                    );
                 }
                 MemberState::Failed | MemberState::Left => {
                     if self.members.len() >= self.config.limits.member_count_max {
                         self.counters.members_rejected += 1;
                         continue;
                     }
-                    if self.tombstones.get(&e.name).is_some_and(|(inc, _)| e.incarnation <= *inc) {
+                    if self
+                        .tombstones
+                        .get(&e.name)
+                        .is_some_and(|(inc, _)| e.incarnation <= *inc)
+                    {
                         continue;
                     }
                     self.names.push(e.name.clone());
                     self.members.insert(
                         e.name.clone(),
-                        Member { name: e.name, addr: e.addr, tags: e.tags, incarnation: e.incarnation, state: e.state, state_change: now },
+                        Member {
+                            name: e.name,
+                            addr: e.addr,
+                            tags: e.tags,
+                            incarnation: e.incarnation,
+                            state: e.state,
+                            state_change: now,
+                        },
                     );
                 }
             }
@@ -1096,7 +1334,12 @@ impl Gossip {
         if self.counters.refutations != refutations {
             if let Some(addr) = peer {
                 let me = &self.members[&self.me];
-                let a = Alive { name: me.name.clone(), addr: me.addr, tags: me.tags.clone(), incarnation: me.incarnation };
+                let a = Alive {
+                    name: me.name.clone(),
+                    addr: me.addr,
+                    tags: me.tags.clone(),
+                    incarnation: me.incarnation,
+                };
                 self.send_message(addr, &Message::Alive(a));
             }
         }
@@ -1124,7 +1367,9 @@ impl Gossip {
     }
 
     fn reap_member(&mut self, now: Millis, name: &str) {
-        let Some(m) = self.members.remove(name) else { return };
+        let Some(m) = self.members.remove(name) else {
+            return;
+        };
         self.names.retain(|n| n != name);
         if self.suspicions.remove(name).is_some() {
             self.cancel(&Timer::Suspicion(name.to_owned()));
@@ -1135,12 +1380,19 @@ impl Gossip {
 
     fn tombstone(&mut self, now: Millis, name: &str, inc: u64) {
         let until = now.plus(self.config.tombstone_timeout);
-        let e = self.tombstones.entry(name.to_owned()).or_insert((inc, until));
+        let e = self
+            .tombstones
+            .entry(name.to_owned())
+            .or_insert((inc, until));
         e.0 = e.0.max(inc);
         e.1 = until;
         while self.tombstones.len() > self.config.limits.tombstone_max {
             // Forget the tombstone expiring first.
-            let first = self.tombstones.iter().min_by_key(|(_, (_, u))| *u).map(|(n, _)| n.clone());
+            let first = self
+                .tombstones
+                .iter()
+                .min_by_key(|(_, (_, u))| *u)
+                .map(|(n, _)| n.clone());
             match first {
                 Some(n) => self.tombstones.remove(&n),
                 None => break,
@@ -1168,7 +1420,12 @@ impl Gossip {
 
     fn broadcast_self_alive(&mut self) {
         let m = &self.members[&self.me];
-        let a = Alive { name: m.name.clone(), addr: m.addr, tags: m.tags.clone(), incarnation: m.incarnation };
+        let a = Alive {
+            name: m.name.clone(),
+            addr: m.addr,
+            tags: m.tags.clone(),
+            incarnation: m.incarnation,
+        };
         self.queue_broadcast(BroadcastKey::Member(self.me.clone()), &Message::Alive(a));
     }
 
@@ -1229,7 +1486,12 @@ impl Gossip {
                 state: m.state,
             })
             .collect();
-        let pp = PushPull { reply, join, event_ltime: self.event_clock, members };
+        let pp = PushPull {
+            reply,
+            join,
+            event_ltime: self.event_clock,
+            members,
+        };
         let plain = Message::PushPull(pp).encode();
         self.seal(plain)
     }
@@ -1245,7 +1507,11 @@ impl Gossip {
             m.state.is_live() || now.since(m.state_change) < dead_window
         });
         let overhead = if self.keyring.is_some() { OVERHEAD } else { 0 };
-        let budget = self.config.limits.packet_bytes_max.saturating_sub(overhead + 2 + 2);
+        let budget = self
+            .config
+            .limits
+            .packet_bytes_max
+            .saturating_sub(overhead + 2 + 2);
         let limit = retransmit_limit(self.config.retransmit_mult, self.members.len());
         for (_, addr) in targets {
             let parts = self.broadcasts.take(budget, limit);

@@ -38,7 +38,11 @@ fn join_converges() {
         assert!(h.node_ref(i).members().iter().all(|m| m.status == 1));
     }
     // Each node reported each other node joining.
-    let joins = h.log().iter().filter(|(_, _, e)| matches!(e, Event::MemberJoined(_))).count();
+    let joins = h
+        .log()
+        .iter()
+        .filter(|(_, _, e)| matches!(e, Event::MemberJoined(_)))
+        .count();
     assert!(joins >= 8 * 7, "{joins}");
 }
 
@@ -46,11 +50,18 @@ fn join_converges() {
 fn false_suspicion_is_refuted() {
     let mut h = cluster(6, 2);
     let before = h.node_ref(2).local().incarnation;
-    let s = Message::Suspect(Suspect { name: node_name(2), incarnation: before, from: node_name(1) });
+    let s = Message::Suspect(Suspect {
+        name: node_name(2),
+        incarnation: before,
+        from: node_name(1),
+    });
     let now = h.now();
     h.node(1).handle_packet(now, node_addr(1), &s.encode());
     h.pump(1);
-    assert_eq!(h.node_ref(1).member(&node_name(2)).unwrap().state, MemberState::Suspect);
+    assert_eq!(
+        h.node_ref(1).member(&node_name(2)).unwrap().state,
+        MemberState::Suspect
+    );
     h.run_for(Millis::secs(10));
     h.check_converged().unwrap();
     assert!(h.node_ref(2).local().incarnation > before);
@@ -66,7 +77,10 @@ fn dead_node_is_detected() {
     h.run_for(Millis::secs(30));
     h.check_failed(3).unwrap();
     h.check_converged().unwrap();
-    let first = h.log().iter().find(|(_, _, e)| matches!(e, Event::MemberFailed(m) if m.name == node_name(3)));
+    let first = h
+        .log()
+        .iter()
+        .find(|(_, _, e)| matches!(e, Event::MemberFailed(m) if m.name == node_name(3)));
     assert!(first.unwrap().0.since(t0) < Millis::secs(20));
     for i in [0, 1, 2, 4, 5] {
         assert_eq!(h.node_ref(i).member(&node_name(3)).unwrap().status, 4);
@@ -114,7 +128,10 @@ fn partition_and_heal() {
 }
 
 fn keyed(key: &str) -> Config {
-    Config { keys: vec![key.to_owned()], ..Config::lan() }
+    Config {
+        keys: vec![key.to_owned()],
+        ..Config::lan()
+    }
 }
 
 #[test]
@@ -136,11 +153,17 @@ fn key_rotation_keeps_cluster_up() {
     for i in 0..5 {
         h.node(i).remove_key(&k1).unwrap();
         assert_eq!(h.node_ref(i).list_keys().unwrap(), vec![k2.clone()]);
-        assert!(matches!(h.node(i).remove_key(&k2), Err(CommandError::Key(KeyError::RemovePrimary))));
+        assert!(matches!(
+            h.node(i).remove_key(&k2),
+            Err(CommandError::Key(KeyError::RemovePrimary))
+        ));
     }
     h.run_for(Millis::secs(60));
     h.check_converged().unwrap();
-    assert!(!h.log().iter().any(|(_, _, e)| matches!(e, Event::MemberFailed(_))));
+    assert!(!h
+        .log()
+        .iter()
+        .any(|(_, _, e)| matches!(e, Event::MemberFailed(_))));
     assert_eq!(h.node_ref(0).counters().decrypt_failed, 0);
 }
 
@@ -159,7 +182,10 @@ fn wrong_key_never_appears_alive() {
     for i in 0..4 {
         for stranger in [4, 5] {
             let m = h.node_ref(i).member(&node_name(stranger));
-            assert!(m.as_ref().is_none_or(|m| !m.state.is_live()), "{i} sees {stranger}: {m:?}");
+            assert!(
+                m.as_ref().is_none_or(|m| !m.state.is_live()),
+                "{i} sees {stranger}: {m:?}"
+            );
         }
     }
     assert!(h.node_ref(0).counters().decrypt_failed > 0);
@@ -180,10 +206,19 @@ fn force_leave_survives_stale_gossip() {
     h.pump(0);
     h.run_for(Millis::secs(5));
     for i in [0, 1, 2, 4, 5] {
-        assert_eq!(h.node_ref(i).member(&victim).unwrap().state, MemberState::Left, "node {i}");
+        assert_eq!(
+            h.node_ref(i).member(&victim).unwrap().state,
+            MemberState::Left,
+            "node {i}"
+        );
     }
     // Stale gossip: the old alive message and a push-pull that still lists it alive.
-    let alive = Alive { name: victim.clone(), addr: stale.addr, tags: stale.tags.clone(), incarnation: stale.incarnation };
+    let alive = Alive {
+        name: victim.clone(),
+        addr: stale.addr,
+        tags: stale.tags.clone(),
+        incarnation: stale.incarnation,
+    };
     let pp = PushPull {
         reply: true,
         join: false,
@@ -198,13 +233,19 @@ fn force_leave_survives_stale_gossip() {
     };
     for i in [1, 2, 4] {
         let now = h.now();
-        h.node(i).handle_packet(now, node_addr(5), &Message::Alive(alive.clone()).encode());
-        h.node(i).handle_stream(now, node_addr(5), &Message::PushPull(pp.clone()).encode());
+        h.node(i)
+            .handle_packet(now, node_addr(5), &Message::Alive(alive.clone()).encode());
+        h.node(i)
+            .handle_stream(now, node_addr(5), &Message::PushPull(pp.clone()).encode());
         h.pump(i);
     }
     h.run_for(Millis::secs(60));
     for i in [0, 1, 2, 4, 5] {
-        assert_eq!(h.node_ref(i).member(&victim).unwrap().state, MemberState::Left, "node {i}");
+        assert_eq!(
+            h.node_ref(i).member(&victim).unwrap().state,
+            MemberState::Left,
+            "node {i}"
+        );
     }
     assert!(h.node_ref(1).counters().stale_ignored >= 1);
     // Prune: forgotten everywhere, and stale gossip still cannot bring it back.
@@ -214,7 +255,8 @@ fn force_leave_survives_stale_gossip() {
     h.run_for(Millis::secs(5));
     for i in [1, 2] {
         let now = h.now();
-        h.node(i).handle_packet(now, node_addr(5), &Message::Alive(alive.clone()).encode());
+        h.node(i)
+            .handle_packet(now, node_addr(5), &Message::Alive(alive.clone()).encode());
         h.pump(i);
     }
     h.run_for(Millis::secs(10));
@@ -232,7 +274,11 @@ fn user_event_delivered_once_everywhere() {
     h.run_for(Millis::secs(10));
     h.check_event_delivered_once("deploy").unwrap();
     // A replayed event packet is de-duplicated.
-    let ev = Message::UserEvent(UserEvent { ltime: 0, name: "deploy".into(), payload: b"v2".to_vec() });
+    let ev = Message::UserEvent(UserEvent {
+        ltime: 0,
+        name: "deploy".into(),
+        payload: b"v2".to_vec(),
+    });
     let now = h.now();
     h.node(4).handle_packet(now, node_addr(2), &ev.encode());
     h.pump(4);
@@ -281,13 +327,23 @@ fn garbage_never_changes_state() {
     let mut h = cluster(3, 13);
     let before = h.node_ref(0).members();
     let now = h.now();
-    for bytes in [&[][..], &[1], &[1, 5, 0xff, 0xff], &[2; 40], &[9; 2000], &[1, 10, 1, 1, 10]] {
+    for bytes in [
+        &[][..],
+        &[1],
+        &[1, 5, 0xff, 0xff],
+        &[2; 40],
+        &[9; 2000],
+        &[1, 10, 1, 1, 10],
+    ] {
         h.node(0).handle_packet(now, node_addr(1), bytes);
         assert_eq!(h.node(0).handle_stream(now, node_addr(1), bytes), None);
     }
     assert_eq!(h.node_ref(0).members(), before);
     let c = h.node_ref(0).counters();
-    assert!(c.decode_failed >= 4 && c.oversize_dropped >= 1 && c.decrypt_failed >= 1, "{c:?}");
+    assert!(
+        c.decode_failed >= 4 && c.oversize_dropped >= 1 && c.decrypt_failed >= 1,
+        "{c:?}"
+    );
 }
 
 #[test]
@@ -316,34 +372,70 @@ fn tags_and_bootstrap_query() {
     h.pump(1);
     h.run_for(Millis::secs(5));
     let s = h.node_ref(3).alive_servers("dc1");
-    assert_eq!(s.iter().find(|s| s.name == node_name(1)).unwrap().expect, Some(5));
-    assert!(h.log().iter().any(|(_, i, e)| *i == 3 && matches!(e, Event::MemberUpdated(m) if m.name == node_name(1))));
-    let big: Tags = (0..100).map(|i| (format!("k{i}"), "v".repeat(10))).collect();
-    assert_eq!(h.node(0).set_tags(now, big), Err(CommandError::TagsTooLarge));
+    assert_eq!(
+        s.iter().find(|s| s.name == node_name(1)).unwrap().expect,
+        Some(5)
+    );
+    assert!(
+        h.log()
+            .iter()
+            .any(|(_, i, e)| *i == 3
+                && matches!(e, Event::MemberUpdated(m) if m.name == node_name(1)))
+    );
+    let big: Tags = (0..100)
+        .map(|i| (format!("k{i}"), "v".repeat(10)))
+        .collect();
+    assert_eq!(
+        h.node(0).set_tags(now, big),
+        Err(CommandError::TagsTooLarge)
+    );
 }
 
 #[test]
 fn failed_members_are_reaped() {
-    let config = Config { reconnect_timeout: Millis::secs(60), ..Config::lan() };
+    let config = Config {
+        reconnect_timeout: Millis::secs(60),
+        ..Config::lan()
+    };
     let mut h = cluster_with(4, 15, &config);
     h.kill(2);
     h.run_for(Millis::secs(120));
     assert!(h.node_ref(0).member(&node_name(2)).is_none());
-    assert!(h.log().iter().any(|(_, _, e)| matches!(e, Event::MemberReaped(_))));
+    assert!(h
+        .log()
+        .iter()
+        .any(|(_, _, e)| matches!(e, Event::MemberReaped(_))));
 }
 
 #[test]
 fn profiles_match_consul() {
     let lan = Config::lan();
-    assert_eq!((lan.probe_interval, lan.probe_timeout, lan.gossip_interval), (Millis(1000), Millis(500), Millis(200)));
-    assert_eq!((lan.gossip_nodes, lan.suspicion_mult, lan.retransmit_mult, lan.indirect_checks), (3, 4, 4, 3));
+    assert_eq!(
+        (lan.probe_interval, lan.probe_timeout, lan.gossip_interval),
+        (Millis(1000), Millis(500), Millis(200))
+    );
+    assert_eq!(
+        (
+            lan.gossip_nodes,
+            lan.suspicion_mult,
+            lan.retransmit_mult,
+            lan.indirect_checks
+        ),
+        (3, 4, 4, 3)
+    );
     assert_eq!(lan.push_pull_interval, Millis::secs(30));
     assert_eq!(lan.reconnect_timeout, Millis::hours(72));
     assert_eq!(lan.tombstone_timeout, Millis::hours(24));
     assert_eq!(lan.limits.packet_bytes_max, 1400);
     let wan = Config::wan();
-    assert_eq!((wan.probe_interval, wan.probe_timeout, wan.gossip_interval), (Millis(5000), Millis(3000), Millis(500)));
-    assert_eq!((wan.gossip_nodes, wan.suspicion_mult, wan.retransmit_mult), (4, 6, 4));
+    assert_eq!(
+        (wan.probe_interval, wan.probe_timeout, wan.gossip_interval),
+        (Millis(5000), Millis(3000), Millis(500))
+    );
+    assert_eq!(
+        (wan.gossip_nodes, wan.suspicion_mult, wan.retransmit_mult),
+        (4, 6, 4)
+    );
 }
 
 #[test]

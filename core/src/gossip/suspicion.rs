@@ -39,7 +39,13 @@ impl Suspicion {
     pub fn new(now: Millis, from: &str, k: u32, min: Millis, max: Millis) -> Suspicion {
         let mut confirmers = BTreeSet::new();
         confirmers.insert(from.to_owned());
-        Suspicion { start: now, min, max: max.max(min), k, confirmers }
+        Suspicion {
+            start: now,
+            min,
+            max: max.max(min),
+            k,
+            confirmers,
+        }
     }
 
     /// Record an independent confirmation; true if `from` was new (and so worth

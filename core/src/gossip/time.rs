@@ -6,7 +6,9 @@ use serde::{Deserialize, Serialize};
 ///
 /// The epoch is arbitrary (a shell typically uses "milliseconds since the process started");
 /// only differences matter. Arithmetic saturates so a bad input can never panic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub struct Millis(pub u64);
 
 impl Millis {
