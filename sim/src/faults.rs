@@ -1,15 +1,17 @@
-//! Process-wide fault knobs the network layer reads (madsim has no duplication knob).
+//! Fault knobs the network layer reads (madsim has no duplication knob). Thread-local:
+//! each madsim runtime runs on one thread, and tests may run several at once.
 
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering;
+use std::cell::Cell;
 
-static DUP_RATE_BITS: AtomicU64 = AtomicU64::new(0);
+thread_local! {
+    static DUP_RATE: Cell<f64> = const { Cell::new(0.0) };
+}
 
 /// Share of requests sent twice.
 pub fn dup_rate() -> f64 {
-    f64::from_bits(DUP_RATE_BITS.load(Ordering::Relaxed))
+    DUP_RATE.with(Cell::get)
 }
 
 pub fn set_dup_rate(rate: f64) {
-    DUP_RATE_BITS.store(rate.to_bits(), Ordering::Relaxed);
+    DUP_RATE.with(|c| c.set(rate));
 }

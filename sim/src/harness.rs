@@ -204,6 +204,9 @@ async fn simulate(seed: u64, sabotage: Sabotage) -> SeedReport {
     // Safety phase: the fault plan.
     for ep in &plan.episodes {
         madsim::time::sleep_until(start + Duration::from_millis(ep.at_ms)).await;
+        if crate::debug() {
+            eprintln!("t={:?} fault {:?} for {} ms (leader {:?})", madsim::time::Instant::now(), ep.fault, ep.for_ms, cluster.leader());
+        }
         let undo = cluster.apply(&ep.fault);
         madsim::time::sleep(Duration::from_millis(ep.for_ms)).await;
         undo(&cluster);
@@ -289,7 +292,16 @@ async fn simulate(seed: u64, sabotage: Sabotage) -> SeedReport {
         match lin::check_key(ops) {
             lin::Verdict::Linearizable => {}
             lin::Verdict::Inconclusive => inconclusive += 1,
-            lin::Verdict::Violation(v) => failures.push(format!("linearizability of {k}: {v}")),
+            lin::Verdict::Violation(v) => {
+                if crate::debug() {
+                    let mut sorted = ops.clone();
+                    sorted.sort_by_key(|o| o.invoke);
+                    for o in sorted {
+                        eprintln!("{k} c{} [{} .. {}] {:?} -> {:?}", o.client, o.invoke, o.complete, o.kind, o.outcome);
+                    }
+                }
+                failures.push(format!("linearizability of {k}: {v}"))
+            }
         }
     }
 

@@ -24,6 +24,13 @@ pub mod workload;
 #[cfg(madsim)]
 tribune_core::declare_types!(pub SimTypes, crate::runtime::MadsimRuntime);
 
+/// `TRIBUNE_SIM_DEBUG=1` prints faults, acknowledged writes, reads and the history of a
+/// key that failed the linearizability check, to stderr.
+pub fn debug() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("TRIBUNE_SIM_DEBUG").is_some())
+}
+
 /// A deliberately wrong variant of the real code that the checks must catch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sabotage {

@@ -95,7 +95,10 @@ pub struct Net {
 
 impl Net {
     pub async fn bind(addr: SocketAddr) -> io::Result<Arc<Net>> {
-        Ok(Arc::new(Net { ep: Endpoint::bind(addr).await?, next_tag: AtomicU64::new(1) }))
+        // Reply tags start at a random point: a restarted process must never take a late
+        // reply meant for its previous incarnation as the answer to a new request.
+        let base = (madsim::rand::random::<u64>() >> 2) | 1;
+        Ok(Arc::new(Net { ep: Endpoint::bind(addr).await?, next_tag: AtomicU64::new(base) }))
     }
 
     /// Send `msg` to `dst` and wait at most `ttl` for the reply.

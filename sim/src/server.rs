@@ -14,6 +14,7 @@ use std::sync::Mutex;
 use openraft::impls::BasicNode;
 use openraft::ReadPolicy;
 use openraft::ServerState;
+use openraft_rt::watch::WatchReceiver as _;
 use tribune_core::fsm::Response;
 use tribune_core::kv::KvOutcome;
 use tribune_core::raft::LogStore;
@@ -158,7 +159,13 @@ async fn handle(raft: &SimRaft, sm: &Store, sabotage: Sabotage, _members: &BTree
                 return Reply::Client(ClientReply::Written(Response::Kv { outcome, index: 0 }));
             }
             Reply::Client(match raft.client_write(req).await {
-                Ok(r) => ClientReply::Written(r.data),
+                Ok(r) => {
+                    if crate::debug() {
+                        let m = raft.metrics().borrow_watched().clone();
+                        eprintln!("t={:?} write on {} term={} log={} -> {:?}", madsim::time::Instant::now(), raft.node_id(), m.current_term, r.log_id, r.data);
+                    }
+                    ClientReply::Written(r.data)
+                }
                 Err(e) => match e.forward_to_leader() {
                     Some(f) => ClientReply::NotLeader { leader: f.leader_id },
                     None => ClientReply::Unknown(e.to_string()),
@@ -175,6 +182,10 @@ async fn handle(raft: &SimRaft, sm: &Store, sabotage: Sabotage, _members: &BTree
                 }
             }
             let entry = sm.read(|s| s.kv().get(&key).cloned());
+            if crate::debug() {
+                let m = raft.metrics().borrow_watched().clone();
+                eprintln!("t={:?} read {key} on {} state={:?} term={} leader={:?} applied={:?} -> {:?}", madsim::time::Instant::now(), raft.node_id(), m.state, m.current_term, m.current_leader, sm.read(|s| s.last_applied()), entry.as_ref().map(|e| e.modify_index));
+            }
             Reply::Client(ClientReply::Read { entry })
         }
     }

@@ -6,9 +6,12 @@
 //! times go first (newest first among equals). A newer message about the same member
 //! replaces the queued one. The queue is bounded: when full, the most-sent part is dropped.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use super::codec::varint_len;
+
+/// Parts skipped for size before [`BroadcastQueue::take`] gives up filling a packet.
+const MISFITS_MAX: usize = 8;
 
 /// What a broadcast is about; a newer broadcast with the same key replaces the older.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -19,18 +22,15 @@ pub enum BroadcastKey {
     Event(u64, String, u64),
 }
 
-#[derive(Debug, Clone)]
-struct Item {
-    part: Vec<u8>,
-    transmits: u32,
-    id: u64,
-}
-
 /// Bounded queue of encoded broadcast parts.
 #[derive(Debug, Clone, Default)]
 pub struct BroadcastQueue {
-    items: BTreeMap<BroadcastKey, Item>,
-    order: BTreeSet<(u32, u64, BroadcastKey)>, // (transmits, MAX - id, key)
+    /// `(transmits, MAX - id)` → part: iteration order is "fewest sends, newest first".
+    order: BTreeMap<(u32, u64), (BroadcastKey, Vec<u8>)>,
+    /// Id of each key's part.
+    index: BTreeMap<BroadcastKey, u64>,
+    /// Transmits of each part, by id (so `take` needs no key lookups).
+    transmits: BTreeMap<u64, u32>,
     next_id: u64,
     max: usize,
     dropped: u64,
@@ -45,20 +45,17 @@ pub fn retransmit_limit(retransmit_mult: u32, n: usize) -> u32 {
 impl BroadcastQueue {
     /// An empty queue holding at most `max` parts.
     pub fn new(max: usize) -> BroadcastQueue {
-        BroadcastQueue {
-            max: max.max(1),
-            ..Default::default()
-        }
+        BroadcastQueue { max: max.max(1), ..Default::default() }
     }
 
     /// Queued parts.
     pub fn len(&self) -> usize {
-        self.items.len()
+        self.order.len()
     }
 
     /// Nothing queued.
     pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
+        self.order.is_empty()
     }
 
     /// Parts dropped because the queue was full.
@@ -72,19 +69,13 @@ impl BroadcastQueue {
         self.remove(&key);
         self.next_id += 1;
         let id = self.next_id;
-        self.order.insert((0, u64::MAX - id, key.clone()));
-        self.items.insert(
-            key,
-            Item {
-                part,
-                transmits: 0,
-                id,
-            },
-        );
-        while self.items.len() > self.max {
-            if let Some(last) = self.order.iter().next_back().cloned() {
-                self.order.remove(&last);
-                self.items.remove(&last.2);
+        self.index.insert(key.clone(), id);
+        self.transmits.insert(id, 0);
+        self.order.insert((0, u64::MAX - id), (key, part));
+        while self.order.len() > self.max {
+            if let Some(((_, inv), (key, _))) = self.order.pop_last() {
+                self.index.remove(&key);
+                self.transmits.remove(&(u64::MAX - inv));
                 self.dropped += 1;
             }
         }
@@ -92,9 +83,10 @@ impl BroadcastQueue {
 
     /// Drop the part queued under `key`, if any.
     pub fn remove(&mut self, key: &BroadcastKey) {
-        if let Some(old) = self.items.remove(key) {
-            self.order
-                .remove(&(old.transmits, u64::MAX - old.id, key.clone()));
+        if let Some(id) = self.index.remove(key) {
+            if let Some(t) = self.transmits.remove(&id) {
+                self.order.remove(&(t, u64::MAX - id));
+            }
         }
     }
 
@@ -102,30 +94,34 @@ impl BroadcastQueue {
     /// counting one transmission each and retiring parts that reach `limit`.
     pub fn take(&mut self, mut space: usize, limit: u32) -> Vec<Vec<u8>> {
         let mut chosen = Vec::new();
-        for (t, inv, key) in self.order.iter() {
-            if space < 2 {
+        let mut misfits = 0;
+        for (slot, (_, part)) in self.order.iter() {
+            // Stop when full, or after a run of parts too big for the space left (the
+            // queue can be long; scanning all of it for a small part is not worth it).
+            if space < 2 || misfits >= MISFITS_MAX {
                 break;
             }
-            if let Some(item) = self.items.get(key) {
-                let cost = item.part.len() + varint_len(item.part.len());
-                if cost <= space {
-                    space -= cost;
-                    chosen.push((*t, *inv, key.clone()));
-                }
+            let cost = part.len() + varint_len(part.len());
+            if cost <= space {
+                space -= cost;
+                chosen.push(*slot);
+            } else {
+                misfits += 1;
             }
         }
         let mut out = Vec::with_capacity(chosen.len());
-        for (t, inv, key) in chosen {
-            self.order.remove(&(t, inv, key.clone()));
-            let Some(item) = self.items.get_mut(&key) else {
-                continue;
-            };
-            out.push(item.part.clone());
-            item.transmits += 1;
-            if item.transmits >= limit {
-                self.items.remove(&key);
+        for slot in chosen {
+            let Some((key, part)) = self.order.remove(&slot) else { continue };
+            let transmits = slot.0 + 1;
+            let id = u64::MAX - slot.1;
+            if transmits >= limit {
+                self.index.remove(&key);
+                self.transmits.remove(&id);
+                out.push(part);
             } else {
-                self.order.insert((item.transmits, inv, key));
+                out.push(part.clone());
+                self.transmits.insert(id, transmits);
+                self.order.insert((transmits, slot.1), (key, part));
             }
         }
         out

@@ -221,14 +221,15 @@ impl Message {
 
     /// Full packet: version byte, type byte, body.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![VERSION];
+        let mut out = Vec::with_capacity(64);
+        out.push(VERSION);
         self.encode_part_into(&mut out);
         out
     }
 
     /// `[type, body]` without the version byte (a compound item).
     pub fn encode_part(&self) -> Vec<u8> {
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(64);
         self.encode_part_into(&mut out);
         out
     }
@@ -258,11 +259,7 @@ impl Message {
         if version != VERSION {
             return Err(CodecError::Version(version));
         }
-        let msg = decode_part(rest, true)?;
-        if msg.encode() != bytes {
-            return Err(CodecError::NonCanonical);
-        }
-        Ok(msg)
+        decode_part(rest, true)
     }
 
     /// The messages of a packet, compound or not.
@@ -319,17 +316,38 @@ fn push_varint(out: &mut Vec<u8>, mut v: usize) {
 
 fn body<T: Serialize>(v: &T, out: &mut Vec<u8>) {
     // Serializing plain structs into a Vec cannot fail.
-    if let Ok(bytes) = postcard::to_allocvec(v) {
-        out.extend_from_slice(&bytes);
+    if let Ok(bytes) = postcard::to_extend(v, std::mem::take(out)) {
+        *out = bytes;
     }
 }
 
-fn exact<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+/// Decode exactly `bytes` as a `T`, and insist that `T` re-encodes to exactly `bytes`
+/// (rejecting over-long varints and other non-canonical forms).
+fn exact<T: DeserializeOwned + Serialize>(bytes: &[u8]) -> Result<T, CodecError> {
     let (v, rest) = postcard::take_from_bytes::<T>(bytes).map_err(|_| CodecError::Body)?;
     if !rest.is_empty() {
         return Err(CodecError::Trailing);
     }
-    Ok(v)
+    match postcard::to_extend(&v, Vec::with_capacity(bytes.len())) {
+        Ok(again) if again == bytes => Ok(v),
+        _ => Err(CodecError::NonCanonical),
+    }
+}
+
+/// Read a minimal postcard varint (usize).
+fn read_varint(bytes: &[u8]) -> Result<(usize, &[u8]), CodecError> {
+    let mut v: u64 = 0;
+    for (i, &b) in bytes.iter().enumerate().take(10) {
+        v |= ((b & 0x7f) as u64) << (7 * i);
+        if b & 0x80 == 0 {
+            let v = usize::try_from(v).map_err(|_| CodecError::Body)?;
+            if varint_len(v) != i + 1 {
+                return Err(CodecError::NonCanonical);
+            }
+            return Ok((v, &bytes[i + 1..]));
+        }
+    }
+    Err(CodecError::Body)
 }
 
 fn decode_part(bytes: &[u8], allow_compound: bool) -> Result<Message, CodecError> {
@@ -348,10 +366,22 @@ fn decode_part(bytes: &[u8], allow_compound: bool) -> Result<Message, CodecError
             if !allow_compound {
                 return Err(CodecError::Nested);
             }
-            let parts: Vec<Vec<u8>> = exact(b)?;
-            let mut items = Vec::with_capacity(parts.len());
-            for p in &parts {
-                items.push(decode_part(p, false)?);
+            // Same bytes as postcard's `Vec<Vec<u8>>`, parsed without copying.
+            let (count, mut rest) = read_varint(b)?;
+            if count > rest.len() {
+                return Err(CodecError::Body);
+            }
+            let mut items = Vec::with_capacity(count);
+            for _ in 0..count {
+                let (len, r) = read_varint(rest)?;
+                if len > r.len() {
+                    return Err(CodecError::Body);
+                }
+                items.push(decode_part(&r[..len], false)?);
+                rest = &r[len..];
+            }
+            if !rest.is_empty() {
+                return Err(CodecError::Trailing);
             }
             Message::Compound(items)
         }

@@ -26,8 +26,9 @@ use crate::fsm::Response;
 
 pub type NodeId = u64;
 pub type Node = BasicNode;
-pub type LeaderId = openraft::impls::leader_id_adv::LeaderId<u64, NodeId>;
-pub type CommittedLeaderId = LeaderId;
+/// Standard Raft leader ids: at most one leader per term (the simulator checks it).
+pub type LeaderId = openraft::impls::leader_id_std::LeaderId<u64, NodeId>;
+pub type CommittedLeaderId = <LeaderId as openraft::vote::RaftLeaderId>::Committed;
 pub type Vote = openraft::impls::Vote<LeaderId>;
 pub type Payload = openraft::EntryPayload<Request, NodeId, Node>;
 pub type LogEntry = openraft::Entry<CommittedLeaderId, Payload>;
@@ -78,6 +79,7 @@ macro_rules! declare_types {
                 R = $crate::fsm::Response,
                 NodeId = u64,
                 Node = openraft::impls::BasicNode,
+                LeaderId = $crate::raft::LeaderId,
                 AsyncRuntime = $rt,
         );
     };
@@ -95,6 +97,10 @@ pub fn config(raft_multiplier: u64, snapshot_every: u64) -> openraft::Config {
         // Pre-Vote: a server that was cut off cannot disrupt a healthy leader when it
         // comes back (Consul's history of rejoin-triggered elections).
         enable_pre_vote: Some(true),
+        // A restarted leader must win a new election. Restored at once, it would serve
+        // ReadIndex reads from the commit index it recovered, which can be older than
+        // writes it acknowledged before the crash (found by simulation seed 76).
+        enable_leader_restore: Some(false),
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_every),
         max_in_snapshot_log_to_keep: snapshot_every / 2,
         purge_batch_size: 64,
