@@ -92,12 +92,12 @@ impl Plan {
         Plan {
             seed,
             servers,
-            clients: rng.random_range(3..=5),
+            clients: rng.random_range(4..=6),
             keys: rng.random_range(1..=4),
             safety_ms,
             liveness_ms: 10_000,
             episodes,
-            think_ms: rng.random_range(30..120),
+            think_ms: rng.random_range(200..400),
         }
     }
 }
