@@ -84,7 +84,7 @@ pub fn parse_args(argv: &[String]) -> Result<LoadOptions, FlagError> {
     if let Some(f) = p.get("config-format").filter(|f| *f != "json") {
         return Err(FlagError::Bad(format!("-config-format={f}: only json is supported")));
     }
-    let mut opts = LoadOptions { dev: p.flag("dev"), ..Default::default() };
+    let mut opts = LoadOptions { dev: p.flag("dev"), pid_file: p.get("pid-file").map(PathBuf::from), ..Default::default() };
     for (name, value) in &p.values {
         match name.as_str() {
             "config-dir" => opts.sources.push(Source::Dir(PathBuf::from(value))),
@@ -245,6 +245,19 @@ fn spawn_watches(api: &Arc<Api>, specs: Vec<crate::watch::WatchSpec>) -> Vec<tok
     specs.into_iter().map(|s| tokio::spawn(crate::watch::run(s, crate::watch::Source::Local(api.clone())))).collect()
 }
 
+/// Consul's `tombstone_ttl` and the granularity of its tombstone GC.
+const TOMBSTONE_TTL: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+const TOMBSTONE_GRANULARITY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The store behind the API. `-dev` (and, until Raft is wired in, every agent) gets the
+/// single-node in-memory [`DevStore`]; the Raft store plugs in here for non-dev servers.
+fn open_store(cfg: &Config, rpc_addr: &str) -> Result<Arc<dyn Store>, String> {
+    if !cfg.dev {
+        tracing::warn!("replication is not wired in yet: serving a single-node in-memory store (data is not persisted)");
+    }
+    Ok(Arc::new(DevStore::new(rpc_addr.to_string())))
+}
+
 pub async fn run(argv: &[String]) -> i32 {
     let opts = match parse_args(argv) {
         Ok(o) => o,
@@ -288,6 +301,12 @@ pub async fn run(argv: &[String]) -> i32 {
             return 1;
         }
     };
+    if let Some(pid_file) = &opts.pid_file {
+        if let Err(e) = std::fs::write(pid_file, format!("{}\n", std::process::id())) {
+            eprintln!("==> Error writing pid file {}: {e}", pid_file.display());
+            return 1;
+        }
+    }
     raise_fd_limit();
     let (level, log_warning) = init_logging(&cfg);
     for w in warnings {
@@ -298,10 +317,15 @@ pub async fn run(argv: &[String]) -> i32 {
     }
 
     let rpc_addr = format!("{}:{}", cfg.advertise_ip(), cfg.server_port);
-    if !cfg.dev {
-        tracing::warn!("replication is not wired in yet: serving a single-node in-memory store (data is not persisted)");
-    }
-    let store: Arc<dyn Store> = Arc::new(DevStore::new(rpc_addr.clone()));
+    let store = match open_store(&cfg, &rpc_addr) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("==> {e}");
+            return 1;
+        }
+    };
+    tokio::spawn(crate::store::reap_tombstones(store.clone(), rpc_addr.clone(), TOMBSTONE_TTL, TOMBSTONE_GRANULARITY));
     let (control_tx, mut control_rx) = mpsc::unbounded_channel();
     let api = Arc::new(Api {
         store,

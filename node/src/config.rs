@@ -185,6 +185,8 @@ pub struct LoadOptions {
     pub sources: Vec<Source>,
     /// Command-line flags as a config fragment (already in JSON-key form).
     pub flags: Map<String, Value>,
+    /// `-pid-file`: where the agent writes its process id.
+    pub pid_file: Option<PathBuf>,
 }
 
 /// Load and validate. Returns the config and the warnings (unknown keys...).
@@ -500,7 +502,7 @@ mod tests {
         let mut flags = Map::new();
         flags.insert("ports".into(), json!({"http": 9100}));
         flags.insert("retry_join".into(), json!(["flag"]));
-        let (cfg, _) = load(&LoadOptions { sources: vec![Source::Dir(d)], flags, dev: false }).unwrap();
+        let (cfg, _) = load(&LoadOptions { sources: vec![Source::Dir(d)], flags, dev: false, pid_file: None }).unwrap();
         assert_eq!(cfg.datacenter, "two");
         assert_eq!(cfg.retry_join, vec!["a", "b", "flag"]);
         assert_eq!(cfg.http_port, 9100);

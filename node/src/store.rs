@@ -202,3 +202,99 @@ mod tests {
         assert!(meta.known_leader);
     }
 }
+
+/// Decides when tombstones are old enough to reap (Consul keeps them `tombstone_ttl`, 15
+/// minutes, so blocking clients see deletes; then the leader reaps them through the log).
+/// Pure: the caller feeds it the time and the applied index.
+#[derive(Debug)]
+pub struct Reaper {
+    ttl: std::time::Duration,
+    /// (time, applied index) checkpoints, oldest first.
+    marks: std::collections::VecDeque<(std::time::Duration, u64)>,
+    reaped: u64,
+}
+
+impl Reaper {
+    pub fn new(ttl: std::time::Duration) -> Self {
+        Reaper { ttl, marks: Default::default(), reaped: 0 }
+    }
+
+    /// Record that `applied` was the applied index at `now`; returns the index up to which
+    /// tombstones may now be reaped, if that moved.
+    pub fn tick(&mut self, now: std::time::Duration, applied: u64) -> Option<u64> {
+        self.marks.push_back((now, applied));
+        let mut up_to = None;
+        while let Some(&(t, idx)) = self.marks.front() {
+            if now.saturating_sub(t) >= self.ttl {
+                up_to = Some(idx);
+                self.marks.pop_front();
+            } else {
+                break;
+            }
+        }
+        match up_to {
+            Some(i) if i > self.reaped => {
+                self.reaped = i;
+                Some(i)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Run the reaper against `store` every `every` while this node is the leader at `own_rpc`.
+pub async fn reap_tombstones(store: std::sync::Arc<dyn Store>, own_rpc: String, ttl: std::time::Duration, every: std::time::Duration) {
+    let start = tokio::time::Instant::now();
+    let mut reaper = Reaper::new(ttl);
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let mut applied = 0;
+        let mut tombstones = 0;
+        store.with_state(&mut |sm| {
+            applied = sm.last_applied();
+            tombstones = sm.kv().tombstone_count();
+        });
+        let Some(up_to) = reaper.tick(start.elapsed(), applied) else { continue };
+        if tombstones == 0 || store.leader().as_deref() != Some(own_rpc.as_str()) {
+            continue;
+        }
+        match store.write(Command::Kv(tribune_core::kv::KvOp::ReapTombstones { up_to })).await {
+            Ok(_) => tracing::debug!(up_to, "kv: reaped tombstones"),
+            Err(e) => tracing::warn!(error = %e, "kv: tombstone reap failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod reaper_tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn reaps_only_what_is_older_than_ttl() {
+        let mut r = Reaper::new(Duration::from_secs(900));
+        assert_eq!(r.tick(Duration::from_secs(0), 10), None);
+        assert_eq!(r.tick(Duration::from_secs(300), 20), None);
+        assert_eq!(r.tick(Duration::from_secs(899), 30), None);
+        assert_eq!(r.tick(Duration::from_secs(900), 40), Some(10));
+        assert_eq!(r.tick(Duration::from_secs(1250), 40), Some(20));
+        // Nothing new: no second reap at the same index.
+        assert_eq!(r.tick(Duration::from_secs(1260), 40), None);
+    }
+
+    #[tokio::test]
+    async fn reap_through_the_store_wakes_and_forgets() {
+        let s = DevStore::new("a:1".into());
+        s.write(Command::Kv(tribune_core::kv::KvOp::Set { key: "k".into(), value: vec![1], flags: 0 })).await.unwrap();
+        s.write(Command::Kv(tribune_core::kv::KvOp::Delete { key: "k".into() })).await.unwrap();
+        let mut n = 0;
+        s.with_state(&mut |sm| n = sm.kv().tombstone_count());
+        assert_eq!(n, 1);
+        let mut sub = s.hub().subscribe(crate::hub::Topic::Key("unrelated".into()));
+        s.write(Command::Kv(tribune_core::kv::KvOp::ReapTombstones { up_to: 3 })).await.unwrap();
+        s.with_state(&mut |sm| n = sm.kv().tombstone_count());
+        assert_eq!(n, 0);
+        assert!(tokio::time::timeout(Duration::from_millis(50), sub.changed()).await.is_ok(), "a reap wakes every watcher");
+    }
+}
