@@ -101,11 +101,13 @@ fn unexpected(r: &HttpResponse) -> String {
 }
 
 pub async fn kv(argv: &[String]) -> i32 {
-    let usage = "Usage: tribune kv <subcommand> [options] [args]\n\n  get     Retrieve or list data\n  put     Set or update data\n  delete  Remove data";
+    let usage = "Usage: tribune kv <subcommand> [options] [args]\n\n  get     Retrieve or list data\n  put     Set or update data\n  delete  Remove data\n  export  Exports a tree as JSON\n  import  Imports a tree stored as JSON";
     match argv.first().map(String::as_str) {
         Some("put") => kv_put(&argv[1..]).await,
         Some("get") => kv_get(&argv[1..]).await,
         Some("delete") => kv_delete(&argv[1..]).await,
+        Some("export") => kv_export(&argv[1..]).await,
+        Some("import") => kv_import(&argv[1..]).await,
         Some("-h" | "-help" | "--help") => {
             println!("{usage}");
             0
@@ -353,6 +355,74 @@ async fn kv_delete(argv: &[String]) -> i32 {
         println!("Success! Deleted keys with prefix: {key}");
     } else {
         println!("Success! Deleted key: {key}");
+    }
+    0
+}
+
+async fn kv_export(argv: &[String]) -> i32 {
+    let p = match parse_or_exit(&[], argv, "Usage: tribune kv export [options] [PREFIX]") {
+        Ok(p) => p,
+        Err(c) => return c,
+    };
+    let prefix = p.args.first().cloned().unwrap_or_default();
+    let http = match Http::new(&p) {
+        Ok(h) => h,
+        Err(e) => return err(format!("Error! {e}")),
+    };
+    let r = match http.call("GET", &format!("/v1/kv/{}?recurse", escape_key(&prefix)), b"").await {
+        Ok(r) if r.status == 200 || r.status == 404 => r,
+        Ok(r) => return err(format!("Error querying Consul agent: {}", unexpected(&r))),
+        Err(e) => return err(format!("Error querying Consul agent: {e}")),
+    };
+    let list: Vec<Value> = if r.status == 404 { vec![] } else { serde_json::from_slice(&r.body).unwrap_or_default() };
+    let out: Vec<Value> = list
+        .iter()
+        .map(|e| serde_json::json!({"key": e["Key"], "flags": e["Flags"], "value": e.get("Value").and_then(Value::as_str).unwrap_or("")}))
+        .collect();
+    println!("{}", serde_json::to_string_pretty(&out).unwrap());
+    0
+}
+
+async fn kv_import(argv: &[String]) -> i32 {
+    let p = match parse_or_exit(&[("prefix", Kind::Value)], argv, "Usage: tribune kv import [options] [DATA]\n\n  DATA is @file, - (stdin) or literal JSON from `kv export`") {
+        Ok(p) => p,
+        Err(c) => return c,
+    };
+    let data = match p.args.first().map(String::as_str) {
+        None | Some("-") => {
+            let mut buf = Vec::new();
+            if let Err(e) = std::io::stdin().read_to_end(&mut buf) {
+                return err(format!("Error! Failed to read stdin: {e}"));
+            }
+            buf
+        }
+        Some(d) if d.starts_with('@') => match std::fs::read(&d[1..]) {
+            Ok(b) => b,
+            Err(e) => return err(format!("Failed to read file: {e}")),
+        },
+        Some(d) => d.as_bytes().to_vec(),
+    };
+    let entries: Vec<Value> = match serde_json::from_slice(&data) {
+        Ok(v) => v,
+        Err(e) => return err(format!("Cannot unmarshal data: {e}")),
+    };
+    let http = match Http::new(&p) {
+        Ok(h) => h,
+        Err(e) => return err(format!("Error! {e}")),
+    };
+    let prefix = p.get("prefix").unwrap_or("");
+    for e in entries {
+        let key = format!("{prefix}{}", e.get("key").and_then(Value::as_str).unwrap_or(""));
+        let flags = e.get("flags").and_then(Value::as_u64).unwrap_or(0);
+        let value = match base64::engine::general_purpose::STANDARD.decode(e.get("value").and_then(Value::as_str).unwrap_or("")) {
+            Ok(v) => v,
+            Err(e) => return err(format!("Error base 64 decoding value for key {key}: {e}")),
+        };
+        match http.call("PUT", &format!("/v1/kv/{}?flags={flags}", escape_key(&key)), &value).await {
+            Ok(r) if r.status == 200 => println!("Imported: {key}"),
+            Ok(r) => return err(format!("Error! Failed writing data for key {key}: {}", unexpected(&r))),
+            Err(e) => return err(format!("Error! Failed writing data for key {key}: {e}")),
+        }
     }
     0
 }

@@ -184,6 +184,10 @@ async fn route(api: &Arc<Api>, req: Request) -> Response {
         while key.contains("//") {
             key = key.replace("//", "/");
         }
+        let key = key.trim_start_matches('/').to_string();
+        if key.split('/').any(|seg| seg == "..") {
+            return text(StatusCode::BAD_REQUEST, "Invalid key: path traversal is not allowed");
+        }
         if let Some(r) = check_dc(api, &q) {
             return r;
         }

@@ -281,3 +281,18 @@ fn agent_startup_errors() {
     let _ = std::io::BufReader::new(out).read_to_string(&mut s);
     assert!(s.contains("no_such_key"), "{s}");
 }
+
+#[test]
+fn kv_export_import_round_trip() {
+    let a = Agent::dev(&[]);
+    a.http("PUT", "/v1/kv/ex/a?flags=5", b"one");
+    a.http("PUT", "/v1/kv/ex/b", &[0, 1, 2]);
+    let o = a.cli(&["kv", "export", "ex/"]);
+    assert_eq!(o.status.code(), Some(0));
+    let exported: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(exported, json!([{"key": "ex/a", "flags": 5, "value": "b25l"}, {"key": "ex/b", "flags": 0, "value": "AAEC"}]));
+    let o = a.cli_stdin(&["kv", "import", "-prefix=copy/", "-"], &o.stdout);
+    assert_eq!(stdout(&o), "Imported: copy/ex/a\nImported: copy/ex/b\n");
+    assert_eq!(a.http("GET", "/v1/kv/copy/ex/b?raw", b"").body, vec![0, 1, 2]);
+    assert_eq!(a.http("GET", "/v1/kv/copy/ex/a", b"").json()[0]["Flags"], json!(5));
+}

@@ -136,6 +136,12 @@ fn errors_and_limits() {
     );
     assert_eq!(a.http("GET", "/v1/kv/big2", b"").status, 404);
     assert_eq!(a.http("POST", "/v1/status/leader", b"").status, 405);
+    assert_eq!(a.http("PUT", "/v1/kv/a/../b", b"x").status, 400);
+    // Leading and doubled slashes do not make distinct keys.
+    a.http("PUT", "/v1/kv//lead//slash", b"x");
+    assert_eq!(a.http("GET", "/v1/kv/lead/slash?raw", b"").body, b"x");
+    // ?pretty indents.
+    assert!(a.http("GET", "/v1/kv/lead/slash?pretty", b"").text().contains("\n"));
 }
 
 #[test]
