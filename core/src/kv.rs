@@ -1,7 +1,6 @@
 //! The KV index: Consul's key/value table with its index rules.
 //!
-//! Every index is the Raft log index of the write that caused it (`../shared/spec`
-//! §1.1, §3.5):
+//! Every index is the Raft index of the write that caused it (Consul's KV index rules):
 //! - `CreateIndex` is set when a key is created and kept by every later update;
 //! - `ModifyIndex` is the index of the last write that changed the entry; a write that
 //!   changes nothing (same value, flags and session) is not a write and leaves it alone;
@@ -319,7 +318,7 @@ impl KvStore {
     }
 }
 
-/// Check one applied operation against the index rules (spec §3.5), given the entry for
+/// Check one applied operation against Consul's index rules, given the entry for
 /// its key before and after. Deletes and tree operations are checked by the table
 /// invariants instead.
 pub fn check_transition(index: u64, op: &KvOp, before: Option<&Entry>, after: Option<&Entry>) -> Result<(), String> {

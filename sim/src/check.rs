@@ -48,6 +48,8 @@ pub struct Recorder {
     leaders: BTreeMap<u64, NodeId>,
     pub violations: Vec<String>,
     pub applied_entries: u64,
+    /// Distinct membership entries committed (the initial one and every change).
+    pub membership_entries: u64,
     /// A running hash of what servers applied, in order (part of the trace).
     pub trace: Fnv,
 }
@@ -68,6 +70,9 @@ impl Recorder {
             Some(_) => {}
             None => {
                 self.committed.insert(a.index, (digest, node));
+                if matches!(a.entry.payload, EntryPayload::Membership(_)) {
+                    self.membership_entries += 1;
+                }
             }
         }
     }

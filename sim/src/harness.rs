@@ -2,6 +2,7 @@
 //! demand liveness, and check everything.
 
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::net::Ipv4Addr;
 use std::net::SocketAddr;
@@ -12,6 +13,8 @@ use std::time::Duration;
 use madsim::net::NetSim;
 use madsim::runtime::Handle;
 use madsim::runtime::NodeHandle;
+use openraft::impls::BasicNode;
+use openraft::ChangeMembers;
 use openraft::ServerState;
 use openraft_rt::watch::WatchReceiver;
 
@@ -39,6 +42,7 @@ pub struct SeedReport {
     pub inconclusive: usize,
     pub sim_ms: u64,
     pub leader_terms: usize,
+    pub membership_changes: u64,
     /// Broken properties; empty means the seed passed.
     pub failures: Vec<String>,
 }
@@ -85,6 +89,36 @@ impl Cluster {
             }
         }
         best.map(|(_, id)| id)
+    }
+
+    /// The Raft handle of the current leader.
+    fn leader_raft(&self) -> Option<server::SimRaft> {
+        self.leader().and_then(|l| self.ctxs[&l].live()).map(|(raft, _)| raft)
+    }
+
+    /// Membership change: remove `id` from the voters; the undo adds it back.
+    async fn remove_voter(&self, id: u64) {
+        if let Some(raft) = self.leader_raft() {
+            let _ = raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false).await;
+        }
+    }
+
+    /// Make every server a voter again (as a learner first, so it catches up).
+    async fn restore_voters(&self) -> bool {
+        let Some(raft) = self.leader_raft() else { return false };
+        let voters: BTreeSet<u64> = raft.voter_ids().collect();
+        for (id, ctx) in &self.ctxs {
+            if !voters.contains(id) {
+                let node = BasicNode { addr: ctx.addr.to_string() };
+                if raft.add_learner(*id, node, true).await.is_err() {
+                    return false;
+                }
+                if raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([*id])), false).await.is_err() {
+                    return false;
+                }
+            }
+        }
+        true
     }
 
     fn kill(&self, id: u64) {
@@ -145,6 +179,7 @@ impl Cluster {
                 self.kill(id);
                 Box::new(move |c| c.restart(id))
             }
+            Fault::Reconfigure(_) => unreachable!("membership changes are async: see Cluster::reconfigure"),
             Fault::KillAll => {
                 ids.iter().for_each(|id| self.kill(*id));
                 Box::new(move |c| ids.iter().for_each(|id| c.restart(*id)))
@@ -207,6 +242,12 @@ async fn simulate(seed: u64, sabotage: Sabotage) -> SeedReport {
         if crate::debug() {
             eprintln!("t={:?} fault {:?} for {} ms (leader {:?})", madsim::time::Instant::now(), ep.fault, ep.for_ms, cluster.leader());
         }
+        if let Fault::Reconfigure(id) = ep.fault {
+            cluster.remove_voter(id).await;
+            madsim::time::sleep_until(start + Duration::from_millis(ep.at_ms + ep.for_ms)).await;
+            let _ = madsim::time::timeout(Duration::from_millis(1_000), cluster.restore_voters()).await;
+            continue;
+        }
         let undo = cluster.apply(&ep.fault);
         madsim::time::sleep(Duration::from_millis(ep.for_ms)).await;
         undo(&cluster);
@@ -232,7 +273,13 @@ async fn simulate(seed: u64, sabotage: Sabotage) -> SeedReport {
         let index = workload::probe_write(probe).await;
         *pd.lock().unwrap() = index;
     });
-    // Let clients finish their last operations (bounded by their deadline).
+    // Every server a voter again, then let clients finish their last operations.
+    while madsim::time::Instant::now() < liveness_deadline {
+        match madsim::time::timeout(Duration::from_millis(1_000), cluster.restore_voters()).await {
+            Ok(true) => break,
+            _ => madsim::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
     madsim::time::sleep(Duration::from_millis(3_000)).await;
     let mut converged = false;
     while madsim::time::Instant::now() < liveness_deadline {
@@ -323,6 +370,7 @@ async fn simulate(seed: u64, sabotage: Sabotage) -> SeedReport {
         inconclusive,
         sim_ms: start.elapsed().as_millis() as u64,
         leader_terms: r.leader_terms(),
+        membership_changes: r.membership_entries.saturating_sub(1),
         failures,
     }
 }

@@ -76,10 +76,11 @@ mod cli {
             let started = Instant::now();
             let r = run_seed(seed, sabotage);
             println!(
-                "seed {seed}: ops={} unknown={} terms={} sim_ms={} wall_ms={}",
+                "seed {seed}: ops={} unknown={} terms={} membership_changes={} sim_ms={} wall_ms={}",
                 r.ops,
                 r.unknown,
                 r.leader_terms,
+                r.membership_changes,
                 r.sim_ms,
                 started.elapsed().as_millis()
             );
@@ -99,7 +100,10 @@ mod cli {
             sim_ms += r.sim_ms;
             inconclusive += r.inconclusive;
             if verbose {
-                println!("seed {seed}: ops={} unknown={} terms={} trace {:016x}", r.ops, r.unknown, r.leader_terms, r.trace);
+                println!(
+                    "seed {seed}: ops={} unknown={} terms={} membership_changes={} trace {:016x}",
+                    r.ops, r.unknown, r.leader_terms, r.membership_changes, r.trace
+                );
             }
             if let Some(f) = r.failures.first() {
                 failed += 1;

@@ -25,6 +25,8 @@ pub enum Fault {
     Kill(u64),
     /// Power loss: every server dies at once.
     KillAll,
+    /// Remove a server from the voters (membership change), then add it back.
+    Reconfigure(u64),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -82,7 +84,8 @@ impl Plan {
                 48..=57 => Fault::Loss(rng.random_range(0.05..0.3)),
                 58..=64 => Fault::SlowNet(rng.random_range(20..200)),
                 65..=71 => Fault::Duplicate(rng.random_range(0.1..0.5)),
-                72..=95 => Fault::Kill(node),
+                72..=91 => Fault::Kill(node),
+                92..=95 => Fault::Reconfigure(node),
                 _ => Fault::KillAll,
             };
             let at_ms = t;
@@ -121,6 +124,6 @@ mod tests {
                 assert!(e.at_ms + 1 < 30_000);
             }
         }
-        assert_eq!(kinds.len(), 9);
+        assert_eq!(kinds.len(), 10);
     }
 }

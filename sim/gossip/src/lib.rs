@@ -69,7 +69,10 @@ fn index_of(name: &str) -> Option<usize> {
 /// Run the scenario.
 pub fn run(p: &Params) -> Figures {
     let config = Config::lan();
-    let net = NetConfig { loss: p.loss, ..NetConfig::default() };
+    let net = NetConfig {
+        loss: p.loss,
+        ..NetConfig::default()
+    };
     let mut h = Harness::new(p.seed, net);
     h.set_recording(false);
     let mut rng = SplitMix(p.seed ^ 0x5eed);
@@ -117,7 +120,16 @@ pub fn run(p: &Params) -> Figures {
             let lives: Vec<usize> = (0..p.nodes).map(|i| h.node_ref(i).num_live()).collect();
             let members: Vec<usize> = (0..p.nodes).map(|i| h.node_ref(i).num_members()).collect();
             let tr = h.traffic();
-            eprintln!("t={} min_live={} min_members={} packets={} bytes={} streams={} sbytes={}", h.now().0, lives.iter().min().unwrap(), members.iter().min().unwrap(), tr.packets, tr.packet_bytes, tr.streams, tr.stream_bytes);
+            eprintln!(
+                "t={} min_live={} min_members={} packets={} bytes={} streams={} sbytes={}",
+                h.now().0,
+                lives.iter().min().unwrap(),
+                members.iter().min().unwrap(),
+                tr.packets,
+                tr.packet_bytes,
+                tr.streams,
+                tr.stream_bytes
+            );
         }
         if (0..p.nodes).all(|i| h.node_ref(i).num_live() == p.nodes) {
             converge_ms = h.now().0;
@@ -199,7 +211,8 @@ pub fn run(p: &Params) -> Figures {
     }
 
     let tr = h.traffic();
-    let bytes = (tr.packet_bytes + tr.stream_bytes) - (traffic0.packet_bytes + traffic0.stream_bytes);
+    let bytes =
+        (tr.packet_bytes + tr.stream_bytes) - (traffic0.packet_bytes + traffic0.stream_bytes);
     let secs = (h.now().since(steady_from).0 as f64 / 1000.0).max(0.001);
     Figures {
         converge_ms,
@@ -216,7 +229,13 @@ mod tests {
     use super::*;
 
     fn small(seed: u64) -> Params {
-        Params { nodes: 40, loss: 0.02, seed, minutes: 1, sabotage_mute: false }
+        Params {
+            nodes: 40,
+            loss: 0.02,
+            seed,
+            minutes: 1,
+            sabotage_mute: false,
+        }
     }
 
     #[test]
@@ -231,7 +250,11 @@ mod tests {
 
     #[test]
     fn false_failure_count_catches_a_mute_node() {
-        let f = run(&Params { sabotage_mute: true, minutes: 0, ..small(5) });
+        let f = run(&Params {
+            sabotage_mute: true,
+            minutes: 0,
+            ..small(5)
+        });
         assert!(f.false_failures > 0, "{f:?}");
     }
 }

@@ -9,11 +9,20 @@ use std::process::ExitCode;
 use tribune_gossip_sim::{run, Params};
 
 fn main() -> ExitCode {
-    let mut p = Params { nodes: 1000, loss: 0.0, seed: 1, minutes: 0, sabotage_mute: false };
+    let mut p = Params {
+        nodes: 1000,
+        loss: 0.0,
+        seed: 1,
+        minutes: 0,
+        sabotage_mute: false,
+    };
     let mut check = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        let mut val = |name: &str| args.next().unwrap_or_else(|| panic!("{name} needs a value"));
+        let mut val = |name: &str| {
+            args.next()
+                .unwrap_or_else(|| panic!("{name} needs a value"))
+        };
         match a.as_str() {
             "--nodes" => p.nodes = val("--nodes").parse().expect("--nodes N"),
             "--loss" => p.loss = val("--loss").parse().expect("--loss P"),
@@ -28,7 +37,13 @@ fn main() -> ExitCode {
         }
     }
     let f = run(&p);
-    let ms = |v: u64| if v == u64::MAX { "never".to_string() } else { v.to_string() };
+    let ms = |v: u64| {
+        if v == u64::MAX {
+            "never".to_string()
+        } else {
+            v.to_string()
+        }
+    };
     println!(
         "nodes={} loss={} join_all_ms={} detect_all_ms={} false_failures={} bytes_per_node_s={}",
         p.nodes,
@@ -40,7 +55,8 @@ fn main() -> ExitCode {
     );
     eprintln!("converge_ms={} sim_ms={}", ms(f.converge_ms), f.sim_ms);
     if check {
-        let mut ok = f.false_failures == 0 && f.join_all_ms != u64::MAX && f.detect_all_ms != u64::MAX;
+        let mut ok =
+            f.false_failures == 0 && f.join_all_ms != u64::MAX && f.detect_all_ms != u64::MAX;
         if p.loss == 0.0 {
             ok &= f.join_all_ms <= 3_000 && f.detect_all_ms <= 16_000;
         }
