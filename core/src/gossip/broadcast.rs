@@ -45,7 +45,10 @@ pub fn retransmit_limit(retransmit_mult: u32, n: usize) -> u32 {
 impl BroadcastQueue {
     /// An empty queue holding at most `max` parts.
     pub fn new(max: usize) -> BroadcastQueue {
-        BroadcastQueue { max: max.max(1), ..Default::default() }
+        BroadcastQueue {
+            max: max.max(1),
+            ..Default::default()
+        }
     }
 
     /// Queued parts.
@@ -111,7 +114,9 @@ impl BroadcastQueue {
         }
         let mut out = Vec::with_capacity(chosen.len());
         for slot in chosen {
-            let Some((key, part)) = self.order.remove(&slot) else { continue };
+            let Some((key, part)) = self.order.remove(&slot) else {
+                continue;
+            };
             let transmits = slot.0 + 1;
             let id = u64::MAX - slot.1;
             if transmits >= limit {

@@ -459,3 +459,38 @@ fn packets_respect_the_size_limit() {
     }
     assert!(max > 1000 && max <= 1400, "{max}");
 }
+
+#[test]
+fn seed_sweep_with_loss_no_false_failures() {
+    for seed in 100..108 {
+        let mut h = Harness::new(
+            seed,
+            NetConfig {
+                loss: 0.05,
+                ..NetConfig::default()
+            },
+        );
+        for i in 0..10 {
+            h.add_node(Config::lan(), Tags::new());
+            if i > 0 {
+                h.join(i, &[0]);
+            }
+        }
+        h.run_for(Millis::secs(120));
+        h.check_converged()
+            .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        assert!(
+            !h.log()
+                .iter()
+                .any(|(_, _, e)| matches!(e, Event::MemberFailed(_))),
+            "seed {seed}"
+        );
+        let victim = 1 + (seed as usize % 9);
+        h.kill(victim);
+        h.run_for(Millis::secs(60));
+        h.check_failed(victim)
+            .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        h.check_converged()
+            .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+    }
+}
