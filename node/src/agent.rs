@@ -242,7 +242,27 @@ fn compile_watches(cfg: &Config) -> Result<Vec<crate::watch::WatchSpec>, String>
 }
 
 fn spawn_watches(api: &Arc<Api>, specs: Vec<crate::watch::WatchSpec>) -> Vec<tokio::task::JoinHandle<()>> {
+    for s in &specs {
+        if let crate::watch::Handler::Http { url, .. } = &s.handler {
+            if let Err(e) = crate::client::split_url(url) {
+                tracing::warn!(watch = ?s.kind, "watch: http handler will fail: {e}");
+            }
+        }
+    }
     specs.into_iter().map(|s| tokio::spawn(crate::watch::run(s, crate::watch::Source::Local(api.clone())))).collect()
+}
+
+/// The merged config for `/v1/agent/self`, with secrets hidden as Consul does.
+fn redacted(raw: &Value) -> Value {
+    let mut v = raw.clone();
+    if let Some(o) = v.as_object_mut() {
+        for secret in ["encrypt", "acl_token", "acl_master_token"] {
+            if o.contains_key(secret) {
+                o.insert(secret.to_string(), json!("hidden"));
+            }
+        }
+    }
+    v
 }
 
 /// Consul's `tombstone_ttl` and the granularity of its tombstone GC.
@@ -340,7 +360,7 @@ pub async fn run(argv: &[String]) -> i32 {
             serf_lan_port: cfg.serf_lan_port,
             serf_wan_port: cfg.serf_wan_port,
             server_port: cfg.server_port,
-            debug_config: cfg.raw.clone(),
+            debug_config: redacted(&cfg.raw),
         },
         kv_max_value_size: cfg.kv_max_value_size,
         default_query_time: cfg.default_query_time,

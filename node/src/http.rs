@@ -296,6 +296,7 @@ pub struct ReadOpts {
     pub wait: Duration,
 }
 
+#[allow(clippy::result_large_err)]
 pub fn read_opts(q: &Query, default_wait: Duration, max_wait: Duration) -> Result<ReadOpts, Response> {
     let stale = q.has("stale");
     let consistent = q.has("consistent");

@@ -66,7 +66,9 @@ pub fn parse_watch(v: &Value) -> Result<WatchSpec, String> {
     let handler = if is_http {
         let c = obj.get("http_handler_config").and_then(Value::as_object).ok_or("http_handler_config is required for handler_type http")?;
         let url = c.get("path").and_then(Value::as_str).ok_or("http_handler_config.path is required")?.to_string();
-        client::split_url(&url)?;
+        if url.is_empty() {
+            return Err("http_handler_config.path is required".into());
+        }
         let method = c.get("method").and_then(Value::as_str).unwrap_or("POST").to_uppercase();
         let timeout = match c.get("timeout").and_then(Value::as_str) {
             Some(t) => parse_duration(t).ok_or_else(|| format!("http_handler_config.timeout: invalid duration {t:?}"))?,
@@ -298,12 +300,12 @@ mod tests {
         assert_eq!(w.kind, WatchKind::Key("foo/bar/baz".into()));
         assert!(matches!(w.handler, Handler::Script { ref args, shell: false, .. } if args.len() == 2));
         let w = parse_watch(&json!({ "type": "keyprefix", "prefix": "foo/", "handler_type": "http",
-            "http_handler_config": { "path": "http://localhost:8000/watch", "method": "POST",
+            "http_handler_config": { "path": "https://localhost:8000/watch", "method": "POST",
               "header": {"x-foo": ["bar", "baz"]}, "timeout": "10s", "tls_skip_verify": false } }))
         .unwrap();
         match w.handler {
             Handler::Http { url, method, headers, timeout } => {
-                assert_eq!((url.as_str(), method.as_str(), timeout), ("http://localhost:8000/watch", "POST", Duration::from_secs(10)));
+                assert_eq!((url.as_str(), method.as_str(), timeout), ("https://localhost:8000/watch", "POST", Duration::from_secs(10)));
                 assert_eq!(headers.len(), 2);
             }
             h => panic!("{h:?}"),

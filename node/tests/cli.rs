@@ -296,3 +296,44 @@ fn kv_export_import_round_trip() {
     assert_eq!(a.http("GET", "/v1/kv/copy/ex/b?raw", b"").body, vec![0, 1, 2]);
     assert_eq!(a.http("GET", "/v1/kv/copy/ex/a", b"").json()[0]["Flags"], json!(5));
 }
+
+#[test]
+fn walkthrough_config_dir_starts_an_agent() {
+    let key = stdout(&Command::new(BIN).arg("keygen").output().unwrap()).trim().to_string();
+    let etc = temp_dir("consul.d");
+    let data = temp_dir("varlib");
+    let port = free_port();
+    let cfg = json!({
+        "bootstrap_expect": 1, "client_addr": "127.0.0.1", "bind_addr": "127.0.0.1",
+        "datacenter": "KE-DC", "data_dir": data, "domain": "consul",
+        "enable_script_checks": true, "dns_config": {"enable_truncate": true, "only_passing": true},
+        "enable_syslog": true, "encrypt": key, "leave_on_terminate": true, "log_level": "INFO",
+        "rejoin_after_leave": true, "retry_join": ["consul01", "consul02", "consul03"], "server": true,
+        "start_join": ["consul01", "consul02", "consul03"], "ui": true,
+        "ports": {"http": port},
+        "watches": [{"type": "key", "key": "foo/bar/baz", "handler_type": "http",
+            "http_handler_config": {"path": "https://localhost:8000/watch", "method": "POST",
+              "header": {"x-foo": ["bar", "baz"]}, "timeout": "10s", "tls_skip_verify": false}}]
+    });
+    std::fs::write(etc.join("config.json"), serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
+    let child = Command::new(BIN)
+        .args(["agent", "-node=consul01", &format!("-config-dir={}", etc.display())])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut a = Agent { child, port };
+    a.wait_ready();
+    let out = stdout(&a.cli(&["members"]));
+    let row: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(row, ["consul01", "127.0.0.1:8301", "alive", "server", "0.1.0", "2", "ke-dc", "<all>"]);
+    assert_eq!(stdout(&a.cli(&["kv", "put", "redis/config/connections", "5"])), "Success! Data written to: redis/config/connections\n");
+    assert_eq!(stdout(&a.cli(&["kv", "get", "redis/config/connections"])), "5\n");
+    // The gossip key is not shown back.
+    let me = a.http("GET", "/v1/agent/self", b"").json();
+    assert_eq!(me["DebugConfig"]["encrypt"], json!("hidden"));
+    assert!(std::fs::read_to_string(data.join("node-id")).unwrap().len() == 36);
+    let _ = a.cli(&["leave"]);
+    let exited = eventually(Duration::from_secs(5), || a.child.try_wait().unwrap());
+    assert!(exited.is_some(), "agent did not stop after `tribune leave`");
+}
