@@ -148,17 +148,19 @@ fn level_filter(level: &str) -> LevelFilter {
 
 fn init_logging(cfg: &Config) -> (LevelHandle, Option<String>) {
     let mut warning = None;
+    // The socket path can be moved for tests; the default is the system's.
+    let dev_log = std::env::var("TRIBUNE_SYSLOG_SOCKET").unwrap_or_else(|_| "/dev/log".into());
     let syslog = if cfg.enable_syslog {
-        if Path::new("/dev/log").exists() {
-            match UnixDatagram::unbound().and_then(|s| s.connect("/dev/log").map(|_| s)) {
+        if Path::new(&dev_log).exists() {
+            match UnixDatagram::unbound().and_then(|s| s.connect(&dev_log).map(|_| s)) {
                 Ok(s) => Some(Arc::new(s)),
                 Err(e) => {
-                    warning = Some(format!("enable_syslog: cannot connect to /dev/log ({e}); logging to stdout only"));
+                    warning = Some(format!("enable_syslog: cannot connect to {dev_log} ({e}); logging to stdout only"));
                     None
                 }
             }
         } else {
-            warning = Some("enable_syslog: /dev/log does not exist; logging to stdout only".into());
+            warning = Some(format!("enable_syslog: {dev_log} does not exist; logging to stdout only"));
             None
         }
     } else {

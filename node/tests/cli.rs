@@ -337,3 +337,66 @@ fn walkthrough_config_dir_starts_an_agent() {
     let exited = eventually(Duration::from_secs(5), || a.child.try_wait().unwrap());
     assert!(exited.is_some(), "agent did not stop after `tribune leave`");
 }
+
+#[test]
+fn syslog_and_json_logs() {
+    let dir = temp_dir("syslog");
+    let sock_path = dir.join("log.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let port = free_port();
+    let child = Command::new(BIN)
+        .args(["agent", "-dev", &format!("-http-port={port}"), "-syslog", "-log-json"])
+        .env("TRIBUNE_SYSLOG_SOCKET", &sock_path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut a = Agent { child, port };
+    a.wait_ready();
+    let mut buf = [0u8; 4096];
+    let n = sock.recv(&mut buf).expect("a log line arrives on the syslog socket");
+    let line = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(line.starts_with("<134>tribune: {"), "{line}");
+    a.http("PUT", "/v1/agent/leave", b"");
+    let mut out = String::new();
+    a.child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    let json_lines: Vec<Value> = out.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(json_lines.iter().any(|v| v["level"] == json!("INFO")), "{out}");
+    // Without a syslog socket the agent warns and keeps going.
+    let port = free_port();
+    let child = Command::new(BIN)
+        .args(["agent", "-dev", &format!("-http-port={port}"), "-syslog"])
+        .env("TRIBUNE_SYSLOG_SOCKET", dir.join("missing.sock"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut a = Agent { child, port };
+    a.wait_ready();
+    a.http("PUT", "/v1/agent/leave", b"");
+    let mut out = String::new();
+    a.child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    assert!(out.contains("missing.sock does not exist"), "{out}");
+}
+
+#[test]
+fn per_client_connection_cap() {
+    let dir = temp_dir("conncap");
+    std::fs::write(dir.join("l.json"), r#"{"limits":{"http_max_conns_per_client":3}}"#).unwrap();
+    let a = Agent::dev(&[&format!("-config-dir={}", dir.display())]);
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", a.port)).unwrap();
+        s.write_all(b"GET /v1/kv/x?index=99&wait=1m HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        held.push(s);
+    }
+    let capped = eventually(Duration::from_secs(5), || {
+        let r = try_http(a.port, "GET", "/v1/status/leader", b"").ok()?;
+        (r.status == 429).then_some(r)
+    });
+    assert!(capped.expect("a 4th connection is refused").text().contains("too many concurrent connections"));
+    drop(held);
+    assert!(eventually(Duration::from_secs(5), || (try_http(a.port, "GET", "/v1/status/leader", b"").ok()?.status == 200).then_some(())).is_some());
+}
