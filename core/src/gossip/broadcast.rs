@@ -7,6 +7,7 @@
 //! replaces the queued one. The queue is bounded: when full, the most-sent part is dropped.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::codec::varint_len;
 
@@ -26,7 +27,7 @@ pub enum BroadcastKey {
 #[derive(Debug, Clone, Default)]
 pub struct BroadcastQueue {
     /// `(transmits, MAX - id)` → part: iteration order is "fewest sends, newest first".
-    order: BTreeMap<(u32, u64), (BroadcastKey, Vec<u8>)>,
+    order: BTreeMap<(u32, u64), (BroadcastKey, Arc<[u8]>)>,
     /// Id of each key's part.
     index: BTreeMap<BroadcastKey, u64>,
     /// Transmits of each part, by id (so `take` needs no key lookups).
@@ -74,7 +75,7 @@ impl BroadcastQueue {
         let id = self.next_id;
         self.index.insert(key.clone(), id);
         self.transmits.insert(id, 0);
-        self.order.insert((0, u64::MAX - id), (key, part));
+        self.order.insert((0, u64::MAX - id), (key, part.into()));
         while self.order.len() > self.max {
             if let Some(((_, inv), (key, _))) = self.order.pop_last() {
                 self.index.remove(&key);
@@ -95,7 +96,7 @@ impl BroadcastQueue {
 
     /// Take parts fitting in `space` bytes (each costs its length plus a length varint),
     /// counting one transmission each and retiring parts that reach `limit`.
-    pub fn take(&mut self, mut space: usize, limit: u32) -> Vec<Vec<u8>> {
+    pub fn take(&mut self, mut space: usize, limit: u32) -> Vec<Arc<[u8]>> {
         let mut chosen = Vec::new();
         let mut misfits = 0;
         for (slot, (_, part)) in self.order.iter() {
@@ -149,7 +150,7 @@ mod tests {
         q.push(k("a"), vec![1; 10]);
         q.push(k("a"), vec![2; 10]);
         assert_eq!(q.len(), 1);
-        assert_eq!(q.take(100, 2), vec![vec![2; 10]]);
+        assert_eq!(q.take(100, 2), vec![Arc::from(vec![2u8; 10])]);
         q.push(k("b"), vec![3; 10]);
         q.push(k("c"), vec![4; 10]);
         assert_eq!(q.len(), 2);

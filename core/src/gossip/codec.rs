@@ -138,6 +138,8 @@ pub struct PushPullMember {
 /// Full-state exchange over a stream (TCP): request and reply have the same shape.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PushPull {
+    /// Sender's node name.
+    pub from: String,
     /// This is the reply to a request (so no reply is sent back).
     pub reply: bool,
     /// The request is part of a join.
@@ -328,9 +330,17 @@ fn exact<T: DeserializeOwned + Serialize>(bytes: &[u8]) -> Result<T, CodecError>
     if !rest.is_empty() {
         return Err(CodecError::Trailing);
     }
-    match postcard::to_extend(&v, Vec::with_capacity(bytes.len())) {
-        Ok(again) if again == bytes => Ok(v),
-        _ => Err(CodecError::NonCanonical),
+    let same = if bytes.len() <= 1024 {
+        // Hot path (every piggybacked part of every packet): no allocation.
+        let mut buf = [0u8; 1025];
+        matches!(postcard::to_slice(&v, &mut buf), Ok(again) if again == bytes)
+    } else {
+        matches!(postcard::to_extend(&v, Vec::with_capacity(bytes.len())), Ok(again) if again == bytes)
+    };
+    if same {
+        Ok(v)
+    } else {
+        Err(CodecError::NonCanonical)
     }
 }
 

@@ -88,6 +88,7 @@ fn simple() -> impl Strategy<Value = Message> {
             proptest::collection::vec((".{0,8}", addr(), tags(), any::<u64>(), state()), 0..4)
         )
             .prop_map(|(reply, join, event_ltime, ms)| {
+                let from = ms.first().map(|m| m.0.clone()).unwrap_or_default();
                 let members = ms
                     .into_iter()
                     .map(|(name, addr, tags, incarnation, state)| PushPullMember {
@@ -99,6 +100,7 @@ fn simple() -> impl Strategy<Value = Message> {
                     })
                     .collect();
                 Message::PushPull(PushPull {
+                    from,
                     reply,
                     join,
                     event_ltime,

@@ -75,6 +75,7 @@ pub fn seed_messages() -> Vec<Message> {
         }),
         Message::Compound(vec![Message::Ack(Ack { seq: 1 }), alive.clone()]),
         Message::PushPull(PushPull {
+            from: "node-0001".into(),
             reply: false,
             join: true,
             event_ltime: 9,

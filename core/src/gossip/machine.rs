@@ -1246,7 +1246,11 @@ impl Gossip {
     fn merge(&mut self, now: Millis, pp: PushPull) {
         self.event_clock = self.event_clock.max(pp.event_ltime);
         let refutations = self.counters.refutations;
-        let mut peer = None;
+        let peer = pp
+            .members
+            .iter()
+            .find(|e| e.name == pp.from && e.name != self.me)
+            .map(|e| e.addr);
         for e in pp
             .members
             .into_iter()
@@ -1254,20 +1258,15 @@ impl Gossip {
         {
             let known = self.members.contains_key(&e.name) || e.name == self.me;
             match e.state {
-                MemberState::Alive | MemberState::Leaving => {
-                    if peer.is_none() {
-                        peer = Some(e.addr);
-                    }
-                    self.alive_node(
-                        now,
-                        Alive {
-                            name: e.name,
-                            addr: e.addr,
-                            tags: e.tags,
-                            incarnation: e.incarnation,
-                        },
-                    )
-                }
+                MemberState::Alive | MemberState::Leaving => self.alive_node(
+                    now,
+                    Alive {
+                        name: e.name,
+                        addr: e.addr,
+                        tags: e.tags,
+                        incarnation: e.incarnation,
+                    },
+                ),
                 MemberState::Suspect | MemberState::Failed if known => self.suspect_node(
                     now,
                     Suspect {
@@ -1455,7 +1454,11 @@ impl Gossip {
             p.extend_from_slice(&own[0]);
             p
         } else {
-            let parts: Vec<&[u8]> = own.iter().chain(extra.iter()).map(Vec::as_slice).collect();
+            let parts: Vec<&[u8]> = own
+                .iter()
+                .map(Vec::as_slice)
+                .chain(extra.iter().map(|p| &p[..]))
+                .collect();
             encode_compound(&parts)
         };
         self.send_packet(to, plain);
@@ -1487,6 +1490,7 @@ impl Gossip {
             })
             .collect();
         let pp = PushPull {
+            from: self.me.clone(),
             reply,
             join,
             event_ltime: self.event_clock,
@@ -1523,7 +1527,7 @@ impl Gossip {
                 p.extend_from_slice(&parts[0]);
                 p
             } else {
-                let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+                let refs: Vec<&[u8]> = parts.iter().map(|p| &p[..]).collect();
                 encode_compound(&refs)
             };
             self.send_packet(addr, plain);

@@ -220,6 +220,7 @@ fn force_leave_survives_stale_gossip() {
         incarnation: stale.incarnation,
     };
     let pp = PushPull {
+        from: node_name(5),
         reply: true,
         join: false,
         event_ltime: 0,
