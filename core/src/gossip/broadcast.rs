@@ -23,11 +23,14 @@ pub enum BroadcastKey {
     Event(u64, String, u64),
 }
 
+/// `(transmits, u64::MAX - id)`: position of a part in the send order.
+type Slot = (u32, u64);
+
 /// Bounded queue of encoded broadcast parts.
 #[derive(Debug, Clone, Default)]
 pub struct BroadcastQueue {
     /// `(transmits, MAX - id)` → part: iteration order is "fewest sends, newest first".
-    order: BTreeMap<(u32, u64), (BroadcastKey, Arc<[u8]>)>,
+    order: BTreeMap<Slot, (BroadcastKey, Arc<[u8]>)>,
     /// Id of each key's part.
     index: BTreeMap<BroadcastKey, u64>,
     /// Transmits of each part, by id (so `take` needs no key lookups).
