@@ -72,6 +72,8 @@ pub enum Control {
 pub struct Metrics {
     by_status: Mutex<BTreeMap<u16, u64>>,
     pub blocking_open: AtomicI64,
+    /// Times a waiting blocking query was woken by a write (whether or not its result moved).
+    pub blocking_wakeups: AtomicU64,
     pub watch_fires: AtomicU64,
 }
 
@@ -366,7 +368,7 @@ pub async fn blocking<R>(
             return Ok((r, idx, meta));
         }
         tokio::select! {
-            _ = sub.changed() => {}
+            _ = sub.changed() => { metrics.blocking_wakeups.fetch_add(1, Ordering::Relaxed); }
             _ = tokio::time::sleep_until(deadline) => {}
         }
     }
@@ -438,6 +440,9 @@ async fn kv_get(api: &Api, key: &str, q: &Query) -> Response {
     with_read_headers(r, index, &meta, opts.mode)
 }
 
+/// How far past the value limit a request body is still read before answering 413.
+const DRAIN_SLACK: u64 = 64 * 1024;
+
 fn too_large(n: u64, max: u64) -> Response {
     text(
         StatusCode::PAYLOAD_TOO_LARGE,
@@ -485,6 +490,11 @@ async fn kv_put(api: &Api, key: &str, q: &Query, req: Request) -> Response {
     let max = api.kv_max_value_size;
     if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
         if len > max {
+            // Read (and drop) a body that is not much larger, so that the client, still
+            // sending, gets the 413 instead of a reset connection. Larger ones are cut off.
+            if len <= max + DRAIN_SLACK {
+                let _ = axum::body::to_bytes(req.into_body(), len as usize).await;
+            }
             return too_large(len, max);
         }
     }
@@ -613,6 +623,7 @@ fn metrics(api: &Api, q: &Query, headers: &HeaderMap) -> Response {
     let by_status = api.metrics.by_status.lock().unwrap().clone();
     let open = api.metrics.blocking_open.load(Ordering::Relaxed);
     let fires = api.metrics.watch_fires.load(Ordering::Relaxed);
+    let wakeups = api.metrics.blocking_wakeups.load(Ordering::Relaxed);
     let mut applied = 0;
     api.store.with_state(&mut |sm| applied = sm.last_applied());
     let (wk, wp) = api.store.hub().topics();
@@ -625,6 +636,7 @@ fn metrics(api: &Api, q: &Query, headers: &HeaderMap) -> Response {
             out.push_str(&format!("consul_http_requests_total{{status=\"{status}\"}} {n}\n"));
         }
         out.push_str(&format!("# HELP consul_http_blocking_queries Blocking queries waiting.\n# TYPE consul_http_blocking_queries gauge\nconsul_http_blocking_queries {open}\n"));
+        out.push_str(&format!("# HELP consul_http_blocking_wakeups_total Blocking queries woken by a write.\n# TYPE consul_http_blocking_wakeups_total counter\nconsul_http_blocking_wakeups_total {wakeups}\n"));
         out.push_str(&format!("# HELP consul_raft_applied_index Last applied index.\n# TYPE consul_raft_applied_index gauge\nconsul_raft_applied_index {applied}\n"));
         out.push_str(&format!("# HELP consul_kv_watched_topics Distinct keys and prefixes watched.\n# TYPE consul_kv_watched_topics gauge\nconsul_kv_watched_topics{{kind=\"key\"}} {wk}\nconsul_kv_watched_topics{{kind=\"prefix\"}} {wp}\n"));
         out.push_str(&format!("# HELP consul_watch_fires_total Watch handler invocations.\n# TYPE consul_watch_fires_total counter\nconsul_watch_fires_total {fires}\n"));
@@ -642,6 +654,7 @@ fn metrics(api: &Api, q: &Query, headers: &HeaderMap) -> Response {
         "Gauges": [
             gauge("consul.http.blocking_queries", open as f64, json!({})),
             gauge("consul.raft.applied_index", applied as f64, json!({})),
+            gauge("consul.http.blocking_wakeups", wakeups as f64, json!({})),
             gauge("consul.kv.watched_topics", wk as f64, json!({"kind": "key"})),
             gauge("consul.kv.watched_topics", wp as f64, json!({"kind": "prefix"})),
             gauge("consul.watch.fires", fires as f64, json!({})),

@@ -178,6 +178,7 @@ fn blocking_get_wakes_on_its_key_only() {
     assert!(!h.is_finished(), "blocking query returned on an unrelated write");
     let m = a.http("GET", "/v1/agent/metrics?format=prometheus", b"").text();
     assert!(m.contains("consul_http_blocking_queries 1"), "{m}");
+    assert!(m.contains("consul_http_blocking_wakeups_total 0"), "woken by unrelated or identical writes:\n{m}");
     a.http("PUT", "/v1/kv/watched", b"2");
     let (r, took) = h.join().unwrap();
     assert_eq!(r.status, 200);

@@ -69,6 +69,7 @@ fn ten_thousand_idle_long_polls() {
     assert!(per_poll < 24 * 1024, "{per_poll} bytes per idle long-poll");
 
     // A write to one key wakes exactly that key's waiters, quickly.
+    let wakeups_before = gauge(&a, "consul_http_blocking_wakeups_total");
     let start = Instant::now();
     assert_eq!(a.http("PUT", "/v1/kv/idle/7", b"1").status, 200);
     let woke = n / KEYS;
@@ -76,7 +77,12 @@ fn ten_thousand_idle_long_polls() {
     let took = settled.expect("the key's waiters returned");
     eprintln!("write to idle/7 woke {woke} waiters in {took:?}");
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(gauge(&a, "consul_http_blocking_queries"), (n - woke) as u64, "other waiters woke too");
+    assert_eq!(gauge(&a, "consul_http_blocking_queries"), (n - woke) as u64, "other waiters returned too");
+    assert_eq!(gauge(&a, "consul_http_blocking_wakeups_total") - wakeups_before, woke as u64, "other waiters were woken (and went back to sleep)");
+    // A write to an unwatched key wakes nobody.
+    a.http("PUT", "/v1/kv/unwatched", b"1");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(gauge(&a, "consul_http_blocking_wakeups_total") - wakeups_before, woke as u64);
 
     drop(conns);
     let freed = eventually(Duration::from_secs(30), || (gauge(&a, "consul_http_blocking_queries") == 0).then_some(()));

@@ -120,7 +120,8 @@ pub fn try_http(port: u16, method: &str, path: &str, body: &[u8]) -> Result<Resp
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let head = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n", body.len());
     s.write_all(head.as_bytes()).map_err(|e| e.to_string())?;
-    s.write_all(body).map_err(|e| e.to_string())?;
+    // A server may answer (413) before the whole body is sent: read the answer anyway.
+    let _ = s.write_all(body);
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).map_err(|e| e.to_string())?;
     let end = buf.windows(4).position(|w| w == b"\r\n\r\n").ok_or("no header end")?;
