@@ -1130,6 +1130,14 @@ impl Gossip {
         if self.suspicions.remove(&a.name).is_some() {
             self.cancel(&Timer::Suspicion(a.name.clone()));
         }
+        if matches!(event, Some(Event::MemberJoined(_))) {
+            // Probe newcomers this round, not after a whole round of the old members
+            // (memberlist inserts new nodes at a random offset too).
+            let lo = self.prober.index.min(self.prober.order.len());
+            let span = (self.prober.order.len() - lo + 1) as u64;
+            let at = lo + (self.rng.next_u64() % span) as usize;
+            self.prober.order.insert(at, a.name.clone());
+        }
         if let Some(e) = event {
             self.emit(e);
         }

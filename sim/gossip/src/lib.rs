@@ -198,6 +198,16 @@ pub fn run(p: &Params) -> Figures {
                 }
             }
         });
+        if std::env::var_os("GSIM_DEBUG").is_some() {
+            let suspecting = (0..p.nodes)
+                .filter(|&i| {
+                    h.node_ref(i)
+                        .member(&victim_name)
+                        .is_some_and(|m| m.state == tribune_core::gossip::MemberState::Suspect)
+                })
+                .count();
+            eprintln!("t+{} remaining={left} suspecting={suspecting}", h.now().since(t1).0);
+        }
         if left == 0 {
             detect_all_ms = last.since(t1).0;
         }
@@ -252,7 +262,7 @@ mod tests {
     fn false_failure_count_catches_a_mute_node() {
         let f = run(&Params {
             sabotage_mute: true,
-            minutes: 0,
+            minutes: 1,
             ..small(5)
         });
         assert!(f.false_failures > 0, "{f:?}");
