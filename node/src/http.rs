@@ -750,6 +750,99 @@ mod tests {
         assert_eq!((o.min_index, o.wait, o.mode), (0, Duration::from_secs(300), Consistency::Default));
     }
 
+    /// A store with no leader: reads and writes fail the way a Raft store without quorum does.
+    struct Leaderless(crate::hub::Hub);
+
+    impl Store for Leaderless {
+        fn write(&self, _cmd: Command) -> store::BoxFuture<'_, Result<tribune_core::fsm::Response, store::StoreError>> {
+            Box::pin(async { Err(store::StoreError::NoLeader) })
+        }
+        fn read_barrier(&self, mode: Consistency) -> store::BoxFuture<'_, Result<ReadMeta, store::StoreError>> {
+            Box::pin(async move {
+                match mode {
+                    Consistency::Stale => Ok(ReadMeta { known_leader: false, last_contact_ms: 12_345 }),
+                    _ => Err(store::StoreError::NoLeader),
+                }
+            })
+        }
+        fn with_state(&self, f: &mut dyn FnMut(&tribune_core::fsm::StateMachine)) {
+            f(&tribune_core::fsm::StateMachine::new())
+        }
+        fn hub(&self) -> &crate::hub::Hub {
+            &self.0
+        }
+        fn leader(&self) -> Option<String> {
+            None
+        }
+        fn peers(&self) -> Vec<String> {
+            vec![]
+        }
+    }
+
+    fn api_over(store: Arc<dyn Store>) -> Arc<Api> {
+        let (control, _rx) = mpsc::unbounded_channel();
+        Arc::new(Api {
+            store,
+            agent: AgentInfo {
+                node_name: "n".into(),
+                node_id: "id".into(),
+                datacenter: "dc1".into(),
+                server: true,
+                bootstrap: false,
+                bootstrap_expect: 3,
+                advertise_ip: "127.0.0.1".into(),
+                serf_lan_port: 8301,
+                serf_wan_port: 8302,
+                server_port: 8300,
+                debug_config: json!({}),
+            },
+            kv_max_value_size: 16,
+            default_query_time: Duration::from_secs(300),
+            max_query_time: Duration::from_secs(600),
+            metrics: Arc::default(),
+            control,
+        })
+    }
+
+    async fn call(api: &Arc<Api>, method: &str, uri: &str, body: &'static [u8]) -> (u16, HeaderMap, Vec<u8>) {
+        let req = axum::http::Request::builder().method(method).uri(uri).body(axum::body::Body::from(body)).unwrap();
+        let r = route(api, req).await;
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        (status, headers, axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap().to_vec())
+    }
+
+    #[tokio::test]
+    async fn without_a_leader_reads_and_writes_fail_but_stale_reads_work() {
+        let api = api_over(Arc::new(Leaderless(crate::hub::Hub::new())));
+        let (s, _, b) = call(&api, "GET", "/v1/kv/k", b"").await;
+        assert_eq!((s, b.as_slice()), (500, &b"No cluster leader"[..]));
+        let (s, _, b) = call(&api, "PUT", "/v1/kv/k", b"v").await;
+        assert_eq!((s, b.as_slice()), (500, &b"No cluster leader"[..]));
+        let (s, h, _) = call(&api, "GET", "/v1/kv/k?stale", b"").await;
+        assert_eq!(s, 404);
+        assert_eq!(h["X-Consul-KnownLeader"], "false");
+        assert_eq!(h["X-Consul-LastContact"], "12345");
+        assert_eq!(h["X-Consul-Index"], "1");
+        let (s, _, b) = call(&api, "GET", "/v1/status/leader", b"").await;
+        assert_eq!((s, b.as_slice()), (200, &b"\"\""[..]));
+        let (s, _, b) = call(&api, "GET", "/v1/status/peers", b"").await;
+        assert_eq!((s, b.as_slice()), (200, &b"[]"[..]));
+    }
+
+    #[tokio::test]
+    async fn routes_and_limits_in_process() {
+        let api = api_over(Arc::new(DevStore::new("127.0.0.1:8300".into())));
+        let (s, _, b) = call(&api, "PUT", "/v1/kv/k", b"0123456789abcdefX").await;
+        assert_eq!(s, 413);
+        assert!(String::from_utf8(b).unwrap().contains("max size: 16 bytes"));
+        assert_eq!(call(&api, "PUT", "/v1/kv/k", b"0123456789abcdef").await.0, 200);
+        assert_eq!(call(&api, "DELETE", "/v1/status/leader", b"").await.0, 405);
+        assert_eq!(call(&api, "GET", "/v1/nope", b"").await.0, 404);
+        let (_, _, b) = call(&api, "GET", "/v1/kv/k?raw", b"").await;
+        assert_eq!(b, b"0123456789abcdef");
+    }
+
     #[test]
     fn jitter_is_bounded() {
         for _ in 0..100 {
