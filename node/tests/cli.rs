@@ -161,10 +161,22 @@ fn watch_cli_without_handler_prints_json() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut out = w.stdout.take().unwrap();
+    let sink = seen.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    let v = eventually(Duration::from_secs(10), || serde_json::from_slice::<Value>(&seen.lock().unwrap()).ok());
     let _ = w.kill();
-    let o = w.wait_with_output().unwrap();
-    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let _ = w.wait();
+    let v = v.expect("watch printed the JSON result");
     assert_eq!(v[0]["Key"], json!("p/one"));
     assert_eq!(v[0]["Value"], json!("MQ=="));
 }
