@@ -169,7 +169,11 @@ fn init_logging(cfg: &Config) -> (LevelHandle, Option<String>) {
     let (filter, handle) = reload::Layer::new(level_filter(&cfg.log_level));
     let writer = LogWriter { syslog };
     let make = move || writer.clone();
-    let registry = tracing_subscriber::registry().with(filter);
+    // openraft narrates every vote and heartbeat at INFO; an operator wants its warnings.
+    let quiet_raft = tracing_subscriber::filter::filter_fn(|m| {
+        !m.target().starts_with("openraft") || *m.level() <= tracing::Level::WARN
+    });
+    let registry = tracing_subscriber::registry().with(filter).with(quiet_raft);
     if cfg.log_json {
         registry.with(tracing_subscriber::fmt::layer().json().with_ansi(false).with_writer(make)).init();
     } else {
@@ -271,13 +275,28 @@ fn redacted(raw: &Value) -> Value {
 const TOMBSTONE_TTL: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 const TOMBSTONE_GRANULARITY: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// The store behind the API. `-dev` (and, until Raft is wired in, every agent) gets the
-/// single-node in-memory [`DevStore`]; the Raft store plugs in here for non-dev servers.
-fn open_store(cfg: &Config, rpc_addr: &str) -> Result<Arc<dyn Store>, String> {
-    if !cfg.dev {
-        tracing::warn!("replication is not wired in yet: serving a single-node in-memory store (data is not persisted)");
+/// The store behind the API: `-dev` gets the single-node in-memory [`DevStore`]; a server
+/// gets the replicated Raft store in `data_dir` and starts forming (or joining) its cluster.
+async fn open_store(cfg: &Config, rpc_addr: &str) -> Result<Arc<dyn Store>, String> {
+    if cfg.dev {
+        return Ok(Arc::new(DevStore::new(rpc_addr.to_string())));
     }
-    Ok(Arc::new(DevStore::new(rpc_addr.to_string())))
+    if !cfg.server {
+        tracing::warn!("client agents do not forward to servers yet: serving a local in-memory store");
+        return Ok(Arc::new(DevStore::new(rpc_addr.to_string())));
+    }
+    let data_dir = cfg.data_dir.clone().ok_or("data_dir is required to run a server")?;
+    let port = u16::try_from(cfg.server_port).map_err(|_| format!("invalid ports.server {}", cfg.server_port))?;
+    let advertise: std::net::SocketAddr = rpc_addr.parse().map_err(|_| format!("invalid advertise address {rpc_addr}"))?;
+    let bind: std::net::SocketAddr = format!("{}:{port}", cfg.bind_addr).parse().map_err(|_| format!("invalid bind_addr {}", cfg.bind_addr))?;
+    let store = crate::raft::RaftStore::open(&data_dir, bind, advertise, cfg.node_name.clone(), cfg.datacenter.clone(), cfg.raft_multiplier)
+        .await
+        .map_err(|e| format!("Error starting the Raft store in {}: {e}", data_dir.display()))?;
+    let mut join = cfg.start_join.clone();
+    join.extend(cfg.retry_join.iter().cloned());
+    let expect = if cfg.bootstrap { 1 } else { cfg.bootstrap_expect };
+    tokio::spawn(store.clone().form_cluster(expect, join, port, cfg.retry_interval));
+    Ok(store)
 }
 
 pub async fn run(argv: &[String]) -> i32 {
@@ -339,7 +358,7 @@ pub async fn run(argv: &[String]) -> i32 {
     }
 
     let rpc_addr = format!("{}:{}", cfg.advertise_ip(), cfg.server_port);
-    let store = match open_store(&cfg, &rpc_addr) {
+    let store = match open_store(&cfg, &rpc_addr).await {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("{e}");

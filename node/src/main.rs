@@ -7,6 +7,7 @@ mod config;
 mod flags;
 mod http;
 mod hub;
+mod raft;
 mod store;
 mod watch;
 

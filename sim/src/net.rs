@@ -12,18 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use madsim::net::Endpoint;
-use openraft::error::RPCError;
-use openraft::error::ReplicationClosed;
-use openraft::error::StreamingError;
-use openraft::error::Unreachable;
-use openraft::network::RPCOption;
-use openraft::raft::AppendEntriesRequest;
-use openraft::raft::AppendEntriesResponse;
-use openraft::raft::SnapshotResponse;
-use openraft::raft::VoteRequest;
-use openraft::raft::VoteResponse;
 use openraft::RaftNetworkFactory;
-use openraft::RaftNetworkV2;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde::Serialize;
@@ -31,10 +20,11 @@ use tribune_core::fsm::Request;
 use tribune_core::fsm::Response;
 use tribune_core::kv::Entry;
 use tribune_core::raft::Node;
+use tribune_core::raft::rpc::Network;
+use tribune_core::raft::rpc::RaftRpc;
+use tribune_core::raft::rpc::RaftRpcReply;
+use tribune_core::raft::rpc::Transport;
 use tribune_core::raft::NodeId;
-use tribune_core::raft::Snapshot;
-use tribune_core::raft::SnapshotMeta;
-use tribune_core::raft::Vote;
 
 use crate::SimTypes;
 
@@ -43,21 +33,14 @@ pub const PORT: u16 = 9000;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Msg {
-    Append(AppendEntriesRequest<SimTypes>),
-    Vote(VoteRequest<SimTypes>),
-    PreVote(VoteRequest<SimTypes>),
-    Snapshot { vote: Vote, meta: SnapshotMeta, data: Vec<u8> },
+    Raft(RaftRpc<SimTypes>),
     Client(ClientMsg),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Reply {
-    Append(AppendEntriesResponse<SimTypes>),
-    Vote(VoteResponse<SimTypes>),
-    Snapshot(SnapshotResponse<SimTypes>),
+    Raft(RaftRpcReply<SimTypes>),
     Client(ClientReply),
-    /// The remote node failed the RPC (shut down, fatal error).
-    Failed(String),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -141,80 +124,25 @@ pub struct NetFactory {
     pub net: Arc<Net>,
 }
 
-pub struct NetClient {
+/// One peer, as openraft's network sees it.
+pub struct Peer {
     net: Arc<Net>,
     target: SocketAddr,
 }
 
-fn unreachable(e: impl std::error::Error + 'static) -> Unreachable<SimTypes> {
-    Unreachable::new(&e)
-}
-
 impl RaftNetworkFactory<SimTypes> for NetFactory {
-    type Network = NetClient;
+    type Network = Network<Peer>;
 
-    async fn new_client(&mut self, _target: NodeId, node: &Node) -> NetClient {
-        NetClient { net: self.net.clone(), target: node.addr.parse().expect("node address") }
+    async fn new_client(&mut self, _target: NodeId, node: &Node) -> Network<Peer> {
+        Network(Peer { net: self.net.clone(), target: node.addr.parse().expect("node address") })
     }
 }
 
-impl NetClient {
-    async fn rpc(&self, msg: Msg, option: &RPCOption) -> Result<Reply, Unreachable<SimTypes>> {
-        match self.net.call(self.target, &msg, option.hard_ttl()).await {
-            Ok(Reply::Failed(e)) => Err(unreachable(io::Error::other(e))),
-            Ok(reply) => Ok(reply),
-            Err(e) => Err(unreachable(e)),
-        }
-    }
-}
-
-fn unexpected(r: Reply) -> Unreachable<SimTypes> {
-    unreachable(io::Error::other(format!("unexpected reply {r:?}")))
-}
-
-impl RaftNetworkV2<SimTypes> for NetClient {
-    type SnapshotData = Vec<u8>;
-
-    async fn append_entries(
-        &mut self,
-        rpc: AppendEntriesRequest<SimTypes>,
-        option: RPCOption,
-    ) -> Result<AppendEntriesResponse<SimTypes>, RPCError<SimTypes>> {
-        match self.rpc(Msg::Append(rpc), &option).await? {
-            Reply::Append(r) => Ok(r),
-            r => Err(unexpected(r).into()),
-        }
-    }
-
-    async fn vote(&mut self, rpc: VoteRequest<SimTypes>, option: RPCOption) -> Result<VoteResponse<SimTypes>, RPCError<SimTypes>> {
-        match self.rpc(Msg::Vote(rpc), &option).await? {
-            Reply::Vote(r) => Ok(r),
-            r => Err(unexpected(r).into()),
-        }
-    }
-
-    async fn pre_vote(
-        &mut self,
-        rpc: VoteRequest<SimTypes>,
-        option: RPCOption,
-    ) -> Result<VoteResponse<SimTypes>, RPCError<SimTypes>> {
-        match self.rpc(Msg::PreVote(rpc), &option).await? {
-            Reply::Vote(r) => Ok(r),
-            r => Err(unexpected(r).into()),
-        }
-    }
-
-    async fn full_snapshot(
-        &mut self,
-        vote: Vote,
-        snapshot: Snapshot,
-        _cancel: impl std::future::Future<Output = ReplicationClosed> + Send + 'static,
-        option: RPCOption,
-    ) -> Result<SnapshotResponse<SimTypes>, StreamingError<SimTypes>> {
-        let msg = Msg::Snapshot { vote, meta: snapshot.meta, data: snapshot.snapshot };
-        match self.rpc(msg, &option).await? {
-            Reply::Snapshot(r) => Ok(r),
-            r => Err(unexpected(r).into()),
+impl Transport<SimTypes> for Peer {
+    async fn call(&mut self, rpc: RaftRpc<SimTypes>, ttl: Duration) -> io::Result<RaftRpcReply<SimTypes>> {
+        match self.net.call(self.target, &Msg::Raft(rpc), ttl).await? {
+            Reply::Raft(r) => Ok(r),
+            Reply::Client(r) => Err(io::Error::other(format!("client reply to a raft message: {r:?}"))),
         }
     }
 }

@@ -87,7 +87,7 @@ pub async fn run(ctx: Arc<ServerCtx>) {
         noop_bumps_index: ctx.sabotage == Sabotage::NoopBumpsIndex,
         no_dedup: ctx.sabotage == Sabotage::NoDedup,
     };
-    let config = Arc::new(tribune_core::raft::config(1, 200).validate().expect("raft config"));
+    let config = Arc::new(tribune_core::raft::config(tribune_core::raft::DEFAULT_RAFT_MULTIPLIER, 200).validate().expect("raft config"));
     let raft = SimRaft::new(ctx.id, config, NetFactory { net: net.clone() }, log, sm.clone()).await.expect("raft starts");
     if !ctx.booted_once.swap(true, Ordering::SeqCst) {
         let members: BTreeMap<NodeId, BasicNode> =
@@ -132,25 +132,7 @@ pub async fn run(ctx: Arc<ServerCtx>) {
 
 async fn handle(raft: &SimRaft, sm: &Store, sabotage: Sabotage, _members: &BTreeSet<NodeId>, msg: Msg) -> Reply {
     match msg {
-        Msg::Append(rpc) => match raft.append_entries(rpc).await {
-            Ok(r) => Reply::Append(r),
-            Err(e) => Reply::Failed(e.to_string()),
-        },
-        Msg::Vote(rpc) => match raft.vote(rpc).await {
-            Ok(r) => Reply::Vote(r),
-            Err(e) => Reply::Failed(e.to_string()),
-        },
-        Msg::PreVote(rpc) => match raft.pre_vote(rpc).await {
-            Ok(r) => Reply::Vote(r),
-            Err(e) => Reply::Failed(e.to_string()),
-        },
-        Msg::Snapshot { vote, meta, data } => {
-            let snapshot = tribune_core::raft::Snapshot { meta, snapshot: data };
-            match raft.install_full_snapshot(vote, snapshot).await {
-                Ok(r) => Reply::Snapshot(r),
-                Err(e) => Reply::Failed(e.to_string()),
-            }
-        }
+        Msg::Raft(rpc) => Reply::Raft(tribune_core::raft::rpc::serve(raft, rpc).await),
         Msg::Client(ClientMsg::Write(req)) => {
             if sabotage == Sabotage::AckBeforeCommit && raft.is_leader() {
                 // Wrong on purpose: acknowledge before the entry is committed.
