@@ -51,6 +51,9 @@ pub use machine::{CommandError, Gossip, Identity, Input, Output, Timer};
 pub use member::{MemberInfo, MemberState, ServerInfo, Tags};
 pub use time::Millis;
 
+/// The RNG trait [`generate_key`] takes (rand_core 0.6, as used by rand 0.8).
+pub use rand_core;
+
 #[cfg(test)]
 mod codec_test;
 #[cfg(test)]
