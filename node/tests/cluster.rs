@@ -1,0 +1,198 @@
+//! A real three-server cluster: three `tribune agent` processes on 127.0.x.1-3 with the
+//! default ports, `bootstrap_expect: 3` and `retry_join`, fjall data dirs, kill -9.
+
+use std::io::Read;
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::Child;
+use std::process::Command;
+use std::process::Stdio;
+use std::time::Duration;
+use std::time::Instant;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tribune");
+
+struct Server {
+    ip: String,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Server {
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("agent.log")).unwrap();
+        let child = Command::new(BIN)
+            .args(["agent", &format!("-node=n{}", self.ip.rsplit('.').next().unwrap())])
+            .arg(format!("-config-dir={}", self.dir.join("config").display()))
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn agent");
+        self.child = Some(child);
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().ok(); // SIGKILL
+            c.wait().ok();
+        }
+    }
+
+    fn http(&self, method: &str, path: &str, body: &[u8]) -> Option<(u16, String)> {
+        http(&format!("{}:8500", self.ip), method, path, body)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(15))).ok()?;
+    let head = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    s.write_all(head.as_bytes()).ok()?;
+    s.write_all(body).ok()?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).ok()?;
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((status, body))
+}
+
+/// Three servers on 127.0.<subnet>.1-3 (each test its own subnet: tests run in parallel).
+fn cluster(name: &str, subnet: u8) -> Vec<Server> {
+    let root = std::env::temp_dir().join(format!("tribune-cluster-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let ips: Vec<String> = (1..=3).map(|i| format!("127.0.{subnet}.{i}")).collect();
+    ips.iter()
+        .map(|ip| {
+            let dir = root.join(ip);
+            std::fs::create_dir_all(dir.join("config")).unwrap();
+            let config = serde_json::json!({
+                "bootstrap_expect": 3,
+                "bind_addr": ip,
+                "client_addr": ip,
+                "datacenter": "KE-DC",
+                "data_dir": dir.join("data"),
+                "log_level": "INFO",
+                "server": true,
+                "retry_join": ips,
+                "ports": { "dns": -1 },
+            });
+            std::fs::write(dir.join("config/config.json"), config.to_string()).unwrap();
+            let mut s = Server { ip: ip.clone(), dir, child: None };
+            s.start();
+            s
+        })
+        .collect()
+}
+
+/// The leader every live server agrees on, once they do.
+fn wait_leader(servers: &[Server], within: Duration) -> String {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        let views: Vec<Option<String>> = servers
+            .iter()
+            .filter(|s| s.child.is_some())
+            .map(|s| s.http("GET", "/v1/status/leader", b"").map(|(_, b)| b.trim().trim_matches('"').to_string()))
+            .collect();
+        if let Some(Some(first)) = views.first() {
+            if !first.is_empty() && views.iter().all(|v| v.as_deref() == Some(first.as_str())) {
+                return first.clone();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("no agreed leader within {within:?}");
+}
+
+fn put(s: &Server, key: &str, value: &str) -> bool {
+    matches!(s.http("PUT", &format!("/v1/kv/{key}"), value.as_bytes()), Some((200, b)) if b.trim() == "true")
+}
+
+fn get_raw(s: &Server, key: &str, stale: bool) -> Option<String> {
+    let q = if stale { "?raw&stale" } else { "?raw" };
+    match s.http("GET", &format!("/v1/kv/{key}{q}"), b"") {
+        Some((200, b)) => Some(b),
+        _ => None,
+    }
+}
+
+fn leader_index(servers: &[Server], leader: &str) -> usize {
+    let ip = leader.split(':').next().unwrap();
+    servers.iter().position(|s| s.ip == ip).expect("leader is one of ours")
+}
+
+#[test]
+fn three_servers_elect_replicate_survive_kill9_and_catch_up() {
+    let mut servers = cluster("kill", 1);
+    let leader = wait_leader(&servers, Duration::from_secs(20));
+    assert!(leader.ends_with(":8300"), "leader is a server RPC address: {leader}");
+    let (_, peers) = servers[0].http("GET", "/v1/status/peers", b"").unwrap();
+    for s in &servers {
+        assert!(peers.contains(&format!("{}:8300", s.ip)), "{peers}");
+    }
+
+    // Writes through any server; reads through any other.
+    for (i, s) in servers.iter().enumerate() {
+        assert!(put(s, &format!("redis/config/k{i}"), &format!("v{i}")), "write via {}", s.ip);
+    }
+    for s in &servers {
+        for i in 0..3 {
+            assert_eq!(get_raw(s, &format!("redis/config/k{i}"), false).as_deref(), Some(format!("v{i}").as_str()));
+        }
+    }
+
+    // kill -9 the leader: a new one is elected and writes continue.
+    let li = leader_index(&servers, &leader);
+    servers[li].kill9();
+    let other = (li + 1) % 3;
+    let killed_at = Instant::now();
+    while !put(&servers[other], "after/kill", "1") {
+        assert!(killed_at.elapsed() < Duration::from_secs(15), "no write succeeded after the leader died");
+    }
+    let new_leader = wait_leader(&servers, Duration::from_secs(15));
+    assert_ne!(new_leader, leader);
+    for i in 0..20 {
+        assert!(put(&servers[other], &format!("during/{i}"), "x"));
+    }
+
+    // The killed server restarts from its data dir and catches up.
+    servers[li].start();
+    let start = Instant::now();
+    loop {
+        if get_raw(&servers[li], "during/19", true).as_deref() == Some("x")
+            && get_raw(&servers[li], "redis/config/k2", true).as_deref() == Some("v2")
+        {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "restarted server did not catch up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn acknowledged_writes_survive_kill9_of_every_server() {
+    let mut servers = cluster("power", 2);
+    wait_leader(&servers, Duration::from_secs(20));
+    for i in 0..100 {
+        assert!(put(&servers[i % 3], &format!("durable/{i:03}"), &i.to_string()), "write {i}");
+    }
+    // Power loss: every server dies at once, then all come back.
+    servers.iter_mut().for_each(Server::kill9);
+    servers.iter_mut().for_each(Server::start);
+    wait_leader(&servers, Duration::from_secs(20));
+    for i in 0..100 {
+        let key = format!("durable/{i:03}");
+        let start = Instant::now();
+        while get_raw(&servers[0], &key, false).as_deref() != Some(i.to_string().as_str()) {
+            assert!(start.elapsed() < Duration::from_secs(10), "acknowledged write {key} lost");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
