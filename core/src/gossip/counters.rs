@@ -48,6 +48,9 @@ pub struct Counters {
     pub probes_sent: u64,
     /// Probes that got no ack (direct or indirect) by the end of the protocol period.
     pub probes_failed: u64,
-    /// Alive messages ignored because the member was tombstoned at that incarnation.
+    /// Alive messages ignored because the member was tombstoned / left / failed at that
+    /// incarnation.
     pub stale_ignored: u64,
+    /// Queued broadcasts dropped because the broadcast queue was full.
+    pub broadcasts_dropped: u64,
 }

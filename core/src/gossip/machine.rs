@@ -361,7 +361,10 @@ impl Gossip {
 
     /// Counters for metrics.
     pub fn counters(&self) -> Counters {
-        self.counters.clone()
+        Counters {
+            broadcasts_dropped: self.broadcasts.dropped(),
+            ..self.counters.clone()
+        }
     }
 
     /// Broadcasts dropped because the queue was full.

@@ -3,7 +3,10 @@
 //! The protocol, as in HashiCorp memberlist / Serf which Consul uses:
 //!
 //! * **Failure detection (SWIM).** Every `probe_interval` a node pings the next member of a
-//!   shuffled round-robin order. Without an ack within `probe_timeout` it asks
+//!   shuffled round-robin order (newly learned members are inserted at a random point of the
+//!   current round). The ping carries the prober's view of the target's incarnation; a
+//!   target that is ahead piggybacks its current `Alive` on the ack, so a missed refutation
+//!   heals on the next probe. Without an ack within `probe_timeout` it asks
 //!   `indirect_checks` random members to ping the target for it. Without any ack by the end
 //!   of the period it broadcasts `Suspect`. A suspected member that hears about it refutes
 //!   by broadcasting `Alive` with a higher incarnation number; otherwise, when the suspicion

@@ -206,7 +206,10 @@ pub fn run(p: &Params) -> Figures {
                         .is_some_and(|m| m.state == tribune_core::gossip::MemberState::Suspect)
                 })
                 .count();
-            eprintln!("t+{} remaining={left} suspecting={suspecting}", h.now().since(t1).0);
+            eprintln!(
+                "t+{} remaining={left} suspecting={suspecting}",
+                h.now().since(t1).0
+            );
         }
         if left == 0 {
             detect_all_ms = last.since(t1).0;
