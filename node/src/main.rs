@@ -8,6 +8,7 @@ mod flags;
 mod http;
 mod hub;
 mod raft;
+mod serf;
 mod store;
 mod watch;
 
@@ -22,6 +23,7 @@ Available commands are:
     kv             Interact with the key-value store
     leave          Gracefully leaves the cluster and shuts down
     members        Lists the members of a Tribune cluster
+    operator       Provides cluster-level tools (raft list-peers)
     reload         Triggers the agent to reload configuration files
     version        Prints the Tribune version
     watch          Watch for changes in Tribune";
@@ -43,7 +45,7 @@ fn main() {
             0
         }
         "agent" => runtime(true).block_on(agent::run(rest)),
-        "kv" | "members" | "leave" | "reload" | "join" | "force-leave" | "info" | "watch" => {
+        "kv" | "members" | "leave" | "reload" | "join" | "force-leave" | "info" | "watch" | "operator" => {
             let rt = runtime(false);
             rt.block_on(async {
                 match cmd {
@@ -54,6 +56,7 @@ fn main() {
                     "join" => cli::join(rest).await,
                     "force-leave" => cli::force_leave(rest).await,
                     "info" => cli::info(rest).await,
+                    "operator" => cli::operator(rest).await,
                     _ => cli::watch(rest).await,
                 }
             })

@@ -1,0 +1,295 @@
+//! The gossip shell: one task owns the core's [`Gossip`] state machine for a pool (LAN on
+//! 8301, WAN on 8302), feeds it datagrams, push-pull streams, timer deadlines and commands,
+//! and carries out its outputs.
+//!
+//! Push-pull streams are TCP on the same port: one length-prefixed frame each way
+//! ([`STREAM_BYTES_MAX`] at most). Commands arrive on a bounded channel
+//! ([`COMMANDS_MAX`]); the member list is published to readers after every step.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::RwLock;
+use std::time::Duration;
+use std::time::Instant;
+
+use tokio::io::AsyncReadExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::net::TcpStream;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::sync::oneshot;
+use tribune_core::gossip;
+use tribune_core::gossip::Event;
+use tribune_core::gossip::Gossip;
+use tribune_core::gossip::Identity;
+use tribune_core::gossip::MemberInfo;
+use tribune_core::gossip::Millis;
+use tribune_core::gossip::Output;
+
+/// Largest push-pull frame read from a peer.
+pub const STREAM_BYTES_MAX: usize = 4 << 20;
+/// Commands waiting for the gossip task.
+pub const COMMANDS_MAX: usize = 64;
+/// Push-pull streams in flight at once (each has a 10 s deadline).
+pub const STREAMS_MAX: usize = 64;
+const STREAM_TTL: Duration = Duration::from_secs(10);
+
+pub enum Command {
+    Join(Vec<SocketAddr>, oneshot::Sender<Result<usize, String>>),
+    Leave(oneshot::Sender<Result<(), String>>),
+    ForceLeave { name: String, prune: bool, done: oneshot::Sender<Result<(), String>> },
+}
+
+/// A handle on a running pool.
+#[derive(Clone)]
+pub struct Pool {
+    commands: mpsc::Sender<Command>,
+    members: Arc<RwLock<Vec<MemberInfo>>>,
+    pub addr: SocketAddr,
+}
+
+enum Wake {
+    Packet(Vec<u8>, SocketAddr),
+    /// A push-pull request on an accepted connection, to be answered on it.
+    Request(Vec<u8>, SocketAddr, oneshot::Sender<Option<Vec<u8>>>),
+    /// The reply to one of our push-pull requests.
+    Reply(Vec<u8>, SocketAddr),
+    Command(Command),
+    Deadline,
+}
+
+async fn read_frame(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > STREAM_BYTES_MAX {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "push-pull frame too large"));
+    }
+    let mut buf = vec![0u8; len];
+    s.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+async fn write_frame(s: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(bytes.len() + 4);
+    buf.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    buf.extend_from_slice(bytes);
+    s.write_all(&buf).await
+}
+
+impl Pool {
+    /// Bind UDP and TCP on `bind`, advertise `identity.addr`, and run the pool.
+    pub async fn start(bind: SocketAddr, config: gossip::Config, identity: Identity, label: &'static str) -> std::io::Result<Pool> {
+        let udp = Arc::new(UdpSocket::bind(bind).await?);
+        let tcp = TcpListener::bind(bind).await?;
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let start = Instant::now();
+        let now = move || Millis(start.elapsed().as_millis() as u64);
+        let advertise = identity.addr;
+        let mut g = Gossip::new(now(), config, identity, seed).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let members = Arc::new(RwLock::new(g.members()));
+        let (cmd_tx, mut cmd_rx) = mpsc::channel::<Command>(COMMANDS_MAX);
+        let (wake_tx, mut wake_rx) = mpsc::channel::<Wake>(1024);
+
+        // UDP receiver.
+        let rx_udp = udp.clone();
+        let tx = wake_tx.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65_536];
+            while let Ok((n, from)) = rx_udp.recv_from(&mut buf).await {
+                if tx.send(Wake::Packet(buf[..n].to_vec(), from)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        // TCP push-pull acceptor: one request frame, one reply frame.
+        let tx = wake_tx.clone();
+        let streams = Arc::new(tokio::sync::Semaphore::new(STREAMS_MAX));
+        let accept_streams = streams.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok(permit) = accept_streams.clone().acquire_owned().await else { return };
+                let Ok((mut s, from)) = tcp.accept().await else { continue };
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let _ = tokio::time::timeout(STREAM_TTL, async {
+                        let req = read_frame(&mut s).await?;
+                        let (reply_tx, reply_rx) = oneshot::channel();
+                        tx.send(Wake::Request(req, from, reply_tx)).await.map_err(std::io::Error::other)?;
+                        if let Ok(Some(reply)) = reply_rx.await {
+                            write_frame(&mut s, &reply).await?;
+                        }
+                        Ok::<_, std::io::Error>(())
+                    })
+                    .await;
+                });
+            }
+        });
+
+        let published = members.clone();
+        tokio::spawn(async move {
+            loop {
+                let deadline = g.next_deadline().map(|d| start + Duration::from_millis(d.0));
+                let wake = tokio::select! {
+                    biased;
+                    Some(c) = cmd_rx.recv() => Wake::Command(c),
+                    Some(w) = wake_rx.recv() => w,
+                    _ = async {
+                        match deadline {
+                            Some(d) => tokio::time::sleep_until(d.into()).await,
+                            None => std::future::pending().await,
+                        }
+                    } => Wake::Deadline,
+                };
+                let t = now();
+                match wake {
+                    Wake::Packet(bytes, from) => g.handle_packet(t, from, &bytes),
+                    Wake::Request(bytes, from, reply) => {
+                        let _ = reply.send(g.handle_stream(t, from, &bytes));
+                    }
+                    Wake::Reply(bytes, from) => {
+                        let _ = g.handle_stream(t, from, &bytes);
+                    }
+                    Wake::Deadline => g.handle_timeout(t),
+                    Wake::Command(Command::Join(addrs, done)) => {
+                        let _ = done.send(g.join(t, &addrs).map(|_| addrs.len()).map_err(|e| e.to_string()));
+                    }
+                    Wake::Command(Command::Leave(done)) => {
+                        let _ = done.send(g.leave(t).map_err(|e| e.to_string()));
+                    }
+                    Wake::Command(Command::ForceLeave { name, prune, done }) => {
+                        let _ = done.send(g.force_leave(t, &name, prune).map_err(|e| e.to_string()));
+                    }
+                }
+                while let Some(out) = g.poll_output() {
+                    match out {
+                        Output::Packet { to, bytes } => {
+                            let _ = udp.try_send_to(&bytes, to);
+                        }
+                        // Replies go back on the request's own connection (above).
+                        Output::StreamReply { .. } => {}
+                        Output::Stream { to, bytes } => {
+                            let Ok(permit) = streams.clone().try_acquire_owned() else { continue };
+                            let tx = wake_tx.clone();
+                            tokio::spawn(async move {
+                                let _permit = permit;
+                                let r = tokio::time::timeout(STREAM_TTL, async {
+                                    let mut s = TcpStream::connect(to).await?;
+                                    write_frame(&mut s, &bytes).await?;
+                                    read_frame(&mut s).await
+                                })
+                                .await;
+                                if let Ok(Ok(reply)) = r {
+                                    let _ = tx.send(Wake::Reply(reply, to)).await;
+                                }
+                            });
+                        }
+                        Output::Event(e) => log_event(label, &e),
+                    }
+                }
+                *published.write().unwrap() = g.members();
+            }
+        });
+        Ok(Pool { commands: cmd_tx, members, addr: advertise })
+    }
+
+    /// The members as this node sees them.
+    pub fn members(&self) -> Vec<MemberInfo> {
+        self.members.read().unwrap().clone()
+    }
+
+    async fn command<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Command) -> Result<T, String> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(make(tx)).await.map_err(|_| "gossip stopped".to_string())?;
+        rx.await.map_err(|_| "gossip stopped".to_string())?
+    }
+
+    pub async fn join(&self, addrs: Vec<SocketAddr>) -> Result<usize, String> {
+        self.command(|done| Command::Join(addrs, done)).await
+    }
+
+    pub async fn leave(&self) -> Result<(), String> {
+        self.command(Command::Leave).await
+    }
+
+    pub async fn force_leave(&self, name: String, prune: bool) -> Result<(), String> {
+        self.command(|done| Command::ForceLeave { name, prune, done }).await
+    }
+}
+
+fn log_event(label: &str, e: &Event) {
+    match e {
+        Event::MemberJoined(m) => tracing::info!(pool = label, member = %m.name, addr = %m.addr, "serf: member joined"),
+        Event::MemberFailed(m) => tracing::warn!(pool = label, member = %m.name, "serf: member failed"),
+        Event::MemberLeft(m) => tracing::info!(pool = label, member = %m.name, "serf: member left"),
+        Event::MemberReaped(m) => tracing::info!(pool = label, member = %m.name, "serf: member reaped"),
+        Event::MemberUpdated(_) | Event::User(_) => {}
+    }
+}
+
+/// Resolve join addresses (`host`, `ip`, `host:port`) to gossip addresses on `port` unless
+/// a port is given.
+pub async fn resolve(hosts: &[String], default_port: u16) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for h in hosts {
+        let (host, port) = match h.rsplit_once(':') {
+            Some((host, p)) if !host.contains(':') => match p.parse::<u16>() {
+                Ok(p) => (host, p),
+                Err(_) => (h.as_str(), default_port),
+            },
+            _ => (h.as_str(), default_port),
+        };
+        if let Ok(addrs) = tokio::net::lookup_host((host.trim_matches(['[', ']']), port)).await {
+            for a in addrs.filter(|a| a.is_ipv4()) {
+                if !out.contains(&a) {
+                    out.push(a);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Join `hosts` now and keep retrying every `every` until at least one answers (Consul's
+/// `start_join` + `retry_join`).
+pub async fn retry_join(pool: Pool, hosts: Vec<String>, port: u16, every: Duration) {
+    if hosts.is_empty() {
+        return;
+    }
+    loop {
+        let addrs: Vec<SocketAddr> = resolve(&hosts, port).await.into_iter().filter(|a| *a != pool.addr).collect();
+        if !addrs.is_empty() {
+            let _ = pool.join(addrs).await;
+        }
+        tokio::time::sleep(every.min(Duration::from_secs(2))).await;
+        if pool.members().iter().filter(|m| m.state.is_live()).count() > 1 {
+            tracing::info!("serf: joined the cluster");
+            return;
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// A member as `/v1/agent/members` shows it (Consul's field names).
+pub fn member_json(m: &MemberInfo) -> serde_json::Value {
+    serde_json::json!({
+        "Name": m.name,
+        "Addr": m.addr.ip().to_string(),
+        "Port": m.addr.port(),
+        "Tags": m.tags,
+        "Status": m.status,
+        "ProtocolMin": 1, "ProtocolMax": 5, "ProtocolCur": 2,
+        "DelegateMin": 2, "DelegateMax": 5, "DelegateCur": 4,
+    })
+}
+
+/// Tags as a string map, from the JSON object the API builds for this agent.
+pub fn tags_of(v: &serde_json::Value) -> gossip::Tags {
+    v.get("Tags")
+        .and_then(|t| t.as_object())
+        .map(|o| o.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
+        .unwrap_or_default()
+}
