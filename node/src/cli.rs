@@ -640,6 +640,37 @@ pub async fn info(argv: &[String]) -> i32 {
     0
 }
 
+pub async fn operator(argv: &[String]) -> i32 {
+    let usage = "Usage: tribune operator raft list-peers [options]";
+    match (argv.first().map(String::as_str), argv.get(1).map(String::as_str)) {
+        (Some("raft"), Some("list-peers")) => {}
+        (Some("raft"), Some(other)) => return err(format!("Unknown operator raft subcommand: {other}\n\n{usage}")),
+        _ => return err(usage),
+    }
+    let p = match parse_or_exit(&[], &argv[2..], usage) {
+        Ok(p) => p,
+        Err(c) => return c,
+    };
+    let http = match Http::new(&p) {
+        Ok(h) => h,
+        Err(e) => return err(format!("Error! {e}")),
+    };
+    let r = match http.call("GET", "/v1/operator/raft/configuration", b"").await {
+        Ok(r) if r.status == 200 => r,
+        Ok(r) => return err(format!("Error getting peers: {}", unexpected(&r))),
+        Err(e) => return err(format!("Error getting peers: {e}")),
+    };
+    let v: Value = serde_json::from_slice(&r.body).unwrap_or_default();
+    let mut rows = vec![["Node", "ID", "Address", "State", "Voter", "RaftProtocol"].iter().map(|s| s.to_string()).collect::<Vec<_>>()];
+    for s in v.get("Servers").and_then(Value::as_array).into_iter().flatten() {
+        let f = |k: &str| s.get(k).map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string())).unwrap_or_default();
+        let state = if s.get("Leader").and_then(Value::as_bool) == Some(true) { "leader" } else { "follower" };
+        rows.push(vec![f("Node"), f("ID"), f("Address"), state.into(), f("Voter"), f("ProtocolVersion")]);
+    }
+    print!("{}", columnize(&rows));
+    0
+}
+
 pub async fn watch(argv: &[String]) -> i32 {
     let usage = "Usage: tribune watch [options] [child...]\n\n  -type=key|keyprefix  -key=KEY  -prefix=PREFIX  -shell=true  -stale";
     let specs = [

@@ -8,7 +8,6 @@ mod flags;
 mod http;
 mod hub;
 mod raft;
-mod serf;
 mod store;
 mod watch;
 

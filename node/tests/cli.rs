@@ -106,6 +106,10 @@ fn keygen_version_members_info() {
     assert_eq!(a.cli(&["members", "-status=failed"]).status.code(), Some(2));
     let info = stdout(&a.cli(&["info"]));
     assert!(info.contains("raft:\n") && info.contains("\tapplied_index = "), "{info}");
+    let peers = stdout(&a.cli(&["operator", "raft", "list-peers"]));
+    let rows: Vec<Vec<&str>> = peers.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows[0], ["Node", "ID", "Address", "State", "Voter", "RaftProtocol"]);
+    assert_eq!((rows[1][0], rows[1][2], rows[1][3], rows[1][4]), ("consul01", "127.0.0.1:8300", "leader", "true"));
     let o = a.cli(&["reload"]);
     assert_eq!((o.status.code(), stdout(&o).as_str()), (Some(0), "Configuration reload triggered\n"));
 }
