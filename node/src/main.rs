@@ -8,6 +8,7 @@ mod flags;
 mod http;
 mod hub;
 mod raft;
+mod serf;
 mod store;
 mod watch;
 
