@@ -266,7 +266,18 @@ fn agent_startup_errors() {
     let port = free_port();
     let mut first = Agent {
         child: Command::new(BIN)
-            .args(["agent", "-server", "-bootstrap", "-bind=127.0.0.1", &format!("-data-dir={}", data.display()), &format!("-http-port={port}")])
+            .args([
+                "agent",
+                "-server",
+                "-bootstrap",
+                "-bind=127.0.0.1",
+                &format!("-data-dir={}", data.display()),
+                &format!("-http-port={port}"),
+                // Not the default server/gossip ports: other tests run real clusters on them.
+                &format!("-server-port={}", free_port()),
+                &format!("-serf-lan-port={}", free_port()),
+                &format!("-serf-wan-port={}", free_port()),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -275,7 +286,17 @@ fn agent_startup_errors() {
     };
     first.wait_ready();
     let o = Command::new(BIN)
-        .args(["agent", "-server", "-bootstrap", &format!("-data-dir={}", data.display()), &format!("-http-port={}", free_port())])
+        .args([
+            "agent",
+            "-server",
+            "-bootstrap",
+            "-bind=127.0.0.1",
+            &format!("-data-dir={}", data.display()),
+            &format!("-http-port={}", free_port()),
+            &format!("-server-port={}", free_port()),
+            &format!("-serf-lan-port={}", free_port()),
+            &format!("-serf-wan-port={}", free_port()),
+        ])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
@@ -319,6 +340,7 @@ fn walkthrough_config_dir_starts_an_agent() {
     let etc = temp_dir("consul.d");
     let data = temp_dir("varlib");
     let port = free_port();
+    let (server_port, serf_port) = (free_port(), free_port());
     let cfg = json!({
         "bootstrap_expect": 1, "client_addr": "127.0.0.1", "bind_addr": "127.0.0.1",
         "datacenter": "KE-DC", "data_dir": data, "domain": "consul",
@@ -326,7 +348,8 @@ fn walkthrough_config_dir_starts_an_agent() {
         "enable_syslog": true, "encrypt": key, "leave_on_terminate": true, "log_level": "INFO",
         "rejoin_after_leave": true, "retry_join": ["consul01", "consul02", "consul03"], "server": true,
         "start_join": ["consul01", "consul02", "consul03"], "ui": true,
-        "ports": {"http": port},
+        // Not the default server/gossip ports: other tests run real clusters on them.
+        "ports": {"http": port, "server": server_port, "serf_lan": serf_port, "serf_wan": free_port()},
         "watches": [{"type": "key", "key": "foo/bar/baz", "handler_type": "http",
             "http_handler_config": {"path": "https://localhost:8000/watch", "method": "POST",
               "header": {"x-foo": ["bar", "baz"]}, "timeout": "10s", "tls_skip_verify": false}}]
@@ -342,7 +365,10 @@ fn walkthrough_config_dir_starts_an_agent() {
     a.wait_ready();
     let out = stdout(&a.cli(&["members"]));
     let row: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
-    assert_eq!(row, ["consul01", "127.0.0.1:8301", "alive", "server", "0.1.0", "2", "ke-dc", "<all>"]);
+    let addr = format!("127.0.0.1:{serf_port}");
+    assert_eq!(row, ["consul01", addr.as_str(), "alive", "server", "0.1.0", "2", "ke-dc", "<all>"]);
+    let leader = a.http("GET", "/v1/status/leader", b"").json();
+    assert_eq!(leader, json!(format!("127.0.0.1:{server_port}")));
     assert_eq!(stdout(&a.cli(&["kv", "put", "redis/config/connections", "5"])), "Success! Data written to: redis/config/connections\n");
     assert_eq!(stdout(&a.cli(&["kv", "get", "redis/config/connections"])), "5\n");
     // The gossip key is not shown back.

@@ -51,7 +51,8 @@ impl Agent {
                 panic!("agent exited early: {status}");
             }
             if let Ok(r) = try_http(self.port, "GET", "/v1/status/leader", b"") {
-                if r.status == 200 {
+                // Serving, and a leader is known (a server may still be electing itself).
+                if r.status == 200 && r.body != b"\"\"" {
                     return;
                 }
             }
