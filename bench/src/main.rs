@@ -303,46 +303,68 @@ fn now_ns() -> u128 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos()
 }
 
-/// PUT bench/0000 through the endpoints (round-robin per attempt) until one succeeds.
+/// One PUT of bench/0000 on a fresh connection.
+async fn failover_attempt(target: Target, addr: String, request: Arc<Vec<u8>>) -> Result<String, String> {
+    let mut c = Conn::connect(&addr).await.map_err(|e| format!("{addr}: {e}"))?;
+    let r = c.round_trip(&request).await.map_err(|e| format!("{addr}: {e}"))?;
+    if accepted(target, Op::Put, &r) {
+        Ok(addr)
+    } else {
+        Err(format!("{addr}: status {} {:?}", r.status, String::from_utf8_lossy(&r.body[..r.body.len().min(120)])))
+    }
+}
+
+/// PUTs bench/0000 through the endpoints until one succeeds, and reports the time since
+/// --since-ns. A new attempt starts every 100 ms (round-robin over the endpoints, at most
+/// 64 in flight, each on its own connection with a 10 s timeout) without waiting for
+/// earlier ones, so a request stuck on a dead leader does not hide the moment the
+/// cluster accepts writes again.
 async fn run_failover(a: &Args) -> ExitCode {
     let since = a.since_ns.unwrap_or_else(now_ns);
-    let request = build(a.target, Op::Put, 0, &vec![b'f'; a.value_bytes]);
+    let request = Arc::new(build(a.target, Op::Put, 0, &vec![b'f'; a.value_bytes]));
     let deadline = Instant::now() + a.duration;
+    let mut tasks: tokio::task::JoinSet<Result<String, String>> = tokio::task::JoinSet::new();
     let mut attempts = 0u64;
+    let mut in_flight = 0usize;
     let mut last_err = String::new();
-    let mut conns: Vec<Option<Conn>> = a.endpoints.iter().map(|_| None).collect();
-    while Instant::now() < deadline {
-        let i = attempts as usize % a.endpoints.len();
-        attempts += 1;
-        let addr = &a.endpoints[i];
-        let slot = &mut conns[i];
-        let res = tokio::time::timeout(Duration::from_secs(5), async {
-            if slot.as_ref().is_none_or(|c| !c.reusable()) {
-                *slot = Some(Conn::connect(addr).await?);
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if Instant::now() >= deadline {
+                    break;
+                }
+                if in_flight < 64 {
+                    let addr = a.endpoints[attempts as usize % a.endpoints.len()].clone();
+                    attempts += 1;
+                    in_flight += 1;
+                    let (req, target) = (request.clone(), a.target);
+                    tasks.spawn(async move {
+                        match tokio::time::timeout(Duration::from_secs(10), failover_attempt(target, addr.clone(), req)).await {
+                            Ok(r) => r,
+                            Err(_) => Err(format!("{addr}: timed out after 10s")),
+                        }
+                    });
+                }
             }
-            slot.as_mut().unwrap().round_trip(&request).await
-        })
-        .await;
-        match res {
-            Ok(Ok(r)) if accepted(a.target, Op::Put, &r) => {
-                let ms = (now_ns().saturating_sub(since)) as f64 / 1e6;
-                println!(
-                    "RESULT system={} scenario=failover failover_ms={ms:.0} attempts={attempts} via={addr}",
-                    system_name(a.target)
-                );
-                return ExitCode::SUCCESS;
-            }
-            Ok(Ok(r)) => last_err = format!("{addr}: status {} {:?}", r.status, String::from_utf8_lossy(&r.body[..r.body.len().min(120)])),
-            Ok(Err(e)) => {
-                *slot = None;
-                last_err = format!("{addr}: {e}");
-            }
-            Err(_) => {
-                *slot = None;
-                last_err = format!("{addr}: timed out");
+            Some(r) = tasks.join_next() => {
+                in_flight -= 1;
+                match r.unwrap_or_else(|e| Err(format!("attempt task failed: {e}"))) {
+                    Ok(addr) => {
+                        let ms = now_ns().saturating_sub(since) as f64 / 1e6;
+                        println!(
+                            "RESULT system={} scenario=failover failover_ms={ms:.0} attempts={attempts} via={addr}",
+                            system_name(a.target)
+                        );
+                        if !last_err.is_empty() {
+                            eprintln!("# {} failover: last error before success: {last_err}", system_name(a.target));
+                        }
+                        return ExitCode::SUCCESS;
+                    }
+                    Err(e) => last_err = e,
+                }
             }
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     println!("RESULT system={} scenario=failover failover_ms=timeout attempts={attempts}", system_name(a.target));
     eprintln!("# failover: no write succeeded within {:?}; last error: {last_err}", a.duration);
