@@ -299,6 +299,50 @@ async fn open_store(cfg: &Config, rpc_addr: &str) -> Result<Arc<dyn Store>, Stri
     Ok(store)
 }
 
+/// Start the LAN gossip pool (and the WAN pool on servers) unless their ports are -1.
+/// A node with the wrong `encrypt` key cannot read or write any packet of the pool.
+async fn start_gossip(cfg: &Config, agent: &AgentInfo) -> Result<(Option<crate::serf::Pool>, Option<crate::serf::Pool>), String> {
+    use tribune_core::gossip;
+    let ip: std::net::IpAddr = cfg.advertise_ip().parse().map_err(|_| format!("invalid advertise address {}", cfg.advertise_ip()))?;
+    let bind_ip: std::net::IpAddr = cfg.bind_addr.parse().map_err(|_| format!("invalid bind_addr {}", cfg.bind_addr))?;
+    let keys: Vec<String> = cfg.encrypt.iter().cloned().collect();
+    let start = |port: i64, wan: bool| {
+        let keys = keys.clone();
+        async move {
+            if port < 0 || (wan && !cfg.server) || cfg.dev {
+                return Ok(None);
+            }
+            let port = u16::try_from(port).map_err(|_| format!("invalid gossip port {port}"))?;
+            let mut config = if wan { gossip::Config::wan() } else { gossip::Config::lan() };
+            config.keys = keys;
+            let name = if wan { format!("{}.{}", cfg.node_name, cfg.datacenter) } else { cfg.node_name.clone() };
+            let identity = gossip::Identity {
+                name,
+                addr: std::net::SocketAddr::new(ip, port),
+                tags: crate::serf::tags_of(&http::member(agent, wan)),
+            };
+            let label = if wan { "wan" } else { "lan" };
+            crate::serf::Pool::start(std::net::SocketAddr::new(bind_ip, port), config, identity, label)
+                .await
+                .map(Some)
+                .map_err(|e| format!("Error starting agent: Failed to start {label} gossip on {bind_ip}:{port}: {e}"))
+        }
+    };
+    let lan = start(cfg.serf_lan_port, false).await?;
+    let wan = start(cfg.serf_wan_port, true).await?;
+    Ok((lan, wan))
+}
+
+/// Leave the gossip pools gracefully (the leave intent needs a moment to spread).
+async fn leave_gossip(api: &Api) {
+    for pool in [&api.lan, &api.wan].into_iter().flatten() {
+        let _ = pool.leave().await;
+    }
+    if api.lan.is_some() {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
 pub async fn run(argv: &[String]) -> i32 {
     let opts = match parse_args(argv) {
         Ok(o) => o,
@@ -368,9 +412,7 @@ pub async fn run(argv: &[String]) -> i32 {
     };
     tokio::spawn(crate::store::reap_tombstones(store.clone(), rpc_addr.clone(), TOMBSTONE_TTL, TOMBSTONE_GRANULARITY));
     let (control_tx, mut control_rx) = mpsc::unbounded_channel();
-    let api = Arc::new(Api {
-        store,
-        agent: AgentInfo {
+    let agent_info = AgentInfo {
             node_name: cfg.node_name.clone(),
             node_id: node_id.clone(),
             datacenter: cfg.datacenter.clone(),
@@ -382,7 +424,20 @@ pub async fn run(argv: &[String]) -> i32 {
             serf_wan_port: cfg.serf_wan_port,
             server_port: cfg.server_port,
             debug_config: redacted(&cfg.raw),
-        },
+        };
+    let (lan, wan) = match start_gossip(&cfg, &agent_info).await {
+        Ok(pools) => pools,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("==> {e}");
+            return 1;
+        }
+    };
+    let api = Arc::new(Api {
+        store,
+        lan: lan.clone(),
+        wan,
+        agent: agent_info,
         kv_max_value_size: cfg.kv_max_value_size,
         default_query_time: cfg.default_query_time,
         max_query_time: cfg.max_query_time,
@@ -418,10 +473,14 @@ pub async fn run(argv: &[String]) -> i32 {
         tokio::spawn(http::serve(l, router, per_client, 65_536));
         tracing::info!(address = %listen, "agent: Started HTTP server");
     }
-    tracing::info!(leader = %rpc_addr, "agent: cluster leadership acquired (single node)");
+    if cfg.dev {
+        tracing::info!(leader = %rpc_addr, "agent: cluster leadership acquired (single node)");
+    }
     let mut watches = spawn_watches(&api, watch_specs);
-    if !cfg.start_join.is_empty() || !cfg.retry_join.is_empty() {
-        tracing::warn!(start_join = ?cfg.start_join, retry_join = ?cfg.retry_join, "agent: joining is not available yet (gossip pending); running alone");
+    if let Some(lan) = &lan {
+        let mut join = cfg.start_join.clone();
+        join.extend(cfg.retry_join.iter().cloned());
+        tokio::spawn(crate::serf::retry_join(lan.clone(), join, cfg.serf_lan_port as u16, cfg.retry_interval));
     }
     println!("==> Tribune agent running!");
 
@@ -434,11 +493,11 @@ pub async fn run(argv: &[String]) -> i32 {
     loop {
         let reply = tokio::select! {
             _ = hup.recv() => None,
-            _ = int.recv() => { tracing::info!("agent: Caught signal: interrupt; gracefully leaving"); break; }
+            _ = int.recv() => { tracing::info!("agent: Caught signal: interrupt; gracefully leaving"); leave_gossip(&api).await; break; }
             _ = term.recv() => { tracing::info!("agent: Caught signal: terminated"); break; }
             c = control_rx.recv() => match c {
                 Some(Control::Reload(tx)) => Some(tx),
-                Some(Control::Leave) | None => { tracing::info!("agent: Requesting shutdown (leave)"); break; }
+                Some(Control::Leave) | None => { tracing::info!("agent: Requesting shutdown (leave)"); leave_gossip(&api).await; break; }
             },
         };
         tracing::info!("agent: Reloading configuration...");

@@ -85,6 +85,9 @@ impl Metrics {
 
 pub struct Api {
     pub store: Arc<dyn Store>,
+    /// The LAN gossip pool (and, on servers, the WAN pool), when gossip runs.
+    pub lan: Option<crate::serf::Pool>,
+    pub wan: Option<crate::serf::Pool>,
     pub agent: AgentInfo,
     pub kv_max_value_size: u64,
     pub default_query_time: Duration,
@@ -208,7 +211,13 @@ async fn route(api: &Arc<Api>, req: Request) -> Response {
         "/v1/status/leader" if get_only(&method) => json_response(&api.store.leader().unwrap_or_default(), pretty),
         "/v1/status/peers" if get_only(&method) => json_response(&api.store.peers(), pretty),
         "/v1/agent/self" if get_only(&method) => json_response(&agent_self(api), pretty),
-        "/v1/agent/members" if get_only(&method) => json_response(&vec![member(&api.agent, q.has("wan"))], pretty),
+        "/v1/agent/members" if get_only(&method) => {
+            let pool = if q.has("wan") { &api.wan } else { &api.lan };
+            match pool {
+                Some(p) => json_response(&p.members().iter().map(crate::serf::member_json).collect::<Vec<_>>(), pretty),
+                None => json_response(&vec![member(&api.agent, q.has("wan"))], pretty),
+            }
+        }
         "/v1/agent/leave" if put_only(&method) => {
             let _ = api.control.send(Control::Leave);
             text(StatusCode::OK, "")
@@ -229,15 +238,32 @@ async fn route(api: &Arc<Api>, req: Request) -> Response {
         p if p.starts_with("/v1/agent/join/") && put_only(&method) => {
             let addr = decode_path(&p["/v1/agent/join/".len()..]).unwrap_or_default();
             let own = [format!("{}:{}", api.agent.advertise_ip, api.agent.serf_lan_port), api.agent.advertise_ip.clone()];
-            if own.contains(&addr) {
-                text(StatusCode::OK, "")
-            } else {
-                text(StatusCode::INTERNAL_SERVER_ERROR, format!("1 error occurred:\n\t* Failed to join {addr}: gossip is not available in this build yet\n\n"))
+            let pool = if q.has("wan") { &api.wan } else { &api.lan };
+            let port = if q.has("wan") { api.agent.serf_wan_port } else { api.agent.serf_lan_port };
+            match pool {
+                _ if own.contains(&addr) => text(StatusCode::OK, ""),
+                Some(pool) => {
+                    let addrs = crate::serf::resolve(std::slice::from_ref(&addr), port as u16).await;
+                    let joined = if addrs.is_empty() { Err(format!("no address for {addr}")) } else { pool.join(addrs).await };
+                    match joined {
+                        Ok(_) => text(StatusCode::OK, ""),
+                        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("1 error occurred:\n\t* Failed to join {addr}: {e}\n\n")),
+                    }
+                }
+                None => text(StatusCode::INTERNAL_SERVER_ERROR, format!("1 error occurred:\n\t* Failed to join {addr}: gossip is disabled\n\n")),
             }
         }
         p if p.starts_with("/v1/agent/force-leave/") && put_only(&method) => {
             let node = decode_path(&p["/v1/agent/force-leave/".len()..]).unwrap_or_default();
-            text(StatusCode::INTERNAL_SERVER_ERROR, format!("agent: No node found with name '{node}'"))
+            let prune = q.has("prune");
+            let result = match &api.lan {
+                Some(pool) => pool.force_leave(node.clone(), prune).await,
+                None => Err("unknown member".into()),
+            };
+            match result {
+                Ok(()) => text(StatusCode::OK, ""),
+                Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("agent: No node found with name '{node}'")),
+            }
         }
         "/v1/status/leader" | "/v1/status/peers" | "/v1/agent/self" | "/v1/agent/members" | "/v1/agent/metrics" | "/v1/operator/raft/configuration" => {
             method_not_allowed("GET")
@@ -782,6 +808,8 @@ mod tests {
     fn api_over(store: Arc<dyn Store>) -> Arc<Api> {
         let (control, _rx) = mpsc::unbounded_channel();
         Arc::new(Api {
+            lan: None,
+            wan: None,
             store,
             agent: AgentInfo {
                 node_name: "n".into(),

@@ -66,6 +66,7 @@ fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> Option<(u16, Strin
 
 /// Three servers on 127.0.<subnet>.1-3 (each test its own subnet: tests run in parallel).
 fn cluster(name: &str, subnet: u8) -> Vec<Server> {
+    let key = keygen();
     let root = std::env::temp_dir().join(format!("tribune-cluster-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     let ips: Vec<String> = (1..=3).map(|i| format!("127.0.{subnet}.{i}")).collect();
@@ -82,6 +83,7 @@ fn cluster(name: &str, subnet: u8) -> Vec<Server> {
                 "log_level": "INFO",
                 "server": true,
                 "retry_join": ips,
+                "encrypt": key,
                 "ports": { "dns": -1 },
             });
             std::fs::write(dir.join("config/config.json"), config.to_string()).unwrap();
@@ -90,6 +92,29 @@ fn cluster(name: &str, subnet: u8) -> Vec<Server> {
             s
         })
         .collect()
+}
+
+fn keygen() -> String {
+    let out = Command::new(BIN).arg("keygen").output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn members(ip: &str) -> String {
+    let out = Command::new(BIN).args(["members", &format!("-http-addr={ip}:8500")]).output().unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Wait until `tribune members` on `ip` shows `want` alive members.
+fn wait_alive(ip: &str, want: usize) -> String {
+    let start = Instant::now();
+    loop {
+        let m = members(ip);
+        if m.lines().filter(|l| l.contains(" alive ")).count() == want {
+            return m;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{want} alive members never showed on {ip}:\n{m}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// The leader every live server agrees on, once they do.
@@ -133,6 +158,19 @@ fn three_servers_elect_replicate_survive_kill9_and_catch_up() {
     let mut servers = cluster("kill", 1);
     let leader = wait_leader(&servers, Duration::from_secs(20));
     assert!(leader.ends_with(":8300"), "leader is a server RPC address: {leader}");
+    // The walkthrough's `members` table, seen from every server.
+    for s in &servers {
+        let table = wait_alive(&s.ip, 3);
+        let mut lines = table.lines();
+        let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+        assert_eq!(header, ["Node", "Address", "Status", "Type", "Build", "Protocol", "DC", "Segment"]);
+        for (row, peer) in lines.zip(&servers) {
+            let cols: Vec<&str> = row.split_whitespace().collect();
+            assert_eq!(cols[1], format!("{}:8301", peer.ip), "{table}");
+            assert_eq!(&cols[2..4], ["alive", "server"], "{table}");
+            assert_eq!(&cols[5..], ["2", "ke-dc", "<all>"], "{table}");
+        }
+    }
     let (_, peers) = servers[0].http("GET", "/v1/status/peers", b"").unwrap();
     for s in &servers {
         assert!(peers.contains(&format!("{}:8300", s.ip)), "{peers}");
@@ -195,4 +233,29 @@ fn acknowledged_writes_survive_kill9_of_every_server() {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+#[test]
+fn a_node_with_the_wrong_encrypt_key_never_gets_in() {
+    let servers = cluster("key", 3);
+    wait_leader(&servers, Duration::from_secs(20));
+    wait_alive(&servers[0].ip, 3);
+    let dir = std::env::temp_dir().join(format!("tribune-cluster-intruder-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("config")).unwrap();
+    let config = serde_json::json!({
+        "bind_addr": "127.0.3.9", "client_addr": "127.0.3.9", "datacenter": "KE-DC",
+        "data_dir": dir.join("data"), "encrypt": keygen(), "server": false,
+        "retry_join": [servers[0].ip.clone()], "ports": { "dns": -1 },
+    });
+    std::fs::write(dir.join("config/config.json"), config.to_string()).unwrap();
+    let mut intruder = Server { ip: "127.0.3.9".into(), dir, child: None };
+    intruder.start();
+    // Give it several join retries and gossip rounds.
+    std::thread::sleep(Duration::from_secs(4));
+    for s in &servers {
+        let table = members(&s.ip);
+        assert!(!table.contains("127.0.3.9"), "the intruder appears on {}:\n{table}", s.ip);
+    }
+    let own = members("127.0.3.9");
+    assert_eq!(own.lines().count(), 2, "the intruder sees only itself:\n{own}");
 }
