@@ -57,11 +57,8 @@ pub fn parse_response(buf: &[u8]) -> Result<Option<(Response, usize)>, ParseErro
         if !version.starts_with("HTTP/1.") {
             return Err(ParseError::BadStatusLine);
         }
-        let status: u16 = parts
-            .next()
-            .filter(|s| s.len() == 3)
-            .and_then(|s| s.parse().ok())
-            .ok_or(ParseError::BadStatusLine)?;
+        let status: u16 =
+            parts.next().filter(|s| s.len() == 3).and_then(|s| s.parse().ok()).ok_or(ParseError::BadStatusLine)?;
         let mut content_length: Option<usize> = None;
         let mut chunked = false;
         let mut close = version == "HTTP/1.0";
@@ -94,7 +91,8 @@ pub fn parse_response(buf: &[u8]) -> Result<Option<(Response, usize)>, ParseErro
             return Ok(Some((Response { status, body: Vec::new(), close }, body_start)));
         }
         if chunked {
-            return Ok(parse_chunked(&buf[body_start..])?.map(|(body, used)| (Response { status, body, close }, body_start + used)));
+            return Ok(parse_chunked(&buf[body_start..])?
+                .map(|(body, used)| (Response { status, body, close }, body_start + used)));
         }
         let Some(len) = content_length else {
             return Err(ParseError::UnframedBody);
@@ -237,7 +235,10 @@ mod tests {
         assert_eq!(parse_response(b"SMTP 220 hi\r\n\r\n"), Err(ParseError::BadStatusLine));
         assert_eq!(parse_response(b"HTTP/1.1 2x0 OK\r\n\r\n"), Err(ParseError::BadStatusLine));
         assert_eq!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n"), Err(ParseError::BadContentLength));
-        assert_eq!(parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"), Err(ParseError::BadChunk));
+        assert_eq!(
+            parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"),
+            Err(ParseError::BadChunk)
+        );
         let (r, _) = parse_response(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n").unwrap().unwrap();
         assert!(r.close);
     }

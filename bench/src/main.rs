@@ -96,7 +96,13 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
                     _ => return Err(format!("--target: tribune or etcd, not {v}")),
                 }
             }
-            "--endpoints" => a.endpoints = v.split(',').filter(|s| !s.is_empty()).map(|s| s.trim_start_matches("http://").to_string()).collect(),
+            "--endpoints" => {
+                a.endpoints = v
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(|s| s.trim_start_matches("http://").to_string())
+                    .collect()
+            }
             "--op" => {
                 a.op = match v.as_str() {
                     "put" => Op::Put,
@@ -107,7 +113,9 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
                 }
             }
             "--clients" => a.clients = num(&v)?.max(1) as usize,
-            "--duration-secs" => a.duration = Duration::from_secs_f64(v.parse::<f64>().map_err(|_| format!("{name}: {v}"))?),
+            "--duration-secs" => {
+                a.duration = Duration::from_secs_f64(v.parse::<f64>().map_err(|_| format!("{name}: {v}"))?)
+            }
             "--max-requests" => a.max_requests = num(&v)?,
             "--value-bytes" => a.value_bytes = num(&v)? as usize,
             "--keys" => a.keys = num(&v)?.max(1) as usize,
@@ -217,7 +225,9 @@ async fn client(id: usize, s: Arc<Shared>) -> ClientStats {
                 st.hist.record(t0.elapsed().as_micros() as u64);
                 continue;
             }
-            Ok(Ok(r)) => format!("status {} body {:?}", r.status, String::from_utf8_lossy(&r.body[..r.body.len().min(120)])),
+            Ok(Ok(r)) => {
+                format!("status {} body {:?}", r.status, String::from_utf8_lossy(&r.body[..r.body.len().min(120)]))
+            }
             Ok(Err(e)) => {
                 conn = None;
                 format!("{addr}: {e}")
@@ -402,10 +412,11 @@ mod tests {
 
     #[test]
     fn args_parse() {
-        let v: Vec<String> = "--target etcd --endpoints http://127.0.0.1:1,127.0.0.1:2 --op get --clients=64 --duration-secs 1.5"
-            .split(' ')
-            .map(String::from)
-            .collect();
+        let v: Vec<String> =
+            "--target etcd --endpoints http://127.0.0.1:1,127.0.0.1:2 --op get --clients=64 --duration-secs 1.5"
+                .split(' ')
+                .map(String::from)
+                .collect();
         let a = parse_args(&v).unwrap();
         assert_eq!((a.target, a.op, a.clients), (Target::Etcd, Op::Get, 64));
         assert_eq!(a.endpoints, ["127.0.0.1:1", "127.0.0.1:2"]);
