@@ -234,6 +234,15 @@ async fn route(api: &Arc<Api>, req: Request) -> Response {
             }
         }
         "/v1/operator/raft/configuration" if get_only(&method) => json_response(&raft_configuration(api), pretty),
+        "/v1/operator/raft/peer" if method == Method::DELETE => {
+            let Some(peer) = q.get("address").or_else(|| q.get("id")).filter(|p| !p.is_empty()) else {
+                return text(StatusCode::BAD_REQUEST, "Must specify either ?id with the server's ID or ?address with IP:port of peer to remove");
+            };
+            match api.store.remove_peer(peer.to_string()).await {
+                Ok(()) => text(StatusCode::OK, ""),
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            }
+        }
         "/v1/agent/metrics" if get_only(&method) => metrics(api, &q, req.headers()),
         p if p.starts_with("/v1/agent/join/") && put_only(&method) => {
             let addr = decode_path(&p["/v1/agent/join/".len()..]).unwrap_or_default();

@@ -12,8 +12,6 @@ use std::sync::RwLock;
 use std::time::Duration;
 use std::time::Instant;
 
-use tokio::io::AsyncReadExt;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::net::TcpStream;
 use tokio::net::UdpSocket;
@@ -60,22 +58,11 @@ enum Wake {
 }
 
 async fn read_frame(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).await?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > STREAM_BYTES_MAX {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "push-pull frame too large"));
-    }
-    let mut buf = vec![0u8; len];
-    s.read_exact(&mut buf).await?;
-    Ok(buf)
+    crate::raft::transport::read_raw(s, STREAM_BYTES_MAX).await
 }
 
 async fn write_frame(s: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(bytes.len() + 4);
-    buf.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-    buf.extend_from_slice(bytes);
-    s.write_all(&buf).await
+    crate::raft::transport::write_raw(s, bytes).await
 }
 
 impl Pool {

@@ -91,6 +91,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// The server RPC addresses of the voters.
     fn peers(&self) -> Vec<String>;
+
+    /// Remove a server from the Raft configuration (`DELETE /v1/operator/raft/peer`),
+    /// named by its RPC address (`ip:port`) or its Raft id.
+    fn remove_peer(&self, peer: String) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move { Err(StoreError::Other(format!("no Raft server {peer} on a single-node agent"))) })
+    }
 }
 
 /// Read the state in `mode`: barrier, then `f` on the state machine.

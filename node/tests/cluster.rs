@@ -212,6 +212,16 @@ fn three_servers_elect_replicate_survive_kill9_and_catch_up() {
         assert!(start.elapsed() < Duration::from_secs(20), "restarted server did not catch up");
         std::thread::sleep(Duration::from_millis(100));
     }
+
+    // Operator removal of a server: the other two keep serving.
+    let gone = format!("{}:8300", servers[li].ip);
+    let (status, body) = servers[other].http("DELETE", &format!("/v1/operator/raft/peer?address={gone}"), b"").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let (_, peers) = servers[other].http("GET", "/v1/status/peers", b"").unwrap();
+    assert!(!peers.contains(&gone) && peers.matches(":8300").count() == 2, "{peers}");
+    assert!(put(&servers[other], "after/remove", "1"));
+    let (status, _) = servers[other].http("DELETE", "/v1/operator/raft/peer?address=10.9.9.9:8300", b"").unwrap();
+    assert_eq!(status, 500, "an unknown peer is an error");
 }
 
 #[test]

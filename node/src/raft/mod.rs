@@ -211,7 +211,11 @@ impl RaftStore {
                 },
             },
             Rpc::Join { id, addr } => match self.add_server(id, addr).await {
-                Ok(()) => RpcReply::Joined,
+                Ok(()) => RpcReply::Done,
+                Err(e) => RpcReply::Failed(e),
+            },
+            Rpc::Remove { id } => match self.remove_server(id).await {
+                Ok(()) => RpcReply::Done,
                 Err(e) => RpcReply::Failed(e),
             },
         }
@@ -248,7 +252,7 @@ impl RaftStore {
     }
 
     /// Remove a server from the voters (on the leader).
-    pub async fn remove_server(&self, id: u64) -> Result<(), String> {
+    async fn remove_server(&self, id: u64) -> Result<(), String> {
         self.raft
             .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
             .await
@@ -311,7 +315,7 @@ impl RaftStore {
         for _ in 0..5 {
             let join = Rpc::Join { id: self.id, addr: self.rpc_addr.clone() };
             match self.pool.call(peer, &join, REQUEST_DEADLINE).await.map_err(|e| e.to_string())? {
-                RpcReply::Joined => return Ok(()),
+                RpcReply::Done => return Ok(()),
                 RpcReply::NotLeader(Some(l)) => peer = l.parse().map_err(|_| format!("bad leader address {l}"))?,
                 RpcReply::NotLeader(None) => tokio::time::sleep(Duration::from_millis(500)).await,
                 other => return Err(format!("{other:?}")),
@@ -429,6 +433,26 @@ impl Store for RaftStore {
 
     fn leader(&self) -> Option<String> {
         self.leader_addr()
+    }
+
+    fn remove_peer(&self, peer: String) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let m = self.metrics();
+            let membership = m.membership_config.membership();
+            let id = membership
+                .voter_ids()
+                .find(|id| id.to_string() == peer || membership.get_node(id).is_some_and(|n| n.addr == peer))
+                .ok_or_else(|| StoreError::Other(format!("address {peer:?} was not found in the Raft configuration")))?;
+            if self.raft.is_leader() {
+                return self.remove_server(id).await.map_err(StoreError::Other);
+            }
+            let leader = self.leader_addr().and_then(|a| a.parse::<SocketAddr>().ok()).ok_or(StoreError::NoLeader)?;
+            match self.pool.call(leader, &Rpc::Remove { id }, REQUEST_DEADLINE).await {
+                Ok(RpcReply::Done) => Ok(()),
+                Ok(other) => Err(StoreError::Other(format!("removing {peer}: {other:?}"))),
+                Err(e) => Err(StoreError::Other(format!("removing {peer}: {e}"))),
+            }
+        })
     }
 
     fn peers(&self) -> Vec<String> {

@@ -30,7 +30,7 @@ use super::Types;
 /// Largest frame accepted (a whole snapshot travels in one frame).
 pub const FRAME_BYTES_MAX: usize = 64 << 20;
 /// Idle connections kept per peer.
-pub const IDLE_CONNS_PER_PEER_MAX: usize = 8;
+pub const IDLE_CONNS_PER_PEER_MAX: usize = 64;
 /// Connections the RPC server serves at once; more wait in the listen backlog.
 pub const SERVER_CONNS_MAX: usize = 512;
 
@@ -46,6 +46,8 @@ pub enum Rpc {
     ReadIndex,
     /// Make this server a voter (sent to the leader by a server joining a formed cluster).
     Join { id: u64, addr: String },
+    /// Remove a server from the voters (sent to the leader).
+    Remove { id: u64 },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -59,7 +61,8 @@ pub enum RpcReply {
     Hello { id: u64, name: String, datacenter: String, cluster_formed: bool },
     /// The log index a read must see applied.
     ReadIndex(u64),
-    Joined,
+    /// A membership change (join or remove) is committed.
+    Done,
 }
 
 pub async fn write_frame<T: Serialize>(stream: &mut TcpStream, msg: &T) -> io::Result<()> {
@@ -67,22 +70,33 @@ pub async fn write_frame<T: Serialize>(stream: &mut TcpStream, msg: &T) -> io::R
     if body.len() > FRAME_BYTES_MAX {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "frame too large"));
     }
-    let mut buf = Vec::with_capacity(4 + body.len());
-    buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    buf.extend_from_slice(&body);
-    stream.write_all(&buf).await
+    write_raw(stream, &body).await
 }
 
 pub async fn read_frame<T: DeserializeOwned>(stream: &mut TcpStream) -> io::Result<T> {
+    let body = read_raw(stream, FRAME_BYTES_MAX).await?;
+    postcard::from_bytes(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Write one frame: a 4-byte big-endian length, then the bytes.
+pub async fn write_raw(stream: &mut TcpStream, body: &[u8]) -> io::Result<()> {
+    let mut buf = Vec::with_capacity(4 + body.len());
+    buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    buf.extend_from_slice(body);
+    stream.write_all(&buf).await
+}
+
+/// Read one frame of at most `max` bytes; a longer one is refused before it is read.
+pub async fn read_raw(stream: &mut TcpStream, max: usize) -> io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     stream.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
-    if len > FRAME_BYTES_MAX {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame of {len} bytes exceeds {FRAME_BYTES_MAX}")));
+    if len > max {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame of {len} bytes exceeds {max}")));
     }
     let mut body = vec![0u8; len];
     stream.read_exact(&mut body).await?;
-    postcard::from_bytes(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    Ok(body)
 }
 
 /// Outgoing connections, pooled per peer.
