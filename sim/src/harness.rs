@@ -32,6 +32,9 @@ use crate::workload::ClientCfg;
 use crate::workload::History;
 use crate::Sabotage;
 
+/// Each seed must check at least this many client operations.
+pub const OPS_MIN: usize = 200;
+
 /// What one seed produced.
 #[derive(Debug)]
 pub struct SeedReport {
@@ -350,6 +353,10 @@ async fn simulate(seed: u64, sabotage: Sabotage) -> SeedReport {
                 failures.push(format!("linearizability of {k}: {v}"))
             }
         }
+    }
+
+    if h.ops.len() < OPS_MIN {
+        failures.push(format!("workload: only {} operations checked (at least {OPS_MIN} per seed)", h.ops.len()));
     }
 
     let mut trace = Fnv::default();

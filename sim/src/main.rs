@@ -94,9 +94,11 @@ mod cli {
         let n = seeds.unwrap_or(300);
         let started = Instant::now();
         let (mut failed, mut ops, mut sim_ms, mut inconclusive) = (0u64, 0usize, 0u64, 0usize);
+        let mut min_ops = usize::MAX;
         for seed in first..first + n {
             let r = run_seed(seed, sabotage);
             ops += r.ops;
+            min_ops = min_ops.min(r.ops);
             sim_ms += r.sim_ms;
             inconclusive += r.inconclusive;
             if verbose {
@@ -112,7 +114,7 @@ mod cli {
         }
         let wall = started.elapsed().as_secs_f64();
         println!(
-            "summary: sabotage={} seeds={n} failures={failed} ops_checked={ops} inconclusive_keys={inconclusive} sim_seconds={:.0} wall_seconds={wall:.1} sim_per_wall={:.0} seeds_per_min={:.0}",
+            "summary: sabotage={} seeds={n} failures={failed} ops_checked={ops} min_ops_per_seed={min_ops} inconclusive_keys={inconclusive} sim_seconds={:.0} wall_seconds={wall:.1} sim_per_wall={:.0} seeds_per_min={:.0}",
             sabotage.name(),
             sim_ms as f64 / 1000.0,
             sim_ms as f64 / 1000.0 / wall.max(1e-9),

@@ -100,7 +100,7 @@ impl Plan {
             safety_ms,
             liveness_ms: 10_000,
             episodes,
-            think_ms: rng.random_range(200..400),
+            think_ms: rng.random_range(150..300),
         }
     }
 }

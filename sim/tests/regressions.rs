@@ -9,7 +9,7 @@ use tribune_sim::Sabotage;
 fn passes(seed: u64) {
     let r = run_seed(seed, Sabotage::None);
     assert!(r.failures.is_empty(), "seed {seed}: {:?}", r.failures);
-    assert!(r.ops >= 200, "seed {seed} checked only {} operations", r.ops);
+    assert!(r.ops >= tribune_sim::harness::OPS_MIN, "seed {seed} checked only {} operations", r.ops);
 }
 
 /// openraft's advanced leader ids allow two leaders in one term (servers 4 and 5 in term
@@ -22,25 +22,26 @@ fn seed_44_one_leader_per_term() {
 /// A leader killed right after acknowledging a write restored its leadership on restart
 /// without an election (openraft's default), then answered ReadIndex reads from the commit
 /// index it had recovered, older than writes it had acknowledged: stale reads. Leader
-/// restore is now off. Each of these seeds failed with it on.
+/// restore is now off. Each of these seeds fails with it on (first found as seeds 19, 23,
+/// 76 and 98 under an earlier workload; re-pinned when the workload changed).
 #[test]
-fn seed_19_restarted_leader_must_not_serve_stale_reads() {
-    passes(19);
+fn seed_80_restarted_leader_must_not_serve_stale_reads() {
+    passes(80);
 }
 
 #[test]
-fn seed_23_restarted_leader_must_not_serve_stale_reads() {
-    passes(23);
+fn seed_161_restarted_leader_must_not_serve_stale_reads() {
+    passes(161);
 }
 
 #[test]
-fn seed_76_restarted_leader_must_not_serve_stale_reads() {
-    passes(76);
+fn seed_229_restarted_leader_must_not_serve_stale_reads() {
+    passes(229);
 }
 
 #[test]
-fn seed_98_restarted_leader_must_not_serve_stale_reads() {
-    passes(98);
+fn seed_314_restarted_leader_must_not_serve_stale_reads() {
+    passes(314);
 }
 
 /// Same seed, same trace: the simulation is deterministic within a process.
