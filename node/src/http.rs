@@ -664,8 +664,14 @@ fn metrics(api: &Api, q: &Query, headers: &HeaderMap) -> Response {
     let (wk, wp) = api.store.hub().topics();
     let prometheus = q.get("format") == Some("prometheus")
         || headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("openmetrics-text"));
+    let serf: Vec<(&'static str, Vec<(&'static str, String)>, u64)> =
+        [&api.lan, &api.wan].into_iter().flatten().flat_map(|p| p.metrics()).collect();
     if prometheus {
         let mut out = String::new();
+        for (name, labels, v) in &serf {
+            let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+            out.push_str(&format!("consul_{}{{{}}} {v}\n", name.replace('.', "_"), labels.join(",")));
+        }
         out.push_str("# HELP consul_http_requests_total HTTP requests served, by status.\n# TYPE consul_http_requests_total counter\n");
         for (status, n) in &by_status {
             out.push_str(&format!("consul_http_requests_total{{status=\"{status}\"}} {n}\n"));
@@ -684,16 +690,23 @@ fn metrics(api: &Api, q: &Query, headers: &HeaderMap) -> Response {
         .iter()
         .map(|(s, n)| json!({"Name": "consul.http.requests", "Count": n, "Rate": 0, "Sum": n, "Min": 1, "Max": 1, "Mean": 1, "Stddev": 0, "Labels": {"status": s.to_string()}}))
         .collect();
+    let serf_gauges: Vec<Value> = serf
+        .iter()
+        .map(|(name, labels, v)| {
+            let labels: serde_json::Map<String, Value> = labels.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+            gauge(&format!("consul.{name}"), *v as f64, Value::Object(labels))
+        })
+        .collect();
     let body = json!({
         "Timestamp": "",
-        "Gauges": [
+        "Gauges": serf_gauges.into_iter().chain([
             gauge("consul.http.blocking_queries", open as f64, json!({})),
             gauge("consul.raft.applied_index", applied as f64, json!({})),
             gauge("consul.http.blocking_wakeups", wakeups as f64, json!({})),
             gauge("consul.kv.watched_topics", wk as f64, json!({"kind": "key"})),
             gauge("consul.kv.watched_topics", wp as f64, json!({"kind": "prefix"})),
             gauge("consul.watch.fires", fires as f64, json!({})),
-        ],
+        ]).collect::<Vec<_>>(),
         "Points": [], "Counters": counters, "Samples": [],
     });
     json_response(&body, q.has("pretty"))

@@ -44,6 +44,8 @@ pub enum Command {
 pub struct Pool {
     commands: mpsc::Sender<Command>,
     members: Arc<RwLock<Vec<MemberInfo>>>,
+    counters: Arc<RwLock<gossip::Counters>>,
+    pub label: &'static str,
     pub addr: SocketAddr,
 }
 
@@ -77,6 +79,7 @@ impl Pool {
         let advertise = identity.addr;
         let mut g = Gossip::new(now(), config, identity, seed).map_err(|e| std::io::Error::other(e.to_string()))?;
         let members = Arc::new(RwLock::new(g.members()));
+        let counters = Arc::new(RwLock::new(g.counters()));
         let (cmd_tx, mut cmd_rx) = mpsc::channel::<Command>(COMMANDS_MAX);
         let (wake_tx, mut wake_rx) = mpsc::channel::<Wake>(1024);
 
@@ -117,6 +120,7 @@ impl Pool {
         });
 
         let published = members.clone();
+        let published_counters = counters.clone();
         tokio::spawn(async move {
             loop {
                 let deadline = g.next_deadline().map(|d| start + Duration::from_millis(d.0));
@@ -178,9 +182,10 @@ impl Pool {
                     }
                 }
                 *published.write().unwrap() = g.members();
+                *published_counters.write().unwrap() = g.counters();
             }
         });
-        Ok(Pool { commands: cmd_tx, members, addr: advertise })
+        Ok(Pool { commands: cmd_tx, members, counters, label, addr: advertise })
     }
 
     /// The members as this node sees them.
@@ -192,6 +197,31 @@ impl Pool {
         let (tx, rx) = oneshot::channel();
         self.commands.send(make(tx)).await.map_err(|_| "gossip stopped".to_string())?;
         rx.await.map_err(|_| "gossip stopped".to_string())?
+    }
+
+    /// The pool's counters (dropped input by reason, traffic).
+    pub fn counters(&self) -> gossip::Counters {
+        self.counters.read().unwrap().clone()
+    }
+
+    /// (metric name, labels, value): members by state and input dropped by reason.
+    pub fn metrics(&self) -> Vec<(&'static str, Vec<(&'static str, String)>, u64)> {
+        let mut out = Vec::new();
+        let members = self.members();
+        for state in ["alive", "suspect", "leaving", "left", "failed"] {
+            let n = members.iter().filter(|m| format!("{:?}", m.state).eq_ignore_ascii_case(state)).count();
+            out.push(("serf.members", vec![("pool", self.label.to_string()), ("state", state.to_string())], n as u64));
+        }
+        let c = self.counters();
+        for (reason, n) in [
+            ("decrypt_failed", c.decrypt_failed),
+            ("plaintext_rejected", c.plaintext_rejected),
+            ("decode_failed", c.decode_failed),
+            ("oversize", c.oversize_dropped),
+        ] {
+            out.push(("serf.packets_dropped", vec![("pool", self.label.to_string()), ("reason", reason.to_string())], n));
+        }
+        out
     }
 
     pub async fn join(&self, addrs: Vec<SocketAddr>) -> Result<usize, String> {

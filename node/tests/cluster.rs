@@ -268,4 +268,13 @@ fn a_node_with_the_wrong_encrypt_key_never_gets_in() {
     }
     let own = members("127.0.3.9");
     assert_eq!(own.lines().count(), 2, "the intruder sees only itself:\n{own}");
+    // Its packets were dropped and counted, not obeyed.
+    let (_, metrics) = servers[0].http("GET", "/v1/agent/metrics?format=prometheus", b"").unwrap();
+    let dropped: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("consul_serf_packets_dropped{pool=\"lan\",reason=\"decrypt_failed\"}"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(dropped > 0, "no dropped packets counted:\n{metrics}");
+    assert!(metrics.contains("consul_serf_members{pool=\"lan\",state=\"alive\"} 3"), "{metrics}");
 }
