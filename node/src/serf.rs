@@ -247,17 +247,23 @@ fn log_event(label: &str, e: &Event) {
     }
 }
 
-/// Resolve join addresses (`host`, `ip`, `host:port`) to gossip addresses on `port` unless
-/// a port is given.
+/// Resolve join addresses (`host`, `ip`, `host:port`) to gossip addresses on `default_port`
+/// unless a port is given.
 pub async fn resolve(hosts: &[String], default_port: u16) -> Vec<SocketAddr> {
+    resolve_hosts(hosts, default_port, true).await
+}
+
+/// Resolve join addresses to IPv4 socket addresses on `port`; with `keep_given`, a port
+/// written in the address wins over `port`. Names that do not resolve (yet) are skipped.
+pub async fn resolve_hosts(hosts: &[String], port: u16, keep_given: bool) -> Vec<SocketAddr> {
     let mut out = Vec::new();
     for h in hosts {
         let (host, port) = match h.rsplit_once(':') {
             Some((host, p)) if !host.contains(':') => match p.parse::<u16>() {
-                Ok(p) => (host, p),
-                Err(_) => (h.as_str(), default_port),
+                Ok(p) => (host, if keep_given { p } else { port }),
+                Err(_) => (h.as_str(), port),
             },
-            _ => (h.as_str(), default_port),
+            _ => (h.as_str(), port),
         };
         if let Ok(addrs) = tokio::net::lookup_host((host.trim_matches(['[', ']']), port)).await {
             for a in addrs.filter(|a| a.is_ipv4()) {

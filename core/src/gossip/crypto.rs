@@ -146,14 +146,15 @@ impl Keyring {
         Ok(())
     }
 
+    /// Where the installed key `b64` stands in the ring.
+    fn position(&self, b64: &str) -> Result<usize, KeyError> {
+        let key = Key::parse(b64)?;
+        self.keys.iter().position(|k| k.raw == key.raw).ok_or(KeyError::NotInstalled)
+    }
+
     /// Make an installed key the primary.
     pub fn use_key(&mut self, b64: &str) -> Result<(), KeyError> {
-        let key = Key::parse(b64)?;
-        let i = self
-            .keys
-            .iter()
-            .position(|k| k.raw == key.raw)
-            .ok_or(KeyError::NotInstalled)?;
+        let i = self.position(b64)?;
         let k = self.keys.remove(i);
         self.keys.insert(0, k);
         Ok(())
@@ -161,12 +162,7 @@ impl Keyring {
 
     /// Remove a secondary key.
     pub fn remove(&mut self, b64: &str) -> Result<(), KeyError> {
-        let key = Key::parse(b64)?;
-        let i = self
-            .keys
-            .iter()
-            .position(|k| k.raw == key.raw)
-            .ok_or(KeyError::NotInstalled)?;
+        let i = self.position(b64)?;
         if i == 0 {
             return Err(KeyError::RemovePrimary);
         }

@@ -100,23 +100,6 @@ pub struct RaftStore {
     next_client: AtomicU64,
 }
 
-/// Join addresses name hosts (`consul01`, `10.0.0.2`, `10.0.0.2:8301`); servers answer
-/// RPC on `rpc_port` of the same host. Names that do not resolve (yet) are skipped.
-async fn resolve(hosts: &[String], rpc_port: u16) -> Vec<SocketAddr> {
-    let mut out = BTreeSet::new();
-    for h in hosts {
-        let host = match h.rsplit_once(':') {
-            Some((host, port)) if port.parse::<u16>().is_ok() && !host.contains(':') => host,
-            _ => h.as_str(),
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if let Ok(addrs) = tokio::net::lookup_host((host, rpc_port)).await {
-            out.extend(addrs.filter(|a| a.is_ipv4()));
-        }
-    }
-    out.into_iter().collect()
-}
-
 fn random_u64() -> u64 {
     let mut b = [0u8; 8];
     getrandom::fill(&mut b).expect("OS random source");
@@ -272,7 +255,9 @@ impl RaftStore {
             if self.is_formed() {
                 return;
             }
-            let join = resolve(&join_hosts, rpc_port).await;
+            // Join addresses name hosts (often their gossip port); servers answer RPC on
+            // `rpc_port` of the same host.
+            let join = crate::serf::resolve_hosts(&join_hosts, rpc_port, false).await;
             let mut found: BTreeMap<u64, String> = BTreeMap::from([(self.id, self.rpc_addr.clone())]);
             let mut formed_peer = None;
             for addr in &join {
