@@ -31,6 +31,7 @@ use crate::http;
 use crate::http::AgentInfo;
 use crate::http::Api;
 use crate::http::Control;
+use crate::raft::RaftStore;
 use crate::store::DevStore;
 use crate::store::Store;
 
@@ -272,18 +273,24 @@ fn redacted(raw: &Value) -> Value {
 }
 
 /// Consul's `tombstone_ttl` and the granularity of its tombstone GC.
+/// How often the leader reconciles gossip membership into the Raft configuration.
+const RECONCILE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a leaving server waits to see itself out of the Raft configuration
+/// (Consul's `leave_drain_time`).
+const LEAVE_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 const TOMBSTONE_TTL: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 const TOMBSTONE_GRANULARITY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The store behind the API: `-dev` gets the single-node in-memory [`DevStore`]; a server
 /// gets the replicated Raft store in `data_dir` and starts forming (or joining) its cluster.
-async fn open_store(cfg: &Config, rpc_addr: &str) -> Result<Arc<dyn Store>, String> {
+/// The agent's store: in memory for `-dev` (and, for now, client agents), else Raft.
+async fn open_store(cfg: &Config, rpc_addr: &str) -> Result<(Arc<dyn Store>, Option<Arc<RaftStore>>), String> {
     if cfg.dev {
-        return Ok(Arc::new(DevStore::new(rpc_addr.to_string())));
+        return Ok((Arc::new(DevStore::new(rpc_addr.to_string())), None));
     }
     if !cfg.server {
         tracing::warn!("client agents do not forward to servers yet: serving a local in-memory store");
-        return Ok(Arc::new(DevStore::new(rpc_addr.to_string())));
+        return Ok((Arc::new(DevStore::new(rpc_addr.to_string())), None));
     }
     let data_dir = cfg.data_dir.clone().ok_or("data_dir is required to run a server")?;
     let port = u16::try_from(cfg.server_port).map_err(|_| format!("invalid ports.server {}", cfg.server_port))?;
@@ -296,7 +303,7 @@ async fn open_store(cfg: &Config, rpc_addr: &str) -> Result<Arc<dyn Store>, Stri
     join.extend(cfg.retry_join.iter().cloned());
     let expect = if cfg.bootstrap { 1 } else { cfg.bootstrap_expect };
     tokio::spawn(store.clone().form_cluster(expect, join, port, cfg.retry_interval));
-    Ok(store)
+    Ok((store.clone(), Some(store)))
 }
 
 /// Start the LAN gossip pool (and the WAN pool on servers) unless their ports are -1.
@@ -333,13 +340,18 @@ async fn start_gossip(cfg: &Config, agent: &AgentInfo) -> Result<(Option<crate::
     Ok((lan, wan))
 }
 
-/// Leave the gossip pools gracefully (the leave intent needs a moment to spread).
-async fn leave_gossip(api: &Api) {
+/// A graceful leave: the gossip pools first (the leave intent needs a moment to spread, and
+/// then the leader will not add this server back), then a server leaves the Raft
+/// configuration.
+async fn leave(api: &Api, raft: Option<&RaftStore>) {
     for pool in [&api.lan, &api.wan].into_iter().flatten() {
         let _ = pool.leave().await;
     }
     if api.lan.is_some() {
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+    if let Some(raft) = raft {
+        raft.leave(LEAVE_DRAIN).await;
     }
 }
 
@@ -402,7 +414,7 @@ pub async fn run(argv: &[String]) -> i32 {
     }
 
     let rpc_addr = format!("{}:{}", cfg.advertise_ip(), cfg.server_port);
-    let store = match open_store(&cfg, &rpc_addr).await {
+    let (store, raft) = match open_store(&cfg, &rpc_addr).await {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("{e}");
@@ -477,6 +489,9 @@ pub async fn run(argv: &[String]) -> i32 {
         tracing::info!(leader = %rpc_addr, "agent: cluster leadership acquired (single node)");
     }
     let mut watches = spawn_watches(&api, watch_specs);
+    if let (Some(raft), Some(lan)) = (&raft, &lan) {
+        tokio::spawn(raft.clone().reconcile(lan.clone(), RECONCILE_EVERY));
+    }
     if let Some(lan) = &lan {
         let mut join = cfg.start_join.clone();
         join.extend(cfg.retry_join.iter().cloned());
@@ -493,11 +508,25 @@ pub async fn run(argv: &[String]) -> i32 {
     loop {
         let reply = tokio::select! {
             _ = hup.recv() => None,
-            _ = int.recv() => { tracing::info!("agent: Caught signal: interrupt; gracefully leaving"); leave_gossip(&api).await; break; }
-            _ = term.recv() => { tracing::info!("agent: Caught signal: terminated"); break; }
+            _ = int.recv() => {
+                tracing::info!("agent: Caught signal: interrupt");
+                if !cfg.skip_leave_on_interrupt {
+                    tracing::info!("agent: Gracefully leaving (skip_leave_on_interrupt is off)");
+                    leave(&api, raft.as_deref()).await;
+                }
+                break;
+            }
+            _ = term.recv() => {
+                tracing::info!("agent: Caught signal: terminated");
+                if cfg.leave_on_terminate {
+                    tracing::info!("agent: Gracefully leaving (leave_on_terminate is on)");
+                    leave(&api, raft.as_deref()).await;
+                }
+                break;
+            }
             c = control_rx.recv() => match c {
                 Some(Control::Reload(tx)) => Some(tx),
-                Some(Control::Leave) | None => { tracing::info!("agent: Requesting shutdown (leave)"); leave_gossip(&api).await; break; }
+                Some(Control::Leave) | None => { tracing::info!("agent: Requesting shutdown (leave)"); leave(&api, raft.as_deref()).await; break; }
             },
         };
         tracing::info!("agent: Reloading configuration...");

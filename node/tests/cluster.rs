@@ -213,7 +213,9 @@ fn three_servers_elect_replicate_survive_kill9_and_catch_up() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    // Operator removal of a server: the other two keep serving.
+    // Operator removal of a dead server (a live one would be added back by the leader, as
+    // in Consul): the other two keep serving.
+    servers[li].kill9();
     let gone = format!("{}:8300", servers[li].ip);
     let (status, body) = servers[other].http("DELETE", &format!("/v1/operator/raft/peer?address={gone}"), b"").unwrap();
     assert_eq!(status, 200, "{body}");
@@ -277,4 +279,63 @@ fn a_node_with_the_wrong_encrypt_key_never_gets_in() {
         .sum();
     assert!(dropped > 0, "no dropped packets counted:\n{metrics}");
     assert!(metrics.contains("consul_serf_members{pool=\"lan\",state=\"alive\"} 3"), "{metrics}");
+}
+
+fn peers(s: &Server) -> String {
+    s.http("GET", "/v1/status/peers", b"").map(|(_, b)| b).unwrap_or_default()
+}
+
+/// Wait until `s` reports `want` Raft peers and return them.
+fn wait_peers(s: &Server, want: usize, within: Duration) -> String {
+    let start = Instant::now();
+    loop {
+        let p = peers(s);
+        if p.matches(":8300").count() == want {
+            return p;
+        }
+        assert!(start.elapsed() < within, "{want} peers never showed on {}: {p}", s.ip);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `tribune leave` (graceful): the server leaves gossip and the Raft configuration, so the
+/// quorum shrinks; restarted, it rejoins through `retry_join` and the leader makes it a
+/// voter again. A leaving leader hands over to one of the others.
+#[test]
+fn graceful_leave_shrinks_the_cluster_and_a_restart_rejoins() {
+    let mut servers = cluster("leave", 4);
+    let leader = wait_leader(&servers, Duration::from_secs(20));
+    wait_peers(&servers[0], 3, Duration::from_secs(10));
+    let li = leader_index(&servers, &leader);
+    let fi = (li + 1) % 3;
+    let other = (li + 2) % 3;
+
+    let out = Command::new(BIN).args(["leave", &format!("-http-addr={}:8500", servers[fi].ip)]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Graceful leave complete"), "{out:?}");
+    let status = servers[fi].child.as_mut().unwrap().wait().unwrap();
+    assert!(status.success(), "the agent exits 0 after a leave: {status}");
+    servers[fi].child = None;
+    let p = wait_peers(&servers[li], 2, Duration::from_secs(10));
+    assert!(!p.contains(&servers[fi].ip), "{p}");
+    let table = members(&servers[li].ip);
+    assert!(table.lines().any(|l| l.contains(&servers[fi].ip) && l.contains(" left ")), "{table}");
+    assert!(put(&servers[other], "while/away", "1"));
+
+    // Restart: it rejoins, becomes a voter again and catches up.
+    servers[fi].start();
+    let p = wait_peers(&servers[li], 3, Duration::from_secs(20));
+    assert!(p.contains(&servers[fi].ip), "{p}");
+    assert_eq!(get_raw(&servers[fi], "while/away", false).as_deref(), Some("1"));
+
+    // The leader leaves: one of the two others leads, and the cluster keeps writing.
+    let out = Command::new(BIN).args(["leave", &format!("-http-addr={}:8500", servers[li].ip)]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    servers[li].child.as_mut().unwrap().wait().unwrap();
+    servers[li].child = None;
+    let new_leader = wait_leader(&servers, Duration::from_secs(15));
+    assert_ne!(new_leader, leader);
+    let p = wait_peers(&servers[other], 2, Duration::from_secs(10));
+    assert!(!p.contains(&servers[li].ip), "{p}");
+    assert!(put(&servers[fi], "after/leader/left", "1"));
 }

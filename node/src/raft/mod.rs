@@ -26,6 +26,7 @@ use tribune_core::raft::rpc::Network;
 use tribune_core::raft::rpc::RaftRpc;
 use tribune_core::raft::rpc::RaftRpcReply;
 use tribune_core::raft::rpc::Transport;
+use tribune_core::gossip::MemberState;
 use tribune_core::raft::SmStore;
 
 use self::fjall::FjallBackend;
@@ -294,6 +295,84 @@ impl RaftStore {
             }
             tokio::time::sleep(retry).await;
         }
+    }
+
+    /// The leader's side of Consul's serf–Raft coupling: every `every`, alive LAN members
+    /// that are servers of this datacenter become voters, and servers that left gracefully
+    /// stop being voters. Failed servers stay (an operator removes them, or they come back).
+    pub async fn reconcile(self: Arc<Self>, lan: crate::serf::Pool, every: Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            if !self.raft.is_leader() {
+                continue;
+            }
+            for member in lan.members() {
+                let server = member.tags.get("role").is_some_and(|r| r == "consul")
+                    && member.tags.get("dc").is_some_and(|dc| dc.eq_ignore_ascii_case(&self.datacenter));
+                let Some(port) = member.tags.get("port").and_then(|p| p.parse::<u16>().ok()).filter(|_| server) else {
+                    continue;
+                };
+                let addr = SocketAddr::new(member.addr.ip(), port);
+                let voter = self.voter_at(&addr.to_string());
+                let result = match member.state {
+                    MemberState::Alive if voter.is_none() => match self.pool.call(addr, &Rpc::Hello, Duration::from_secs(2)).await {
+                        Ok(RpcReply::Hello { id, datacenter, .. }) if datacenter == self.datacenter && id != self.id => {
+                            tracing::info!(server = %member.name, %addr, "raft: adding server");
+                            self.add_server(id, addr.to_string()).await
+                        }
+                        _ => Ok(()),
+                    },
+                    MemberState::Left => match voter {
+                        Some(id) if id != self.id => {
+                            tracing::info!(server = %member.name, %addr, "raft: removing server that left");
+                            self.remove_server(id).await
+                        }
+                        _ => Ok(()),
+                    },
+                    _ => Ok(()),
+                };
+                if let Err(e) = result {
+                    tracing::warn!(server = %member.name, error = %e, "raft: reconciling the server failed");
+                }
+            }
+        }
+    }
+
+    /// The voter whose server-RPC address is `addr`.
+    fn voter_at(&self, addr: &str) -> Option<u64> {
+        let m = self.metrics();
+        let membership = m.membership_config.membership();
+        let found = membership.voter_ids().find(|id| membership.get_node(id).is_some_and(|n| n.addr == addr));
+        found
+    }
+
+    /// A graceful leave (after the gossip leave, so the leader does not add this server
+    /// back): leave the Raft configuration, waiting up to `within` to see it done.
+    pub async fn leave(&self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while tokio::time::Instant::now() < deadline {
+            if !self.raft.voter_ids().any(|id| id == self.id) {
+                tracing::info!("raft: left the Raft configuration");
+                return;
+            }
+            let result = if self.raft.is_leader() {
+                self.remove_server(self.id).await
+            } else {
+                match self.leader_addr().and_then(|a| a.parse::<SocketAddr>().ok()) {
+                    Some(leader) => match self.pool.call(leader, &Rpc::Remove { id: self.id }, FORWARD_TTL).await {
+                        Ok(RpcReply::Done) => Ok(()),
+                        Ok(other) => Err(format!("{other:?}")),
+                        Err(e) => Err(e.to_string()),
+                    },
+                    None => Err("no leader".to_string()),
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "raft: leaving the configuration; retrying");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tracing::warn!("raft: still in the Raft configuration after {within:?}; the leader removes a server that left");
     }
 
     async fn join_via(&self, mut peer: SocketAddr) -> Result<(), String> {
