@@ -665,12 +665,13 @@ fn metrics(api: &Api, q: &Query, headers: &HeaderMap) -> Response {
     let prometheus = q.get("format") == Some("prometheus")
         || headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("openmetrics-text"));
     let serf: Vec<(&'static str, Vec<(&'static str, String)>, u64)> =
-        [&api.lan, &api.wan].into_iter().flatten().flat_map(|p| p.metrics()).collect();
+        [&api.lan, &api.wan].into_iter().flatten().flat_map(|p| p.metrics()).chain(api.store.metrics()).collect();
     if prometheus {
         let mut out = String::new();
         for (name, labels, v) in &serf {
             let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-            out.push_str(&format!("consul_{}{{{}}} {v}\n", name.replace('.', "_"), labels.join(",")));
+            let labels = if labels.is_empty() { String::new() } else { format!("{{{}}}", labels.join(",")) };
+            out.push_str(&format!("consul_{}{labels} {v}\n", name.replace('.', "_")));
         }
         out.push_str("# HELP consul_http_requests_total HTTP requests served, by status.\n# TYPE consul_http_requests_total counter\n");
         for (status, n) in &by_status {

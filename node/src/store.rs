@@ -20,6 +20,9 @@ use crate::hub::Touched;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// One exported metric: name (dotted), labels, value.
+pub type Metric = (&'static str, Vec<(&'static str, String)>, u64);
+
 /// Consul's read consistency modes (`?consistent`, `?stale`, or neither).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Consistency {
@@ -91,6 +94,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// The server RPC addresses of the voters.
     fn peers(&self) -> Vec<String>;
+
+    /// The store's own metrics (Raft commit latency, leader changes, ...).
+    fn metrics(&self) -> Vec<Metric> {
+        Vec::new()
+    }
 
     /// Remove a server from the Raft configuration (`DELETE /v1/operator/raft/peer`),
     /// named by its RPC address (`ip:port`) or its Raft id.

@@ -51,6 +51,11 @@ impl Drop for Server {
 }
 
 fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> Option<(u16, String)> {
+    http_with_head(addr, method, path, body).map(|(status, _, body)| (status, body))
+}
+
+/// (status, header block, body).
+fn http_with_head(addr: &str, method: &str, path: &str, body: &[u8]) -> Option<(u16, String, String)> {
     let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(15))).ok()?;
     let head = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
@@ -60,8 +65,8 @@ fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> Option<(u16, Strin
     s.read_to_end(&mut out).ok()?;
     let text = String::from_utf8_lossy(&out).to_string();
     let status = text.split(' ').nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    Some((status, body))
+    let (head, body) = text.split_once("\r\n\r\n").map(|(h, b)| (h.to_string(), b.to_string())).unwrap_or_default();
+    Some((status, head, body))
 }
 
 /// Three servers on 127.0.<subnet>.1-3 (each test its own subnet: tests run in parallel).
@@ -148,6 +153,22 @@ fn get_raw(s: &Server, key: &str, stale: bool) -> Option<String> {
     }
 }
 
+/// A Prometheus sample from `/v1/agent/metrics?format=prometheus`.
+fn metric(s: &Server, sample: &str) -> u64 {
+    let (_, text) = s.http("GET", "/v1/agent/metrics?format=prometheus", b"").unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {sample} in:\n{text}"))
+}
+
+/// `X-Consul-LastContact` of a stale read on `s`.
+fn last_contact(s: &Server) -> u64 {
+    let (_, head, _) = http_with_head(&format!("{}:8500", s.ip), "GET", "/v1/kv/redis/config/k0?stale", b"").unwrap();
+    head.lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("x-consul-lastcontact:").map(|v| v.trim().parse().unwrap()))
+        .unwrap_or_else(|| panic!("no X-Consul-LastContact in {head}"))
+}
+
 fn leader_index(servers: &[Server], leader: &str) -> usize {
     let ip = leader.split(':').next().unwrap();
     servers.iter().position(|s| s.ip == ip).expect("leader is one of ours")
@@ -186,8 +207,18 @@ fn three_servers_elect_replicate_survive_kill9_and_catch_up() {
         }
     }
 
-    // kill -9 the leader: a new one is elected and writes continue.
+    // Raft metrics: the leader counted its commits; followers hear from it often.
     let li = leader_index(&servers, &leader);
+    assert!(metric(&servers[li], "consul_raft_commit_time_ms_count") >= 1);
+    assert_eq!(metric(&servers[li], "consul_raft_commit_time_ms_bucket{le=\"+Inf\"}"), metric(&servers[li], "consul_raft_commit_time_ms_count"));
+    assert_eq!(metric(&servers[li], "consul_raft_state_leader"), 1);
+    assert_eq!(last_contact(&servers[li]), 0, "the leader's last contact is 0");
+    for (i, s) in servers.iter().enumerate().filter(|(i, _)| *i != li) {
+        assert!(last_contact(s) < 1_000, "follower {i} has not heard from the leader for {} ms", last_contact(s));
+        assert!(metric(s, "consul_raft_leader_changes") >= 1);
+    }
+
+    // kill -9 the leader: a new one is elected and writes continue.
     servers[li].kill9();
     let other = (li + 1) % 3;
     let killed_at = Instant::now();
@@ -196,6 +227,9 @@ fn three_servers_elect_replicate_survive_kill9_and_catch_up() {
     }
     let new_leader = wait_leader(&servers, Duration::from_secs(15));
     assert_ne!(new_leader, leader);
+    let ni = leader_index(&servers, &new_leader);
+    assert_eq!(metric(&servers[ni], "consul_raft_state_leader"), 1, "the new leader counted its election");
+    assert!(metric(&servers[ni], "consul_raft_leader_changes") >= 2, "the new leader saw two leaders");
     for i in 0..20 {
         assert!(put(&servers[other], &format!("during/{i}"), "x"));
     }

@@ -2,6 +2,7 @@
 //! RPC on 8300, and Consul's way of forming a cluster (`bootstrap_expect` + join addresses).
 
 pub mod fjall;
+pub mod stats;
 pub mod transport;
 
 use std::collections::BTreeMap;
@@ -30,6 +31,7 @@ use tribune_core::gossip::MemberState;
 use tribune_core::raft::SmStore;
 
 use self::fjall::FjallBackend;
+use self::stats::RaftStats;
 use self::transport::Pool;
 use self::transport::Rpc;
 use self::transport::RpcReply;
@@ -99,6 +101,7 @@ pub struct RaftStore {
     datacenter: String,
     lanes: Mutex<Vec<Lane>>,
     next_client: AtomicU64,
+    stats: RaftStats,
 }
 
 fn random_u64() -> u64 {
@@ -161,7 +164,9 @@ impl RaftStore {
             datacenter,
             lanes: Mutex::new(Vec::new()),
             next_client: AtomicU64::new(random_u64() >> 16),
+            stats: RaftStats::default(),
         });
+        tokio::spawn(watch_leadership(Arc::downgrade(&store)));
         let listener = tokio::net::TcpListener::bind(bind).await?;
         let server = store.clone();
         tokio::spawn(transport::serve(listener, move |rpc| {
@@ -173,7 +178,12 @@ impl RaftStore {
 
     async fn handle_rpc(&self, rpc: Rpc) -> RpcReply {
         match rpc {
-            Rpc::Raft(r) => RpcReply::Raft(tribune_core::raft::rpc::serve(&self.raft, r).await),
+            Rpc::Raft(r) => {
+                if matches!(r, RaftRpc::Append(_) | RaftRpc::Snapshot { .. }) {
+                    self.stats.contact();
+                }
+                RpcReply::Raft(tribune_core::raft::rpc::serve(&self.raft, r).await)
+            }
             Rpc::Write(req) => match self.raft.client_write(req).await {
                 Ok(r) => RpcReply::Written(r.data),
                 Err(e) => match e.forward_to_leader() {
@@ -351,8 +361,13 @@ impl RaftStore {
     pub async fn leave(&self, within: Duration) {
         let deadline = tokio::time::Instant::now() + within;
         while tokio::time::Instant::now() < deadline {
-            if !self.raft.voter_ids().any(|id| id == self.id) {
+            let voters: Vec<u64> = self.raft.voter_ids().collect();
+            if !voters.contains(&self.id) {
                 tracing::info!("raft: left the Raft configuration");
+                return;
+            }
+            if voters.len() == 1 {
+                tracing::info!("raft: the only server stays in the Raft configuration");
                 return;
             }
             let result = if self.raft.is_leader() {
@@ -437,7 +452,7 @@ impl RaftStore {
     async fn barrier(&self, mode: Consistency) -> Result<ReadMeta, StoreError> {
         let meta = || {
             let m = self.metrics();
-            ReadMeta { known_leader: m.current_leader.is_some(), last_contact_ms: 0 }
+            ReadMeta { known_leader: m.current_leader.is_some(), last_contact_ms: self.stats.last_contact_ms(m.current_leader == Some(self.id)) }
         };
         if mode == Consistency::Stale {
             return Ok(meta());
@@ -477,7 +492,11 @@ impl Store for RaftStore {
     fn write(&self, cmd: Command) -> BoxFuture<'_, Result<Response, StoreError>> {
         Box::pin(async move {
             let lane = self.take_lane();
+            let started = std::time::Instant::now();
             let result = self.write_request(Request { client: lane.client, seq: lane.seq, cmd }).await;
+            if result.is_ok() {
+                self.stats.commit.record(started.elapsed());
+            }
             self.return_lane(lane);
             result
         })
@@ -519,9 +538,33 @@ impl Store for RaftStore {
         })
     }
 
+    fn metrics(&self) -> Vec<crate::store::Metric> {
+        self.stats.metrics(self.raft.is_leader())
+    }
+
     fn peers(&self) -> Vec<String> {
         let m = self.metrics();
         let membership = m.membership_config.membership();
         membership.voter_ids().filter_map(|id| membership.get_node(&id).map(|n| n.addr.clone())).collect()
+    }
+}
+
+/// Count leader changes and won elections from openraft's metrics stream, until the store
+/// is dropped or Raft stops.
+async fn watch_leadership(store: std::sync::Weak<RaftStore>) {
+    use openraft::async_runtime::watch::WatchReceiver;
+    let Some(mut rx) = store.upgrade().map(|s| s.raft.metrics()) else { return };
+    let (mut leader, mut leading) = (None, false);
+    while rx.changed().await.is_ok() {
+        let Some(store) = store.upgrade() else { return };
+        let (now_leader, id) = (rx.borrow_watched().current_leader, store.id);
+        if now_leader != leader && now_leader.is_some() {
+            store.stats.leader_changes.fetch_add(1, Ordering::Relaxed);
+            if now_leader == Some(id) && !leading {
+                store.stats.became_leader.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        leading = now_leader == Some(id);
+        leader = now_leader;
     }
 }
