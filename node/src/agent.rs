@@ -492,6 +492,9 @@ pub async fn run(argv: &[String]) -> i32 {
     if let (Some(raft), Some(lan)) = (&raft, &lan) {
         tokio::spawn(raft.clone().reconcile(lan.clone(), RECONCILE_EVERY));
     }
+    if let (Some(lan), Some(wan)) = (&lan, &api.wan) {
+        tokio::spawn(crate::serf::flood_join(lan.clone(), wan.clone(), RECONCILE_EVERY));
+    }
     if let Some(lan) = &lan {
         let mut join = cfg.start_join.clone();
         join.extend(cfg.retry_join.iter().cloned());

@@ -582,6 +582,7 @@ pub fn member(a: &AgentInfo, wan: bool) -> Value {
     if a.server {
         put("raft_vsn", "3".into());
         put("port", a.server_port.to_string());
+        put("wan_join_port", a.serf_wan_port.to_string());
         if a.bootstrap {
             put("bootstrap", "1".into());
         }

@@ -205,7 +205,7 @@ impl Pool {
     }
 
     /// (metric name, labels, value): members by state and input dropped by reason.
-    pub fn metrics(&self) -> Vec<(&'static str, Vec<(&'static str, String)>, u64)> {
+    pub fn metrics(&self) -> Vec<crate::store::Metric> {
         let mut out = Vec::new();
         let members = self.members();
         for state in ["alive", "suspect", "leaving", "left", "failed"] {
@@ -293,6 +293,28 @@ pub async fn retry_join(pool: Pool, hosts: Vec<String>, port: u16, every: Durati
             return;
         }
         tokio::time::sleep(every).await;
+    }
+}
+
+/// Consul's flood join: every `every`, servers seen alive on the LAN pool that are not live
+/// on the WAN pool are joined there (at their `wan_join_port` tag), so all servers show in
+/// `members -wan` without `retry_join_wan`.
+pub async fn flood_join(lan: Pool, wan: Pool, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let live: Vec<SocketAddr> = wan.members().iter().filter(|m| m.state.is_live()).map(|m| m.addr).collect();
+        let missing: Vec<SocketAddr> = lan
+            .members()
+            .iter()
+            .filter(|m| m.state.is_live() && m.tags.get("role").is_some_and(|r| r == "consul"))
+            .filter_map(|m| Some(SocketAddr::new(m.addr.ip(), m.tags.get("wan_join_port")?.parse().ok()?)))
+            .filter(|a| *a != wan.addr && !live.contains(a))
+            .collect();
+        if !missing.is_empty() {
+            if let Err(e) = wan.join(missing).await {
+                tracing::debug!(error = %e, "serf: flood join of the WAN pool failed");
+            }
+        }
     }
 }
 

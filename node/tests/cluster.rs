@@ -196,6 +196,21 @@ fn three_servers_elect_replicate_survive_kill9_and_catch_up() {
     for s in &servers {
         assert!(peers.contains(&format!("{}:8300", s.ip)), "{peers}");
     }
+    // Servers find each other on the WAN pool through the LAN (flood join).
+    let start = Instant::now();
+    let wan = loop {
+        let out = Command::new(BIN).args(["members", "-wan", &format!("-http-addr={}:8500", servers[0].ip)]).output().unwrap();
+        let table = String::from_utf8(out.stdout).unwrap();
+        if table.lines().filter(|l| l.contains(" alive ")).count() == 3 {
+            break table;
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "the WAN pool never showed three servers:\n{table}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for s in &servers {
+        let name = format!("n{}.ke-dc", s.ip.rsplit('.').next().unwrap());
+        assert!(wan.lines().any(|l| l.starts_with(&name) && l.contains(&format!("{}:8302", s.ip))), "{name}:\n{wan}");
+    }
 
     // Writes through any server; reads through any other.
     for (i, s) in servers.iter().enumerate() {
