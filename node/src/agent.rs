@@ -470,6 +470,11 @@ pub async fn run(argv: &[String]) -> i32 {
             }
         }
     };
+    if let Err(e) = crate::dns::start(&cfg, &api).await {
+        tracing::error!("{e}");
+        eprintln!("==> {e}");
+        return 1;
+    }
     println!("==> Starting Tribune agent...");
     println!("           Version: 'v{}'", http::VERSION);
     println!("           Node ID: '{node_id}'");

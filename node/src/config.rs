@@ -176,8 +176,23 @@ pub struct Config {
     pub max_query_time: Duration,
     pub ui: bool,
     pub watches: Vec<Value>,
+    pub dns: DnsConfig,
     /// The merged JSON, for `/v1/agent/self`'s DebugConfig.
     pub raw: Value,
+}
+
+/// `addresses.dns` and the `dns_config` keys the DNS interface acts on.
+#[derive(Debug, Clone)]
+pub struct DnsConfig {
+    /// `addresses.dns`: overrides `client_addr` for the DNS listeners.
+    pub addr: Option<String>,
+    /// Set TC on a UDP answer that had to be trimmed.
+    pub enable_truncate: bool,
+    /// Answers in a UDP response to a query without EDNS (Consul's default 3).
+    pub udp_answer_limit: usize,
+    pub node_ttl: Duration,
+    /// `service_ttl`: TTL per service name, `"*"` for any other.
+    pub service_ttl: Vec<(String, Duration)>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -386,6 +401,13 @@ fn build(dev: bool, v: Value) -> Result<Config, String> {
     }
     let default_query_time = d(&["default_query_time"], Duration::from_secs(300));
     let max_query_time = d(&["max_query_time"], Duration::from_secs(600));
+    let mut service_ttl = Vec::new();
+    for (name, ttl) in lookup(&v, &["dns_config", "service_ttl"]).and_then(Value::as_object).into_iter().flatten() {
+        match ttl.as_str().and_then(parse_duration) {
+            Some(t) => service_ttl.push((name.to_lowercase(), t)),
+            None => return Err(format!("dns_config.service_ttl.{name}: expected a duration such as \"30s\", got {ttl}")),
+        }
+    }
     let loopback = "127.0.0.1".to_string();
     Ok(Config {
         dev,
@@ -423,6 +445,13 @@ fn build(dev: bool, v: Value) -> Result<Config, String> {
         max_query_time,
         ui: b(&["ui"], dev),
         watches: lookup(&v, &["watches"]).and_then(Value::as_array).cloned().unwrap_or_default(),
+        dns: DnsConfig {
+            addr: s(&["addresses", "dns"]),
+            enable_truncate: b(&["dns_config", "enable_truncate"], false),
+            udp_answer_limit: i(&["dns_config", "udp_answer_limit"], 3) as usize,
+            node_ttl: d(&["dns_config", "node_ttl"], Duration::ZERO),
+            service_ttl,
+        },
         raw: v,
     })
 }
@@ -449,6 +478,15 @@ impl Config {
         } else {
             format!("{host}:{}", self.http_port)
         }
+    }
+
+    /// Where the DNS interface listens: every address of `addresses.dns` or `client_addr`.
+    pub fn dns_listen(&self) -> Vec<String> {
+        let hosts = self.dns.addr.as_deref().unwrap_or(&self.client_addr);
+        hosts
+            .split_whitespace()
+            .map(|h| if h.contains(':') && !h.starts_with('[') { format!("[{h}]:{}", self.dns_port) } else { format!("{h}:{}", self.dns_port) })
+            .collect()
     }
 }
 
@@ -563,5 +601,21 @@ mod tests {
         assert_eq!(dev.bind_addr, "127.0.0.1");
         assert_eq!(dev.http_listen(), "127.0.0.1:8500");
         assert_eq!(dev.kv_max_value_size, 524288);
+    }
+
+    #[test]
+    fn dns_addresses_and_settings() {
+        let dev = |frag: Value| {
+            let Value::Object(flags) = frag else { unreachable!() };
+            load(&LoadOptions { flags, dev: true, ..Default::default() }).map(|(c, _)| c)
+        };
+        let cfg = dev(json!({"client_addr": "127.0.0.1 ::1", "dns_config": {"node_ttl": "10s", "service_ttl": {"*": "5s", "Web": "1m"}}})).unwrap();
+        assert_eq!(cfg.dns_listen(), vec!["127.0.0.1:8600", "[::1]:8600"]);
+        assert_eq!((cfg.dns.enable_truncate, cfg.dns.udp_answer_limit, cfg.dns.node_ttl), (false, 3, Duration::from_secs(10)));
+        assert_eq!(cfg.dns.service_ttl, vec![("*".to_string(), Duration::from_secs(5)), ("web".to_string(), Duration::from_secs(60))]);
+        let cfg = dev(json!({"addresses": {"dns": "127.0.0.2"}, "ports": {"dns": 53}, "dns_config": {"enable_truncate": true}})).unwrap();
+        assert_eq!((cfg.dns_listen(), cfg.dns.enable_truncate), (vec!["127.0.0.2:53".to_string()], true));
+        let err = dev(json!({"dns_config": {"service_ttl": {"web": "soon"}}})).unwrap_err();
+        assert!(err.contains("dns_config.service_ttl.web"), "{err}");
     }
 }

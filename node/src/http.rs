@@ -75,6 +75,7 @@ pub struct Metrics {
     /// Times a waiting blocking query was woken by a write (whether or not its result moved).
     pub blocking_wakeups: AtomicU64,
     pub watch_fires: AtomicU64,
+    pub dns: crate::dns::Counters,
 }
 
 impl Metrics {
@@ -665,8 +666,8 @@ fn metrics(api: &Api, q: &Query, headers: &HeaderMap) -> Response {
     let (wk, wp) = api.store.hub().topics();
     let prometheus = q.get("format") == Some("prometheus")
         || headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("openmetrics-text"));
-    let serf: Vec<(&'static str, Vec<(&'static str, String)>, u64)> =
-        [&api.lan, &api.wan].into_iter().flatten().flat_map(|p| p.metrics()).chain(api.store.metrics()).collect();
+    let serf: Vec<store::Metric> =
+        [&api.lan, &api.wan].into_iter().flatten().flat_map(|p| p.metrics()).chain(api.metrics.dns.metrics()).chain(api.store.metrics()).collect();
     if prometheus {
         let mut out = String::new();
         for (name, labels, v) in &serf {

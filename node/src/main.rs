@@ -4,6 +4,7 @@ mod agent;
 mod cli;
 mod client;
 mod config;
+mod dns;
 mod flags;
 mod http;
 mod hub;

@@ -277,6 +277,7 @@ fn agent_startup_errors() {
                 &format!("-server-port={}", free_port()),
                 &format!("-serf-lan-port={}", free_port()),
                 &format!("-serf-wan-port={}", free_port()),
+                "-dns-port=-1",
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -306,7 +307,7 @@ fn agent_startup_errors() {
     std::fs::write(warn.join("x.json"), r#"{"no_such_key": 1}"#).unwrap();
     let port = free_port();
     let o = Command::new(BIN)
-        .args(["agent", "-dev", &format!("-http-port={port}"), &format!("-config-dir={}", warn.display())])
+        .args(["agent", "-dev", &format!("-http-port={port}"), "-dns-port=-1", &format!("-config-dir={}", warn.display())])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -349,7 +350,7 @@ fn walkthrough_config_dir_starts_an_agent() {
         "rejoin_after_leave": true, "retry_join": ["consul01", "consul02", "consul03"], "server": true,
         "start_join": ["consul01", "consul02", "consul03"], "ui": true,
         // Not the default server/gossip ports: other tests run real clusters on them.
-        "ports": {"http": port, "server": server_port, "serf_lan": serf_port, "serf_wan": free_port()},
+        "ports": {"http": port, "server": server_port, "serf_lan": serf_port, "serf_wan": free_port(), "dns": -1},
         "watches": [{"type": "key", "key": "foo/bar/baz", "handler_type": "http",
             "http_handler_config": {"path": "https://localhost:8000/watch", "method": "POST",
               "header": {"x-foo": ["bar", "baz"]}, "timeout": "10s", "tls_skip_verify": false}}]
@@ -388,7 +389,7 @@ fn syslog_and_json_logs() {
     sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let port = free_port();
     let child = Command::new(BIN)
-        .args(["agent", "-dev", &format!("-http-port={port}"), "-syslog", "-log-json"])
+        .args(["agent", "-dev", &format!("-http-port={port}"), "-dns-port=-1", "-syslog", "-log-json"])
         .env("TRIBUNE_SYSLOG_SOCKET", &sock_path)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -408,7 +409,7 @@ fn syslog_and_json_logs() {
     // Without a syslog socket the agent warns and keeps going.
     let port = free_port();
     let child = Command::new(BIN)
-        .args(["agent", "-dev", &format!("-http-port={port}"), "-syslog"])
+        .args(["agent", "-dev", &format!("-http-port={port}"), "-dns-port=-1", "-syslog"])
         .env("TRIBUNE_SYSLOG_SOCKET", dir.join("missing.sock"))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -36,7 +36,8 @@ impl Agent {
     pub fn dev(extra: &[&str]) -> Agent {
         let port = free_port();
         let mut cmd = Command::new(BIN);
-        cmd.arg("agent").arg("-dev").arg(format!("-http-port={port}")).args(extra);
+        // DNS off unless `extra` turns it on: agents running side by side would all want 8600.
+        cmd.arg("agent").arg("-dev").arg(format!("-http-port={port}")).arg("-dns-port=-1").args(extra);
         cmd.stdout(Stdio::null()).stderr(Stdio::null());
         let child = cmd.spawn().expect("spawn tribune agent");
         let mut agent = Agent { child, port };
