@@ -302,7 +302,7 @@ async fn open_store(cfg: &Config, rpc_addr: &str) -> Result<(Arc<dyn Store>, Opt
     let mut join = cfg.start_join.clone();
     join.extend(cfg.retry_join.iter().cloned());
     let expect = if cfg.bootstrap { 1 } else { cfg.bootstrap_expect };
-    tokio::spawn(store.clone().form_cluster(expect, join, port, cfg.retry_interval));
+    tokio::spawn(store.clone().form_cluster(expect, join, port, cfg.retry_interval, cfg.serf_lan_port >= 0));
     Ok((store.clone(), Some(store)))
 }
 
@@ -495,6 +495,7 @@ pub async fn run(argv: &[String]) -> i32 {
     }
     let mut watches = spawn_watches(&api, watch_specs);
     if let (Some(raft), Some(lan)) = (&raft, &lan) {
+        let _ = raft.lan.set(lan.clone());
         tokio::spawn(raft.clone().reconcile(lan.clone(), RECONCILE_EVERY));
     }
     if let (Some(lan), Some(wan)) = (&lan, &api.wan) {

@@ -71,15 +71,21 @@ fn http_with_head(addr: &str, method: &str, path: &str, body: &[u8]) -> Option<(
 
 /// Three servers on 127.0.<subnet>.1-3 (each test its own subnet: tests run in parallel).
 fn cluster(name: &str, subnet: u8) -> Vec<Server> {
+    cluster_with(name, subnet, |_, _| {})
+}
+
+/// [`cluster`], with `edit(i, config)` changing server i's config first.
+fn cluster_with(name: &str, subnet: u8, edit: impl Fn(usize, &mut serde_json::Value)) -> Vec<Server> {
     let key = keygen();
     let root = std::env::temp_dir().join(format!("tribune-cluster-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     let ips: Vec<String> = (1..=3).map(|i| format!("127.0.{subnet}.{i}")).collect();
     ips.iter()
-        .map(|ip| {
+        .enumerate()
+        .map(|(i, ip)| {
             let dir = root.join(ip);
             std::fs::create_dir_all(dir.join("config")).unwrap();
-            let config = serde_json::json!({
+            let mut config = serde_json::json!({
                 "bootstrap_expect": 3,
                 "bind_addr": ip,
                 "client_addr": ip,
@@ -91,6 +97,7 @@ fn cluster(name: &str, subnet: u8) -> Vec<Server> {
                 "encrypt": key,
                 "ports": { "dns": -1 },
             });
+            edit(i, &mut config);
             std::fs::write(dir.join("config/config.json"), config.to_string()).unwrap();
             let mut s = Server { ip: ip.clone(), dir, child: None };
             s.start();
@@ -387,4 +394,23 @@ fn graceful_leave_shrinks_the_cluster_and_a_restart_rejoins() {
     let p = wait_peers(&servers[other], 2, Duration::from_secs(10));
     assert!(!p.contains(&servers[li].ip), "{p}");
     assert!(put(&servers[fi], "after/leader/left", "1"));
+}
+
+/// Servers that expect different cluster sizes never bootstrap (Consul's rule), and say why.
+#[test]
+fn mismatched_bootstrap_expect_never_elects() {
+    // The third server expects 2: without the rule, it and either other could bootstrap.
+    let servers = cluster_with("expect", 5, |i, c| {
+        if i == 2 {
+            c["bootstrap_expect"] = serde_json::json!(2);
+        }
+    });
+    wait_alive(&servers[0].ip, 3);
+    std::thread::sleep(Duration::from_secs(4));
+    for s in &servers {
+        let leader = s.http("GET", "/v1/status/leader", b"").map(|(_, b)| b.trim().to_string());
+        assert_eq!(leader.as_deref(), Some("\"\""), "{} elected a leader", s.ip);
+    }
+    let log = std::fs::read_to_string(servers[2].dir.join("agent.log")).unwrap();
+    assert!(log.contains("has a conflicting expect value"), "{log}");
 }

@@ -102,6 +102,8 @@ pub struct RaftStore {
     lanes: Mutex<Vec<Lane>>,
     next_client: AtomicU64,
     stats: RaftStats,
+    /// The LAN gossip pool, once started: `bootstrap_expect` checks its servers' tags.
+    pub lan: std::sync::OnceLock<crate::serf::Pool>,
 }
 
 fn random_u64() -> u64 {
@@ -165,6 +167,7 @@ impl RaftStore {
             lanes: Mutex::new(Vec::new()),
             next_client: AtomicU64::new(random_u64() >> 16),
             stats: RaftStats::default(),
+            lan: std::sync::OnceLock::new(),
         });
         tokio::spawn(watch_leadership(Arc::downgrade(&store)));
         let listener = tokio::net::TcpListener::bind(bind).await?;
@@ -261,10 +264,16 @@ impl RaftStore {
     /// cluster yet, every one of them initializes Raft with that same set: one of them wins
     /// the first election. A server that already has a membership never bootstraps again;
     /// a new server that finds a formed cluster asks its leader to add it.
-    pub async fn form_cluster(self: Arc<Self>, expect: u64, join_hosts: Vec<String>, rpc_port: u16, retry: Duration) {
+    pub async fn form_cluster(self: Arc<Self>, expect: u64, join_hosts: Vec<String>, rpc_port: u16, retry: Duration, gossip: bool) {
         loop {
             if self.is_formed() {
                 return;
+            }
+            // With gossip, servers are counted (and their `expect` checked) on the LAN pool
+            // too, as Consul does: wait for it to start.
+            if gossip && self.lan.get().is_none() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
             }
             // Join addresses name hosts (often their gossip port); servers answer RPC on
             // `rpc_port` of the same host.
@@ -292,7 +301,12 @@ impl RaftStore {
                     Ok(()) => return,
                     Err(e) => tracing::warn!(error = %e, "raft: joining the formed cluster failed; retrying"),
                 }
-            } else if expect > 0 && found.len() as u64 >= expect {
+            } else if let Some(name) = self.conflicting_expect(expect) {
+                tracing::error!(
+                    member = %name,
+                    "raft: Member {name} has a conflicting expect value. All nodes should expect the same number."
+                );
+            } else if expect > 0 && found.len() as u64 >= expect && self.lan_servers().is_none_or(|n| n >= expect) {
                 let members: BTreeMap<u64, BasicNode> =
                     found.into_iter().map(|(id, addr)| (id, BasicNode { addr })).collect();
                 tracing::info!(servers = members.len(), "raft: bootstrap_expect reached; bootstrapping the cluster");
@@ -388,6 +402,30 @@ impl RaftStore {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         tracing::warn!("raft: still in the Raft configuration after {within:?}; the leader removes a server that left");
+    }
+
+    /// Live LAN servers of this datacenter (None without gossip).
+    fn lan_servers(&self) -> Option<u64> {
+        let lan = self.lan.get()?;
+        let count = lan.members().iter().filter(|m| self.is_our_server(m)).count();
+        Some(count as u64)
+    }
+
+    fn is_our_server(&self, m: &tribune_core::gossip::MemberInfo) -> bool {
+        m.state.is_live()
+            && m.tags.get("role").is_some_and(|r| r == "consul")
+            && m.tags.get("dc").is_some_and(|dc| dc.eq_ignore_ascii_case(&self.datacenter))
+    }
+
+    /// A live LAN server of this datacenter that expects a different number of servers
+    /// (Consul refuses to bootstrap then).
+    fn conflicting_expect(&self, expect: u64) -> Option<String> {
+        let lan = self.lan.get().filter(|_| expect > 0)?;
+        lan.members()
+            .into_iter()
+            .filter(|m| self.is_our_server(m))
+            .find(|m| m.tags.get("expect").and_then(|e| e.parse::<u64>().ok()).is_some_and(|e| e != 0 && e != expect))
+            .map(|m| m.name)
     }
 
     async fn join_via(&self, mut peer: SocketAddr) -> Result<(), String> {
