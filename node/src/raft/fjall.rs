@@ -4,23 +4,48 @@
 //! batch (atomic across keyspaces). Durable batches are acknowledged only after `fdatasync`;
 //! concurrent durable writers share one sync (group commit): a writer whose batch was
 //! already covered by another writer's sync returns without syncing again.
+//!
+//! Log appends do not wait for their sync: [`FjallLog::append`] writes the entries (readable
+//! at once, so the leader replicates them while its own sync runs) and a sync thread calls
+//! openraft's completion callback once a sync covers them. Callbacks fire in append order,
+//! and every synchronous durable write (vote, truncation, purge, snapshot) fires the ones
+//! its sync covered before it returns, so no later write completes before an earlier one.
 
+use std::collections::VecDeque;
 use std::io;
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::Condvar;
 use std::sync::Mutex;
+use std::sync::OnceLock;
+use std::sync::Weak;
 
 use fjall::Database;
 use fjall::Keyspace;
 use fjall::KeyspaceCreateOptions;
 use fjall::PersistMode;
+use openraft::entry::RaftEntry;
+use openraft::storage::IOFlushed;
+use openraft::storage::RaftLogStorage;
+use openraft::LogState;
+use openraft::OptionalSend;
 use tribune_core::raft::backend::Op;
 use tribune_core::raft::Backend;
+use tribune_core::raft::LogEntry;
+use tribune_core::raft::LogId;
+use tribune_core::raft::LogStore;
 use tribune_core::raft::Space;
+use tribune_core::raft::Vote;
+
+use super::Types;
 
 /// fjall's block cache.
 pub const BLOCK_CACHE_BYTES: u64 = 4 << 20;
+
+/// What to call once a batch is durable (or the sync failed).
+pub type OnDurable = Box<dyn FnOnce(io::Result<()>) + Send>;
 
 pub struct FjallBackend {
     db: Database,
@@ -28,8 +53,25 @@ pub struct FjallBackend {
     meta: Keyspace,
     /// Number of batches committed (to fjall's journal, not necessarily synced).
     written: AtomicU64,
-    /// The `written` count the last sync covered; the lock serializes syncs.
+    /// The `written` count the last sync covered; the lock serializes syncs and the
+    /// callbacks they release.
     synced: Mutex<u64>,
+    /// Appends waiting for a sync, shared with the sync thread.
+    queue: Arc<Queue>,
+    syncer: OnceLock<()>,
+}
+
+#[derive(Default)]
+struct Queue {
+    waiting: Mutex<Waiting>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct Waiting {
+    /// In `written` order.
+    batches: VecDeque<(u64, OnDurable)>,
+    closed: bool,
 }
 
 fn io_err(e: fjall::Error) -> io::Error {
@@ -47,7 +89,15 @@ impl FjallBackend {
             .map_err(io_err)?;
         let log = db.keyspace("raft_log", KeyspaceCreateOptions::default).map_err(io_err)?;
         let meta = db.keyspace("raft_meta", KeyspaceCreateOptions::default).map_err(io_err)?;
-        Ok(Self { db, log, meta, written: AtomicU64::new(0), synced: Mutex::new(0) })
+        Ok(Self {
+            db,
+            log,
+            meta,
+            written: AtomicU64::new(0),
+            synced: Mutex::new(0),
+            queue: Arc::default(),
+            syncer: OnceLock::new(),
+        })
     }
 
     fn space(&self, s: Space) -> &Keyspace {
@@ -57,26 +107,8 @@ impl FjallBackend {
         }
     }
 
-    /// Make every committed batch durable, sharing the sync with concurrent callers.
-    fn sync(&self, upto: u64) -> io::Result<()> {
-        let mut synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
-        if *synced >= upto {
-            return Ok(()); // another writer's sync covered this batch
-        }
-        let covered = self.written.load(Ordering::SeqCst);
-        if let Err(e) = self.db.persist(PersistMode::SyncData) {
-            // A failed fsync leaves the journal in an unknown state; continuing could
-            // acknowledge writes that are not on disk.
-            eprintln!("tribune: fsync of the raft store failed: {e}; exiting");
-            std::process::exit(70);
-        }
-        *synced = covered;
-        Ok(())
-    }
-}
-
-impl Backend for FjallBackend {
-    fn write(&self, ops: Vec<Op>, durable: bool) -> io::Result<()> {
+    /// Commit `ops` as one batch (readable at once, not yet durable); its `written` number.
+    fn commit(&self, ops: Vec<Op>) -> io::Result<u64> {
         let mut batch = self.db.batch();
         for (space, key, value) in ops {
             match value {
@@ -85,9 +117,87 @@ impl Backend for FjallBackend {
             }
         }
         batch.commit().map_err(io_err)?;
-        let mine = self.written.fetch_add(1, Ordering::SeqCst) + 1;
+        Ok(self.written.fetch_add(1, Ordering::SeqCst) + 1)
+    }
+
+    /// Make every committed batch up to `upto` durable, sharing the sync with concurrent
+    /// callers, then release the waiting appends it covered.
+    fn sync(&self, upto: u64) {
+        let mut synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
+        if *synced < upto {
+            let covered = self.written.load(Ordering::SeqCst);
+            if let Err(e) = self.db.persist(PersistMode::SyncData) {
+                // A failed fsync leaves the journal in an unknown state; continuing could
+                // acknowledge writes that are not on disk.
+                eprintln!("tribune: fsync of the raft store failed: {e}; exiting");
+                std::process::exit(70);
+            }
+            *synced = covered;
+        }
+        let covered = *synced;
+        let mut released = Vec::new();
+        {
+            let mut w = self.queue.waiting.lock().unwrap_or_else(|e| e.into_inner());
+            while w.batches.front().is_some_and(|(n, _)| *n <= covered) {
+                released.extend(w.batches.pop_front().map(|(_, done)| done));
+            }
+        }
+        // Still under `synced`: callbacks fire in order across the sync thread and
+        // synchronous writers.
+        for done in released {
+            done(Ok(()));
+        }
+    }
+
+    /// Commit `ops` now and call `done` once a sync covers them (from the sync thread, or
+    /// from a later synchronous durable write).
+    pub fn write_then(self: &Arc<Self>, ops: Vec<Op>, done: OnDurable) -> io::Result<()> {
+        self.syncer.get_or_init(|| spawn_syncer(self.queue.clone(), Arc::downgrade(self)));
+        let mut w = self.queue.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = self.commit(ops)?;
+        w.batches.push_back((mine, done));
+        drop(w);
+        self.queue.wake.notify_one();
+        Ok(())
+    }
+}
+
+/// The sync thread: syncs whenever appends wait, as many per sync as have arrived. It
+/// holds the backend only while syncing, so dropping the backend ends it.
+fn spawn_syncer(queue: Arc<Queue>, backend: Weak<FjallBackend>) {
+    std::thread::Builder::new()
+        .name("raft-sync".into())
+        .spawn(move || loop {
+            let upto = {
+                let mut w = queue.waiting.lock().unwrap_or_else(|e| e.into_inner());
+                loop {
+                    if w.closed {
+                        return;
+                    }
+                    if let Some((n, _)) = w.batches.back() {
+                        break *n;
+                    }
+                    w = queue.wake.wait(w).unwrap_or_else(|e| e.into_inner());
+                }
+            };
+            let Some(b) = backend.upgrade() else { return };
+            b.sync(upto);
+        })
+        .expect("spawn the raft sync thread");
+}
+
+impl Drop for FjallBackend {
+    fn drop(&mut self) {
+        self.queue.waiting.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
+        self.queue.wake.notify_all();
+    }
+}
+
+impl Backend for FjallBackend {
+    fn write(&self, ops: Vec<Op>, durable: bool) -> io::Result<()> {
+        let mine = self.commit(ops)?;
         if durable {
-            self.sync(mine)?;
+            self.sync(mine);
         }
         Ok(())
     }
@@ -113,6 +223,66 @@ impl Backend for FjallBackend {
             }
             None => Ok(None),
         }
+    }
+}
+
+/// The Raft log store the agent runs: the core's [`LogStore`] over fjall, except that an
+/// append returns before its sync (see the module docs).
+#[derive(Clone)]
+pub struct FjallLog {
+    inner: LogStore<Types, FjallBackend>,
+    backend: Arc<FjallBackend>,
+}
+
+impl FjallLog {
+    pub fn new(backend: Arc<FjallBackend>) -> Self {
+        Self { inner: LogStore::new(backend.clone()), backend }
+    }
+}
+
+impl RaftLogStorage<Types> for FjallLog {
+    type LogReader = LogStore<Types, FjallBackend>;
+
+    async fn get_log_state(&mut self) -> Result<LogState<Types>, io::Error> {
+        self.inner.get_log_state().await
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.inner.get_log_reader().await
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        self.inner.save_vote(vote).await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        self.inner.save_committed(committed).await
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        self.inner.read_committed().await
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<Types>) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = LogEntry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        // The core's log layout: big-endian index -> postcard(entry).
+        let mut ops: Vec<Op> = Vec::new();
+        for e in entries {
+            let bytes = postcard::to_allocvec(&e).map_err(io::Error::other)?;
+            ops.push((Space::Log, e.index().to_be_bytes().to_vec(), Some(bytes)));
+        }
+        self.backend.write_then(ops, Box::new(move |r| callback.io_completed(r)))
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        self.inner.truncate_after(last_log_id).await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        self.inner.purge(log_id).await
     }
 }
 
@@ -160,6 +330,47 @@ mod tests {
         threads.into_iter().for_each(|t| t.join().unwrap());
         assert_eq!(b.range(Space::Log, &[], &u64::MAX.to_be_bytes(), 1000).unwrap().len(), 400);
         assert!(*b.synced.lock().unwrap() >= 400, "every durable batch is covered by a sync");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn appends_complete_in_order_and_before_a_later_durable_write_returns() {
+        let dir = tempdir();
+        let b = Arc::new(FjallBackend::open(&dir).unwrap());
+        let done = Arc::new(Mutex::new(Vec::new()));
+        for i in 0..200u64 {
+            let d = done.clone();
+            b.write_then(vec![put(Space::Log, &i.to_be_bytes(), b"e")], Box::new(move |r| {
+                r.unwrap();
+                d.lock().unwrap().push(i);
+            }))
+            .unwrap();
+            // readable before it is durable
+            assert_eq!(b.get(Space::Log, &i.to_be_bytes()).unwrap(), Some(b"e".to_vec()));
+        }
+        b.write(vec![put(Space::Meta, b"vote", b"v")], true).unwrap();
+        assert_eq!(*done.lock().unwrap(), (0..200).collect::<Vec<_>>(), "all released, in order");
+        let d = done.clone();
+        b.write_then(vec![put(Space::Log, &500u64.to_be_bytes(), b"e")], Box::new(move |_| d.lock().unwrap().push(500)))
+            .unwrap();
+        let t0 = std::time::Instant::now();
+        while done.lock().unwrap().len() < 201 {
+            assert!(t0.elapsed() < std::time::Duration::from_secs(10), "the sync thread releases it");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        drop(b);
+        // the sync thread lets go of the backend (at most when its current sync ends): the
+        // directory can be opened again
+        let t0 = std::time::Instant::now();
+        let b = loop {
+            match FjallBackend::open(&dir) {
+                Ok(b) => break b,
+                Err(e) if t0.elapsed() > std::time::Duration::from_secs(5) => panic!("{e}"),
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+            }
+        };
+        assert_eq!(b.range(Space::Log, &[], &u64::MAX.to_be_bytes(), 1000).unwrap().len(), 201);
+        drop(b);
         std::fs::remove_dir_all(&dir).ok();
     }
 

@@ -141,7 +141,7 @@ impl RaftStore {
         let backend = Arc::new(FjallBackend::open(&data_dir.join("raft"))?);
         let hub = Hub::new();
         let publish = hub.clone();
-        let sm = SmStore::open(backend.clone())?.with_observer(Arc::new(move |a| {
+        let sm = SmStore::open(backend.clone())?.without_checks().with_observer(Arc::new(move |a| {
             if let (openraft::EntryPayload::Normal(req), Response::Kv { outcome, index }) = (&a.entry.payload, a.response) {
                 if outcome.changed {
                     let Command::Kv(op) = &req.cmd;
@@ -149,7 +149,7 @@ impl RaftStore {
                 }
             }
         }));
-        let log = tribune_core::raft::LogStore::new(backend);
+        let log = self::fjall::FjallLog::new(backend);
         let config = tribune_core::raft::config(raft_multiplier, 10_000).validate().map_err(io::Error::other)?;
         let pool = Pool::default();
         let raft = NodeRaft::new(id, Arc::new(config), NetFactory { pool: pool.clone() }, log, sm.clone())
