@@ -248,7 +248,7 @@ fn compile_watches(cfg: &Config) -> Result<Vec<crate::watch::WatchSpec>, String>
     cfg.watches.iter().map(|w| crate::watch::parse_watch(w).map_err(|e| format!("Failed to compile watch: {e}"))).collect()
 }
 
-fn spawn_watches(api: &Arc<Api>, specs: Vec<crate::watch::WatchSpec>) -> Vec<tokio::task::JoinHandle<()>> {
+fn spawn_watches(api: &Arc<Api>, http_addr: &str, specs: Vec<crate::watch::WatchSpec>) -> Vec<tokio::task::JoinHandle<()>> {
     for s in &specs {
         if let crate::watch::Handler::Http { url, .. } = &s.handler {
             if let Err(e) = crate::client::split_url(url) {
@@ -256,7 +256,12 @@ fn spawn_watches(api: &Arc<Api>, specs: Vec<crate::watch::WatchSpec>) -> Vec<tok
             }
         }
     }
-    specs.into_iter().map(|s| tokio::spawn(crate::watch::run(s, crate::watch::Source::Local(api.clone())))).collect()
+    // A client agent's watches read through its own HTTP API, which forwards to a server.
+    let source = match &api.forward {
+        Some(_) => crate::watch::Source::Remote(http_addr.to_string()),
+        None => crate::watch::Source::Local(api.clone()),
+    };
+    specs.into_iter().map(|s| tokio::spawn(crate::watch::run(s, source.clone()))).collect()
 }
 
 /// The merged config for `/v1/agent/self`, with secrets hidden as Consul does.
@@ -283,13 +288,13 @@ const TOMBSTONE_GRANULARITY: std::time::Duration = std::time::Duration::from_sec
 
 /// The store behind the API: `-dev` gets the single-node in-memory [`DevStore`]; a server
 /// gets the replicated Raft store in `data_dir` and starts forming (or joining) its cluster.
-/// The agent's store: in memory for `-dev` (and, for now, client agents), else Raft.
+/// The agent's store: Raft on servers, in memory for `-dev`. A client agent forwards what
+/// the servers hold (see `forward`); its store stays empty.
 async fn open_store(cfg: &Config, rpc_addr: &str) -> Result<(Arc<dyn Store>, Option<Arc<RaftStore>>), String> {
     if cfg.dev {
         return Ok((Arc::new(DevStore::new(rpc_addr.to_string())), None));
     }
     if !cfg.server {
-        tracing::warn!("client agents do not forward to servers yet: serving a local in-memory store");
         return Ok((Arc::new(DevStore::new(rpc_addr.to_string())), None));
     }
     let data_dir = cfg.data_dir.clone().ok_or("data_dir is required to run a server")?;
@@ -455,7 +460,14 @@ pub async fn run(argv: &[String]) -> i32 {
         max_query_time: cfg.max_query_time,
         metrics: Arc::default(),
         control: control_tx,
+        forward: lan
+            .as_ref()
+            .filter(|_| !cfg.server && !cfg.dev)
+            .map(|lan| crate::forward::Forwarder::new(lan.clone(), cfg.datacenter.clone(), cfg.max_query_time)),
     });
+    if let Some(raft) = &raft {
+        let _ = raft.http.set(http::serve_forwarded(api.clone()));
+    }
 
     let listen = cfg.http_listen();
     let listener = if cfg.http_port < 0 {
@@ -493,7 +505,7 @@ pub async fn run(argv: &[String]) -> i32 {
     if cfg.dev {
         tracing::info!(leader = %rpc_addr, "agent: cluster leadership acquired (single node)");
     }
-    let mut watches = spawn_watches(&api, watch_specs);
+    let mut watches = spawn_watches(&api, &listen, watch_specs);
     if let (Some(raft), Some(lan)) = (&raft, &lan) {
         let _ = raft.lan.set(lan.clone());
         tokio::spawn(raft.clone().reconcile(lan.clone(), RECONCILE_EVERY));
@@ -550,7 +562,7 @@ pub async fn run(argv: &[String]) -> i32 {
                         for w in watches.drain(..) {
                             w.abort();
                         }
-                        watches = spawn_watches(&api, specs);
+                        watches = spawn_watches(&api, &listen, specs);
                         Ok(())
                     }
                     Err(e) => Err(e),

@@ -95,10 +95,20 @@ pub struct Api {
     pub max_query_time: Duration,
     pub metrics: Arc<Metrics>,
     pub control: mpsc::UnboundedSender<Control>,
+    /// On client agents: the way to the servers for what they hold.
+    pub forward: Option<crate::forward::Forwarder>,
 }
 
 pub fn router(api: Arc<Api>) -> Router {
     Router::new().fallback(handle).with_state(api)
+}
+
+/// The API as a function, for requests forwarded by client agents.
+pub fn serve_forwarded(api: Arc<Api>) -> crate::forward::Serve {
+    Arc::new(move |req| {
+        let api = api.clone();
+        Box::pin(async move { handle(State(api), req).await })
+    })
 }
 
 /// Parsed query string: lowercased names, decoded values, in order.
@@ -142,7 +152,10 @@ fn method_not_allowed(allow: &str) -> Response {
 }
 
 async fn handle(State(api): State<Arc<Api>>, req: Request) -> Response {
-    let resp = route(&api, req).await;
+    let resp = match &api.forward {
+        Some(f) if crate::forward::is_forwarded(req.uri().path()) => f.forward(req).await,
+        _ => route(&api, req).await,
+    };
     api.metrics.count(resp.status().as_u16());
     resp
 }
@@ -854,6 +867,7 @@ mod tests {
             max_query_time: Duration::from_secs(600),
             metrics: Arc::default(),
             control,
+            forward: None,
         })
     }
 

@@ -6,6 +6,7 @@ mod client;
 mod config;
 mod dns;
 mod flags;
+mod forward;
 mod http;
 mod hub;
 mod raft;

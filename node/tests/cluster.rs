@@ -414,3 +414,67 @@ fn mismatched_bootstrap_expect_never_elects() {
     let log = std::fs::read_to_string(servers[2].dir.join("agent.log")).unwrap();
     assert!(log.contains("has a conflicting expect value"), "{log}");
 }
+
+/// A client agent (not a server) forwards KV and status requests to the servers over
+/// server RPC: writes, reads, blocking queries, its own config watches, the size limit.
+#[test]
+fn a_client_agent_forwards_to_the_servers() {
+    let servers = cluster("client", 6);
+    let leader = wait_leader(&servers, Duration::from_secs(20));
+    let dir = std::env::temp_dir().join(format!("tribune-cluster-client-agent-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("config")).unwrap();
+    let fired = dir.join("fired.json");
+    let key = {
+        let path = servers[0].dir.join("config/config.json");
+        let c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        c["encrypt"].as_str().unwrap().to_string()
+    };
+    let config = serde_json::json!({
+        "bind_addr": "127.0.6.4", "client_addr": "127.0.6.4", "datacenter": "KE-DC",
+        "data_dir": dir.join("data"), "encrypt": key, "server": false,
+        "retry_join": [servers[0].ip.clone()], "ports": { "dns": -1 },
+        "watches": [{"type": "key", "key": "via/watched", "handler_type": "script",
+                     "args": ["sh", "-c", format!("cat > {}.tmp && mv {}.tmp {}", fired.display(), fired.display(), fired.display())]}],
+    });
+    std::fs::write(dir.join("config/config.json"), config.to_string()).unwrap();
+    let mut client = Server { ip: "127.0.6.4".into(), dir, child: None };
+    client.start();
+    wait_alive(&client.ip, 4);
+
+    let out = Command::new(BIN).args(["kv", "put", "-http-addr=127.0.6.4:8500", "via/client", "hello"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "Success! Data written to: via/client\n", "{out:?}");
+    assert_eq!(get_raw(&servers[0], "via/client", false).as_deref(), Some("hello"));
+    let (status, head, body) = http_with_head("127.0.6.4:8500", "GET", "/v1/kv/via/client", b"").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("x-consul-knownleader: true") && head.contains("x-consul-index: "), "{head}");
+    assert_eq!(client.http("GET", "/v1/status/leader", b"").unwrap().1.trim(), format!("\"{leader}\""));
+
+    // A blocking query through the client wakes on a write through a server.
+    let index: u64 = head.lines().find_map(|l| l.strip_prefix("x-consul-index: ")).unwrap().trim().parse().unwrap();
+    let waiter = std::thread::spawn(move || http("127.0.6.4:8500", "GET", &format!("/v1/kv/via/client?index={index}&wait=20s&raw"), b""));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(put(&servers[1], "via/client", "again"));
+    let woke = Instant::now();
+    assert_eq!(waiter.join().unwrap(), Some((200, "again".to_string())));
+    assert!(woke.elapsed() < Duration::from_secs(5), "the blocking query did not wake on the write");
+
+    // The client's own config watch fires on a write through a server.
+    assert!(put(&servers[2], "via/watched", "7"));
+    let start = Instant::now();
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&fired) {
+            if text.contains("\"Value\":\"Nw==\"") {
+                break;
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "the client's watch never fired with the value");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Too large a value: 413, nothing stored.
+    let big = vec![b'x'; 512 * 1024 + 1];
+    assert_eq!(client.http("PUT", "/v1/kv/via/big", &big).map(|(s, _)| s), Some(413));
+    assert_eq!(get_raw(&servers[0], "via/big", false), None);
+}

@@ -104,6 +104,8 @@ pub struct RaftStore {
     stats: RaftStats,
     /// The LAN gossip pool, once started: `bootstrap_expect` checks its servers' tags.
     pub lan: std::sync::OnceLock<crate::serf::Pool>,
+    /// This server's HTTP API, for requests client agents forward.
+    pub http: std::sync::OnceLock<crate::forward::Serve>,
 }
 
 fn random_u64() -> u64 {
@@ -168,6 +170,7 @@ impl RaftStore {
             next_client: AtomicU64::new(random_u64() >> 16),
             stats: RaftStats::default(),
             lan: std::sync::OnceLock::new(),
+            http: std::sync::OnceLock::new(),
         });
         tokio::spawn(watch_leadership(Arc::downgrade(&store)));
         let listener = tokio::net::TcpListener::bind(bind).await?;
@@ -214,6 +217,10 @@ impl RaftStore {
             Rpc::Remove { id } => match self.remove_server(id).await {
                 Ok(()) => RpcReply::Done,
                 Err(e) => RpcReply::Failed(e),
+            },
+            Rpc::Http(call) => match self.http.get() {
+                Some(serve) => crate::forward::serve(serve, call).await,
+                None => RpcReply::Failed("the HTTP API is not up yet".into()),
             },
         }
     }

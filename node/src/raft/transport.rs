@@ -48,6 +48,8 @@ pub enum Rpc {
     Join { id: u64, addr: String },
     /// Remove a server from the voters (sent to the leader).
     Remove { id: u64 },
+    /// An HTTP request a client agent forwards to a server.
+    Http(crate::forward::HttpCall),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -63,6 +65,8 @@ pub enum RpcReply {
     ReadIndex(u64),
     /// A membership change (join or remove) is committed.
     Done,
+    /// The server's response to a forwarded HTTP request.
+    Http(crate::forward::HttpReply),
 }
 
 pub async fn write_frame<T: Serialize>(stream: &mut TcpStream, msg: &T) -> io::Result<()> {
