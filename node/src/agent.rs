@@ -283,6 +283,8 @@ const RECONCILE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// How long a leaving server waits to see itself out of the Raft configuration
 /// (Consul's `leave_drain_time`).
 const LEAVE_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often the gossip snapshot records the live peers.
+const SNAPSHOT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 const TOMBSTONE_TTL: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 const TOMBSTONE_GRANULARITY: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -348,7 +350,10 @@ async fn start_gossip(cfg: &Config, agent: &AgentInfo) -> Result<(Option<crate::
 /// A graceful leave: the gossip pools first (the leave intent needs a moment to spread, and
 /// then the leader will not add this server back), then a server leaves the Raft
 /// configuration.
-async fn leave(api: &Api, raft: Option<&RaftStore>) {
+async fn leave(api: &Api, raft: Option<&RaftStore>, snapshot: Option<&crate::serf::Snapshot>) {
+    if let (Some(snapshot), Some(lan)) = (snapshot, &api.lan) {
+        snapshot.left(lan);
+    }
     for pool in [&api.lan, &api.wan].into_iter().flatten() {
         let _ = pool.leave().await;
     }
@@ -513,9 +518,23 @@ pub async fn run(argv: &[String]) -> i32 {
     if let (Some(lan), Some(wan)) = (&lan, &api.wan) {
         tokio::spawn(crate::serf::flood_join(lan.clone(), wan.clone(), RECONCILE_EVERY));
     }
+    let snapshot = cfg.data_dir.as_ref().filter(|_| lan.is_some()).map(|d| Arc::new(crate::serf::Snapshot::new(d.join("serf/local.snapshot"))));
     if let Some(lan) = &lan {
         let mut join = cfg.start_join.clone();
         join.extend(cfg.retry_join.iter().cloned());
+        if let Some(snapshot) = &snapshot {
+            match snapshot.load() {
+                Some(prev) if prev.left && !cfg.rejoin_after_leave => {
+                    tracing::info!("serf: Ignoring previous nodes: this node left gracefully (rejoin_after_leave is off)")
+                }
+                Some(prev) if !prev.peers.is_empty() => {
+                    tracing::info!(peers = prev.peers.len(), "serf: Re-joining previously known nodes");
+                    join.extend(prev.peers.iter().map(|a| a.to_string()));
+                }
+                _ => {}
+            }
+            tokio::spawn(snapshot.clone().keep(lan.clone(), SNAPSHOT_EVERY));
+        }
         tokio::spawn(crate::serf::retry_join(lan.clone(), join, cfg.serf_lan_port as u16, cfg.retry_interval));
     }
     println!("==> Tribune agent running!");
@@ -533,7 +552,7 @@ pub async fn run(argv: &[String]) -> i32 {
                 tracing::info!("agent: Caught signal: interrupt");
                 if !cfg.skip_leave_on_interrupt {
                     tracing::info!("agent: Gracefully leaving (skip_leave_on_interrupt is off)");
-                    leave(&api, raft.as_deref()).await;
+                    leave(&api, raft.as_deref(), snapshot.as_deref()).await;
                 }
                 break;
             }
@@ -541,13 +560,13 @@ pub async fn run(argv: &[String]) -> i32 {
                 tracing::info!("agent: Caught signal: terminated");
                 if cfg.leave_on_terminate {
                     tracing::info!("agent: Gracefully leaving (leave_on_terminate is on)");
-                    leave(&api, raft.as_deref()).await;
+                    leave(&api, raft.as_deref(), snapshot.as_deref()).await;
                 }
                 break;
             }
             c = control_rx.recv() => match c {
                 Some(Control::Reload(tx)) => Some(tx),
-                Some(Control::Leave) | None => { tracing::info!("agent: Requesting shutdown (leave)"); leave(&api, raft.as_deref()).await; break; }
+                Some(Control::Leave) | None => { tracing::info!("agent: Requesting shutdown (leave)"); leave(&api, raft.as_deref(), snapshot.as_deref()).await; break; }
             },
         };
         tracing::info!("agent: Reloading configuration...");

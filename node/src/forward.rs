@@ -6,7 +6,6 @@
 //! it as too large), a response at [`transport::FRAME_BYTES_MAX`]; a forwarded request waits
 //! at most the longest blocking query plus [`SLACK`].
 
-use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -98,21 +97,10 @@ impl Forwarder {
         Forwarder { pool: transport::Pool::default(), lan, datacenter, max_wait: max_query_time + SLACK, next: AtomicUsize::new(0) }
     }
 
-    /// Server RPC addresses of the live servers of this datacenter.
-    fn servers(&self) -> Vec<SocketAddr> {
-        self.lan
-            .members()
-            .iter()
-            .filter(|m| m.state.is_live() && m.tags.get("role").is_some_and(|r| r == "consul"))
-            .filter(|m| m.tags.get("dc").is_some_and(|dc| dc.eq_ignore_ascii_case(&self.datacenter)))
-            .filter_map(|m| Some(SocketAddr::new(m.addr.ip(), m.tags.get("port")?.parse().ok()?)))
-            .collect()
-    }
-
     /// Forward `req` to a server and relay its response. Reads go to the next server on a
     /// transport error; a write is tried once (its outcome is then unknown: 500).
     pub async fn forward(&self, req: Request) -> Response {
-        let servers = self.servers();
+        let servers = crate::serf::live_servers(&self.lan, &self.datacenter);
         if servers.is_empty() {
             return error("No known Consul servers".into());
         }

@@ -7,6 +7,9 @@
 //! ([`COMMANDS_MAX`]); the member list is published to readers after every step.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::sync::RwLock;
 use std::time::Duration;
@@ -294,6 +297,95 @@ pub async fn retry_join(pool: Pool, hosts: Vec<String>, port: u16, every: Durati
         }
         tokio::time::sleep(every).await;
     }
+}
+
+/// Peers a snapshot keeps at most.
+pub const SNAPSHOT_PEERS_MAX: usize = 1024;
+
+/// What the LAN pool remembers across restarts (Consul's serf snapshot,
+/// `data_dir/serf/local.snapshot`): the live peers' addresses and whether this node left
+/// gracefully. On start, the peers are joined again unless the node left and
+/// `rejoin_after_leave` is off.
+pub struct Snapshot {
+    path: PathBuf,
+    left: AtomicBool,
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+pub struct SnapshotData {
+    pub left: bool,
+    pub peers: Vec<SocketAddr>,
+}
+
+impl Snapshot {
+    pub fn new(path: PathBuf) -> Snapshot {
+        Snapshot { path, left: AtomicBool::new(false) }
+    }
+
+    /// The snapshot of the previous run, if any (a corrupt one counts as none).
+    pub fn load(&self) -> Option<SnapshotData> {
+        serde_json::from_slice(&std::fs::read(&self.path).ok()?).ok()
+    }
+
+    fn save(&self, data: &SnapshotData) {
+        let tmp = self.path.with_extension("tmp");
+        let write = || -> std::io::Result<()> {
+            if let Some(dir) = self.path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::write(&tmp, serde_json::to_vec(data).map_err(std::io::Error::other)?)?;
+            std::fs::rename(&tmp, &self.path)
+        };
+        if let Err(e) = write() {
+            tracing::warn!(path = %self.path.display(), error = %e, "serf: cannot write the snapshot");
+        }
+    }
+
+    fn peers(pool: &Pool) -> Vec<SocketAddr> {
+        pool.members().iter().filter(|m| m.state.is_live() && m.addr != pool.addr).map(|m| m.addr).take(SNAPSHOT_PEERS_MAX).collect()
+    }
+
+    /// Record the live peers every `every` (until a leave is recorded).
+    pub async fn keep(self: Arc<Self>, pool: Pool, every: Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            let peers = Snapshot::peers(&pool);
+            if self.left.load(Ordering::SeqCst) {
+                return;
+            }
+            if !peers.is_empty() {
+                self.save(&SnapshotData { left: false, peers });
+            }
+        }
+    }
+
+    /// Record a graceful leave (the peers stay, for `rejoin_after_leave`).
+    pub fn left(&self, pool: &Pool) {
+        self.left.store(true, Ordering::SeqCst);
+        let mut peers = self.load().map(|d| d.peers).unwrap_or_default();
+        for p in Snapshot::peers(pool) {
+            if !peers.contains(&p) && peers.len() < SNAPSHOT_PEERS_MAX {
+                peers.push(p);
+            }
+        }
+        self.save(&SnapshotData { left: true, peers });
+    }
+}
+
+/// Whether `m` is a server of datacenter `dc` (Consul's `role=consul` and `dc` tags), in
+/// any state.
+pub fn is_server_of(m: &MemberInfo, dc: &str) -> bool {
+    m.tags.get("role").is_some_and(|r| r == "consul") && m.tags.get("dc").is_some_and(|d| d.eq_ignore_ascii_case(dc))
+}
+
+/// A server member's server-RPC address (its `port` tag).
+pub fn rpc_addr(m: &MemberInfo) -> Option<SocketAddr> {
+    Some(SocketAddr::new(m.addr.ip(), m.tags.get("port")?.parse().ok()?))
+}
+
+/// Server-RPC addresses of the live servers of datacenter `dc` on `pool`.
+pub fn live_servers(pool: &Pool, dc: &str) -> Vec<SocketAddr> {
+    pool.members().iter().filter(|m| m.state.is_live() && is_server_of(m, dc)).filter_map(rpc_addr).collect()
 }
 
 /// Consul's flood join: every `every`, servers seen alive on the LAN pool that are not live

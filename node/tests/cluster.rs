@@ -478,3 +478,65 @@ fn a_client_agent_forwards_to_the_servers() {
     assert_eq!(client.http("PUT", "/v1/kv/via/big", &big).map(|(s, _)| s), Some(413));
     assert_eq!(get_raw(&servers[0], "via/big", false), None);
 }
+
+/// The gossip snapshot: an agent joined by hand (`tribune join`, no join addresses in its
+/// config) finds its peers again after a crash; after a graceful leave it does not, unless
+/// `-rejoin` (`rejoin_after_leave`).
+#[test]
+fn the_gossip_snapshot_rejoins_after_a_crash_but_not_after_a_leave() {
+    let servers = cluster("snapshot", 7);
+    wait_leader(&servers, Duration::from_secs(20));
+    let dir = std::env::temp_dir().join(format!("tribune-cluster-snapshot-agent-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("config")).unwrap();
+    let key = {
+        let path = servers[0].dir.join("config/config.json");
+        let c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        c["encrypt"].as_str().unwrap().to_string()
+    };
+    let config = serde_json::json!({
+        "bind_addr": "127.0.7.4", "client_addr": "127.0.7.4", "datacenter": "KE-DC",
+        "data_dir": dir.join("data"), "encrypt": key, "server": false, "ports": { "dns": -1 },
+    });
+    std::fs::write(dir.join("config/config.json"), config.to_string()).unwrap();
+    let mut agent = Server { ip: "127.0.7.4".into(), dir: dir.clone(), child: None };
+    agent.start();
+    std::thread::sleep(Duration::from_secs(1));
+    let out = Command::new(BIN).args(["join", "-http-addr=127.0.7.4:8500", &servers[0].ip]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    wait_alive(&agent.ip, 4);
+    std::thread::sleep(Duration::from_secs(6)); // a snapshot is written
+
+    // A crash: it comes back by itself.
+    agent.kill9();
+    agent.start();
+    wait_alive(&agent.ip, 4);
+
+    // A graceful leave: it stays alone when restarted...
+    std::thread::sleep(Duration::from_secs(1));
+    let out = Command::new(BIN).args(["leave", "-http-addr=127.0.7.4:8500"]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    agent.child.as_mut().unwrap().wait().unwrap();
+    agent.child = None;
+    agent.start();
+    std::thread::sleep(Duration::from_secs(4));
+    let own = members(&agent.ip);
+    assert_eq!(own.lines().filter(|l| l.contains(" alive ")).count(), 1, "it rejoined after a leave:\n{own}");
+    agent.kill9();
+
+    // ...unless told to rejoin.
+    let log = std::fs::OpenOptions::new().append(true).open(dir.join("agent.log")).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["agent", "-node=n4", "-rejoin", &format!("-config-dir={}", dir.join("config").display())])
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while members(&agent.ip).lines().filter(|l| l.contains(" alive ")).count() != 4 {
+        assert!(start.elapsed() < Duration::from_secs(20), "-rejoin did not rejoin:\n{}", members(&agent.ip));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    child.kill().ok();
+    child.wait().ok();
+}

@@ -283,8 +283,14 @@ impl RaftStore {
                 continue;
             }
             // Join addresses name hosts (often their gossip port); servers answer RPC on
-            // `rpc_port` of the same host.
-            let join = crate::serf::resolve_hosts(&join_hosts, rpc_port, false).await;
+            // `rpc_port` of the same host. Servers met on the LAN pool (joined any way) count
+            // too, at the port their tags give.
+            let mut join = crate::serf::resolve_hosts(&join_hosts, rpc_port, false).await;
+            for addr in self.lan.get().map(|lan| crate::serf::live_servers(lan, &self.datacenter)).unwrap_or_default() {
+                if !join.contains(&addr) {
+                    join.push(addr);
+                }
+            }
             let mut found: BTreeMap<u64, String> = BTreeMap::from([(self.id, self.rpc_addr.clone())]);
             let mut formed_peer = None;
             for addr in &join {
@@ -338,12 +344,9 @@ impl RaftStore {
                 continue;
             }
             for member in lan.members() {
-                let server = member.tags.get("role").is_some_and(|r| r == "consul")
-                    && member.tags.get("dc").is_some_and(|dc| dc.eq_ignore_ascii_case(&self.datacenter));
-                let Some(port) = member.tags.get("port").and_then(|p| p.parse::<u16>().ok()).filter(|_| server) else {
+                let Some(addr) = crate::serf::rpc_addr(&member).filter(|_| crate::serf::is_server_of(&member, &self.datacenter)) else {
                     continue;
                 };
-                let addr = SocketAddr::new(member.addr.ip(), port);
                 let voter = self.voter_at(&addr.to_string());
                 let result = match member.state {
                     MemberState::Alive if voter.is_none() => match self.pool.call(addr, &Rpc::Hello, Duration::from_secs(2)).await {
@@ -414,14 +417,7 @@ impl RaftStore {
     /// Live LAN servers of this datacenter (None without gossip).
     fn lan_servers(&self) -> Option<u64> {
         let lan = self.lan.get()?;
-        let count = lan.members().iter().filter(|m| self.is_our_server(m)).count();
-        Some(count as u64)
-    }
-
-    fn is_our_server(&self, m: &tribune_core::gossip::MemberInfo) -> bool {
-        m.state.is_live()
-            && m.tags.get("role").is_some_and(|r| r == "consul")
-            && m.tags.get("dc").is_some_and(|dc| dc.eq_ignore_ascii_case(&self.datacenter))
+        Some(crate::serf::live_servers(lan, &self.datacenter).len() as u64)
     }
 
     /// A live LAN server of this datacenter that expects a different number of servers
@@ -430,7 +426,7 @@ impl RaftStore {
         let lan = self.lan.get().filter(|_| expect > 0)?;
         lan.members()
             .into_iter()
-            .filter(|m| self.is_our_server(m))
+            .filter(|m| m.state.is_live() && crate::serf::is_server_of(m, &self.datacenter))
             .find(|m| m.tags.get("expect").and_then(|e| e.parse::<u64>().ok()).is_some_and(|e| e != 0 && e != expect))
             .map(|m| m.name)
     }
