@@ -4,7 +4,9 @@
 //!
 //! Bounds: a forwarded request body is cut at [`BODY_BYTES_MAX`] (the server then refuses
 //! it as too large), a response at [`transport::FRAME_BYTES_MAX`]; a forwarded request waits
-//! at most the longest blocking query plus [`SLACK`].
+//! at most the longest blocking query plus [`SLACK`]; a server runs at most
+//! [`FORWARDED_MAX`] forwarded requests at once (each holds one of its RPC connections, and
+//! Raft needs some too) and answers 429 beyond that.
 
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering;
@@ -29,6 +31,9 @@ use crate::store::BoxFuture;
 /// Largest request body a client agent forwards (a KV value's limit is 512 KiB; Consul's
 /// largest request, a transaction, 512 KiB too). A larger body is cut one byte past this.
 pub const BODY_BYTES_MAX: usize = 4 << 20;
+/// Forwarded requests a server runs at once (blocking queries included).
+pub const FORWARDED_MAX: usize = transport::SERVER_CONNS_MAX / 2;
+static FORWARDED: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(FORWARDED_MAX);
 /// Time a forwarded request may take beyond the longest blocking query (its jitter).
 const SLACK: Duration = Duration::from_secs(60);
 
@@ -60,6 +65,10 @@ pub fn is_forwarded(path: &str) -> bool {
 
 /// Run a forwarded call on this server.
 pub async fn serve(serve: &Serve, call: HttpCall) -> RpcReply {
+    let Ok(_permit) = FORWARDED.try_acquire() else {
+        let body = format!("too many forwarded requests (more than {FORWARDED_MAX}) on this server").into_bytes();
+        return RpcReply::Http(HttpReply { status: 429, headers: Vec::new(), body });
+    };
     let mut req = Request::new(Body::from(call.body));
     *req.method_mut() = match call.method.parse() {
         Ok(m) => m,
@@ -89,16 +98,18 @@ pub struct Forwarder {
     lan: crate::serf::Pool,
     datacenter: String,
     max_wait: Duration,
-    next: AtomicUsize,
+    /// The server in use (an index into the live servers, modulo their number).
+    current: AtomicUsize,
 }
 
 impl Forwarder {
     pub fn new(lan: crate::serf::Pool, datacenter: String, max_query_time: Duration) -> Forwarder {
-        Forwarder { pool: transport::Pool::default(), lan, datacenter, max_wait: max_query_time + SLACK, next: AtomicUsize::new(0) }
+        Forwarder { pool: transport::Pool::default(), lan, datacenter, max_wait: max_query_time + SLACK, current: AtomicUsize::new(0) }
     }
 
-    /// Forward `req` to a server and relay its response. Reads go to the next server on a
-    /// transport error; a write is tried once (its outcome is then unknown: 500).
+    /// Forward `req` to a server and relay its response. Like Consul's clients, an agent
+    /// sticks to one server and moves to the next when a call to it fails. Reads are retried
+    /// on the next server; a write is tried once (its outcome is then unknown: 500).
     pub async fn forward(&self, req: Request) -> Response {
         let servers = crate::serf::live_servers(&self.lan, &self.datacenter);
         if servers.is_empty() {
@@ -116,15 +127,16 @@ impl Forwarder {
             body,
         });
         let attempts = if parts.method == axum::http::Method::GET || parts.method == axum::http::Method::HEAD { servers.len() } else { 1 };
-        let first = self.next.fetch_add(1, Ordering::Relaxed);
         let mut last = String::new();
-        for i in 0..attempts {
-            let server = servers[(first + i) % servers.len()];
+        for _ in 0..attempts {
+            let current = self.current.load(Ordering::Relaxed);
+            let server = servers[current % servers.len()];
             match self.pool.call(server, &call, self.max_wait).await {
                 Ok(RpcReply::Http(r)) => return relay(r),
                 Ok(other) => last = format!("rpc error from {server}: {other:?}"),
                 Err(e) => last = format!("rpc error making call to {server}: {e}"),
             }
+            let _ = self.current.compare_exchange(current, current.wrapping_add(1), Ordering::Relaxed, Ordering::Relaxed);
         }
         error(last)
     }

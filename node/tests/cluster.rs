@@ -434,6 +434,7 @@ fn a_client_agent_forwards_to_the_servers() {
         "bind_addr": "127.0.6.4", "client_addr": "127.0.6.4", "datacenter": "KE-DC",
         "data_dir": dir.join("data"), "encrypt": key, "server": false,
         "retry_join": [servers[0].ip.clone()], "ports": { "dns": -1 },
+        "limits": { "http_max_conns_per_client": 1000 },
         "watches": [{"type": "key", "key": "via/watched", "handler_type": "script",
                      "args": ["sh", "-c", format!("cat > {}.tmp && mv {}.tmp {}", fired.display(), fired.display(), fired.display())]}],
     });
@@ -477,6 +478,20 @@ fn a_client_agent_forwards_to_the_servers() {
     let big = vec![b'x'; 512 * 1024 + 1];
     assert_eq!(client.http("PUT", "/v1/kv/via/big", &big).map(|(s, _)| s), Some(413));
     assert_eq!(get_raw(&servers[0], "via/big", false), None);
+
+    // A server runs at most 256 forwarded requests at once: 300 long-polls through the
+    // client (which sticks to one server) get 429s beyond that, and the cluster keeps
+    // writing meanwhile.
+    let (_, head, _) = http_with_head("127.0.6.4:8500", "GET", "/v1/kv/via/client", b"").unwrap();
+    let index: u64 = head.to_ascii_lowercase().lines().find_map(|l| l.strip_prefix("x-consul-index: ")?.trim().parse().ok()).unwrap();
+    let polls: Vec<_> = (0..300)
+        .map(|_| std::thread::spawn(move || http("127.0.6.4:8500", "GET", &format!("/v1/kv/via/client?index={index}&wait=4s"), b"")))
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(put(&servers[0], "during/polls", "1"), "writes go on under 300 long-polls");
+    let replies: Vec<(u16, String)> = polls.into_iter().map(|p| p.join().unwrap().unwrap_or_default()).collect();
+    let busy = replies.iter().filter(|(s, b)| *s == 429 && b.contains("too many forwarded requests")).count();
+    assert!(busy > 0 && replies.iter().all(|(s, _)| *s == 200 || *s == 429), "{replies:?}");
 }
 
 /// The gossip snapshot: an agent joined by hand (`tribune join`, no join addresses in its
