@@ -445,6 +445,7 @@ pub async fn run(argv: &[String]) -> i32 {
             serf_lan_port: cfg.serf_lan_port,
             serf_wan_port: cfg.serf_wan_port,
             server_port: cfg.server_port,
+            encrypted: cfg.encrypt.is_some(),
             debug_config: redacted(&cfg.raw),
         };
     let (lan, wan) = match start_gossip(&cfg, &agent_info).await {

@@ -58,6 +58,8 @@ pub struct AgentInfo {
     pub serf_lan_port: i64,
     pub serf_wan_port: i64,
     pub server_port: i64,
+    /// Whether gossip is encrypted (`encrypt` is set).
+    pub encrypted: bool,
     pub debug_config: Value,
 }
 
@@ -621,6 +623,18 @@ fn agent_self(api: &Api) -> Value {
         keys = sm.kv().len();
     });
     let leader = api.store.leader();
+    let mut raft = serde_json::Map::new();
+    for (k, v) in [
+        ("applied_index", applied.to_string()),
+        ("commit_index", applied.to_string()),
+        ("num_peers", api.store.peers().len().saturating_sub(1).to_string()),
+        ("kv_keys", keys.to_string()),
+    ]
+    .into_iter()
+    .chain(api.store.raft_stats())
+    {
+        raft.insert(k.to_string(), Value::String(v));
+    }
     json!({
         "Config": {
             "Datacenter": a.datacenter, "PrimaryDatacenter": a.datacenter, "NodeName": a.node_name,
@@ -638,13 +652,25 @@ fn agent_self(api: &Api) -> Value {
                 "leader": (leader.as_deref() == Some(&format!("{}:{}", a.advertise_ip, a.server_port))).to_string(),
                 "leader_addr": leader.unwrap_or_default(), "server": a.server.to_string(),
             },
-            "raft": {"applied_index": applied.to_string(), "commit_index": applied.to_string(),
-                     "num_peers": (api.store.peers().len().saturating_sub(1)).to_string(), "kv_keys": keys.to_string()},
+            "raft": raft,
             "runtime": {"arch": std::env::consts::ARCH, "os": std::env::consts::OS, "version": "rust"},
-            "serf_lan": {"members": "1", "encrypted": "false"},
-            "serf_wan": {"members": if a.server { "1" } else { "0" }},
+            "serf_lan": serf_stats(&api.lan, a.encrypted, 1),
+            "serf_wan": serf_stats(&api.wan, a.encrypted, a.server as usize),
         },
         "Meta": {},
+    })
+}
+
+/// A gossip pool's `Stats` entry (strings, as Consul's): members (`alone` when there is no
+/// pool), live members, failed and left ones, encryption.
+fn serf_stats(pool: &Option<crate::serf::Pool>, encrypted: bool, alone: usize) -> Value {
+    let members = pool.as_ref().map(|p| p.members()).unwrap_or_default();
+    let count = |f: &dyn Fn(&tribune_core::gossip::MemberInfo) -> bool| members.iter().filter(|m| f(m)).count().to_string();
+    json!({
+        "members": if pool.is_some() { members.len().to_string() } else { alone.to_string() },
+        "failed": count(&|m| m.state == tribune_core::gossip::MemberState::Failed),
+        "left": count(&|m| m.state == tribune_core::gossip::MemberState::Left),
+        "encrypted": encrypted.to_string(),
     })
 }
 
@@ -860,6 +886,7 @@ mod tests {
                 serf_lan_port: 8301,
                 serf_wan_port: 8302,
                 server_port: 8300,
+                encrypted: false,
                 debug_config: json!({}),
             },
             kv_max_value_size: 16,

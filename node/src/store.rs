@@ -95,6 +95,11 @@ pub trait Store: Send + Sync + 'static {
     /// The server RPC addresses of the voters.
     fn peers(&self) -> Vec<String>;
 
+    /// `Stats.raft` entries of `/v1/agent/self` beyond the applied index (state, term, ...).
+    fn raft_stats(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+
     /// The store's own metrics (Raft commit latency, leader changes, ...).
     fn metrics(&self) -> Vec<Metric> {
         Vec::new()

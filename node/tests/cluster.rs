@@ -235,6 +235,17 @@ fn three_servers_elect_replicate_survive_kill9_and_catch_up() {
     assert_eq!(metric(&servers[li], "consul_raft_commit_time_ms_bucket{le=\"+Inf\"}"), metric(&servers[li], "consul_raft_commit_time_ms_count"));
     assert_eq!(metric(&servers[li], "consul_raft_state_leader"), 1);
     assert_eq!(last_contact(&servers[li]), 0, "the leader's last contact is 0");
+    // `Stats` of /v1/agent/self (what `tribune info` prints and exporters read).
+    for (i, s) in servers.iter().enumerate() {
+        let (_, body) = s.http("GET", "/v1/agent/self", b"").unwrap();
+        let me: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let stats = &me["Stats"];
+        assert_eq!(stats["serf_lan"]["members"], "3", "{stats}");
+        assert_eq!(stats["serf_lan"]["encrypted"], "true", "{stats}");
+        assert_eq!(stats["serf_wan"]["members"], "3", "{stats}");
+        assert_eq!(stats["raft"]["state"], if i == li { "Leader" } else { "Follower" }, "{stats}");
+        assert_eq!(stats["raft"]["num_peers"], "2", "{stats}");
+    }
     for (i, s) in servers.iter().enumerate().filter(|(i, _)| *i != li) {
         assert!(last_contact(s) < 1_000, "follower {i} has not heard from the leader for {} ms", last_contact(s));
         assert!(metric(s, "consul_raft_leader_changes") >= 1);

@@ -330,7 +330,8 @@ impl RaftStore {
             } else {
                 tracing::info!(found = found.len(), expect, "raft: waiting for servers to bootstrap");
             }
-            tokio::time::sleep(retry).await;
+            // Consul re-checks on every gossip join; a short poll does the same here.
+            tokio::time::sleep(retry.min(Duration::from_millis(500))).await;
         }
     }
 
@@ -581,6 +582,20 @@ impl Store for RaftStore {
 
     fn metrics(&self) -> Vec<crate::store::Metric> {
         self.stats.metrics(self.raft.is_leader())
+    }
+
+    fn raft_stats(&self) -> Vec<(&'static str, String)> {
+        let m = RaftStore::metrics(self);
+        let leader = m.current_leader == Some(self.id);
+        vec![
+            ("state", format!("{:?}", m.state)),
+            ("term", m.current_term.to_string()),
+            ("commit_index", m.local_committed.map_or(0, |c| c.index + 1).to_string()),
+            ("last_log_index", m.last_log_index.map_or(0, |i| i + 1).to_string()),
+            ("last_snapshot_index", m.snapshot.map_or(0, |s| s.index + 1).to_string()),
+            ("last_contact", if leader { "0".to_string() } else { format!("{}ms", self.stats.last_contact_ms(false)) }),
+            ("protocol_version", "3".to_string()),
+        ]
     }
 
     fn peers(&self) -> Vec<String> {

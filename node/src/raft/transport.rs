@@ -2,13 +2,26 @@
 //!
 //! A frame is a 4-byte big-endian length and that many bytes of postcard. A connection
 //! carries one request, then its reply, then the next request: callers keep a small pool of
-//! idle connections per peer and open another when all are busy. Bounds: a frame is at most
-//! [`FRAME_BYTES_MAX`]; a peer's pool keeps at most [`IDLE_CONNS_PER_PEER_MAX`] idle
-//! connections; the server accepts at most [`SERVER_CONNS_MAX`] at once.
+//! idle connections per peer and open another when all are busy.
+//!
+//! A connection whose first request is [`Rpc::Mux`] is multiplexed instead: every later frame
+//! is `(id, Rpc)` one way and `(id, RpcReply)` the other, requests are served concurrently and
+//! replies come back in completion order; frames queued together go out in one write. Writes
+//! and read-index requests a follower forwards to its leader share one such connection per
+//! peer ([`Pool::call_mux`]), so many in-flight requests cost a few syscalls, not a
+//! connection and two syscalls each.
+//!
+//! Bounds: a frame is at most [`FRAME_BYTES_MAX`]; a peer's pool keeps at most
+//! [`IDLE_CONNS_PER_PEER_MAX`] idle connections; the server accepts at most
+//! [`SERVER_CONNS_MAX`] at once and serves at most [`MUX_INFLIGHT_MAX`] requests at once on
+//! one multiplexed connection (more wait, unread, in the socket).
 
 use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -16,10 +29,14 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde::Serialize;
+use tokio::io::AsyncRead;
 use tokio::io::AsyncReadExt;
+use tokio::io::AsyncWrite;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::sync::oneshot;
 use tribune_core::fsm::Request;
 use tribune_core::fsm::Response;
 use tribune_core::raft::rpc::RaftRpc;
@@ -33,6 +50,10 @@ pub const FRAME_BYTES_MAX: usize = 64 << 20;
 pub const IDLE_CONNS_PER_PEER_MAX: usize = 64;
 /// Connections the RPC server serves at once; more wait in the listen backlog.
 pub const SERVER_CONNS_MAX: usize = 512;
+/// Requests served at once on one multiplexed connection.
+pub const MUX_INFLIGHT_MAX: usize = 1024;
+/// Queued frames are coalesced into writes of about this size.
+const MUX_WRITE_BYTES: usize = 64 << 10;
 
 /// Everything one server says to another on 8300.
 #[derive(Debug, Serialize, Deserialize)]
@@ -50,6 +71,8 @@ pub enum Rpc {
     Remove { id: u64 },
     /// An HTTP request a client agent forwards to a server.
     Http(crate::forward::HttpCall),
+    /// First frame of a multiplexed connection (see the module docs); answered `Done`.
+    Mux,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -70,11 +93,18 @@ pub enum RpcReply {
 }
 
 pub async fn write_frame<T: Serialize>(stream: &mut TcpStream, msg: &T) -> io::Result<()> {
-    let body = postcard::to_allocvec(msg).map_err(io::Error::other)?;
-    if body.len() > FRAME_BYTES_MAX {
+    stream.write_all(&encode_frame(msg)?).await
+}
+
+/// One frame, length prefix included.
+fn encode_frame<T: Serialize>(msg: &T) -> io::Result<Vec<u8>> {
+    let mut buf = postcard::to_extend(msg, vec![0u8; 4]).map_err(io::Error::other)?;
+    let len = buf.len() - 4;
+    if len > FRAME_BYTES_MAX {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "frame too large"));
     }
-    write_raw(stream, &body).await
+    buf[..4].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(buf)
 }
 
 pub async fn read_frame<T: DeserializeOwned>(stream: &mut TcpStream) -> io::Result<T> {
@@ -91,7 +121,7 @@ pub async fn write_raw(stream: &mut TcpStream, body: &[u8]) -> io::Result<()> {
 }
 
 /// Read one frame of at most `max` bytes; a longer one is refused before it is read.
-pub async fn read_raw(stream: &mut TcpStream, max: usize) -> io::Result<Vec<u8>> {
+pub async fn read_raw<S: AsyncRead + Unpin>(stream: &mut S, max: usize) -> io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     stream.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
@@ -103,13 +133,136 @@ pub async fn read_raw(stream: &mut TcpStream, max: usize) -> io::Result<Vec<u8>>
     Ok(body)
 }
 
-/// Outgoing connections, pooled per peer.
+/// Outgoing connections, pooled per peer, and one multiplexed connection per peer.
 #[derive(Default, Clone)]
 pub struct Pool {
     idle: Arc<Mutex<BTreeMap<SocketAddr, Vec<TcpStream>>>>,
+    mux: Arc<Mutex<BTreeMap<SocketAddr, Arc<MuxSlot>>>>,
+}
+
+/// A peer's multiplexed connection; the async lock makes concurrent callers share one connect.
+#[derive(Default)]
+struct MuxSlot {
+    conn: tokio::sync::Mutex<Option<Arc<MuxConn>>>,
+}
+
+type Waiters = Mutex<BTreeMap<u64, oneshot::Sender<RpcReply>>>;
+
+struct MuxConn {
+    frames: mpsc::Sender<Vec<u8>>,
+    /// Calls waiting for their reply, by id; dropped (the calls fail) when the connection dies.
+    waiting: Arc<Waiters>,
+    next_id: AtomicU64,
+    dead: Arc<AtomicBool>,
+}
+
+/// Removes a call's waiter when the call ends (answered, failed or timed out).
+struct Forget<'a>(&'a Waiters, u64);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.0.lock().unwrap().remove(&self.1);
+    }
+}
+
+impl MuxConn {
+    async fn open(peer: SocketAddr) -> io::Result<MuxConn> {
+        let mut stream = TcpStream::connect(peer).await?;
+        stream.set_nodelay(true)?;
+        write_frame(&mut stream, &Rpc::Mux).await?;
+        match read_frame(&mut stream).await? {
+            RpcReply::Done => {}
+            other => return Err(io::Error::other(format!("{peer} refused a multiplexed connection: {other:?}"))),
+        }
+        let (mut rd, mut wr) = stream.into_split();
+        let (frames, mut queued) = mpsc::channel::<Vec<u8>>(MUX_INFLIGHT_MAX);
+        let waiting: Arc<Waiters> = Arc::default();
+        let dead = Arc::new(AtomicBool::new(false));
+        let (w, d) = (waiting.clone(), dead.clone());
+        tokio::spawn(async move {
+            let _ = write_coalesced(&mut wr, &mut queued).await;
+            d.store(true, Ordering::SeqCst);
+            w.lock().unwrap().clear();
+        });
+        let (w, d) = (waiting.clone(), dead.clone());
+        tokio::spawn(async move {
+            while let Ok(body) = read_raw(&mut rd, FRAME_BYTES_MAX).await {
+                let Ok((id, reply)) = postcard::from_bytes::<(u64, RpcReply)>(&body) else { break };
+                if let Some(tx) = w.lock().unwrap().remove(&id) {
+                    let _ = tx.send(reply);
+                }
+            }
+            d.store(true, Ordering::SeqCst);
+            w.lock().unwrap().clear();
+        });
+        Ok(MuxConn { frames, waiting, next_id: AtomicU64::new(1), dead })
+    }
+
+    async fn call(&self, rpc: &Rpc) -> io::Result<RpcReply> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = encode_frame(&(id, rpc))?;
+        let (tx, rx) = oneshot::channel();
+        self.waiting.lock().unwrap().insert(id, tx);
+        let _forget = Forget(&self.waiting, id);
+        if self.dead.load(Ordering::SeqCst) || self.frames.send(frame).await.is_err() {
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "multiplexed connection closed"));
+        }
+        rx.await.map_err(|_| io::Error::new(io::ErrorKind::ConnectionAborted, "multiplexed connection closed"))
+    }
+}
+
+/// Write queued frames, as many per write as are queued (up to about [`MUX_WRITE_BYTES`]).
+async fn write_coalesced<W: AsyncWrite + Unpin>(wr: &mut W, queued: &mut mpsc::Receiver<Vec<u8>>) -> io::Result<()> {
+    let mut buf = Vec::new();
+    while let Some(first) = queued.recv().await {
+        buf.clear();
+        buf.extend_from_slice(&first);
+        while buf.len() < MUX_WRITE_BYTES {
+            match queued.try_recv() {
+                Ok(f) => buf.extend_from_slice(&f),
+                Err(_) => break,
+            }
+        }
+        wr.write_all(&buf).await?;
+    }
+    Ok(())
 }
 
 impl Pool {
+    /// Send `rpc` to `peer` over the peer's multiplexed connection (opened on first use,
+    /// reopened after it fails) and wait at most `ttl` for the reply. A peer that refuses
+    /// multiplexing is called over a pooled connection.
+    pub async fn call_mux(&self, peer: SocketAddr, rpc: &Rpc, ttl: Duration) -> io::Result<RpcReply> {
+        let work = async {
+            let slot = self.mux.lock().unwrap().entry(peer).or_default().clone();
+            let conn = {
+                let mut c = slot.conn.lock().await;
+                match &*c {
+                    Some(conn) if !conn.dead.load(Ordering::SeqCst) => Some(conn.clone()),
+                    _ => match MuxConn::open(peer).await {
+                        Ok(conn) => {
+                            let conn = Arc::new(conn);
+                            *c = Some(conn.clone());
+                            Some(conn)
+                        }
+                        Err(_) => {
+                            *c = None;
+                            None
+                        }
+                    },
+                }
+            };
+            match conn {
+                Some(conn) => conn.call(rpc).await,
+                None => self.call_inner(peer, rpc).await,
+            }
+        };
+        match tokio::time::timeout(ttl, work).await {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, format!("rpc to {peer} timed out"))),
+        }
+    }
+
     /// Send `rpc` to `peer` and wait at most `ttl` for the reply.
     pub async fn call(&self, peer: SocketAddr, rpc: &Rpc, ttl: Duration) -> io::Result<RpcReply> {
         match tokio::time::timeout(ttl, self.call_inner(peer, rpc)).await {
@@ -158,6 +311,12 @@ where
                     Ok(r) => r,
                     Err(_) => return, // closed, or garbage: drop the connection
                 };
+                if let Rpc::Mux = rpc {
+                    if write_frame(&mut stream, &RpcReply::Done).await.is_ok() {
+                        serve_mux(stream, handle).await;
+                    }
+                    return;
+                }
                 let reply = handle(rpc).await;
                 if write_frame(&mut stream, &reply).await.is_err() {
                     return;
@@ -167,9 +326,71 @@ where
     }
 }
 
+/// Serve a multiplexed connection: each request in its own task, at most
+/// [`MUX_INFLIGHT_MAX`] at once, replies coalesced into as few writes as possible.
+async fn serve_mux<H, F>(stream: TcpStream, handle: H)
+where
+    H: Fn(Rpc) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = RpcReply> + Send,
+{
+    let (mut rd, mut wr) = stream.into_split();
+    let (replies, mut queued) = mpsc::channel::<Vec<u8>>(MUX_INFLIGHT_MAX);
+    let writer = tokio::spawn(async move { write_coalesced(&mut wr, &mut queued).await });
+    let inflight = Arc::new(tokio::sync::Semaphore::new(MUX_INFLIGHT_MAX));
+    while let Ok(body) = read_raw(&mut rd, FRAME_BYTES_MAX).await {
+        let Ok((id, rpc)) = postcard::from_bytes::<(u64, Rpc)>(&body) else { break };
+        let Ok(permit) = inflight.clone().acquire_owned().await else { break };
+        let (handle, replies) = (handle.clone(), replies.clone());
+        tokio::spawn(async move {
+            let reply = handle(rpc).await;
+            // A reply too large to frame fails the call; the caller times out and retries.
+            let frame = encode_frame(&(id, reply)).or_else(|e| encode_frame(&(id, RpcReply::Failed(e.to_string()))));
+            if let Ok(frame) = frame {
+                let _ = replies.send(frame).await;
+            }
+            drop(permit);
+        });
+    }
+    // The peer closed (or sent garbage): requests in flight still finish and their
+    // replies are written, then the writer ends with the last sender.
+    drop(replies);
+    let _ = writer.await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    async fn futures_join_all<F: std::future::Future + Send + 'static>(fs: impl Iterator<Item = F>) -> Vec<F::Output>
+    where
+        F::Output: Send + 'static,
+    {
+        let handles: Vec<_> = fs.map(tokio::spawn).collect();
+        let mut out = Vec::new();
+        for h in handles {
+            out.push(h.await.unwrap());
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_multiplexed_connection_that_dies_fails_its_calls_and_is_reopened() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let pool = Pool::default();
+        let p = pool.clone();
+        let call = tokio::spawn(async move { p.call_mux(addr, &Rpc::Hello, Duration::from_secs(5)).await });
+        // a peer that accepts the multiplexed connection, reads one request and hangs up
+        let (mut s, _) = listener.accept().await.unwrap();
+        assert!(matches!(read_frame::<Rpc>(&mut s).await.unwrap(), Rpc::Mux));
+        write_frame(&mut s, &RpcReply::Done).await.unwrap();
+        read_raw(&mut s, FRAME_BYTES_MAX).await.unwrap();
+        drop(s);
+        assert!(call.await.unwrap().is_err(), "the call fails with its connection, before its timeout");
+        tokio::spawn(serve(listener, |_| async { RpcReply::ReadIndex(9) }));
+        let r = pool.call_mux(addr, &Rpc::Hello, Duration::from_secs(5)).await.unwrap();
+        assert!(matches!(r, RpcReply::ReadIndex(9)), "{r:?}");
+    }
 
     #[tokio::test]
     async fn round_trip_and_oversized_frames_are_refused() {
@@ -178,6 +399,11 @@ mod tests {
         tokio::spawn(serve(listener, |rpc| async move {
             match rpc {
                 Rpc::Hello => RpcReply::Hello { id: 7, name: "n".into(), datacenter: "dc1".into(), cluster_formed: false },
+                Rpc::Remove { id } => {
+                    // later requests finish first
+                    tokio::time::sleep(Duration::from_millis(200 - id)).await;
+                    RpcReply::ReadIndex(id)
+                }
                 _ => RpcReply::Failed("no".into()),
             }
         }));
@@ -187,6 +413,18 @@ mod tests {
             assert!(matches!(r, RpcReply::Hello { id: 7, .. }));
         }
         assert_eq!(pool.idle.lock().unwrap()[&addr].len(), 1, "one connection reused");
+
+        // Multiplexed: concurrent calls on one connection, each gets its own reply, in
+        // whatever order the server finishes them.
+        let replies = futures_join_all((0..200u64).map(|i| {
+            let pool = pool.clone();
+            async move { (i, pool.call_mux(addr, &Rpc::Remove { id: i }, Duration::from_secs(5)).await.unwrap()) }
+        }))
+        .await;
+        for (i, r) in replies {
+            assert!(matches!(r, RpcReply::ReadIndex(n) if n == i), "{i}: {r:?}");
+        }
+        assert_eq!(pool.mux.lock().unwrap().len(), 1, "one multiplexed connection");
 
         // A peer announcing a huge frame is disconnected, not served.
         let mut s = TcpStream::connect(addr).await.unwrap();
