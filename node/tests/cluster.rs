@@ -1,15 +1,14 @@
 //! A real three-server cluster: three `tribune agent` processes on 127.0.x.1-3 with the
 //! default ports, `bootstrap_expect: 3` and `retry_join`, fjall data dirs, kill -9.
 
-use std::io::Read;
-use std::io::Write;
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::Child;
 use std::process::Command;
 use std::process::Stdio;
 use std::time::Duration;
 use std::time::Instant;
+
+mod common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tribune");
 
@@ -51,22 +50,7 @@ impl Drop for Server {
 }
 
 fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> Option<(u16, String)> {
-    http_with_head(addr, method, path, body).map(|(status, _, body)| (status, body))
-}
-
-/// (status, header block, body).
-fn http_with_head(addr: &str, method: &str, path: &str, body: &[u8]) -> Option<(u16, String, String)> {
-    let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(15))).ok()?;
-    let head = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
-    s.write_all(head.as_bytes()).ok()?;
-    s.write_all(body).ok()?;
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).ok()?;
-    let text = String::from_utf8_lossy(&out).to_string();
-    let status = text.split(' ').nth(1)?.parse().ok()?;
-    let (head, body) = text.split_once("\r\n\r\n").map(|(h, b)| (h.to_string(), b.to_string())).unwrap_or_default();
-    Some((status, head, body))
+    common::try_http_at(addr, method, path, body).ok().map(|r| (r.status, r.text()))
 }
 
 /// Three servers on 127.0.<subnet>.1-3 (each test its own subnet: tests run in parallel).
@@ -104,6 +88,12 @@ fn cluster_with(name: &str, subnet: u8, edit: impl Fn(usize, &mut serde_json::Va
             s
         })
         .collect()
+}
+
+/// The gossip key a server was configured with.
+fn gossip_key(s: &Server) -> String {
+    let c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(s.dir.join("config/config.json")).unwrap()).unwrap();
+    c["encrypt"].as_str().unwrap().to_string()
 }
 
 fn keygen() -> String {
@@ -170,10 +160,8 @@ fn metric(s: &Server, sample: &str) -> u64 {
 
 /// `X-Consul-LastContact` of a stale read on `s`.
 fn last_contact(s: &Server) -> u64 {
-    let (_, head, _) = http_with_head(&format!("{}:8500", s.ip), "GET", "/v1/kv/redis/config/k0?stale", b"").unwrap();
-    head.lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("x-consul-lastcontact:").map(|v| v.trim().parse().unwrap()))
-        .unwrap_or_else(|| panic!("no X-Consul-LastContact in {head}"))
+    let r = common::try_http_at(&format!("{}:8500", s.ip), "GET", "/v1/kv/redis/config/k0?stale", b"").unwrap();
+    r.header("X-Consul-LastContact").expect("X-Consul-LastContact").parse().unwrap()
 }
 
 fn leader_index(servers: &[Server], leader: &str) -> usize {
@@ -436,11 +424,7 @@ fn a_client_agent_forwards_to_the_servers() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("config")).unwrap();
     let fired = dir.join("fired.json");
-    let key = {
-        let path = servers[0].dir.join("config/config.json");
-        let c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-        c["encrypt"].as_str().unwrap().to_string()
-    };
+    let key = gossip_key(&servers[0]);
     let config = serde_json::json!({
         "bind_addr": "127.0.6.4", "client_addr": "127.0.6.4", "datacenter": "KE-DC",
         "data_dir": dir.join("data"), "encrypt": key, "server": false,
@@ -457,14 +441,13 @@ fn a_client_agent_forwards_to_the_servers() {
     let out = Command::new(BIN).args(["kv", "put", "-http-addr=127.0.6.4:8500", "via/client", "hello"]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "Success! Data written to: via/client\n", "{out:?}");
     assert_eq!(get_raw(&servers[0], "via/client", false).as_deref(), Some("hello"));
-    let (status, head, body) = http_with_head("127.0.6.4:8500", "GET", "/v1/kv/via/client", b"").unwrap();
-    assert_eq!(status, 200, "{body}");
-    let head = head.to_ascii_lowercase();
-    assert!(head.contains("x-consul-knownleader: true") && head.contains("x-consul-index: "), "{head}");
+    let r = common::try_http_at("127.0.6.4:8500", "GET", "/v1/kv/via/client", b"").unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("X-Consul-KnownLeader"), Some("true"));
     assert_eq!(client.http("GET", "/v1/status/leader", b"").unwrap().1.trim(), format!("\"{leader}\""));
 
     // A blocking query through the client wakes on a write through a server.
-    let index: u64 = head.lines().find_map(|l| l.strip_prefix("x-consul-index: ")).unwrap().trim().parse().unwrap();
+    let index = r.index();
     let waiter = std::thread::spawn(move || http("127.0.6.4:8500", "GET", &format!("/v1/kv/via/client?index={index}&wait=20s&raw"), b""));
     std::thread::sleep(Duration::from_millis(500));
     assert!(put(&servers[1], "via/client", "again"));
@@ -493,8 +476,7 @@ fn a_client_agent_forwards_to_the_servers() {
     // A server runs at most 256 forwarded requests at once: 300 long-polls through the
     // client (which sticks to one server) get 429s beyond that, and the cluster keeps
     // writing meanwhile.
-    let (_, head, _) = http_with_head("127.0.6.4:8500", "GET", "/v1/kv/via/client", b"").unwrap();
-    let index: u64 = head.to_ascii_lowercase().lines().find_map(|l| l.strip_prefix("x-consul-index: ")?.trim().parse().ok()).unwrap();
+    let index = common::try_http_at("127.0.6.4:8500", "GET", "/v1/kv/via/client", b"").unwrap().index();
     let polls: Vec<_> = (0..300)
         .map(|_| std::thread::spawn(move || http("127.0.6.4:8500", "GET", &format!("/v1/kv/via/client?index={index}&wait=4s"), b"")))
         .collect();
@@ -515,11 +497,7 @@ fn the_gossip_snapshot_rejoins_after_a_crash_but_not_after_a_leave() {
     let dir = std::env::temp_dir().join(format!("tribune-cluster-snapshot-agent-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("config")).unwrap();
-    let key = {
-        let path = servers[0].dir.join("config/config.json");
-        let c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-        c["encrypt"].as_str().unwrap().to_string()
-    };
+    let key = gossip_key(&servers[0]);
     let config = serde_json::json!({
         "bind_addr": "127.0.7.4", "client_addr": "127.0.7.4", "datacenter": "KE-DC",
         "data_dir": dir.join("data"), "encrypt": key, "server": false, "ports": { "dns": -1 },

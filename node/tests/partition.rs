@@ -6,9 +6,6 @@
 //! Needs root (network namespaces). Without it the test says so and passes, unless
 //! `TRIBUNE_REQUIRE_NETNS=1` (set by ci/test), where it fails instead.
 
-use std::io::Read;
-use std::io::Write;
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::Child;
 use std::process::Command;
@@ -16,6 +13,8 @@ use std::process::Output;
 use std::process::Stdio;
 use std::time::Duration;
 use std::time::Instant;
+
+mod common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tribune");
 /// The bridge's subnet; the host side of the bridge is .254.
@@ -133,17 +132,7 @@ impl Drop for Net {
 }
 
 fn http(i: usize, method: &str, path: &str, body: &[u8]) -> Option<(u16, String)> {
-    let addr = format!("{}:8500", Net::addr(i));
-    let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(15))).ok()?;
-    let head = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
-    s.write_all(head.as_bytes()).ok()?;
-    s.write_all(body).ok()?;
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).ok()?;
-    let text = String::from_utf8_lossy(&out).to_string();
-    let status = text.split(' ').nth(1)?.parse().ok()?;
-    Some((status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
+    common::try_http_at(&format!("{}:8500", Net::addr(i)), method, path, body).ok().map(|r| (r.status, r.text()))
 }
 
 fn leader_seen_by(i: usize) -> Option<String> {

@@ -118,7 +118,13 @@ impl Resp {
 }
 
 pub fn try_http(port: u16, method: &str, path: &str, body: &[u8]) -> Result<Resp, String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    try_http_at(&format!("127.0.0.1:{port}"), method, path, body)
+}
+
+/// One HTTP/1.1 request to `addr` (`ip:port`; 2 s to connect, 60 s to answer).
+pub fn try_http_at(addr: &str, method: &str, path: &str, body: &[u8]) -> Result<Resp, String> {
+    let sock: std::net::SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
+    let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(2)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let head = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n", body.len());
     s.write_all(head.as_bytes()).map_err(|e| e.to_string())?;
