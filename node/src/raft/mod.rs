@@ -222,6 +222,7 @@ impl RaftStore {
                 Some(serve) => crate::forward::serve(serve, call).await,
                 None => RpcReply::Failed("the HTTP API is not up yet".into()),
             },
+            Rpc::Mux => RpcReply::Done, // answered by the transport itself
         }
     }
 
@@ -456,10 +457,20 @@ impl RaftStore {
         self.lanes.lock().unwrap().push(lane);
     }
 
+    /// The leader's RPC address when the leader is another server (without copying the
+    /// metrics): a follower forwards a write there at once.
+    fn remote_leader(&self) -> Option<String> {
+        use openraft::async_runtime::watch::WatchReceiver;
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        let leader = m.current_leader.filter(|l| *l != self.id)?;
+        m.membership_config.membership().get_node(&leader).map(|n| n.addr.clone())
+    }
+
     async fn write_request(&self, req: Request) -> Result<Response, StoreError> {
         let deadline = tokio::time::Instant::now() + REQUEST_DEADLINE;
         // None: try the local Raft node; Some(addr): forward to that server.
-        let mut target: Option<String> = None;
+        let mut target: Option<String> = self.remote_leader();
         while tokio::time::Instant::now() < deadline {
             let leader_hint: Option<String> = match &target {
                 None => match self.raft.client_write(req.clone()).await {
@@ -470,7 +481,7 @@ impl RaftStore {
                     },
                 },
                 Some(addr) => match addr.parse::<SocketAddr>() {
-                    Ok(a) => match self.pool.call(a, &Rpc::Write(req.clone()), FORWARD_TTL).await {
+                    Ok(a) => match self.pool.call_mux(a, &Rpc::Write(req.clone()), FORWARD_TTL).await {
                         Ok(RpcReply::Written(r)) => return Ok(r),
                         Ok(RpcReply::NotLeader(l)) => l,
                         // Unknown outcome: retry the same request (applied at most once).
@@ -507,7 +518,7 @@ impl RaftStore {
                 Ok(_) => return Ok(meta()),
                 Err(e) => match e.forward_to_leader().and_then(|f| f.leader_node.clone()) {
                     Some(leader) => match leader.addr.parse::<SocketAddr>() {
-                        Ok(a) => match self.pool.call(a, &Rpc::ReadIndex, FORWARD_TTL).await {
+                        Ok(a) => match self.pool.call_mux(a, &Rpc::ReadIndex, FORWARD_TTL).await {
                             Ok(RpcReply::ReadIndex(i)) => Some(i),
                             _ => None,
                         },
