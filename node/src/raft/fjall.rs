@@ -43,6 +43,8 @@ use super::Types;
 
 /// fjall's block cache.
 pub const BLOCK_CACHE_BYTES: u64 = 4 << 20;
+/// Each keyspace's memtable is written out to disk at this size.
+pub const MEMTABLE_BYTES: u64 = 8 << 20;
 
 /// What to call once a batch is durable (or the sync failed).
 pub type OnDurable = Box<dyn FnOnce(io::Result<()>) + Send>;
@@ -87,8 +89,12 @@ impl FjallBackend {
             .cache_size(BLOCK_CACHE_BYTES)
             .open()
             .map_err(io_err)?;
-        let log = db.keyspace("raft_log", KeyspaceCreateOptions::default).map_err(io_err)?;
-        let meta = db.keyspace("raft_meta", KeyspaceCreateOptions::default).map_err(io_err)?;
+        // Small memtables: the log is written once and read back while it is recent (by
+        // replication), so a big memtable only holds memory (fjall's default is 64 MiB per
+        // keyspace: over 100 MB resident after a few hundred thousand writes).
+        let opts = || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES);
+        let log = db.keyspace("raft_log", opts).map_err(io_err)?;
+        let meta = db.keyspace("raft_meta", opts).map_err(io_err)?;
         Ok(Self {
             db,
             log,
