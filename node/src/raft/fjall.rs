@@ -12,8 +12,10 @@
 //! its sync covered before it returns, so no later write completes before an earlier one.
 
 use std::collections::VecDeque;
+use std::fs::File;
 use std::io;
 use std::path::Path;
+use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -55,12 +57,62 @@ pub struct FjallBackend {
     meta: Keyspace,
     /// Number of batches committed (to fjall's journal, not necessarily synced).
     written: AtomicU64,
-    /// The `written` count the last sync covered; the lock serializes syncs and the
-    /// callbacks they release.
-    synced: Mutex<u64>,
+    /// The `written` count the last sync covered, and the journal file; the lock serializes
+    /// syncs and the callbacks they release.
+    synced: Mutex<Synced>,
     /// Appends waiting for a sync, shared with the sync thread.
     queue: Arc<Queue>,
     syncer: OnceLock<()>,
+}
+
+struct Synced {
+    upto: u64,
+    /// `None` if fjall's journal file was not found: sync through fjall instead.
+    journal: Option<Journal>,
+}
+
+/// fjall's active journal file (`<dir>/<id>.jnl`), opened again here so that its fdatasync
+/// runs without fjall's journal lock: `Database::persist(SyncData)` holds that lock for the
+/// whole fsync, which would stall every write (the next append included) behind it. fjall
+/// syncs a journal completely before it starts the next one, so after fjall's buffer is
+/// flushed to the file, syncing the newest journal makes every committed batch durable.
+struct Journal {
+    dir: PathBuf,
+    id: u64,
+    file: File,
+}
+
+impl Journal {
+    fn path(dir: &Path, id: u64) -> PathBuf {
+        dir.join(format!("{id}.jnl"))
+    }
+
+    /// The newest journal in `dir`, if there is one.
+    fn find(dir: &Path) -> io::Result<Option<Journal>> {
+        let mut newest = None;
+        for entry in std::fs::read_dir(dir)? {
+            let name = entry?.file_name();
+            let id = name.to_str().and_then(|n| n.strip_suffix(".jnl")).and_then(|n| n.parse::<u64>().ok());
+            newest = newest.max(id);
+        }
+        let Some(id) = newest else { return Ok(None) };
+        Ok(Some(Journal { dir: dir.to_path_buf(), id, file: File::open(Self::path(dir, id))? }))
+    }
+
+    /// Move to the newest journal (fjall rotated since the last sync), then fdatasync it.
+    fn sync(&mut self) -> io::Result<()> {
+        loop {
+            match File::open(Self::path(&self.dir, self.id + 1)) {
+                Ok(f) => {
+                    self.id += 1;
+                    self.file = f;
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                Err(e) => return Err(e),
+            }
+        }
+        self.file.sync_data()
+    }
 }
 
 #[derive(Default)]
@@ -95,12 +147,16 @@ impl FjallBackend {
         let opts = || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES);
         let log = db.keyspace("raft_log", opts).map_err(io_err)?;
         let meta = db.keyspace("raft_meta", opts).map_err(io_err)?;
+        let journal = Journal::find(dir)?;
+        if journal.is_none() {
+            tracing::warn!(dir = %dir.display(), "raft store: no journal file found; syncs hold the journal lock");
+        }
         Ok(Self {
             db,
             log,
             meta,
             written: AtomicU64::new(0),
-            synced: Mutex::new(0),
+            synced: Mutex::new(Synced { upto: 0, journal }),
             queue: Arc::default(),
             syncer: OnceLock::new(),
         })
@@ -130,17 +186,22 @@ impl FjallBackend {
     /// callers, then release the waiting appends it covered.
     fn sync(&self, upto: u64) {
         let mut synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
-        if *synced < upto {
+        if synced.upto < upto {
             let covered = self.written.load(Ordering::SeqCst);
-            if let Err(e) = self.db.persist(PersistMode::SyncData) {
+            let result = match &mut synced.journal {
+                // fjall's buffer into the file (under fjall's lock, brief), then the fsync
+                Some(journal) => self.db.persist(PersistMode::Buffer).map_err(io_err).and_then(|()| journal.sync()),
+                _ => self.db.persist(PersistMode::SyncData).map_err(io_err),
+            };
+            if let Err(e) = result {
                 // A failed fsync leaves the journal in an unknown state; continuing could
                 // acknowledge writes that are not on disk.
                 eprintln!("tribune: fsync of the raft store failed: {e}; exiting");
                 std::process::exit(70);
             }
-            *synced = covered;
+            synced.upto = covered;
         }
-        let covered = *synced;
+        let covered = synced.upto;
         let mut released = Vec::new();
         {
             let mut w = self.queue.waiting.lock().unwrap_or_else(|e| e.into_inner());
@@ -335,7 +396,8 @@ mod tests {
             .collect();
         threads.into_iter().for_each(|t| t.join().unwrap());
         assert_eq!(b.range(Space::Log, &[], &u64::MAX.to_be_bytes(), 1000).unwrap().len(), 400);
-        assert!(*b.synced.lock().unwrap() >= 400, "every durable batch is covered by a sync");
+        assert!(b.synced.lock().unwrap().upto >= 400, "every durable batch is covered by a sync");
+        assert!(b.synced.lock().unwrap().journal.is_some(), "fjall's journal file is found");
         std::fs::remove_dir_all(&dir).ok();
     }
 
@@ -376,6 +438,31 @@ mod tests {
             }
         };
         assert_eq!(b.range(Space::Log, &[], &u64::MAX.to_be_bytes(), 1000).unwrap().len(), 201);
+        drop(b);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn syncs_follow_fjall_to_its_newest_journal() {
+        let dir = tempdir();
+        let b = Arc::new(FjallBackend::open(&dir).unwrap());
+        let first = b.synced.lock().unwrap().journal.as_ref().unwrap().id;
+        // fjall starts a new journal once the current one holds 64 MB and a memtable flush
+        // runs (in its worker threads)
+        let value = vec![7u8; 1 << 20];
+        let t0 = std::time::Instant::now();
+        let mut i = 0u64;
+        let newest = loop {
+            b.write(vec![(Space::Log, i.to_be_bytes().to_vec(), Some(value.clone()))], i.is_multiple_of(16)).unwrap();
+            i += 1;
+            let newest = Journal::find(&dir).unwrap().unwrap().id;
+            if newest > first {
+                break newest;
+            }
+            assert!(t0.elapsed() < std::time::Duration::from_secs(60), "fjall never rotated its journal");
+        };
+        b.write(vec![put(Space::Meta, b"vote", b"v")], true).unwrap();
+        assert_eq!(b.synced.lock().unwrap().journal.as_ref().unwrap().id, newest, "the sync follows it");
         drop(b);
         std::fs::remove_dir_all(&dir).ok();
     }
