@@ -345,16 +345,19 @@ impl Snapshot {
         pool.members().iter().filter(|m| m.state.is_live() && m.addr != pool.addr).map(|m| m.addr).take(SNAPSHOT_PEERS_MAX).collect()
     }
 
-    /// Record the live peers every `every` (until a leave is recorded).
+    /// Record the live peers every `every` when they changed (until a leave is recorded).
     pub async fn keep(self: Arc<Self>, pool: Pool, every: Duration) {
+        let mut saved = Vec::new();
         loop {
             tokio::time::sleep(every).await;
-            let peers = Snapshot::peers(&pool);
+            let mut peers = Snapshot::peers(&pool);
+            peers.sort();
             if self.left.load(Ordering::SeqCst) {
                 return;
             }
-            if !peers.is_empty() {
-                self.save(&SnapshotData { left: false, peers });
+            if !peers.is_empty() && peers != saved {
+                self.save(&SnapshotData { left: false, peers: peers.clone() });
+                saved = peers;
             }
         }
     }
