@@ -277,7 +277,6 @@ fn redacted(raw: &Value) -> Value {
     v
 }
 
-/// Consul's `tombstone_ttl` and the granularity of its tombstone GC.
 /// How often the leader reconciles gossip membership into the Raft configuration.
 const RECONCILE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// How long a leaving server waits to see itself out of the Raft configuration
@@ -285,13 +284,14 @@ const RECONCILE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 const LEAVE_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 /// How often the gossip snapshot records the live peers.
 const SNAPSHOT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+/// Consul's `tombstone_ttl` and the granularity of its tombstone GC.
 const TOMBSTONE_TTL: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 const TOMBSTONE_GRANULARITY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The store behind the API: `-dev` gets the single-node in-memory [`DevStore`]; a server
-/// gets the replicated Raft store in `data_dir` and starts forming (or joining) its cluster.
-/// The agent's store: Raft on servers, in memory for `-dev`. A client agent forwards what
-/// the servers hold (see `forward`); its store stays empty.
+/// gets the replicated Raft store in `data_dir` (returned twice: as the API's store and as
+/// itself) and starts forming (or joining) its cluster. A client agent forwards what the
+/// servers hold (see `forward`), so its store stays empty.
 async fn open_store(cfg: &Config, rpc_addr: &str) -> Result<(Arc<dyn Store>, Option<Arc<RaftStore>>), String> {
     if cfg.dev {
         return Ok((Arc::new(DevStore::new(rpc_addr.to_string())), None));

@@ -236,8 +236,11 @@ impl RaftStore {
         self.metrics().membership_config.membership().voter_ids().next().is_some()
     }
 
+    /// The leader's RPC address, read in place (no copy of the metrics: writes ask).
     fn leader_addr(&self) -> Option<String> {
-        let m = self.metrics();
+        use openraft::async_runtime::watch::WatchReceiver;
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
         let leader = m.current_leader?;
         m.membership_config.membership().get_node(&leader).map(|n| n.addr.clone())
     }
@@ -457,20 +460,11 @@ impl RaftStore {
         self.lanes.lock().unwrap().push(lane);
     }
 
-    /// The leader's RPC address when the leader is another server (without copying the
-    /// metrics): a follower forwards a write there at once.
-    fn remote_leader(&self) -> Option<String> {
-        use openraft::async_runtime::watch::WatchReceiver;
-        let metrics = self.raft.metrics();
-        let m = metrics.borrow_watched();
-        let leader = m.current_leader.filter(|l| *l != self.id)?;
-        m.membership_config.membership().get_node(&leader).map(|n| n.addr.clone())
-    }
-
     async fn write_request(&self, req: Request) -> Result<Response, StoreError> {
         let deadline = tokio::time::Instant::now() + REQUEST_DEADLINE;
         // None: try the local Raft node; Some(addr): forward to that server.
-        let mut target: Option<String> = self.remote_leader();
+        // A follower forwards to a known leader at once.
+        let mut target: Option<String> = self.leader_addr().filter(|l| *l != self.rpc_addr);
         while tokio::time::Instant::now() < deadline {
             let leader_hint: Option<String> = match &target {
                 None => match self.raft.client_write(req.clone()).await {
