@@ -127,11 +127,17 @@ pub fn try_http_at(addr: &str, method: &str, path: &str, body: &[u8]) -> Result<
     let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(2)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let head = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n", body.len());
-    s.write_all(head.as_bytes()).map_err(|e| e.to_string())?;
-    // A server may answer (413) before the whole body is sent: read the answer anyway.
+    // A server may answer (413, or 429 to a connection over its cap) and close before the
+    // request is sent: write what it takes, then read the answer anyway. A reset after the
+    // answer arrived still leaves the answer in `buf`.
+    let _ = s.write_all(head.as_bytes());
     let _ = s.write_all(body);
     let mut buf = Vec::new();
-    s.read_to_end(&mut buf).map_err(|e| e.to_string())?;
+    if let Err(e) = s.read_to_end(&mut buf) {
+        if buf.is_empty() {
+            return Err(e.to_string());
+        }
+    }
     let end = buf.windows(4).position(|w| w == b"\r\n\r\n").ok_or("no header end")?;
     let head = String::from_utf8_lossy(&buf[..end]).into_owned();
     let mut lines = head.split("\r\n");
