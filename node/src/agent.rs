@@ -365,6 +365,13 @@ async fn leave(api: &Api, raft: Option<&RaftStore>, snapshot: Option<&crate::ser
     }
 }
 
+/// A startup error once logging is up: to the log and to the terminal; exit code 1.
+fn startup_failed(e: &str) -> i32 {
+    tracing::error!("{e}");
+    eprintln!("==> {e}");
+    1
+}
+
 pub async fn run(argv: &[String]) -> i32 {
     let opts = match parse_args(argv) {
         Ok(o) => o,
@@ -426,11 +433,7 @@ pub async fn run(argv: &[String]) -> i32 {
     let rpc_addr = format!("{}:{}", cfg.advertise_ip(), cfg.server_port);
     let (store, raft) = match open_store(&cfg, &rpc_addr).await {
         Ok(s) => s,
-        Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("==> {e}");
-            return 1;
-        }
+        Err(e) => return startup_failed(&e),
     };
     tokio::spawn(crate::store::reap_tombstones(store.clone(), rpc_addr.clone(), TOMBSTONE_TTL, TOMBSTONE_GRANULARITY));
     let (control_tx, mut control_rx) = mpsc::unbounded_channel();
@@ -450,11 +453,7 @@ pub async fn run(argv: &[String]) -> i32 {
         };
     let (lan, wan) = match start_gossip(&cfg, &agent_info).await {
         Ok(pools) => pools,
-        Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("==> {e}");
-            return 1;
-        }
+        Err(e) => return startup_failed(&e),
     };
     let api = Arc::new(Api {
         store,
@@ -481,17 +480,11 @@ pub async fn run(argv: &[String]) -> i32 {
     } else {
         match tokio::net::TcpListener::bind(&listen).await {
             Ok(l) => Some(l),
-            Err(e) => {
-                tracing::error!("Error starting agent: Failed to start HTTP listener on {listen}: {e}");
-                eprintln!("==> Error starting agent: Failed to start HTTP listener on {listen}: {e}");
-                return 1;
-            }
+            Err(e) => return startup_failed(&format!("Error starting agent: Failed to start HTTP listener on {listen}: {e}")),
         }
     };
     if let Err(e) = crate::dns::start(&cfg, &api).await {
-        tracing::error!("{e}");
-        eprintln!("==> {e}");
-        return 1;
+        return startup_failed(&e);
     }
     println!("==> Starting Tribune agent...");
     println!("           Version: 'v{}'", http::VERSION);

@@ -264,21 +264,20 @@ fn agent_startup_errors() {
     // A second agent on the same data_dir exits with a clear error.
     let data = temp_dir("datadir");
     let port = free_port();
+    // A bootstrapping server on `data`; not the default server/gossip ports: other tests
+    // run real clusters on them.
+    let server_args = |http_port: u16| -> Vec<String> {
+        let mut a: Vec<String> = ["agent", "-server", "-bootstrap", "-bind=127.0.0.1", "-dns-port=-1"].map(String::from).to_vec();
+        a.push(format!("-data-dir={}", data.display()));
+        a.push(format!("-http-port={http_port}"));
+        for flag in ["server-port", "serf-lan-port", "serf-wan-port"] {
+            a.push(format!("-{flag}={}", free_port()));
+        }
+        a
+    };
     let mut first = Agent {
         child: Command::new(BIN)
-            .args([
-                "agent",
-                "-server",
-                "-bootstrap",
-                "-bind=127.0.0.1",
-                &format!("-data-dir={}", data.display()),
-                &format!("-http-port={port}"),
-                // Not the default server/gossip ports: other tests run real clusters on them.
-                &format!("-server-port={}", free_port()),
-                &format!("-serf-lan-port={}", free_port()),
-                &format!("-serf-wan-port={}", free_port()),
-                "-dns-port=-1",
-            ])
+            .args(server_args(port))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -287,17 +286,7 @@ fn agent_startup_errors() {
     };
     first.wait_ready();
     let o = Command::new(BIN)
-        .args([
-            "agent",
-            "-server",
-            "-bootstrap",
-            "-bind=127.0.0.1",
-            &format!("-data-dir={}", data.display()),
-            &format!("-http-port={}", free_port()),
-            &format!("-server-port={}", free_port()),
-            &format!("-serf-lan-port={}", free_port()),
-            &format!("-serf-wan-port={}", free_port()),
-        ])
+        .args(server_args(free_port()))
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
