@@ -303,13 +303,23 @@ async fn open_store(cfg: &Config, rpc_addr: &str) -> Result<(Arc<dyn Store>, Opt
     let port = u16::try_from(cfg.server_port).map_err(|_| format!("invalid ports.server {}", cfg.server_port))?;
     let advertise: std::net::SocketAddr = rpc_addr.parse().map_err(|_| format!("invalid advertise address {rpc_addr}"))?;
     let bind: std::net::SocketAddr = format!("{}:{port}", cfg.bind_addr).parse().map_err(|_| format!("invalid bind_addr {}", cfg.bind_addr))?;
-    let store = crate::raft::RaftStore::open(&data_dir, bind, advertise, cfg.node_name.clone(), cfg.datacenter.clone(), cfg.raft_multiplier)
-        .await
-        .map_err(|e| format!("Error starting the Raft store in {}: {e}", data_dir.display()))?;
     let mut join = cfg.start_join.clone();
     join.extend(cfg.retry_join.iter().cloned());
+    let spec = crate::raft::ServerSpec {
+        data_dir: &data_dir,
+        bind,
+        rpc_addr: advertise,
+        name: cfg.node_name.clone(),
+        datacenter: cfg.datacenter.clone(),
+        raft_multiplier: cfg.raft_multiplier,
+        join,
+        gossip: cfg.serf_lan_port >= 0,
+    };
+    let store = crate::raft::RaftStore::open(spec)
+        .await
+        .map_err(|e| format!("Error starting the Raft store in {}: {e}", data_dir.display()))?;
     let expect = if cfg.bootstrap { 1 } else { cfg.bootstrap_expect };
-    tokio::spawn(store.clone().form_cluster(expect, join, port, cfg.retry_interval, cfg.serf_lan_port >= 0));
+    tokio::spawn(store.clone().form_cluster(expect, cfg.retry_interval));
     Ok((store.clone(), Some(store)))
 }
 
@@ -438,6 +448,7 @@ pub async fn run(argv: &[String]) -> i32 {
     tokio::spawn(crate::store::reap_tombstones(store.clone(), rpc_addr.clone(), TOMBSTONE_TTL, TOMBSTONE_GRANULARITY));
     let (control_tx, mut control_rx) = mpsc::unbounded_channel();
     let agent_info = AgentInfo {
+            raft_id: raft.as_ref().map(|r| r.id),
             node_name: cfg.node_name.clone(),
             node_id: node_id.clone(),
             datacenter: cfg.datacenter.clone(),
@@ -506,8 +517,7 @@ pub async fn run(argv: &[String]) -> i32 {
     }
     let mut watches = spawn_watches(&api, &listen, watch_specs);
     if let (Some(raft), Some(lan)) = (&raft, &lan) {
-        let _ = raft.lan.set(lan.clone());
-        tokio::spawn(raft.clone().reconcile(lan.clone(), RECONCILE_EVERY));
+        raft.start_reconcile(lan.clone(), RECONCILE_EVERY);
     }
     if let (Some(lan), Some(wan)) = (&lan, &api.wan) {
         tokio::spawn(crate::serf::flood_join(lan.clone(), wan.clone(), RECONCILE_EVERY));

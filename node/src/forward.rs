@@ -74,8 +74,11 @@ pub async fn serve(serve: &Serve, call: HttpCall) -> RpcReply {
         Ok(m) => m,
         Err(_) => return RpcReply::Failed(format!("bad method {}", call.method)),
     };
-    *req.uri_mut() = match call.uri.parse() {
-        Ok(u) => u,
+    *req.uri_mut() = match call.uri.parse::<axum::http::Uri>() {
+        // Only what client agents forward: server RPC never serves the agent's own
+        // endpoints (`/v1/agent/leave`, ...) to whoever connects.
+        Ok(u) if is_forwarded(u.path()) => u,
+        Ok(u) => return RpcReply::Failed(format!("{} is not served over server RPC", u.path())),
         Err(_) => return RpcReply::Failed(format!("bad uri {}", call.uri)),
     };
     for (k, v) in call.headers {

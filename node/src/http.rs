@@ -48,6 +48,8 @@ pub const REVISION: &str = "unknown";
 /// What the agent tells about itself (members, self, raft configuration).
 #[derive(Debug, Clone)]
 pub struct AgentInfo {
+    /// A server's Raft id (its gossip tag `raft_id`: the leader reconciles by it).
+    pub raft_id: Option<u64>,
     pub node_name: String,
     pub node_id: String,
     pub datacenter: String,
@@ -597,6 +599,9 @@ pub fn member(a: &AgentInfo, wan: bool) -> Value {
     put("build", format!("{VERSION}:{REVISION}"));
     if a.server {
         put("raft_vsn", "3".into());
+        if let Some(id) = a.raft_id {
+            put("raft_id", id.to_string());
+        }
         put("port", a.server_port.to_string());
         put("wan_join_port", a.serf_wan_port.to_string());
         if a.bootstrap {
@@ -876,6 +881,7 @@ mod tests {
             wan: None,
             store,
             agent: AgentInfo {
+                raft_id: None,
                 node_name: "n".into(),
                 node_id: "id".into(),
                 datacenter: "dc1".into(),

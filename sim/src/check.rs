@@ -42,8 +42,8 @@ impl Fnv {
 
 #[derive(Debug, Default)]
 pub struct Recorder {
-    /// index → (digest of the entry, first server that applied it)
-    committed: BTreeMap<u64, (u64, NodeId)>,
+    /// index → (digest of the entry, digest of its command, first server that applied it)
+    committed: BTreeMap<u64, (u64, Option<u64>, NodeId)>,
     /// term → leader
     leaders: BTreeMap<u64, NodeId>,
     pub violations: Vec<String>,
@@ -63,13 +63,17 @@ impl Recorder {
             self.violate(format!("index rule broken on server {node} at {}: {v}", a.index));
         }
         match self.committed.get(&a.index) {
-            Some((d, first)) if *d != digest => {
+            Some((d, _, first)) if *d != digest => {
                 let msg = format!("state machine safety: servers {first} and {node} applied different entries at index {}", a.index);
                 self.violate(msg);
             }
             Some(_) => {}
             None => {
-                self.committed.insert(a.index, (digest, node));
+                let command = match &a.entry.payload {
+                    EntryPayload::Normal(r) => Some(digest_command(&r.cmd)),
+                    _ => None,
+                };
+                self.committed.insert(a.index, (digest, command, node));
                 if matches!(a.entry.payload, EntryPayload::Membership(_)) {
                     self.membership_entries += 1;
                 }
@@ -90,10 +94,10 @@ impl Recorder {
     }
 
     /// An acknowledged write must be the entry applied at its index.
-    pub fn acked(&mut self, index: u64, request: &tribune_core::fsm::Request) {
-        let digest = digest_payload(&EntryPayload::Normal(request.clone()));
+    pub fn acked(&mut self, index: u64, command: &tribune_core::fsm::Command) {
+        let digest = digest_command(command);
         match self.committed.get(&index) {
-            Some((d, _)) if *d == digest => {}
+            Some((_, Some(d), _)) if *d == digest => {}
             Some(_) => self.violate(format!("acknowledged write lost: index {index} holds another entry")),
             None => self.violate(format!("acknowledged write lost: no server applied index {index}")),
         }
@@ -108,6 +112,10 @@ impl Recorder {
     pub fn leader_terms(&self) -> usize {
         self.leaders.len()
     }
+}
+
+pub fn digest_command(c: &tribune_core::fsm::Command) -> u64 {
+    Fnv::default().bytes(&crate::net::encode(c)).finish()
 }
 
 pub fn digest_payload(p: &tribune_core::raft::Payload) -> u64 {

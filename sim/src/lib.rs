@@ -45,16 +45,38 @@ pub enum Sabotage {
     NoopBumpsIndex,
     /// Retried writes are applied again.
     NoDedup,
+    /// A restarted leader takes up its leadership again without an election (openraft's
+    /// default), serving reads from the commit index it recovered.
+    LeaderRestore,
 }
 
 impl Sabotage {
-    pub const ALL: [(&'static str, Sabotage); 5] = [
+    pub const ALL: [(&'static str, Sabotage); 6] = [
         ("stale-read", Sabotage::StaleRead),
         ("ack-before-commit", Sabotage::AckBeforeCommit),
         ("skip-fsync", Sabotage::SkipFsync),
         ("noop-bumps-index", Sabotage::NoopBumpsIndex),
         ("no-dedup", Sabotage::NoDedup),
+        ("leader-restore", Sabotage::LeaderRestore),
     ];
+
+    /// The checks that must catch this sabotage: a seed counts as catching it only if one
+    /// of these properties fails (a liveness or workload failure alone does not count).
+    pub fn caught_by(self) -> &'static [&'static str] {
+        match self {
+            Sabotage::None => &[],
+            Sabotage::StaleRead | Sabotage::LeaderRestore => &["linearizability"],
+            Sabotage::AckBeforeCommit => &["linearizability", "acknowledged write lost"],
+            Sabotage::SkipFsync => &["acknowledged write lost", "state machine safety", "linearizability", "servers "],
+            Sabotage::NoopBumpsIndex => &["index rule broken"],
+            Sabotage::NoDedup => &["linearizability", "index rule broken"],
+        }
+    }
+
+    /// Whether `failures` include one of the checks that must catch this sabotage.
+    pub fn is_caught(self, failures: &[String]) -> bool {
+        failures.iter().any(|f| self.caught_by().iter().any(|p| f.starts_with(p)))
+    }
 
     pub fn parse(name: &str) -> Option<Sabotage> {
         Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)

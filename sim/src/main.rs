@@ -18,7 +18,13 @@ mod cli {
     use tribune_sim::harness::run_seed;
     use tribune_sim::Sabotage;
 
-    const USAGE: &str = "usage: ci/sim [--seeds N | --seed S] [--first F] [--sabotage NAME] [--list-sabotages] [--verbose]";
+    const USAGE: &str = "usage: ci/sim [--seeds N | --seed S] [--first F] [--sabotage NAME [--until-caught]] \
+[--max-inconclusive SHARE] [--list-sabotages] [--verbose]
+
+With --sabotage, a seed catches the sabotage only if a check meant for it fails (see
+Sabotage::caught_by); the exit status is 1 when some seed caught it. Without, the exit
+status is 1 when a seed failed or more than SHARE of the checked keys (default 0.01) had
+an inconclusive linearizability verdict.";
 
     fn repro(seed: u64, sabotage: Sabotage) -> String {
         match sabotage {
@@ -34,6 +40,8 @@ mod cli {
         let mut first = 1u64;
         let mut sabotage = Sabotage::None;
         let mut verbose = false;
+        let mut until_caught = false;
+        let mut max_inconclusive = 0.01f64;
         let mut it = args.iter();
         while let Some(a) = it.next() {
             let mut num = |name: &str| -> Result<u64, String> {
@@ -56,6 +64,17 @@ mod cli {
                     }
                     return 0;
                 }
+                "--until-caught" => {
+                    until_caught = true;
+                    Ok(())
+                }
+                "--max-inconclusive" => match it.next().and_then(|v| v.parse::<f64>().ok()) {
+                    Some(v) => {
+                        max_inconclusive = v;
+                        Ok(())
+                    }
+                    None => Err("--max-inconclusive needs a share (0.01 = 1%)".to_string()),
+                },
                 "--verbose" | "-v" => {
                     verbose = true;
                     Ok(())
@@ -93,14 +112,17 @@ mod cli {
 
         let n = seeds.unwrap_or(300);
         let started = Instant::now();
-        let (mut failed, mut ops, mut sim_ms, mut inconclusive) = (0u64, 0usize, 0u64, 0usize);
+        let (mut failed, mut caught, mut ops, mut sim_ms, mut inconclusive, mut keys) = (0u64, 0u64, 0usize, 0u64, 0usize, 0usize);
         let mut min_ops = usize::MAX;
+        let mut ran = 0u64;
         for seed in first..first + n {
             let r = run_seed(seed, sabotage);
+            ran += 1;
             ops += r.ops;
             min_ops = min_ops.min(r.ops);
             sim_ms += r.sim_ms;
             inconclusive += r.inconclusive;
+            keys += r.keys;
             if verbose {
                 println!(
                     "seed {seed}: ops={} unknown={} terms={} membership_changes={} trace {:016x}",
@@ -111,15 +133,31 @@ mod cli {
                 failed += 1;
                 println!("FAIL seed={seed} property=\"{f}\" repro: {}", repro(seed, sabotage));
             }
+            if sabotage != Sabotage::None && sabotage.is_caught(&r.failures) {
+                caught += 1;
+                if until_caught {
+                    break;
+                }
+            }
         }
         let wall = started.elapsed().as_secs_f64();
+        let share = inconclusive as f64 / keys.max(1) as f64;
         println!(
-            "summary: sabotage={} seeds={n} failures={failed} ops_checked={ops} min_ops_per_seed={min_ops} inconclusive_keys={inconclusive} sim_seconds={:.0} wall_seconds={wall:.1} sim_per_wall={:.0} seeds_per_min={:.0}",
+            "summary: sabotage={} seeds={ran} failures={failed} caught={caught} ops_checked={ops} min_ops_per_seed={min_ops} \
+inconclusive_keys={inconclusive} keys_checked={keys} inconclusive_share={share:.4} sim_seconds={:.0} \
+wall_seconds={wall:.1} sim_per_wall={:.0} seeds_per_min={:.0}",
             sabotage.name(),
             sim_ms as f64 / 1000.0,
             sim_ms as f64 / 1000.0 / wall.max(1e-9),
-            n as f64 * 60.0 / wall.max(1e-9),
+            ran as f64 * 60.0 / wall.max(1e-9),
         );
+        if sabotage != Sabotage::None {
+            return if caught > 0 { 1 } else { 0 };
+        }
+        if share > max_inconclusive {
+            println!("FAIL inconclusive share {share:.4} exceeds {max_inconclusive} (ci/sim --seeds {n} --first {first})");
+            return 1;
+        }
         if failed == 0 { 0 } else { 1 }
     }
 }

@@ -1,4 +1,4 @@
-//! Messages between simulated servers and clients, and openraft's network over madsim.
+//! Messages between simulated servers and clients, and server RPC over madsim.
 //!
 //! Every message is encoded with postcard, although madsim could pass Rust values: the
 //! simulator must exercise serialization too. A request goes to the peer's endpoint on tag
@@ -12,19 +12,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use madsim::net::Endpoint;
-use openraft::RaftNetworkFactory;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde::Serialize;
-use tribune_core::fsm::Request;
+use tribune_core::fsm::Command;
 use tribune_core::fsm::Response;
 use tribune_core::kv::Entry;
-use tribune_core::raft::Node;
-use tribune_core::raft::rpc::Network;
-use tribune_core::raft::rpc::RaftRpc;
-use tribune_core::raft::rpc::RaftRpcReply;
-use tribune_core::raft::rpc::Transport;
-use tribune_core::raft::NodeId;
+use tribune_core::raft::rpc::PeerReply;
+use tribune_core::raft::rpc::PeerRpc;
+use tribune_core::raft::rpc::PeerTransport;
 
 use crate::SimTypes;
 
@@ -33,20 +29,23 @@ pub const PORT: u16 = 9000;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Msg {
-    Raft(RaftRpc<SimTypes>),
+    /// Between servers: what production's server RPC carries (the engine's requests).
+    Peer(PeerRpc<SimTypes>),
+    /// From a simulated client to a server: what the HTTP API would ask of it.
     Client(ClientMsg),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Reply {
-    Raft(RaftRpcReply<SimTypes>),
+    Peer(PeerReply<SimTypes>),
     Client(ClientReply),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ClientMsg {
-    Write(Request),
-    /// A linearizable read of one key.
+    /// A write, through the server's write path (`Server::write`).
+    Write(Command),
+    /// A linearizable read of one key (`Server::read_barrier`, then local state).
     Read { key: String },
 }
 
@@ -54,11 +53,9 @@ pub enum ClientMsg {
 pub enum ClientReply {
     Written(Response),
     Read { entry: Option<Entry> },
-    /// Definitely not done here; try the leader.
-    NotLeader { leader: Option<NodeId> },
     /// Definitely not done (a read that failed, a write refused before Raft).
     Refused(String),
-    /// The write may or may not have been committed.
+    /// The write may or may not have been applied.
     Unknown(String),
 }
 
@@ -88,7 +85,10 @@ impl Net {
     pub async fn call(&self, dst: SocketAddr, msg: &Msg, ttl: Duration) -> io::Result<Reply> {
         let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
         let frame = encode(&(tag, msg));
-        let copies = if madsim::rand::random::<f64>() < crate::faults::dup_rate() { 2 } else { 1 };
+        // Server RPC may deliver a request twice (a retried frame); a client's HTTP request
+        // is one request (a client that retries sends a new one).
+        let duplicable = matches!(msg, Msg::Peer(_));
+        let copies = if duplicable && madsim::rand::random::<f64>() < crate::faults::dup_rate() { 2 } else { 1 };
         for _ in 0..copies {
             self.ep.send_to_raw(dst, 0, Box::new(frame.clone())).await?;
         }
@@ -119,30 +119,18 @@ impl Net {
     }
 }
 
+/// Server RPC between simulated servers, as the engine and openraft send it.
 #[derive(Clone)]
-pub struct NetFactory {
+pub struct SimPeers {
     pub net: Arc<Net>,
 }
 
-/// One peer, as openraft's network sees it.
-pub struct Peer {
-    net: Arc<Net>,
-    target: SocketAddr,
-}
-
-impl RaftNetworkFactory<SimTypes> for NetFactory {
-    type Network = Network<Peer>;
-
-    async fn new_client(&mut self, _target: NodeId, node: &Node) -> Network<Peer> {
-        Network(Peer { net: self.net.clone(), target: node.addr.parse().expect("node address") })
-    }
-}
-
-impl Transport<SimTypes> for Peer {
-    async fn call(&mut self, rpc: RaftRpc<SimTypes>, ttl: Duration) -> io::Result<RaftRpcReply<SimTypes>> {
-        match self.net.call(self.target, &Msg::Raft(rpc), ttl).await? {
-            Reply::Raft(r) => Ok(r),
-            Reply::Client(r) => Err(io::Error::other(format!("client reply to a raft message: {r:?}"))),
+impl PeerTransport<SimTypes> for SimPeers {
+    async fn call(&self, addr: &str, rpc: PeerRpc<SimTypes>, ttl: Duration) -> io::Result<PeerReply<SimTypes>> {
+        let dst: SocketAddr = addr.parse().map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("bad address {addr}")))?;
+        match self.net.call(dst, &Msg::Peer(rpc), ttl).await? {
+            Reply::Peer(r) => Ok(r),
+            Reply::Client(r) => Err(io::Error::other(format!("client reply to a server message: {r:?}"))),
         }
     }
 }

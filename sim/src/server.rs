@@ -1,22 +1,23 @@
-//! One simulated Tribune server: the real core stores and openraft, over madsim.
+//! One simulated Tribune server: the real core stores, openraft and the core's cluster
+//! engine (the same write path, read barrier, forming and reconcile the agent runs), over
+//! madsim. Only the shell is the simulator's: the network endpoint and the LAN view.
 //!
 //! madsim's `restart` re-runs the node's init closure, so [`run`] rebuilds everything from
 //! the durable state the harness owns ([`ServerCtx::backend`]).
 
 use std::collections::BTreeMap;
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::time::Duration;
 
-use openraft::impls::BasicNode;
-use openraft::ReadPolicy;
 use openraft::ServerState;
 use openraft_rt::watch::WatchReceiver as _;
-use tribune_core::fsm::Response;
-use tribune_core::kv::KvOutcome;
+use tribune_core::cluster::Discovery;
+use tribune_core::cluster::ServerConfig;
+use tribune_core::gossip::MemberInfo;
+use tribune_core::gossip::MemberState;
+use tribune_core::raft::rpc::NetFactory;
 use tribune_core::raft::LogStore;
 use tribune_core::raft::MemBackend;
 use tribune_core::raft::NodeId;
@@ -27,25 +28,85 @@ use crate::net::ClientMsg;
 use crate::net::ClientReply;
 use crate::net::Msg;
 use crate::net::Net;
-use crate::net::NetFactory;
 use crate::net::Reply;
+use crate::net::SimPeers;
+use crate::net::PORT;
 use crate::Sabotage;
 use crate::SimTypes;
 
 pub type Store = SmStore<SimTypes, MemBackend>;
 pub type SimRaft = openraft::Raft<SimTypes, Store>;
+pub type Engine = tribune_core::cluster::Server<SimTypes, Store, SimPeers, SimDiscovery>;
+
+/// The datacenter every simulated server is in.
+pub const DATACENTER: &str = "dc1";
+/// How often the leader reconciles the LAN view into the Raft configuration.
+pub const RECONCILE_EVERY: Duration = Duration::from_millis(500);
+
+/// The LAN pool as the simulated servers see it, owned by the harness: every server is a
+/// member, alive unless the harness made it leave.
+#[derive(Debug, Default)]
+pub struct Lan {
+    members: Mutex<BTreeMap<NodeId, MemberInfo>>,
+}
+
+impl Lan {
+    pub fn add(&self, id: NodeId, addr: SocketAddr, expect: u64) {
+        let tags = [
+            ("role", "consul".to_string()),
+            ("dc", DATACENTER.to_string()),
+            ("port", PORT.to_string()),
+            ("raft_id", id.to_string()),
+            ("expect", expect.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let member = MemberInfo { name: format!("server-{id}"), addr, state: MemberState::Alive, status: 1, tags, incarnation: 0 };
+        self.members.lock().unwrap().insert(id, member);
+    }
+
+    /// A graceful leave (`left`) or a return (`alive`).
+    pub fn set_state(&self, id: NodeId, state: MemberState) {
+        if let Some(m) = self.members.lock().unwrap().get_mut(&id) {
+            m.state = state;
+            m.incarnation += 1;
+        }
+    }
+
+    fn members(&self) -> Vec<MemberInfo> {
+        self.members.lock().unwrap().values().cloned().collect()
+    }
+}
+
+/// The engine's view of the world in the simulator.
+pub struct SimDiscovery {
+    lan: Arc<Lan>,
+    join: Vec<String>,
+}
+
+impl Discovery for SimDiscovery {
+    fn lan_members(&self) -> Option<Vec<MemberInfo>> {
+        Some(self.lan.members())
+    }
+
+    async fn join_addrs(&self) -> Vec<String> {
+        self.join.clone()
+    }
+}
 
 /// What survives a server's crash, owned by the harness.
 pub struct ServerCtx {
     pub id: NodeId,
     pub addr: SocketAddr,
+    /// Every server's address (the join addresses) and the number to bootstrap with.
     pub members: BTreeMap<NodeId, SocketAddr>,
     pub backend: Arc<MemBackend>,
     pub recorder: Arc<Mutex<Recorder>>,
     pub sabotage: Sabotage,
-    /// The Raft handle of the running incarnation, for the harness's final checks.
-    pub live: Mutex<Option<(SimRaft, Store)>>,
-    booted_once: AtomicBool,
+    pub lan: Arc<Lan>,
+    /// The engine of the running incarnation, for the harness's final checks.
+    pub live: Mutex<Option<(Arc<Engine>, Store)>>,
 }
 
 impl ServerCtx {
@@ -55,22 +116,34 @@ impl ServerCtx {
         members: BTreeMap<NodeId, SocketAddr>,
         recorder: Arc<Mutex<Recorder>>,
         sabotage: Sabotage,
+        lan: Arc<Lan>,
     ) -> Self {
-        Self {
-            id,
-            addr,
-            members,
-            backend: Arc::new(MemBackend::new()),
-            recorder,
-            sabotage,
-            live: Mutex::new(None),
-            booted_once: AtomicBool::new(false),
-        }
+        Self { id, addr, members, backend: Arc::new(MemBackend::new()), recorder, sabotage, lan, live: Mutex::new(None) }
     }
 
     pub fn live(&self) -> Option<(SimRaft, Store)> {
-        self.live.lock().unwrap().clone()
+        self.live.lock().unwrap().as_ref().map(|(e, s)| (e.raft.clone(), s.clone()))
     }
+}
+
+fn engine_config(ctx: &ServerCtx) -> ServerConfig {
+    let mut cfg = ServerConfig::new(
+        ctx.id,
+        ctx.addr.to_string(),
+        format!("server-{}", ctx.id),
+        DATACENTER.to_string(),
+        madsim::rand::random::<u64>() >> 16,
+    );
+    // Simulated time is short: a client waits 2.5 s for an answer.
+    cfg.request_deadline = Duration::from_millis(2_000);
+    cfg.forward_ttl = Duration::from_millis(400);
+    cfg.hello_ttl = Duration::from_millis(400);
+    cfg.sabotage = tribune_core::cluster::Sabotage {
+        stale_read: ctx.sabotage == Sabotage::StaleRead,
+        ack_before_commit: ctx.sabotage == Sabotage::AckBeforeCommit,
+        ..Default::default()
+    };
+    cfg
 }
 
 /// The server's main task: build the node from durable state and serve forever.
@@ -87,16 +160,23 @@ pub async fn run(ctx: Arc<ServerCtx>) {
         noop_bumps_index: ctx.sabotage == Sabotage::NoopBumpsIndex,
         no_dedup: ctx.sabotage == Sabotage::NoDedup,
     };
-    let config = Arc::new(tribune_core::raft::config(tribune_core::raft::DEFAULT_RAFT_MULTIPLIER, 200).validate().expect("raft config"));
-    let raft = SimRaft::new(ctx.id, config, NetFactory { net: net.clone() }, log, sm.clone()).await.expect("raft starts");
-    if !ctx.booted_once.swap(true, Ordering::SeqCst) {
-        let members: BTreeMap<NodeId, BasicNode> =
-            ctx.members.iter().map(|(id, a)| (*id, BasicNode { addr: a.to_string() })).collect();
-        // Every server initializes the same membership on first boot; all but the first
-        // call are refused, which is fine.
-        let _ = raft.initialize(members).await;
+    let mut config = tribune_core::raft::config(tribune_core::raft::DEFAULT_RAFT_MULTIPLIER, 200);
+    if ctx.sabotage == Sabotage::LeaderRestore {
+        config.enable_leader_restore = Some(true);
     }
-    *ctx.live.lock().unwrap() = Some((raft.clone(), sm.clone()));
+    let config = Arc::new(config.validate().expect("raft config"));
+    let peers = SimPeers { net: net.clone() };
+    let raft = SimRaft::new(ctx.id, config, NetFactory { transport: peers.clone() }, log, sm.clone()).await.expect("raft starts");
+    let discovery = SimDiscovery { lan: ctx.lan.clone(), join: ctx.members.values().map(|a| a.to_string()).collect() };
+    let engine = Arc::new(Engine::new(raft.clone(), engine_config(&ctx), peers, discovery));
+    *ctx.live.lock().unwrap() = Some((engine.clone(), sm.clone()));
+
+    // Production's forming and reconcile loops.
+    let expect = ctx.members.len() as u64;
+    let e = engine.clone();
+    madsim::task::spawn(async move { e.form_cluster(expect, Duration::from_millis(500)).await });
+    let e = engine.clone();
+    madsim::task::spawn(async move { e.reconcile(RECONCILE_EVERY).await });
 
     // Record who leads in which term (at most one leader per term).
     let mut metrics = raft.metrics();
@@ -118,55 +198,45 @@ pub async fn run(ctx: Arc<ServerCtx>) {
 
     loop {
         let Ok((tag, msg, from)) = net.next_request().await else { return };
-        let raft = raft.clone();
+        let engine = engine.clone();
         let sm = sm.clone();
         let net = net.clone();
-        let sabotage = ctx.sabotage;
-        let members: BTreeSet<NodeId> = ctx.members.keys().copied().collect();
         madsim::task::spawn(async move {
-            let reply = handle(&raft, &sm, sabotage, &members, msg).await;
+            let reply = handle(&engine, &sm, msg).await;
             net.reply(from, tag, &reply).await;
         });
     }
 }
 
-async fn handle(raft: &SimRaft, sm: &Store, sabotage: Sabotage, _members: &BTreeSet<NodeId>, msg: Msg) -> Reply {
+async fn handle(engine: &Engine, sm: &Store, msg: Msg) -> Reply {
     match msg {
-        Msg::Raft(rpc) => Reply::Raft(tribune_core::raft::rpc::serve(raft, rpc).await),
-        Msg::Client(ClientMsg::Write(req)) => {
-            if sabotage == Sabotage::AckBeforeCommit && raft.is_leader() {
-                // Wrong on purpose: acknowledge before the entry is committed.
-                let _ = raft.client_write_ff(req, None).await;
-                let outcome = KvOutcome { ok: true, changed: true };
-                return Reply::Client(ClientReply::Written(Response::Kv { outcome, index: 0 }));
+        Msg::Peer(rpc) => Reply::Peer(engine.handle(rpc).await),
+        Msg::Client(ClientMsg::Write(cmd)) => Reply::Client(match engine.write(cmd).await {
+            Ok(r) => {
+                if crate::debug() {
+                    eprintln!("t={:?} write on {} -> {:?}", madsim::time::Instant::now(), engine.id(), r);
+                }
+                ClientReply::Written(r)
             }
-            Reply::Client(match raft.client_write(req).await {
-                Ok(r) => {
-                    if crate::debug() {
-                        let m = raft.metrics().borrow_watched().clone();
-                        eprintln!("t={:?} write on {} term={} log={} -> {:?}", madsim::time::Instant::now(), raft.node_id(), m.current_term, r.log_id, r.data);
-                    }
-                    ClientReply::Written(r.data)
-                }
-                Err(e) => match e.forward_to_leader() {
-                    Some(f) => ClientReply::NotLeader { leader: f.leader_id },
-                    None => ClientReply::Unknown(e.to_string()),
-                },
-            })
-        }
+            Err(e) => ClientReply::Unknown(e.to_string()),
+        }),
         Msg::Client(ClientMsg::Read { key }) => {
-            if sabotage != Sabotage::StaleRead {
-                if let Err(e) = raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
-                    return Reply::Client(match e.forward_to_leader() {
-                        Some(f) => ClientReply::NotLeader { leader: f.leader_id },
-                        None => ClientReply::Refused(e.to_string()),
-                    });
-                }
+            if let Err(e) = engine.read_barrier().await {
+                return Reply::Client(ClientReply::Refused(e.to_string()));
             }
             let entry = sm.read(|s| s.kv().get(&key).cloned());
             if crate::debug() {
-                let m = raft.metrics().borrow_watched().clone();
-                eprintln!("t={:?} read {key} on {} state={:?} term={} leader={:?} applied={:?} -> {:?}", madsim::time::Instant::now(), raft.node_id(), m.state, m.current_term, m.current_leader, sm.read(|s| s.last_applied()), entry.as_ref().map(|e| e.modify_index));
+                let m = engine.raft.metrics().borrow_watched().clone();
+                eprintln!(
+                    "t={:?} read {key} on {} state={:?} term={} leader={:?} applied={:?} -> {:?}",
+                    madsim::time::Instant::now(),
+                    engine.id(),
+                    m.state,
+                    m.current_term,
+                    m.current_leader,
+                    sm.read(|s| s.last_applied()),
+                    entry.as_ref().map(|e| e.modify_index)
+                );
             }
             Reply::Client(ClientReply::Read { entry })
         }

@@ -1,9 +1,10 @@
 //! Simulated clients: set, cas, delete and linearizable get on a few keys, recording a
 //! history of invocations and outcomes in simulated time.
 //!
-//! A write carries the client's id and a sequence number; when its reply is lost, the
-//! client retries the *same* request elsewhere until its deadline (the state machine
-//! applies it once). With no definite answer by then, the outcome is unknown.
+//! A client asks any server, as an HTTP client asks any agent: the server's write path
+//! (the engine's) forwards to the leader and retries under one `(client, seq)` id, which
+//! the state machine applies at most once. A write without a definite answer has an
+//! unknown outcome; one refused before Raft is tried on another server.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -15,7 +16,6 @@ use rand::rngs::SmallRng;
 use rand::RngExt;
 use rand::SeedableRng;
 use tribune_core::fsm::Command;
-use tribune_core::fsm::Request;
 use tribune_core::fsm::Response;
 use tribune_core::kv::KvOp;
 use tribune_core::raft::NodeId;
@@ -30,9 +30,11 @@ use crate::net::Msg;
 use crate::net::Net;
 use crate::net::Reply;
 
-/// How long one attempt waits for a reply.
-const ATTEMPT_TTL: Duration = Duration::from_millis(400);
-/// How long an operation may take, retries included.
+/// How long one attempt waits for a reply (the server's own deadline is 2 s).
+const ATTEMPT_TTL: Duration = Duration::from_millis(2_500);
+/// How long one read attempt waits before the client asks another server.
+const READ_ATTEMPT_TTL: Duration = Duration::from_millis(800);
+/// How long a read may take, retries included.
 const OP_DEADLINE: Duration = Duration::from_millis(2_500);
 
 /// Everything the clients record, shared with the harness.
@@ -40,8 +42,8 @@ const OP_DEADLINE: Duration = Duration::from_millis(2_500);
 pub struct History {
     /// (key, operation)
     pub ops: Vec<(String, Op)>,
-    /// Acknowledged writes: (index, request).
-    pub acked: Vec<(u64, Request)>,
+    /// Acknowledged writes: (index, command).
+    pub acked: Vec<(u64, Command)>,
 }
 
 pub struct ClientCfg {
@@ -71,7 +73,6 @@ struct Client {
     cfg: ClientCfg,
     net: Arc<Net>,
     rng: SmallRng,
-    seq: u64,
     written: u64,
     leader: Option<NodeId>,
     last_read: BTreeMap<String, Option<(Value, u64)>>,
@@ -89,40 +90,30 @@ impl Client {
     }
 
     /// `None`: refused everywhere before Raft, definitely not applied.
-    async fn write(&mut self, op: KvOp) -> Option<(Outcome, Option<(u64, Request)>)> {
-        self.seq += 1;
-        let req = Request { client: self.cfg.id, seq: self.seq, cmd: Command::Kv(op) };
-        let deadline = madsim::time::Instant::now() + OP_DEADLINE;
+    async fn write(&mut self, op: KvOp) -> Option<(Outcome, Option<(u64, Command)>)> {
+        let cmd = Command::Kv(op);
+        let deadline = madsim::time::Instant::now() + ATTEMPT_TTL;
         let mut target = self.leader.unwrap_or_else(|| self.pick_server());
-        let mut maybe = false;
         while madsim::time::Instant::now() < deadline {
-            let msg = Msg::Client(ClientMsg::Write(req.clone()));
+            let msg = Msg::Client(ClientMsg::Write(cmd.clone()));
             match self.net.call(self.cfg.servers[&target], &msg, ATTEMPT_TTL).await {
                 Ok(Reply::Client(ClientReply::Written(Response::Kv { outcome, index }))) => {
                     self.leader = Some(target);
-                    let acked = (index != 0).then(|| (index, req.clone()));
+                    let acked = (index != 0).then(|| (index, cmd.clone()));
                     return Some((Outcome::Write { ok: outcome.ok, index }, acked));
                 }
-                Ok(Reply::Client(ClientReply::NotLeader { leader })) => {
-                    match leader {
-                        Some(l) if l != target => target = l,
-                        _ => {
-                            madsim::time::sleep(Duration::from_millis(50)).await;
-                            target = self.pick_server();
-                        }
-                    }
-                    continue;
-                }
-                Ok(_) | Err(_) => {
-                    // No definite answer: it may have reached Raft.
-                    maybe = true;
-                    self.leader = None;
+                Ok(Reply::Client(ClientReply::Refused(_))) => {
+                    madsim::time::sleep(Duration::from_millis(50)).await;
                     target = self.pick_server();
-                    madsim::time::sleep(Duration::from_millis(20)).await;
+                }
+                // No definite answer: it may have been applied.
+                _ => {
+                    self.leader = None;
+                    return Some((Outcome::Unknown, None));
                 }
             }
         }
-        maybe.then_some((Outcome::Unknown, None))
+        None
     }
 
     async fn read(&mut self, key: &str) -> Option<Outcome> {
@@ -131,13 +122,12 @@ impl Client {
         let mut target = self.pick_server();
         while madsim::time::Instant::now() < deadline {
             let msg = Msg::Client(ClientMsg::Read { key: key.to_string() });
-            match self.net.call(self.cfg.servers[&target], &msg, ATTEMPT_TTL).await {
+            match self.net.call(self.cfg.servers[&target], &msg, READ_ATTEMPT_TTL).await {
                 Ok(Reply::Client(ClientReply::Read { entry })) => {
                     let seen = entry.map(|e| (value_of(&e.value), e.modify_index));
                     self.last_read.insert(key.to_string(), seen);
                     return Some(Outcome::Read(seen));
                 }
-                Ok(Reply::Client(ClientReply::NotLeader { leader: Some(l) })) if l != target => target = l,
                 _ => {
                     madsim::time::sleep(Duration::from_millis(30)).await;
                     target = self.pick_server();
@@ -197,9 +187,9 @@ impl Client {
 pub async fn run_client(cfg: ClientCfg, start: madsim::time::Instant) {
     let net = Net::bind(cfg.addr).await.expect("client bind");
     let rng = SmallRng::seed_from_u64(madsim::rand::random::<u64>());
-    let mut c = Client { cfg, net, rng, seq: 0, written: 0, leader: None, last_read: BTreeMap::new(), start };
+    let mut c = Client { cfg, net, rng, written: 0, leader: None, last_read: BTreeMap::new(), start };
     while c.now() < c.cfg.until_ms * 1_000 {
-        let pause = c.rng.random_range(0..=2 * c.cfg.think_ms);
+        let pause = c.rng.random_range(0..=3 * c.cfg.think_ms / 2);
         madsim::time::sleep(Duration::from_millis(pause)).await;
         c.one_op().await;
     }
@@ -210,7 +200,7 @@ pub async fn probe_write(cfg: ClientCfg) -> Option<u64> {
     let net = Net::bind(cfg.addr).await.expect("probe bind");
     let rng = SmallRng::seed_from_u64(madsim::rand::random::<u64>());
     let start = madsim::time::Instant::now();
-    let mut c = Client { cfg, net, rng, seq: 0, written: 0, leader: None, last_read: BTreeMap::new(), start };
+    let mut c = Client { cfg, net, rng, written: 0, leader: None, last_read: BTreeMap::new(), start };
     for n in 1..=4u64 {
         let op = KvOp::Set { key: "probe".into(), value: value_bytes(n), flags: 0 };
         if let Some((Outcome::Write { ok: true, index }, _)) = c.write(op).await {

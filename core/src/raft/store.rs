@@ -208,6 +208,10 @@ pub struct Applied<'a> {
 
 pub type ApplyObserver = Arc<dyn Fn(&Applied<'_>) + Send + Sync>;
 
+/// Called after a snapshot replaced the whole state, with the Consul index it brought the
+/// state to (blocking queries of every topic must wake: anything may have changed).
+pub type InstallObserver = Arc<dyn Fn(u64) + Send + Sync>;
+
 /// The state machine with its Raft bookkeeping, shared between openraft and readers.
 #[derive(Debug, Default)]
 pub struct SmState {
@@ -226,6 +230,7 @@ pub struct SmStore<C, B> {
     state: Arc<Mutex<SmState>>,
     backend: Arc<B>,
     observer: Option<ApplyObserver>,
+    on_install: Option<InstallObserver>,
     /// Check the index rules and the whole table after every entry (on by default; O(keys)
     /// per entry, which the simulator wants and a server under load cannot afford).
     checked: bool,
@@ -240,6 +245,7 @@ impl<C, B> Clone for SmStore<C, B> {
             state: self.state.clone(),
             backend: self.backend.clone(),
             observer: self.observer.clone(),
+            on_install: self.on_install.clone(),
             checked: self.checked,
             _c: PhantomData,
         }
@@ -262,6 +268,7 @@ impl<C, B: Backend> SmStore<C, B> {
             state: Arc::new(Mutex::new(state)),
             backend,
             observer: None,
+            on_install: None,
             checked: true,
             _c: PhantomData,
         })
@@ -277,6 +284,12 @@ impl<C, B: Backend> SmStore<C, B> {
     /// Call `observer` for every applied entry (the simulator's checks).
     pub fn with_observer(mut self, observer: ApplyObserver) -> Self {
         self.observer = Some(observer);
+        self
+    }
+
+    /// Call `observer` after every installed snapshot.
+    pub fn with_install_observer(mut self, observer: InstallObserver) -> Self {
+        self.on_install = Some(observer);
         self
     }
 
@@ -366,11 +379,17 @@ impl<C: Types, B: Backend> RaftStateMachine<C> for SmStore<C, B> {
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Vec<u8>) -> Result<(), io::Error> {
         let sm = StateMachine::restore(&snapshot).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         self.backend.write(vec![(Space::Meta, KEY_SNAPSHOT.to_vec(), Some(encode(&(meta, &snapshot))?))], true)?;
-        let mut s = self.lock();
-        s.sm = sm;
-        s.last_applied = meta.last_log_id;
-        s.membership = meta.last_membership.clone();
-        s.snapshot = Some((meta.clone(), snapshot));
+        let index = {
+            let mut s = self.lock();
+            s.sm = sm;
+            s.last_applied = meta.last_log_id;
+            s.membership = meta.last_membership.clone();
+            s.snapshot = Some((meta.clone(), snapshot));
+            s.sm.last_applied()
+        };
+        if let Some(observer) = &self.on_install {
+            observer(index);
+        }
         Ok(())
     }
 

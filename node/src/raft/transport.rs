@@ -37,10 +37,8 @@ use tokio::net::TcpListener;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
-use tribune_core::fsm::Request;
-use tribune_core::fsm::Response;
-use tribune_core::raft::rpc::RaftRpc;
-use tribune_core::raft::rpc::RaftRpcReply;
+use tribune_core::raft::rpc::PeerReply;
+use tribune_core::raft::rpc::PeerRpc;
 
 use super::Types;
 
@@ -55,21 +53,14 @@ pub const MUX_INFLIGHT_MAX: usize = 1024;
 /// Queued frames are coalesced into writes of about this size.
 const MUX_WRITE_BYTES: usize = 64 << 10;
 
-/// Everything one server says to another on 8300.
+/// Everything said on 8300.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Rpc {
-    Raft(RaftRpc<Types>),
-    /// A write forwarded by a server that is not the leader.
-    Write(Request),
-    /// "Who are you?" — for cluster formation.
-    Hello,
-    /// Confirm leadership and return the read index (for a follower's linearizable read).
-    ReadIndex,
-    /// Make this server a voter (sent to the leader by a server joining a formed cluster).
-    Join { id: u64, addr: String },
-    /// Remove a server from the voters (sent to the leader).
-    Remove { id: u64 },
-    /// An HTTP request a client agent forwards to a server.
+    /// From another server: Raft, forwarded writes and read-index requests, hellos (served
+    /// by the cluster engine).
+    Peer(PeerRpc<Types>),
+    /// An HTTP request a client agent forwards to a server (only the paths client agents
+    /// forward are served: `forward::is_forwarded`).
     Http(crate::forward::HttpCall),
     /// First frame of a multiplexed connection (see the module docs); answered `Done`.
     Mux,
@@ -77,16 +68,10 @@ pub enum Rpc {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum RpcReply {
-    Raft(RaftRpcReply<Types>),
-    Written(Response),
-    /// Not the leader; the leader's RPC address if known.
-    NotLeader(Option<String>),
+    Peer(PeerReply<Types>),
+    /// The request was not served (bad request, or the server is not ready).
     Failed(String),
-    /// Reply to `Hello`: Raft node id, node name, datacenter, whether it is a server.
-    Hello { id: u64, name: String, datacenter: String, cluster_formed: bool },
-    /// The log index a read must see applied.
-    ReadIndex(u64),
-    /// A membership change (join or remove) is committed.
+    /// The multiplexed connection is accepted.
     Done,
     /// The server's response to a forwarded HTTP request.
     Http(crate::forward::HttpReply),
@@ -361,6 +346,16 @@ where
 mod tests {
     use super::*;
 
+    const HELLO: Rpc = Rpc::Peer(PeerRpc::Hello);
+
+    fn numbered(i: u64) -> Rpc {
+        Rpc::Http(crate::forward::HttpCall { method: "GET".into(), uri: i.to_string(), headers: Vec::new(), body: Vec::new() })
+    }
+
+    fn index(i: u64) -> RpcReply {
+        RpcReply::Peer(PeerReply::ReadIndex(i))
+    }
+
     async fn futures_join_all<F: std::future::Future + Send + 'static>(fs: impl Iterator<Item = F>) -> Vec<F::Output>
     where
         F::Output: Send + 'static,
@@ -379,7 +374,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let pool = Pool::default();
         let p = pool.clone();
-        let call = tokio::spawn(async move { p.call_mux(addr, &Rpc::Hello, Duration::from_secs(5)).await });
+        let call = tokio::spawn(async move { p.call_mux(addr, &HELLO, Duration::from_secs(5)).await });
         // a peer that accepts the multiplexed connection, reads one request and hangs up
         let (mut s, _) = listener.accept().await.unwrap();
         assert!(matches!(read_frame::<Rpc>(&mut s).await.unwrap(), Rpc::Mux));
@@ -387,9 +382,9 @@ mod tests {
         read_raw(&mut s, FRAME_BYTES_MAX).await.unwrap();
         drop(s);
         assert!(call.await.unwrap().is_err(), "the call fails with its connection, before its timeout");
-        tokio::spawn(serve(listener, |_| async { RpcReply::ReadIndex(9) }));
-        let r = pool.call_mux(addr, &Rpc::Hello, Duration::from_secs(5)).await.unwrap();
-        assert!(matches!(r, RpcReply::ReadIndex(9)), "{r:?}");
+        tokio::spawn(serve(listener, |_| async { index(9) }));
+        let r = pool.call_mux(addr, &HELLO, Duration::from_secs(5)).await.unwrap();
+        assert!(matches!(r, RpcReply::Peer(PeerReply::ReadIndex(9))), "{r:?}");
     }
 
     #[tokio::test]
@@ -398,19 +393,25 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         tokio::spawn(serve(listener, |rpc| async move {
             match rpc {
-                Rpc::Hello => RpcReply::Hello { id: 7, name: "n".into(), datacenter: "dc1".into(), cluster_formed: false },
-                Rpc::Remove { id } => {
+                Rpc::Peer(PeerRpc::Hello) => RpcReply::Peer(PeerReply::Hello(tribune_core::raft::rpc::Hello {
+                    id: 7,
+                    name: "n".into(),
+                    datacenter: "dc1".into(),
+                    cluster_formed: false,
+                })),
+                Rpc::Http(call) => {
+                    let id: u64 = call.uri.parse().unwrap();
                     // later requests finish first
                     tokio::time::sleep(Duration::from_millis(200 - id)).await;
-                    RpcReply::ReadIndex(id)
+                    index(id)
                 }
                 _ => RpcReply::Failed("no".into()),
             }
         }));
         let pool = Pool::default();
         for _ in 0..3 {
-            let r = pool.call(addr, &Rpc::Hello, Duration::from_secs(5)).await.unwrap();
-            assert!(matches!(r, RpcReply::Hello { id: 7, .. }));
+            let r = pool.call(addr, &HELLO, Duration::from_secs(5)).await.unwrap();
+            assert!(matches!(r, RpcReply::Peer(PeerReply::Hello(ref h)) if h.id == 7));
         }
         assert_eq!(pool.idle.lock().unwrap()[&addr].len(), 1, "one connection reused");
 
@@ -418,11 +419,11 @@ mod tests {
         // whatever order the server finishes them.
         let replies = futures_join_all((0..200u64).map(|i| {
             let pool = pool.clone();
-            async move { (i, pool.call_mux(addr, &Rpc::Remove { id: i }, Duration::from_secs(5)).await.unwrap()) }
+            async move { (i, pool.call_mux(addr, &numbered(i), Duration::from_secs(5)).await.unwrap()) }
         }))
         .await;
         for (i, r) in replies {
-            assert!(matches!(r, RpcReply::ReadIndex(n) if n == i), "{i}: {r:?}");
+            assert!(matches!(r, RpcReply::Peer(PeerReply::ReadIndex(n)) if n == i), "{i}: {r:?}");
         }
         assert_eq!(pool.mux.lock().unwrap().len(), 1, "one multiplexed connection");
 
