@@ -257,6 +257,15 @@ fn agent_startup_errors() {
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
     assert!(err.contains("10-ports.json") && err.contains("ports.http"), "{err}");
+    // A bad HCL file: the file, the line and the column.
+    let dir = temp_dir("badhcl");
+    let hcl = "datacenter = \"dc1\"\nports {\n  http = \n}\n";
+    std::fs::write(dir.join("consul.hcl"), hcl).unwrap();
+    let config_dir = format!("-config-dir={}", dir.display());
+    let o = Command::new(BIN).args(["agent", "-dev", &config_dir]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains("consul.hcl") && err.contains("at line 3 column 10"), "{err}");
     // Non-dev without a data_dir.
     let o = Command::new(BIN).args(["agent", "-server"]).output().unwrap();
     assert_eq!(o.status.code(), Some(1));
