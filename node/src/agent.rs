@@ -72,7 +72,14 @@ const AGENT_FLAGS: &[(&str, Kind, &[&str], Ty)] = &[
     ("server-port", Kind::Value, &["ports", "server"], Ty::Int),
 ];
 
-const USAGE: &str = "Usage: tribune agent [options]\n\n  Starts the Tribune agent and runs until an interrupt is received.\n\n  -dev  -node=NAME  -config-dir=DIR  -config-file=FILE  -server  -bind=ADDR  -client=ADDR\n  -data-dir=DIR  -datacenter=DC  -bootstrap-expect=N  -join=ADDR  -retry-join=ADDR  -encrypt=KEY\n  -log-level=LEVEL  -log-json  -http-port=N  -dns-port=N  -serf-lan-port=N  -server-port=N";
+const USAGE: &str = concat!(
+    "Usage: tribune agent [options]\n\n",
+    "  Starts the Tribune agent and runs until an interrupt is received.\n\n",
+    "  -dev  -node=NAME  -config-dir=DIR  -config-file=FILE  -config-format=json|hcl  -server\n",
+    "  -bind=ADDR  -client=ADDR  -data-dir=DIR  -datacenter=DC  -bootstrap-expect=N  -join=ADDR\n",
+    "  -retry-join=ADDR  -encrypt=KEY  -log-level=LEVEL  -log-json  -http-port=N  -dns-port=N\n",
+    "  -serf-lan-port=N  -server-port=N",
+);
 
 /// Parse the agent's command line into config load options.
 pub fn parse_args(argv: &[String]) -> Result<LoadOptions, FlagError> {
@@ -82,10 +89,18 @@ pub fn parse_args(argv: &[String]) -> Result<LoadOptions, FlagError> {
     if let Some(a) = p.args.first() {
         return Err(FlagError::Bad(format!("unexpected argument: {a}")));
     }
-    if let Some(f) = p.get("config-format").filter(|f| *f != "json") {
-        return Err(FlagError::Bad(format!("-config-format={f}: only json is supported")));
-    }
-    let mut opts = LoadOptions { dev: p.flag("dev"), pid_file: p.get("pid-file").map(PathBuf::from), ..Default::default() };
+    // As in Consul: the format of every config file, whatever its name; empty is unset.
+    let format = match p.get("config-format").filter(|f| !f.is_empty()) {
+        None => None,
+        Some(f) => match config::Format::from_flag(f) {
+            Some(format) => Some(format),
+            None => {
+                return Err(FlagError::Bad(format!("-config-format={f}: must be json or hcl")));
+            }
+        },
+    };
+    let pid_file = p.get("pid-file").map(PathBuf::from);
+    let mut opts = LoadOptions { dev: p.flag("dev"), pid_file, format, ..Default::default() };
     for (name, value) in &p.values {
         match name.as_str() {
             "config-dir" => opts.sources.push(Source::Dir(PathBuf::from(value))),
@@ -621,6 +636,17 @@ mod tests {
         assert!(matches!(parse_args(&argv(&["-http-port=x"])), Err(FlagError::Bad(m)) if m.contains("http-port")));
         assert!(matches!(parse_args(&argv(&["-bogus"])), Err(FlagError::Bad(_))));
         assert!(matches!(parse_args(&argv(&["extra"])), Err(FlagError::Bad(_))));
+        assert_eq!(o.format, None);
+    }
+
+    #[test]
+    fn config_format_flag() {
+        let format = |args: &[&str]| parse_args(&argv(args)).map(|o| o.format);
+        assert_eq!(format(&["-config-format=hcl"]), Ok(Some(config::Format::Hcl)));
+        assert_eq!(format(&["-config-format", "json"]), Ok(Some(config::Format::Json)));
+        assert_eq!(format(&["-config-format="]), Ok(None));
+        let err = format(&["-config-format=yaml"]).unwrap_err();
+        assert_eq!(err, FlagError::Bad("-config-format=yaml: must be json or hcl".into()));
     }
 
     #[test]

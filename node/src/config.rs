@@ -1,15 +1,27 @@
-//! Agent configuration: Consul's JSON keys, `-config-file` / `-config-dir` loading and
-//! merging, command-line overrides, validation.
+//! Agent configuration: Consul's keys in JSON or HCL files, `-config-file` / `-config-dir`
+//! loading and merging, command-line overrides, validation.
 //!
-//! Every source (file, or the command line) is checked on its own against the schema, so an
-//! error names the file and the key; unknown keys are reported as warnings. Sources are then
-//! merged in order: later scalars win, lists append, objects merge key by key.
+//! An HCL file is first turned into the JSON tree the same settings take in a `.json` file
+//! ([`hcl_to_json`]), so both go through the same checks and merge. Every source (file, or the
+//! command line) is checked on its own against the schema, so an error names the file and the
+//! key; unknown keys are reported as warnings. Sources are then merged in order: later scalars
+//! win, lists append, objects merge key by key.
 
+use std::ops::Range;
 use std::path::Path;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use base64::Engine;
+use hcl::edit::expr::Expression;
+use hcl::edit::expr::ObjectKey;
+use hcl::edit::expr::UnaryOperator;
+use hcl::edit::structure::BlockLabel;
+use hcl::edit::structure::Body;
+use hcl::edit::structure::Structure;
+use hcl::edit::template::Element;
+use hcl::edit::template::Template;
+use hcl::edit::Span;
 use serde_json::Map;
 use serde_json::Value;
 
@@ -137,6 +149,39 @@ pub enum Source {
     Dir(PathBuf),
 }
 
+/// How a config file is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Hcl,
+}
+
+impl Format {
+    /// `-config-format`'s values.
+    pub fn from_flag(s: &str) -> Option<Format> {
+        match s {
+            "json" => Some(Format::Json),
+            "hcl" => Some(Format::Hcl),
+            _ => None,
+        }
+    }
+
+    /// By the file name's ending, as Consul tells them apart.
+    fn of_file(path: &Path) -> Option<Format> {
+        let name = path.file_name()?.to_str()?;
+        if name.ends_with(".json") {
+            Some(Format::Json)
+        } else if name.ends_with(".hcl") {
+            Some(Format::Hcl)
+        } else {
+            None
+        }
+    }
+}
+
+const NOT_A_CONFIG_NAME: &str =
+    "the name must end in .json or .hcl, or -config-format must be set";
+
 /// The merged, validated configuration.
 #[allow(dead_code)] // some keys are accepted and shown, not acted on yet
 #[derive(Debug, Clone)]
@@ -201,6 +246,8 @@ pub struct LoadOptions {
     pub sources: Vec<Source>,
     /// Command-line flags as a config fragment (already in JSON-key form).
     pub flags: Map<String, Value>,
+    /// `-config-format`: read every config file as this, whatever its name.
+    pub format: Option<Format>,
     /// `-pid-file`: where the agent writes its process id.
     pub pid_file: Option<PathBuf>,
 }
@@ -212,13 +259,22 @@ pub fn load(opts: &LoadOptions) -> Result<(Config, Vec<String>), String> {
     for src in &opts.sources {
         match src {
             Source::File(path) => {
-                let v = read_file(path)?;
+                let Some(format) = opts.format.or_else(|| Format::of_file(path)) else {
+                    let p = path.display();
+                    return Err(format!("Error reading config file {p}: {NOT_A_CONFIG_NAME}"));
+                };
+                let v = read_file(path, format)?;
                 check_source(&path.display().to_string(), &v, &mut warnings)?;
                 merge(&mut merged, v);
             }
             Source::Dir(dir) => {
                 for path in dir_files(dir)? {
-                    let v = read_file(&path)?;
+                    let Some(format) = opts.format.or_else(|| Format::of_file(&path)) else {
+                        let p = path.display();
+                        warnings.push(format!("{p}: not read as config: {NOT_A_CONFIG_NAME}"));
+                        continue;
+                    };
+                    let v = read_file(&path, format)?;
                     check_source(&path.display().to_string(), &v, &mut warnings)?;
                     merge(&mut merged, v);
                 }
@@ -232,7 +288,8 @@ pub fn load(opts: &LoadOptions) -> Result<(Config, Vec<String>), String> {
     Ok((cfg, warnings))
 }
 
-/// The `*.json` files of a config directory in lexical order (no subdirectories).
+/// The files of a config directory in lexical order (no subdirectories); which of them are
+/// config is for the caller to say.
 pub fn dir_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
     let rd = std::fs::read_dir(dir).map_err(|e| format!("Error reading config directory {}: {e}", dir.display()))?;
     let mut out = Vec::new();
@@ -240,7 +297,7 @@ pub fn dir_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
         let entry = entry.map_err(|e| format!("Error reading config directory {}: {e}", dir.display()))?;
         let path = entry.path();
         let is_file = std::fs::metadata(&path).map(|m| m.is_file()).unwrap_or(false);
-        if is_file && path.extension().and_then(|e| e.to_str()) == Some("json") {
+        if is_file {
             out.push(path);
         }
     }
@@ -248,9 +305,14 @@ pub fn dir_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(out)
 }
 
-fn read_file(path: &Path) -> Result<Value, String> {
+fn read_file(path: &Path, format: Format) -> Result<Value, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("Error reading config file {}: {e}", path.display()))?;
-    let v: Value = serde_json::from_str(&text).map_err(|e| format!("Error parsing {}: {e}", path.display()))?;
+    // As in Consul, whose HCL reader takes JSON too: HCL text that opens with `{` is JSON.
+    let v = match format {
+        Format::Hcl if !text.trim_start().starts_with('{') => hcl_to_json(&text),
+        _ => serde_json::from_str(&text).map_err(|e| e.to_string()),
+    };
+    let v = v.map_err(|e| format!("Error parsing {}: {e}", path.display()))?;
     if !v.is_object() {
         return Err(format!("Error parsing {}: the top level must be a JSON object", path.display()));
     }
@@ -349,6 +411,171 @@ pub fn merge(dst: &mut Value, src: Value) {
         (Value::Array(d), Value::Array(s)) => d.extend(s),
         (d, s) => *d = s,
     }
+}
+
+/// HCL blocks (and `key = { ... }` objects, which Consul's HCL reads the same) that are list
+/// entries, by key path (keys joined with `.`, list positions left out): `watches { ... }` is
+/// `"watches": [{...}]`, and two `checks { ... }` blocks are a list of two. These are the
+/// list-valued keys of Consul's config whose items are objects.
+const HCL_LIST_KEYS: &[&str] =
+    &["checks", "services", "watches", "service.checks", "services.checks"];
+
+/// Where one block is an object (`service { ... }` is `"service": {...}`) and repeated blocks
+/// are a list of them in order (two services, not one merged). Any other repeated block
+/// merges into one object, as two files' objects do.
+const HCL_ONE_OR_MANY_KEYS: &[&str] = &["check", "service", "service.check", "services.check"];
+
+/// Convert an HCL config file into the JSON tree the same settings take in a `.json` file.
+/// Block labels nest (`a "b" { ... }` is `a { b { ... } }`). As in Consul's HCL, `${...}` is not
+/// interpolated: a string keeps it as written. Errors end with the line and column.
+pub fn hcl_to_json(text: &str) -> Result<Value, String> {
+    let body = hcl::edit::parser::parse_body(text).map_err(|e| {
+        let at = e.location();
+        format!("{} at line {} column {}", e.message(), at.line(), at.column())
+    })?;
+    let mut out = Map::new();
+    hcl_body(text, &body, "", &mut out)?;
+    Ok(Value::Object(out))
+}
+
+fn key_path(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// " at line L column C" of a span of `text`.
+fn at(text: &str, span: Option<Range<usize>>) -> String {
+    let Some(start) = span.map(|s| s.start.min(text.len())) else { return String::new() };
+    let before = &text[..start];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    format!(" at line {line} column {column}")
+}
+
+fn hcl_body(
+    text: &str,
+    body: &Body,
+    path: &str,
+    out: &mut Map<String, Value>,
+) -> Result<(), String> {
+    for s in body.iter() {
+        let (key, v) = match s {
+            Structure::Attribute(a) => {
+                let key = a.key.as_str();
+                (key, hcl_expr(text, &a.value, &key_path(path, key))?)
+            }
+            Structure::Block(b) => {
+                let key = b.ident.as_str();
+                let labels: Vec<&str> = b.labels.iter().map(BlockLabel::as_str).collect();
+                let inner_path = labels.iter().fold(key_path(path, key), |p, l| key_path(&p, l));
+                let mut inner = Map::new();
+                hcl_body(text, &b.body, &inner_path, &mut inner)?;
+                let v = labels.iter().rev().fold(Value::Object(inner), |v, l| {
+                    Value::Object(Map::from_iter([(l.to_string(), v)]))
+                });
+                (key, v)
+            }
+        };
+        hcl_put(out, key, &key_path(path, key), v).map_err(|e| e + &at(text, s.span()))?;
+    }
+    Ok(())
+}
+
+/// Add `key` (at `path`) to an object being built, by the rules of [`HCL_LIST_KEYS`] and
+/// [`HCL_ONE_OR_MANY_KEYS`].
+fn hcl_put(out: &mut Map<String, Value>, key: &str, path: &str, v: Value) -> Result<(), String> {
+    let list = HCL_LIST_KEYS.contains(&path);
+    let one_or_many = HCL_ONE_OR_MANY_KEYS.contains(&path);
+    let Some(old) = out.get_mut(key) else {
+        let v = if list && v.is_object() { Value::Array(vec![v]) } else { v };
+        out.insert(key.to_string(), v);
+        return Ok(());
+    };
+    match (old, v) {
+        (Value::Array(a), v @ Value::Object(_)) if list || one_or_many => a.push(v),
+        (Value::Array(a), Value::Array(b)) if list => a.extend(b),
+        (old @ Value::Object(_), v @ Value::Object(_)) if one_or_many => {
+            *old = Value::Array(vec![old.take(), v]);
+        }
+        (old @ Value::Object(_), v @ Value::Object(_)) => merge(old, v),
+        _ => return Err(format!("{path}: set twice")),
+    }
+    Ok(())
+}
+
+fn hcl_expr(text: &str, e: &Expression, path: &str) -> Result<Value, String> {
+    let v = match e {
+        Expression::Null(_) => Value::Null,
+        Expression::Bool(b) => Value::Bool(*b.value()),
+        Expression::Number(n) => {
+            // As in JSON, a number written with a fraction or an exponent is a float.
+            let written = n.span().map_or("", |r| &text[r]);
+            let float = written.contains(['.', 'e', 'E']);
+            let n = n.value();
+            match (n.as_u64(), n.as_i64()) {
+                (Some(u), _) if !float => Value::from(u),
+                (_, Some(i)) if !float => Value::from(i),
+                _ => n.as_f64().map_or(Value::Null, Value::from),
+            }
+        }
+        Expression::String(s) => Value::String(s.value().clone()),
+        Expression::Array(a) => {
+            let items = a.iter().map(|x| hcl_expr(text, x, path));
+            Value::Array(items.collect::<Result<_, _>>()?)
+        }
+        Expression::Object(o) => {
+            let mut out = Map::new();
+            for (k, v) in o.iter() {
+                let key = match k {
+                    ObjectKey::Ident(i) => i.as_str(),
+                    ObjectKey::Expression(Expression::String(s)) => s.value().as_str(),
+                    ObjectKey::Expression(x) => {
+                        let what = "an object key must be a name or a quoted string";
+                        return Err(format!("{path}: {what}{}", at(text, x.span())));
+                    }
+                };
+                let p = key_path(path, key);
+                let value = hcl_expr(text, v.expr(), &p)?;
+                hcl_put(&mut out, key, &p, value).map_err(|e| e + &at(text, k.span()))?;
+            }
+            Value::Object(out)
+        }
+        Expression::StringTemplate(t) => Value::String(template_text(text, t)),
+        Expression::HeredocTemplate(h) => Value::String(template_text(text, &h.template)),
+        Expression::Parenthesis(p) => hcl_expr(text, p.inner(), path)?,
+        Expression::UnaryOp(op) if *op.operator.value() == UnaryOperator::Neg => {
+            let negated = match hcl_expr(text, &op.expr, path)? {
+                Value::Number(n) if n.is_f64() => n.as_f64().map(|f| Value::from(-f)),
+                Value::Number(n) => match n.as_i64() {
+                    Some(i) => i.checked_neg().map(Value::from),
+                    None => (n.as_u64() == Some(1 << 63)).then_some(Value::from(i64::MIN)),
+                },
+                _ => None,
+            };
+            let what = "expected a number after '-'";
+            negated.ok_or_else(|| format!("{path}: {what}{}", at(text, e.span())))?
+        }
+        _ => {
+            let what = "expected a value (variables, functions and operators are not supported)";
+            return Err(format!("{path}: {what}{}", at(text, e.span())));
+        }
+    };
+    Ok(v)
+}
+
+/// A template's text as written: literal parts unescaped, `${...}` and `%{...}` kept.
+fn template_text(text: &str, t: &Template) -> String {
+    let mut s = String::new();
+    for el in t.iter() {
+        match el {
+            Element::Literal(l) => s.push_str(l.value()),
+            other => s.push_str(other.span().map_or("", |r| &text[r])),
+        }
+    }
+    s
 }
 
 /// Consul's log level names to a tracing level name.
@@ -533,21 +760,284 @@ mod tests {
     }
 
     #[test]
-    fn dir_is_lexical_json_only_later_wins_lists_append_flags_override() {
+    fn dir_is_lexical_later_wins_lists_append_flags_override() {
         let d = tmpdir("merge");
         write(&d, "b.json", r#"{"datacenter":"two","retry_join":["b"],"ports":{"dns":8601}}"#);
         write(&d, "a.json", r#"{"datacenter":"one","retry_join":["a"],"ports":{"http":9000},"data_dir":"/tmp/x"}"#);
-        write(&d, "c.hcl", r#"datacenter = "hcl""#);
+        write(&d, "c.hcl.bak", r#"datacenter = "hcl""#);
         write(&d, "z.txt", "not json");
         let mut flags = Map::new();
         flags.insert("ports".into(), json!({"http": 9100}));
         flags.insert("retry_join".into(), json!(["flag"]));
-        let (cfg, _) = load(&LoadOptions { sources: vec![Source::Dir(d)], flags, dev: false, pid_file: None }).unwrap();
+        let opts = LoadOptions { sources: vec![Source::Dir(d)], flags, ..Default::default() };
+        let (cfg, warnings) = load(&opts).unwrap();
+        // Files named neither .json nor .hcl are skipped, with a warning each, as in Consul.
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].contains("c.hcl.bak") && warnings[1].contains("z.txt"), "{warnings:?}");
         assert_eq!(cfg.datacenter, "two");
         assert_eq!(cfg.retry_join, vec!["a", "b", "flag"]);
         assert_eq!(cfg.http_port, 9100);
         assert_eq!(cfg.dns_port, 8601);
         assert_eq!(cfg.data_dir, Some(PathBuf::from("/tmp/x")));
+    }
+
+    fn load_files(dev: bool, files: Vec<PathBuf>) -> Result<(Config, Vec<String>), String> {
+        let sources = files.into_iter().map(Source::File).collect();
+        load(&LoadOptions { sources, dev, ..Default::default() })
+    }
+
+    /// Each HCL form and its JSON equivalent: the same merged config, the same warnings.
+    #[test]
+    fn hcl_forms_load_as_their_json() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "datacenter = \"east\"\nnode_name = \"n1\"\nserver = true\nbootstrap_expect = 0",
+                r#"{"datacenter": "east", "node_name": "n1", "server": true,
+                    "bootstrap_expect": 0}"#,
+            ),
+            ("ports { dns = 8600 }", r#"{"ports": {"dns": 8600}}"#),
+            ("ports = { http = 8501, dns = -1 }", r#"{"ports": {"http": 8501, "dns": -1}}"#),
+            // Repeated blocks of an object-valued key merge.
+            (
+                r#"
+                ports {
+                  http = 1
+                  dns = 2
+                }
+                ports {
+                  dns = 3
+                }"#,
+                r#"{"ports": {"http": 1, "dns": 3}}"#,
+            ),
+            ("addresses { http = \"0.0.0.0\" }", r#"{"addresses": {"http": "0.0.0.0"}}"#),
+            (
+                r#"
+                dns_config {
+                  enable_truncate = true
+                  service_ttl = { "*" = "5s", web = "1m" }
+                }"#,
+                r#"{"dns_config": {"enable_truncate": true,
+                    "service_ttl": {"*": "5s", "web": "1m"}}}"#,
+            ),
+            ("performance { raft_multiplier = 1 }", r#"{"performance": {"raft_multiplier": 1}}"#),
+            (
+                "limits {\n  http_max_conns_per_client = 10\n  rpc_max_burst = 5\n}",
+                r#"{"limits": {"http_max_conns_per_client": 10, "rpc_max_burst": 5}}"#,
+            ),
+            ("retry_join = [\"a\", \"b\"]", r#"{"retry_join": ["a", "b"]}"#),
+            (
+                "node_meta {\n  rack = \"r1\"\n  instance-type = \"t2\"\n}",
+                r#"{"node_meta": {"rack": "r1", "instance-type": "t2"}}"#,
+            ),
+            // Labels nest, as Consul reads them.
+            (
+                "telemetry \"statsd\" { addr = \"x\" }",
+                r#"{"telemetry": {"statsd": {"addr": "x"}}}"#,
+            ),
+            (
+                r#"
+                service {
+                  name = "web"
+                  port = 80
+                  check {
+                    http = "http://l/h"
+                    interval = "10s"
+                  }
+                  checks {
+                    tcp = "l:80"
+                  }
+                  checks {
+                    tcp = "l:81"
+                  }
+                }"#,
+                r#"{"service": {"name": "web", "port": 80,
+                    "check": {"http": "http://l/h", "interval": "10s"},
+                    "checks": [{"tcp": "l:80"}, {"tcp": "l:81"}]}}"#,
+            ),
+            // Repeated `service` blocks are a list of services, not one merged service.
+            (
+                "service {\n  name = \"web\"\n}\nservice {\n  name = \"db\"\n}\n",
+                r#"{"service": [{"name": "web"}, {"name": "db"}]}"#,
+            ),
+            (
+                r#"
+                services {
+                  name = "a"
+                  checks = [{ ttl = "5s" }]
+                }
+                services {
+                  name = "b"
+                }"#,
+                r#"{"services": [{"name": "a", "checks": [{"ttl": "5s"}]}, {"name": "b"}]}"#,
+            ),
+            (
+                "check {\n  id = \"c1\"\n  ttl = \"30s\"\n}",
+                r#"{"check": {"id": "c1", "ttl": "30s"}}"#,
+            ),
+            (
+                "checks {\n  id = \"c1\"\n}\nchecks {\n  id = \"c2\"\n}",
+                r#"{"checks": [{"id": "c1"}, {"id": "c2"}]}"#,
+            ),
+            (
+                r#"
+                watches = [
+                  {
+                    type = "key"
+                    key = "a"
+                    args = ["x"]
+                  }
+                ]"#,
+                r#"{"watches": [{"type": "key", "key": "a", "args": ["x"]}]}"#,
+            ),
+            // The block form, after the list form: one list, in order.
+            (
+                r#"
+                watches = [{ type = "key", key = "a", args = ["x"] }]
+                watches {
+                  type = "keyprefix"
+                  prefix = "p/"
+                  handler_type = "http"
+                  http_handler_config {
+                    path = "http://h/"
+                    header = { x-foo = ["bar"] }
+                  }
+                }"#,
+                r#"{"watches": [{"type": "key", "key": "a", "args": ["x"]},
+                    {"type": "keyprefix", "prefix": "p/", "handler_type": "http",
+                     "http_handler_config": {"path": "http://h/",
+                                             "header": {"x-foo": ["bar"]}}}]}"#,
+            ),
+            // No interpolation in Consul's HCL; escapes, heredocs and comments as HCL has them.
+            (
+                r#"
+                # comment
+                // comment
+                /* comment */
+                node_name = "n-${x}"
+                domain = "a\"b$${y}"
+                bind_addr = <<-EOT
+                  127.0.0.1
+                EOT"#,
+                r#"{"node_name": "n-${x}", "domain": "a\"b${y}", "bind_addr": "127.0.0.1\n"}"#,
+            ),
+            (
+                "ui_config { enabled = true }\nnothing = null",
+                r#"{"ui_config": {"enabled": true}, "nothing": null}"#,
+            ),
+            // An .hcl file that holds JSON is read as JSON, as Consul's HCL reader does.
+            (r#"  {"datacenter": "j"}"#, r#"{"datacenter": "j"}"#),
+        ];
+        let d = tmpdir("forms");
+        for (i, (hcl, json)) in cases.iter().enumerate() {
+            let h = write(&d, &format!("{i}.hcl"), hcl);
+            let j = write(&d, &format!("{i}.json"), json);
+            let (from_hcl, hcl_warnings) =
+                load_files(true, vec![h]).unwrap_or_else(|e| panic!("{hcl}: {e}"));
+            let (from_json, json_warnings) = load_files(true, vec![j]).unwrap();
+            assert_eq!(from_hcl.raw, from_json.raw, "{hcl}");
+            let hcl_warnings: Vec<String> =
+                hcl_warnings.iter().map(|w| w.replace(".hcl:", ".json:")).collect();
+            assert_eq!(hcl_warnings, json_warnings, "{hcl}");
+        }
+    }
+
+    #[test]
+    fn hcl_numbers_like_json() {
+        let numbers = [("1", "1"), ("-3", "-3"), ("1.0", "1.0"), ("2e3", "2e3"), ("-0.5", "-0.5")];
+        for (hcl, json) in numbers {
+            let from_hcl = hcl_to_json(&format!("x = {hcl}")).unwrap();
+            let from_json: Value = serde_json::from_str(&format!("{{\"x\": {json}}}")).unwrap();
+            assert_eq!(from_hcl, from_json, "{hcl}");
+        }
+        let v = hcl_to_json("big = 18446744073709551615\nsmall = -9223372036854775808").unwrap();
+        assert_eq!(v, json!({"big": u64::MAX, "small": i64::MIN}));
+    }
+
+    #[test]
+    fn mixed_dir_merges_in_lexical_order() {
+        let d = tmpdir("mixed");
+        write(&d, "c.json", r#"{"node_name": "c", "retry_join": ["c"], "ports": {"dns": 3}}"#);
+        write(&d, "a.json", r#"{"node_name": "a", "retry_join": ["a"], "ports": {"http": 1}}"#);
+        let hcl = "node_name = \"b\"\nretry_join = [\"b\"]\nports {\n  dns = 2\n  serf_lan = 2\n}\n\
+                   datacenter = \"b\"\n";
+        write(&d, "b.hcl", hcl);
+        let opts = LoadOptions { sources: vec![Source::Dir(d)], dev: true, ..Default::default() };
+        let (cfg, warnings) = load(&opts).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(cfg.node_name, "c");
+        assert_eq!(cfg.datacenter, "b");
+        assert_eq!(cfg.retry_join, vec!["a", "b", "c"]);
+        assert_eq!((cfg.http_port, cfg.dns_port, cfg.serf_lan_port), (1, 3, 2));
+    }
+
+    #[test]
+    fn hcl_errors_name_file_line_and_key() {
+        let d = tmpdir("hclbad");
+        let syntax = [
+            ("datacenter = \"dc1\"\n\nports {\n  http = \n}\n", "line 4 column 10"),
+            ("server = true\nserver = false\n", "line 2 column 1"),
+            ("service { name = \"web\" port = 80 }", "line 1 column 24"),
+            ("ports {\n  http = 80\n", "line 2"),
+            ("datacenter = dc1", "line 1 column 14"),
+            ("node_meta {\n  k = upper(\"v\")\n}", "line 2 column 7"),
+            ("ports = 1\nports {\n  http = 1\n}", "line 2 column 1"),
+        ];
+        for (text, place) in syntax {
+            let p = write(&d, "bad.hcl", text);
+            let err = load_files(true, vec![p]).unwrap_err();
+            assert!(err.starts_with("Error parsing ") && err.contains("bad.hcl"), "{text}: {err}");
+            assert!(err.contains(place), "{text}: {err}");
+        }
+        let values = [
+            ("ports { http = \"eighty\" }", "ports.http"),
+            ("ports {\n  http = 70000\n}", "ports.http"),
+            ("server = \"yes\"", "server"),
+            ("retry_join = \"a\"", "retry_join"),
+            ("performance { raft_multiplier = 11 }", "performance.raft_multiplier"),
+            ("limits { kv_max_value_size = -1 }", "limits.kv_max_value_size"),
+            ("watches = \"x\"", "watches"),
+            ("datacenter = \"a b\"", "datacenter"),
+        ];
+        for (text, key) in values {
+            let p = write(&d, "wrong.hcl", text);
+            let err = load_files(true, vec![p]).unwrap_err();
+            assert!(err.starts_with("Error in ") && err.contains("wrong.hcl"), "{text}: {err}");
+            assert!(err.contains(&format!(": {key}: ")), "{text}: {err}");
+        }
+        let p = write(&d, "unknown.hcl", "no_such_key { a = 1 }");
+        let (_, warnings) = load_files(true, vec![p]).unwrap();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("unknown.hcl") && warnings[0].contains("no_such_key"));
+    }
+
+    #[test]
+    fn config_format_decides_how_files_are_read() {
+        let d = tmpdir("format");
+        let conf = write(&d, "agent.conf", "datacenter = \"conf\"");
+        let opts = |format, sources| {
+            LoadOptions { sources, format, dev: true, ..Default::default() }
+        };
+        // A file named neither .json nor .hcl needs -config-format, as in Consul.
+        let err = load(&opts(None, vec![Source::File(conf.clone())])).unwrap_err();
+        assert!(err.contains("agent.conf") && err.contains("-config-format"), "{err}");
+        let (cfg, _) = load(&opts(Some(Format::Hcl), vec![Source::File(conf.clone())])).unwrap();
+        assert_eq!(cfg.datacenter, "conf");
+        let err = load(&opts(Some(Format::Json), vec![Source::File(conf)])).unwrap_err();
+        assert!(err.starts_with("Error parsing ") && err.contains("agent.conf"), "{err}");
+        // The flag names the format of every file, a directory's too, whatever its name.
+        let sub = d.join("dir");
+        std::fs::create_dir_all(&sub).unwrap();
+        write(&sub, "a.hcl", r#"{"node_name": "from-json"}"#);
+        write(&sub, "b.txt", r#"{"datacenter": "txt"}"#);
+        let json_dir = opts(Some(Format::Json), vec![Source::Dir(sub.clone())]);
+        let (cfg, warnings) = load(&json_dir).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!((cfg.node_name.as_str(), cfg.datacenter.as_str()), ("from-json", "txt"));
+        write(&sub, "c.json", "datacenter = \"hcl\"");
+        let err = load(&json_dir).unwrap_err();
+        assert!(err.contains("c.json"), "{err}");
+        let (cfg, _) = load(&opts(Some(Format::Hcl), vec![Source::Dir(sub)])).unwrap();
+        assert_eq!(cfg.datacenter, "hcl");
     }
 
     #[test]

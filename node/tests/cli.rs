@@ -257,6 +257,15 @@ fn agent_startup_errors() {
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
     assert!(err.contains("10-ports.json") && err.contains("ports.http"), "{err}");
+    // A bad HCL file: the file, the line and the column.
+    let dir = temp_dir("badhcl");
+    let hcl = "datacenter = \"dc1\"\nports {\n  http = \n}\n";
+    std::fs::write(dir.join("consul.hcl"), hcl).unwrap();
+    let config_dir = format!("-config-dir={}", dir.display());
+    let o = Command::new(BIN).args(["agent", "-dev", &config_dir]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains("consul.hcl") && err.contains("at line 3 column 10"), "{err}");
     // Non-dev without a data_dir.
     let o = Command::new(BIN).args(["agent", "-server"]).output().unwrap();
     assert_eq!(o.status.code(), Some(1));
@@ -431,4 +440,106 @@ fn per_client_connection_cap() {
     assert!(capped.expect("a 4th connection is refused").text().contains("too many concurrent connections"));
     drop(held);
     assert!(eventually(Duration::from_secs(5), || (try_http(a.port, "GET", "/v1/status/leader", b"").ok()?.status == 200).then_some(())).is_some());
+}
+
+/// The same settings as `.hcl` files (the forms Consul's docs and packages use) and as `.json`
+/// files give the same agent.
+#[test]
+fn hcl_config_dir_gives_the_same_agent_as_json() {
+    let (http, server, lan, wan) = (free_port(), free_port(), free_port(), free_port());
+    let json_dir = temp_dir("cfg-json");
+    let agent = json!({
+        "datacenter": "hcl-dc", "node_name": "from-files", "server": true, "log_level": "WARN",
+        "ports": {"http": http, "dns": -1, "server": server, "serf_lan": lan, "serf_wan": wan},
+        "addresses": {"http": "127.0.0.1"}, "performance": {"raft_multiplier": 1},
+        "dns_config": {"enable_truncate": true, "service_ttl": {"*": "5s"}},
+        "limits": {"http_max_conns_per_client": 50}, "node_meta": {"rack": "r1"},
+    });
+    std::fs::write(json_dir.join("10-agent.json"), agent.to_string()).unwrap();
+    let watches = json!({
+        "watches": [{"type": "key", "key": "a/b", "args": ["true"]},
+                    {"type": "keyprefix", "prefix": "p/", "args": ["true"]}],
+        "ports": {"grpc": -1},
+    });
+    std::fs::write(json_dir.join("20-watches.json"), watches.to_string()).unwrap();
+    let hcl_dir = temp_dir("cfg-hcl");
+    let agent = format!(
+        r#"# As in Consul's packaged consul.hcl.
+datacenter = "hcl-dc"
+node_name  = "from-files"
+server     = true
+log_level  = "WARN"
+
+ports {{
+  http     = {http}
+  dns      = -1
+  server   = {server}
+  serf_lan = {lan}
+}}
+ports {{
+  serf_wan = {wan}
+}}
+addresses {{
+  http = "127.0.0.1"
+}}
+performance {{
+  raft_multiplier = 1
+}}
+dns_config {{
+  enable_truncate = true
+  service_ttl = {{ "*" = "5s" }}
+}}
+limits {{
+  http_max_conns_per_client = 50
+}}
+node_meta {{
+  rack = "r1"
+}}
+"#
+    );
+    std::fs::write(hcl_dir.join("10-agent.hcl"), agent).unwrap();
+    let watches = r#"
+watches = [
+  {
+    type = "key"
+    key  = "a/b"
+    args = ["true"]
+  }
+]
+watches {
+  type   = "keyprefix"
+  prefix = "p/"
+  args   = ["true"]
+}
+ports {
+  grpc = -1
+}
+"#;
+    std::fs::write(hcl_dir.join("20-watches.hcl"), watches).unwrap();
+    // One after the other, on the same ports.
+    let agent_self = |dir: &std::path::Path| {
+        let child = Command::new(BIN)
+            .args(["agent", "-dev", &format!("-config-dir={}", dir.display())])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut a = Agent { child, port: http };
+        a.wait_ready();
+        a.http("GET", "/v1/agent/self", b"").json()
+    };
+    let from_json = agent_self(&json_dir);
+    let from_hcl = agent_self(&hcl_dir);
+    assert_eq!(from_hcl["DebugConfig"], from_json["DebugConfig"]);
+    for key in ["Datacenter", "NodeName", "Server"] {
+        assert_eq!(from_hcl["Config"][key], from_json["Config"][key], "{key}");
+    }
+    assert_eq!(from_hcl["Config"]["Datacenter"], json!("hcl-dc"));
+    assert_eq!(from_hcl["Config"]["NodeName"], json!("from-files"));
+    let member = &from_hcl["Member"];
+    assert_eq!(member["Port"], json!(lan));
+    assert_eq!(member["Tags"]["port"], json!(server.to_string()));
+    let debug = &from_hcl["DebugConfig"];
+    assert_eq!(debug["ports"]["serf_wan"], json!(wan));
+    assert_eq!(debug["watches"][1]["prefix"], json!("p/"));
 }
