@@ -63,7 +63,14 @@ fn client_ip(i: u64) -> IpAddr {
 struct Cluster {
     handle: Handle,
     nodes: BTreeMap<u64, NodeHandle>,
+    /// By slot (the server's first id).
     ctxs: BTreeMap<u64, Arc<ServerCtx>>,
+    /// Slots whose server is down, killed by a fault that will restart it.
+    down: Mutex<BTreeSet<u64>>,
+    /// Whether a wipe is under way (at most one at a time: two would lose a majority).
+    wiping: Mutex<bool>,
+    /// The next Raft id a wiped server gets.
+    next_id: Mutex<u64>,
 }
 
 impl Cluster {
@@ -101,23 +108,75 @@ impl Cluster {
         let Some(l) = self.leader() else { return false };
         let Some((raft, _)) = self.ctxs[&l].live() else { return false };
         let voters: BTreeSet<u64> = raft.voter_ids().collect();
-        self.ctxs.keys().all(|id| voters.contains(id))
+        self.ctxs.values().all(|c| voters.contains(&c.id()))
     }
 
-    fn kill(&self, id: u64) {
-        self.handle.kill(self.mid(id));
-        let ctx = &self.ctxs[&id];
+    /// kill -9 the server in `slot`, unless it is down already; whether it was killed.
+    fn kill(&self, slot: u64) -> bool {
+        if !self.down.lock().unwrap().insert(slot) {
+            return false;
+        }
+        self.handle.kill(self.mid(slot));
+        let ctx = &self.ctxs[&slot];
         *ctx.live.lock().unwrap() = None;
         // kill -9: whatever was not synced is gone.
-        ctx.backend.crash();
+        ctx.backend().crash();
+        true
     }
 
-    fn restart(&self, id: u64) {
-        self.handle.restart(self.mid(id));
+    fn restart(&self, slot: u64) {
+        if self.down.lock().unwrap().remove(&slot) {
+            self.handle.restart(self.mid(slot));
+        }
+    }
+
+    /// The amnesia scenario (see [`Fault::Amnesia`]), over `for_ms`.
+    async fn amnesia(&self, for_ms: u64) {
+        let ids: Vec<u64> = self.ctxs.keys().copied().collect();
+        let Some(leader) = self.leader() else { return };
+        let followers: Vec<u64> = ids.iter().copied().filter(|i| *i != leader).collect();
+        {
+            let mut wiping = self.wiping.lock().unwrap();
+            if *wiping || !self.all_voters() || !self.down.lock().unwrap().is_empty() {
+                return;
+            }
+            *wiping = true;
+        }
+        let majority = ids.len() / 2 + 1;
+        // The laggards: a minority; the wiped server and the other holders: the rest.
+        let laggards: Vec<u64> = followers[..ids.len() - majority].to_vec();
+        let wiped = followers[ids.len() - majority];
+        let holders: Vec<u64> = followers[ids.len() - majority + 1..].to_vec();
+        let step = Duration::from_millis(for_ms.max(1_200) / 3);
+        let cut_off = |side: &[u64], on: bool| {
+            for a in side {
+                for b in ids.iter().filter(|b| !side.contains(b)) {
+                    self.cut(*a, *b, on);
+                }
+            }
+        };
+        cut_off(&laggards, true);
+        madsim::time::sleep(step).await;
+        if self.kill(wiped) {
+            let new_id = {
+                let mut next = self.next_id.lock().unwrap();
+                *next += 1;
+                *next
+            };
+            self.ctxs[&wiped].wipe(new_id);
+            self.restart(wiped);
+        }
+        let mut isolated = holders;
+        isolated.push(leader);
+        cut_off(&laggards, false);
+        isolated.iter().for_each(|i| NetSim::current().clog_node(self.mid(*i)));
+        madsim::time::sleep(step * 2).await;
+        isolated.iter().for_each(|i| NetSim::current().unclog_node(self.mid(*i)));
+        *self.wiping.lock().unwrap() = false;
     }
 
     /// Apply a fault; returns how to undo it.
-    fn apply(&self, fault: &Fault) -> Box<dyn FnOnce(&Cluster)> {
+    fn apply(&self, fault: &Fault) -> Box<dyn FnOnce(&Cluster) + Send> {
         let ids: Vec<u64> = self.ctxs.keys().copied().collect();
         match fault.clone() {
             Fault::Partition { side } => {
@@ -158,14 +217,33 @@ impl Cluster {
                 faults::set_dup_rate(p);
                 Box::new(|_| faults::set_dup_rate(0.0))
             }
-            Fault::Kill(id) => {
-                self.kill(id);
-                Box::new(move |c| c.restart(id))
+            Fault::Kill(id) => match self.kill(id) {
+                true => Box::new(move |c| c.restart(id)),
+                false => Box::new(|_| {}),
+            },
+            Fault::Wipe(id) => {
+                // One wipe at a time, and only once the last one healed (the wiped server is a
+                // voter again under its new id): wiping a majority loses data for real.
+                let mut wiping = self.wiping.lock().unwrap();
+                if *wiping || !self.all_voters() || !self.kill(id) {
+                    return Box::new(|_| {});
+                }
+                *wiping = true;
+                let new_id = {
+                    let mut next = self.next_id.lock().unwrap();
+                    *next += 1;
+                    *next
+                };
+                self.ctxs[&id].wipe(new_id);
+                Box::new(move |c| {
+                    c.restart(id);
+                    *c.wiping.lock().unwrap() = false;
+                })
             }
-            Fault::Reconfigure(_) => unreachable!("membership changes are async: see Cluster::reconfigure"),
+            Fault::Reconfigure(_) | Fault::Amnesia => unreachable!("run as a sequence: see simulate"),
             Fault::KillAll => {
-                ids.iter().for_each(|id| self.kill(*id));
-                Box::new(move |c| ids.iter().for_each(|id| c.restart(*id)))
+                let killed: Vec<u64> = ids.into_iter().filter(|id| self.kill(*id)).collect();
+                Box::new(move |c| killed.iter().for_each(|id| c.restart(*id)))
             }
         }
     }
@@ -193,7 +271,14 @@ async fn simulate(seed: u64, sabotage: Sabotage) -> SeedReport {
     let members: BTreeMap<u64, SocketAddr> =
         (1..=plan.servers).map(|id| (id, SocketAddr::new(server_ip(id), PORT))).collect();
 
-    let mut cluster = Cluster { handle: handle.clone(), nodes: BTreeMap::new(), ctxs: BTreeMap::new() };
+    let mut cluster = Cluster {
+        handle: handle.clone(),
+        nodes: BTreeMap::new(),
+        ctxs: BTreeMap::new(),
+        down: Mutex::new(BTreeSet::new()),
+        wiping: Mutex::new(false),
+        next_id: Mutex::new(100),
+    };
     let lan = Arc::new(Lan::default());
     for (&id, &addr) in &members {
         lan.add(id, SocketAddr::new(addr.ip(), 8301), plan.servers);
@@ -223,25 +308,38 @@ async fn simulate(seed: u64, sabotage: Sabotage) -> SeedReport {
         handle.create_node().name(format!("client-{i}")).ip(cfg.addr.ip()).build().spawn(workload::run_client(cfg, start));
     }
 
-    // Safety phase: the fault plan.
-    for ep in &plan.episodes {
-        madsim::time::sleep_until(start + Duration::from_millis(ep.at_ms)).await;
-        if crate::debug() {
-            eprintln!("t={:?} fault {:?} for {} ms (leader {:?})", madsim::time::Instant::now(), ep.fault, ep.for_ms, cluster.leader());
-        }
-        if let Fault::Reconfigure(id) = ep.fault {
-            // The server leaves the LAN pool (the leader's reconcile removes it from the
-            // voters), then comes back (it is added as a learner, then made a voter).
-            lan.set_state(id, MemberState::Left);
-            madsim::time::sleep_until(start + Duration::from_millis(ep.at_ms + ep.for_ms)).await;
-            lan.set_state(id, MemberState::Alive);
-            continue;
-        }
-        let undo = cluster.apply(&ep.fault);
-        madsim::time::sleep(Duration::from_millis(ep.for_ms)).await;
-        undo(&cluster);
+    // Safety phase: the fault plan. Each episode runs on its own, so episodes may overlap.
+    let cluster = Arc::new(cluster);
+    let mut episodes = Vec::new();
+    for ep in plan.episodes.clone() {
+        let (cluster, lan) = (cluster.clone(), lan.clone());
+        episodes.push(madsim::task::spawn(async move {
+            madsim::time::sleep_until(start + Duration::from_millis(ep.at_ms)).await;
+            if crate::debug() {
+                eprintln!("t={:?} fault {:?} for {} ms (leader {:?})", madsim::time::Instant::now(), ep.fault, ep.for_ms, cluster.leader());
+            }
+            if let Fault::Reconfigure(id) = ep.fault {
+                // The server leaves the LAN pool (the leader's reconcile removes it from the
+                // voters), then comes back (it is added as a learner, then made a voter).
+                lan.set_state(id, MemberState::Left);
+                madsim::time::sleep(Duration::from_millis(ep.for_ms)).await;
+                lan.set_state(id, MemberState::Alive);
+                return;
+            }
+            if ep.fault == Fault::Amnesia {
+                cluster.amnesia(ep.for_ms).await;
+                return;
+            }
+            let undo = cluster.apply(&ep.fault);
+            madsim::time::sleep(Duration::from_millis(ep.for_ms)).await;
+            undo(&cluster);
+        }));
     }
     madsim::time::sleep_until(start + Duration::from_millis(plan.safety_ms)).await;
+    // Every fault undone before the liveness phase.
+    for ep in episodes {
+        let _ = ep.await;
+    }
 
     // Liveness phase: no faults. A write must succeed and every server converge.
     let mut failures = Vec::new();
@@ -268,6 +366,14 @@ async fn simulate(seed: u64, sabotage: Sabotage) -> SeedReport {
         madsim::time::sleep(Duration::from_millis(100)).await;
     }
     if !cluster.all_voters() {
+        if crate::debug() {
+            for (slot, ctx) in &cluster.ctxs {
+                if let Some((raft, _)) = ctx.live() {
+                    let m = raft.metrics().borrow_watched().clone();
+                    eprintln!("server {slot} (id {}): {:?} term {} leader {:?} membership {:?}", ctx.id(), m.state, m.current_term, m.current_leader, m.membership_config);
+                }
+            }
+        }
         failures.push("liveness: the leader did not make every server a voter again after healing".to_string());
     }
     madsim::time::sleep(Duration::from_millis(3_000)).await;

@@ -48,16 +48,20 @@ pub enum Sabotage {
     /// A restarted leader takes up its leadership again without an election (openraft's
     /// default), serving reads from the commit index it recovered.
     LeaderRestore,
+    /// A server answers Raft messages meant for another server id (a wiped server answers
+    /// for the id it had before, with an empty log).
+    IgnoreTarget,
 }
 
 impl Sabotage {
-    pub const ALL: [(&'static str, Sabotage); 6] = [
+    pub const ALL: [(&'static str, Sabotage); 7] = [
         ("stale-read", Sabotage::StaleRead),
         ("ack-before-commit", Sabotage::AckBeforeCommit),
         ("skip-fsync", Sabotage::SkipFsync),
         ("noop-bumps-index", Sabotage::NoopBumpsIndex),
         ("no-dedup", Sabotage::NoDedup),
         ("leader-restore", Sabotage::LeaderRestore),
+        ("ignore-target", Sabotage::IgnoreTarget),
     ];
 
     /// The checks that must catch this sabotage: a seed counts as catching it only if one
@@ -66,6 +70,7 @@ impl Sabotage {
         match self {
             Sabotage::None => &[],
             Sabotage::StaleRead | Sabotage::LeaderRestore => &["linearizability"],
+            Sabotage::IgnoreTarget => &["acknowledged write lost", "state machine safety", "linearizability", "servers "],
             Sabotage::AckBeforeCommit => &["linearizability", "acknowledged write lost"],
             Sabotage::SkipFsync => &["acknowledged write lost", "state machine safety", "linearizability", "servers "],
             Sabotage::NoopBumpsIndex => &["index rule broken"],

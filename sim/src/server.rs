@@ -7,6 +7,8 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -66,6 +68,14 @@ impl Lan {
         self.members.lock().unwrap().insert(id, member);
     }
 
+    /// The server in slot `slot` now has Raft id `id` (its data dir was wiped).
+    pub fn set_raft_id(&self, slot: NodeId, id: NodeId) {
+        if let Some(m) = self.members.lock().unwrap().get_mut(&slot) {
+            m.tags.insert("raft_id".to_string(), id.to_string());
+            m.incarnation += 1;
+        }
+    }
+
     /// A graceful leave (`left`) or a return (`alive`).
     pub fn set_state(&self, id: NodeId, state: MemberState) {
         if let Some(m) = self.members.lock().unwrap().get_mut(&id) {
@@ -95,13 +105,17 @@ impl Discovery for SimDiscovery {
     }
 }
 
-/// What survives a server's crash, owned by the harness.
+/// What survives a server's crash, owned by the harness. A server keeps its slot (its
+/// address and the harness's number for it) for the whole run; its Raft id and its store
+/// are new after a wipe.
 pub struct ServerCtx {
-    pub id: NodeId,
+    /// The slot: the server's first Raft id.
+    pub slot: NodeId,
+    id: AtomicU64,
     pub addr: SocketAddr,
     /// Every server's address (the join addresses) and the number to bootstrap with.
     pub members: BTreeMap<NodeId, SocketAddr>,
-    pub backend: Arc<MemBackend>,
+    backend: Mutex<Arc<MemBackend>>,
     pub recorder: Arc<Mutex<Recorder>>,
     pub sabotage: Sabotage,
     pub lan: Arc<Lan>,
@@ -118,7 +132,33 @@ impl ServerCtx {
         sabotage: Sabotage,
         lan: Arc<Lan>,
     ) -> Self {
-        Self { id, addr, members, backend: Arc::new(MemBackend::new()), recorder, sabotage, lan, live: Mutex::new(None) }
+        Self {
+            slot: id,
+            id: AtomicU64::new(id),
+            addr,
+            members,
+            backend: Mutex::new(Arc::new(MemBackend::new())),
+            recorder,
+            sabotage,
+            lan,
+            live: Mutex::new(None),
+        }
+    }
+
+    /// The Raft id of the current incarnation.
+    pub fn id(&self) -> NodeId {
+        self.id.load(Ordering::SeqCst)
+    }
+
+    pub fn backend(&self) -> Arc<MemBackend> {
+        self.backend.lock().unwrap().clone()
+    }
+
+    /// The data dir is wiped (the server must be down): an empty store and a new Raft id.
+    pub fn wipe(&self, new_id: NodeId) {
+        *self.backend.lock().unwrap() = Arc::new(MemBackend::new());
+        self.id.store(new_id, Ordering::SeqCst);
+        self.lan.set_raft_id(self.slot, new_id);
     }
 
     pub fn live(&self) -> Option<(SimRaft, Store)> {
@@ -128,9 +168,9 @@ impl ServerCtx {
 
 fn engine_config(ctx: &ServerCtx) -> ServerConfig {
     let mut cfg = ServerConfig::new(
-        ctx.id,
+        ctx.id(),
         ctx.addr.to_string(),
-        format!("server-{}", ctx.id),
+        format!("server-{}", ctx.slot),
         DATACENTER.to_string(),
         madsim::rand::random::<u64>() >> 16,
     );
@@ -141,6 +181,7 @@ fn engine_config(ctx: &ServerCtx) -> ServerConfig {
     cfg.sabotage = tribune_core::cluster::Sabotage {
         stale_read: ctx.sabotage == Sabotage::StaleRead,
         ack_before_commit: ctx.sabotage == Sabotage::AckBeforeCommit,
+        ignore_target: ctx.sabotage == Sabotage::IgnoreTarget,
         ..Default::default()
     };
     cfg
@@ -149,11 +190,12 @@ fn engine_config(ctx: &ServerCtx) -> ServerConfig {
 /// The server's main task: build the node from durable state and serve forever.
 pub async fn run(ctx: Arc<ServerCtx>) {
     let net = Net::bind(ctx.addr).await.expect("bind");
-    let mut log = LogStore::new(ctx.backend.clone());
+    let backend = ctx.backend();
+    let mut log = LogStore::new(backend.clone());
     log.skip_fsync = ctx.sabotage == Sabotage::SkipFsync;
     let recorder = ctx.recorder.clone();
-    let me = ctx.id;
-    let mut sm = SmStore::open(ctx.backend.clone())
+    let me = ctx.id();
+    let mut sm = SmStore::open(backend)
         .expect("open state machine")
         .with_observer(Arc::new(move |a| recorder.lock().unwrap().applied(me, a)));
     sm.sabotage = tribune_core::fsm::Sabotage {
@@ -166,7 +208,7 @@ pub async fn run(ctx: Arc<ServerCtx>) {
     }
     let config = Arc::new(config.validate().expect("raft config"));
     let peers = SimPeers { net: net.clone() };
-    let raft = SimRaft::new(ctx.id, config, NetFactory { transport: peers.clone() }, log, sm.clone()).await.expect("raft starts");
+    let raft = SimRaft::new(me, config, NetFactory { transport: peers.clone() }, log, sm.clone()).await.expect("raft starts");
     let discovery = SimDiscovery { lan: ctx.lan.clone(), join: ctx.members.values().map(|a| a.to_string()).collect() };
     let engine = Arc::new(Engine::new(raft.clone(), engine_config(&ctx), peers, discovery));
     *ctx.live.lock().unwrap() = Some((engine.clone(), sm.clone()));

@@ -188,8 +188,10 @@ where
                 MemberState::Left => {
                     let id = raft_id_of(member).or_else(|| self.node_at(&addr));
                     if let Some(id) = id.filter(|id| *id != self.cfg.id && self.node_addr(*id).is_some()) {
-                        tracing::info!(server = %member.name, %addr, "raft: removing server that left");
-                        self.remove_server(id).await?;
+                        if self.removal_keeps_quorum(id).await {
+                            tracing::info!(server = %member.name, %addr, "raft: removing server that left");
+                            self.remove_server(id).await?;
+                        }
                     }
                 }
                 _ => {}
@@ -220,6 +222,9 @@ where
             Some(_) => self.maybe_promote(id).await,
             None => {
                 if let Some(old) = self.node_at(addr).filter(|old| *old != id) {
+                    if !self.removal_keeps_quorum(old).await {
+                        return Ok(());
+                    }
                     tracing::info!(server = %member.name, old, new = id, %addr, "raft: a new server took the address of an old one; removing the old id");
                     self.remove_server(old).await?;
                 }
@@ -248,6 +253,35 @@ where
             }
             _ => Ok(()),
         }
+    }
+
+    /// Whether the voters left after removing `id` still have a working majority: this
+    /// server and the voters that answer a hello with their own id now (a wiped server at a
+    /// voter's address answers with a new id, a dead one not at all). A configuration
+    /// change needs a majority of the new voters to commit; without one it would hang
+    /// half-made, and every later write with it.
+    async fn removal_keeps_quorum(&self, id: NodeId) -> bool {
+        let m = self.metrics();
+        let membership = m.membership_config.membership();
+        let remaining: Vec<(NodeId, String)> = membership
+            .voter_ids()
+            .filter(|v| *v != id)
+            .map(|v| (v, membership.get_node(&v).map(|n| n.addr.clone()).unwrap_or_default()))
+            .collect();
+        let mut healthy = 0;
+        for (v, addr) in &remaining {
+            let ok = *v == self.cfg.id
+                || matches!(
+                    self.transport.call(addr, PeerRpc::Hello, self.cfg.hello_ttl).await,
+                    Ok(PeerReply::Hello(h)) if h.id == *v
+                );
+            healthy += usize::from(ok);
+        }
+        let keeps = healthy > remaining.len() / 2;
+        if !keeps {
+            tracing::info!(id, healthy, voters = remaining.len(), "raft: not removing a server: the rest would lack a working majority");
+        }
+        keeps
     }
 
     async fn change(&self, change: ChangeMembers<NodeId, crate::raft::Node>) -> Result<(), MembershipError> {
@@ -312,7 +346,7 @@ where
                 tracing::info!("raft: the only server stays in the Raft configuration");
                 return;
             }
-            if self.raft.is_leader() {
+            if self.raft.is_leader() && self.removal_keeps_quorum(self.cfg.id).await {
                 if let Err(e) = self.remove_server(self.cfg.id).await {
                     tracing::debug!(error = %e, "raft: leaving the configuration; retrying");
                 }
