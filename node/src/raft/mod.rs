@@ -2,6 +2,7 @@
 //! RPC on 8300, and Consul's way of forming a cluster (`bootstrap_expect` + join addresses).
 
 pub mod fjall;
+mod identity;
 pub mod stats;
 pub mod transport;
 
@@ -114,20 +115,6 @@ fn random_u64() -> u64 {
     u64::from_le_bytes(b)
 }
 
-/// This server's Raft id, kept in `data_dir/raft-id` so a restart is the same server.
-fn node_id(data_dir: &Path) -> io::Result<u64> {
-    let path = data_dir.join("raft-id");
-    match std::fs::read_to_string(&path) {
-        Ok(s) => s.trim().parse().map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("{} is corrupt", path.display()))),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let id = random_u64() >> 1 | 1;
-            std::fs::write(&path, id.to_string())?;
-            Ok(id)
-        }
-        Err(e) => Err(e),
-    }
-}
-
 impl RaftStore {
     /// Open the store in `data_dir`, serve server RPC on `bind`, and tell peers `rpc_addr`.
     pub async fn open(
@@ -139,7 +126,7 @@ impl RaftStore {
         raft_multiplier: u64,
     ) -> io::Result<Arc<RaftStore>> {
         std::fs::create_dir_all(data_dir)?;
-        let id = node_id(data_dir)?;
+        let id = identity::node_id(data_dir, random_u64())?;
         let backend = Arc::new(FjallBackend::open(&data_dir.join("raft"))?);
         let hub = Hub::new();
         let publish = hub.clone();
