@@ -41,7 +41,9 @@ const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_PURGED: &[u8] = b"purged";
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
 
-/// How many log entries one read returns at most.
+/// How many log entries one read returned at most before reads returned whole ranges
+/// (the [`LogStore::short_reads`] sabotage brings the cap back).
+#[cfg(feature = "sabotage")]
 const LOG_READ_MAX: usize = 4096;
 
 fn encode<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
@@ -69,6 +71,11 @@ pub struct LogStore<C, B> {
     /// Sabotage for the simulator: acknowledge appends without syncing them.
     #[cfg(feature = "sabotage")]
     pub skip_fsync: bool,
+    /// Sabotage for the simulator: a read returns at most [`LOG_READ_MAX`] entries and
+    /// does not look for holes, so a commit jump past that many entries is applied with a
+    /// gap (the bug reads had before they returned whole ranges).
+    #[cfg(feature = "sabotage")]
+    pub short_reads: bool,
     _c: PhantomData<fn() -> C>,
 }
 
@@ -78,6 +85,8 @@ impl<C, B> Clone for LogStore<C, B> {
             backend: self.backend.clone(),
             #[cfg(feature = "sabotage")]
             skip_fsync: self.skip_fsync,
+            #[cfg(feature = "sabotage")]
+            short_reads: self.short_reads,
             _c: PhantomData,
         }
     }
@@ -89,6 +98,8 @@ impl<C, B: Backend> LogStore<C, B> {
             backend,
             #[cfg(feature = "sabotage")]
             skip_fsync: false,
+            #[cfg(feature = "sabotage")]
+            short_reads: false,
             _c: PhantomData,
         }
     }
@@ -103,6 +114,51 @@ impl<C, B: Backend> LogStore<C, B> {
 
     fn last_entry(&self) -> io::Result<Option<LogEntry>> {
         self.backend.last(Space::Log)?.map(|(_, v)| decode(&v)).transpose()
+    }
+
+    /// Every entry of `start..end` the log holds, as openraft requires: the whole range in
+    /// one backend read (one atomic view), missing entries only where the log genuinely has
+    /// none: purged ones at the start, not yet appended ones at the end. A hole is an
+    /// error, never a shorter answer: openraft applies a committed range as it is read.
+    ///
+    /// The read takes one entry past the range too (in the same view), so a hole at the
+    /// range's end is seen when the log goes on after it.
+    fn read_range(&self, start: u64, end: u64) -> io::Result<Vec<LogEntry>> {
+        let past = end.saturating_add(1);
+        let limit = usize::try_from(past - start).unwrap_or(usize::MAX);
+        let rows = self.backend.range(Space::Log, &log_key(start), &log_key(past), limit)?;
+        let mut entries: Vec<LogEntry> = Vec::with_capacity(rows.len());
+        let mut next = start;
+        for (key, value) in &rows {
+            let entry: LogEntry = decode(value)?;
+            let index = entry.index();
+            if key[..] != log_key(index) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("raft log key {key:02x?} holds entry {index}"),
+                ));
+            }
+            if index != next {
+                // Entries `next..index` are missing: a hole, unless they come before the
+                // first entry read and were purged.
+                let purged = get_meta::<LogId>(&*self.backend, KEY_PURGED)?.map(|p| p.index);
+                let first_kept = match purged {
+                    Some(p) if next == start => next.max(p.saturating_add(1)),
+                    _ => next,
+                };
+                if first_kept < index {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("raft log entry {first_kept} is missing (reading entries {start}..{end}): the log has a hole"),
+                    ));
+                }
+            }
+            next = index + 1;
+            if index < end {
+                entries.push(entry);
+            }
+        }
+        Ok(entries)
     }
 }
 
@@ -124,8 +180,12 @@ impl<C: Types, B: Backend> RaftLogReader<C> for LogStore<C, B> {
         if start >= end {
             return Ok(Vec::new());
         }
-        let rows = self.backend.range(Space::Log, &log_key(start), &log_key(end), LOG_READ_MAX)?;
-        rows.iter().map(|(_, v)| decode(v)).collect()
+        #[cfg(feature = "sabotage")]
+        if self.short_reads {
+            let rows = self.backend.range(Space::Log, &log_key(start), &log_key(end), LOG_READ_MAX)?;
+            return rows.iter().map(|(_, v)| decode(v)).collect();
+        }
+        self.read_range(start, end)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
@@ -398,3 +458,7 @@ impl<C: Types, B: Backend> RaftStateMachine<C> for SmStore<C, B> {
         Ok(s.snapshot.as_ref().map(|(meta, data)| Snapshot { meta: meta.clone(), snapshot: data.clone() }))
     }
 }
+
+#[cfg(test)]
+#[path = "store_test.rs"]
+mod store_test;

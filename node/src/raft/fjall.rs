@@ -63,21 +63,34 @@ pub struct FjallBackend {
     /// Appends waiting for a sync, shared with the sync thread.
     queue: Arc<Queue>,
     syncer: OnceLock<()>,
+    /// The database directory, where fjall keeps its journals.
+    dir: PathBuf,
 }
 
 struct Synced {
     upto: u64,
-    /// `None` if fjall's journal file was not found: sync through fjall instead.
+    /// The journal the last sync found newest, kept open; `None` before one was found.
     journal: Option<Journal>,
+    /// The last sync could not find the newest journal (so warn once, not every sync).
+    lost: bool,
 }
 
-/// fjall's active journal file (`<dir>/<id>.jnl`), opened again here so that its fdatasync
-/// runs without fjall's journal lock: `Database::persist(SyncData)` holds that lock for the
-/// whole fsync, which would stall every write (the next append included) behind it. fjall
-/// syncs a journal completely before it starts the next one, so after fjall's buffer is
-/// flushed to the file, syncing the newest journal makes every committed batch durable.
+/// One of fjall's journal files (`<dir>/<id>.jnl`), opened again here so that its
+/// fdatasync runs without fjall's journal lock: `Database::persist(SyncData)` holds that
+/// lock for the whole fsync, which would stall every write (the next append included)
+/// behind it.
+///
+/// This relies on fjall's journal layout (fjall is pinned to an exact version for it,
+/// and `syncs_reach_fjall_s_newest_journal_across_rotations` checks it): journals are
+/// `<id>.jnl` in the database directory and fjall writes to the highest id. A rotation
+/// (in a flush, once the journal holds 64 MB) syncs the old journal completely, then
+/// creates `<id + 1>.jnl`; a sealed journal is deleted once its data is flushed, so
+/// between two syncs several rotations may happen and the journals in between may be
+/// gone. So every sync looks for the newest journal again (one small directory read):
+/// after fjall's buffer is flushed to the file, syncing the journal that is newest
+/// *after* that flush makes every batch committed before it durable, because each older
+/// journal was synced when it was sealed.
 struct Journal {
-    dir: PathBuf,
     id: u64,
     file: File,
 }
@@ -87,31 +100,29 @@ impl Journal {
         dir.join(format!("{id}.jnl"))
     }
 
-    /// The newest journal in `dir`, if there is one.
-    fn find(dir: &Path) -> io::Result<Option<Journal>> {
+    /// The highest journal id in `dir`, if there is a journal.
+    fn newest_id(dir: &Path) -> io::Result<Option<u64>> {
         let mut newest = None;
         for entry in std::fs::read_dir(dir)? {
             let name = entry?.file_name();
             let id = name.to_str().and_then(|n| n.strip_suffix(".jnl")).and_then(|n| n.parse::<u64>().ok());
             newest = newest.max(id);
         }
-        let Some(id) = newest else { return Ok(None) };
-        Ok(Some(Journal { dir: dir.to_path_buf(), id, file: File::open(Self::path(dir, id))? }))
+        Ok(newest)
     }
 
-    /// Move to the newest journal (fjall rotated since the last sync), then fdatasync it.
-    fn sync(&mut self) -> io::Result<()> {
-        loop {
-            match File::open(Self::path(&self.dir, self.id + 1)) {
-                Ok(f) => {
-                    self.id += 1;
-                    self.file = f;
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => break,
-                Err(e) => return Err(e),
-            }
+    /// fdatasync the newest journal in `dir` (opening it if it is not `cached`): true once
+    /// synced, false if the newest journal could not be found or opened (the caller then
+    /// syncs through fjall). Only a failed fdatasync is an error.
+    fn sync_newest(cached: &mut Option<Journal>, dir: &Path) -> io::Result<bool> {
+        let Ok(Some(id)) = Self::newest_id(dir) else { return Ok(false) };
+        if cached.as_ref().is_none_or(|j| j.id != id) {
+            // The old descriptor goes either way: a stale journal is never synced again.
+            *cached = File::open(Self::path(dir, id)).ok().map(|file| Journal { id, file });
         }
-        self.file.sync_data()
+        let Some(journal) = cached else { return Ok(false) };
+        journal.file.sync_data()?;
+        Ok(true)
     }
 }
 
@@ -147,18 +158,15 @@ impl FjallBackend {
         let opts = || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES);
         let log = db.keyspace("raft_log", opts).map_err(io_err)?;
         let meta = db.keyspace("raft_meta", opts).map_err(io_err)?;
-        let journal = Journal::find(dir)?;
-        if journal.is_none() {
-            tracing::warn!(dir = %dir.display(), "raft store: no journal file found; syncs hold the journal lock");
-        }
         Ok(Self {
             db,
             log,
             meta,
             written: AtomicU64::new(0),
-            synced: Mutex::new(Synced { upto: 0, journal }),
+            synced: Mutex::new(Synced { upto: 0, journal: None, lost: false }),
             queue: Arc::default(),
             syncer: OnceLock::new(),
+            dir: dir.to_path_buf(),
         })
     }
 
@@ -188,11 +196,21 @@ impl FjallBackend {
         let mut synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
         if synced.upto < upto {
             let covered = self.written.load(Ordering::SeqCst);
-            let result = match &mut synced.journal {
-                // fjall's buffer into the file (under fjall's lock, brief), then the fsync
-                Some(journal) => self.db.persist(PersistMode::Buffer).map_err(io_err).and_then(|()| journal.sync()),
-                _ => self.db.persist(PersistMode::SyncData).map_err(io_err),
-            };
+            // fjall's buffer into the file (under fjall's lock, brief), then the fsync of
+            // the newest journal outside it; through fjall if that journal is not found.
+            let result = self.db.persist(PersistMode::Buffer).map_err(io_err).and_then(|()| {
+                let s = &mut *synced;
+                match Journal::sync_newest(&mut s.journal, &self.dir)? {
+                    true => s.lost = false,
+                    false => {
+                        if !std::mem::replace(&mut s.lost, true) {
+                            tracing::warn!(dir = %self.dir.display(), "raft store: fjall's newest journal not found; syncing through fjall (holds its journal lock)");
+                        }
+                        self.db.persist(PersistMode::SyncData).map_err(io_err)?;
+                    }
+                }
+                Ok(())
+            });
             if let Err(e) = result {
                 // A failed fsync leaves the journal in an unknown state; continuing could
                 // acknowledge writes that are not on disk.
@@ -442,27 +460,88 @@ mod tests {
         std::fs::remove_dir_all(&dir).ok();
     }
 
+    /// The `<id>.jnl` files in `dir`, by id.
+    fn journal_ids(dir: &Path) -> Vec<u64> {
+        let mut ids: Vec<u64> = std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.unwrap().file_name().to_str()?.strip_suffix(".jnl")?.parse().ok())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// The sync relies on fjall's journal layout (pinned in Cargo.toml): journals are
+    /// `<id>.jnl` in the database directory, a rotation starts `<id + 1>.jnl` after syncing
+    /// the old one, a flushed sealed journal is deleted, and writes go to the highest id.
+    /// This forces two rotations between syncs, with the journal in between deleted, and
+    /// checks that a sync then reaches the journal the last write is in.
     #[test]
-    fn syncs_follow_fjall_to_its_newest_journal() {
+    fn syncs_reach_fjall_s_newest_journal_across_rotations() {
         let dir = tempdir();
         let b = Arc::new(FjallBackend::open(&dir).unwrap());
-        let first = b.synced.lock().unwrap().journal.as_ref().unwrap().id;
-        // fjall starts a new journal once the current one holds 64 MB and a memtable flush
-        // runs (in its worker threads)
+        let first = *journal_ids(&dir).last().expect("fjall starts with a journal");
+        // fjall starts a new journal when a memtable flush runs (in its worker threads)
+        // while the current one holds over 64 MB; then deletes the sealed ones once
+        // flushed. Only not-durable writes here: no sync between the rotations.
         let value = vec![7u8; 1 << 20];
         let t0 = std::time::Instant::now();
         let mut i = 0u64;
-        let newest = loop {
-            b.write(vec![(Space::Log, i.to_be_bytes().to_vec(), Some(value.clone()))], i.is_multiple_of(16)).unwrap();
+        loop {
+            b.write(vec![(Space::Log, i.to_be_bytes().to_vec(), Some(value.clone()))], false).unwrap();
             i += 1;
-            let newest = Journal::find(&dir).unwrap().unwrap().id;
-            if newest > first {
-                break newest;
+            let ids = journal_ids(&dir);
+            if *ids.last().unwrap() >= first + 2 && !ids.contains(&(first + 1)) {
+                break;
             }
-            assert!(t0.elapsed() < std::time::Duration::from_secs(60), "fjall never rotated its journal");
-        };
+            assert!(t0.elapsed() < std::time::Duration::from_secs(120), "fjall rotated its journal only to {ids:?}");
+        }
+        // A durable write, with a marker to find in the journal. (A flush still running
+        // may rotate once more: then the next durable write must follow.)
+        for attempt in 0u64.. {
+            let marker = format!("durable-marker-{attempt}-{:016x}", super::super::random_u64());
+            let newest = *journal_ids(&dir).last().unwrap();
+            b.write(vec![put(Space::Meta, b"marker", marker.as_bytes())], true).unwrap();
+            if *journal_ids(&dir).last().unwrap() != newest {
+                assert!(attempt < 5, "fjall keeps rotating");
+                continue;
+            }
+            let synced = b.synced.lock().unwrap().journal.as_ref().map(|j| j.id);
+            assert_eq!(synced, Some(newest), "the sync reached the newest journal, {newest}.jnl");
+            let bytes = std::fs::read(Journal::path(&dir, newest)).unwrap();
+            assert!(
+                bytes.windows(marker.len()).any(|w| w == marker.as_bytes()),
+                "fjall wrote the last batch into {newest}.jnl, the highest-numbered journal"
+            );
+            break;
+        }
+        drop(b);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn the_newest_journal_is_the_highest_id_and_a_missing_one_falls_back_to_fjall() {
+        let dir = tempdir();
+        let mut cached = None;
+        assert!(!Journal::sync_newest(&mut cached, &dir).unwrap(), "no journal: not synced here");
+        for name in ["3.jnl", "12.jnl", "9.jnl", "40.jnl.tmp", "x.jnl", "7"] {
+            std::fs::write(dir.join(name), b"").unwrap();
+        }
+        assert_eq!(Journal::newest_id(&dir).unwrap(), Some(12));
+        assert!(Journal::sync_newest(&mut cached, &dir).unwrap());
+        assert_eq!(cached.as_ref().map(|j| j.id), Some(12));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(!Journal::sync_newest(&mut cached, &dir).unwrap(), "unreadable directory: not synced here");
+
+        // The backend then syncs through fjall, and the write still succeeds.
+        let dir = tempdir();
+        let mut b = FjallBackend::open(&dir).unwrap();
+        b.dir = dir.join("elsewhere");
         b.write(vec![put(Space::Meta, b"vote", b"v")], true).unwrap();
-        assert_eq!(b.synced.lock().unwrap().journal.as_ref().unwrap().id, newest, "the sync follows it");
+        assert!(b.synced.lock().unwrap().lost, "fell back to fjall's own sync");
+        assert_eq!(b.synced.lock().unwrap().upto, 1);
+        b.dir = dir.clone();
+        b.write(vec![put(Space::Meta, b"vote", b"w")], true).unwrap();
+        assert!(!b.synced.lock().unwrap().lost, "found again");
         drop(b);
         std::fs::remove_dir_all(&dir).ok();
     }

@@ -4,6 +4,7 @@
 //! runs too; this module wires tokio, TCP and the gossip pool into it.
 
 pub mod fjall;
+mod identity;
 pub mod stats;
 pub mod transport;
 
@@ -123,25 +124,11 @@ fn random_u64() -> u64 {
     u64::from_le_bytes(b)
 }
 
-/// This server's Raft id, kept in `data_dir/raft-id` so a restart is the same server.
-fn node_id(data_dir: &Path) -> io::Result<u64> {
-    let path = data_dir.join("raft-id");
-    match std::fs::read_to_string(&path) {
-        Ok(s) => s.trim().parse().map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("{} is corrupt", path.display()))),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let id = random_u64() >> 1 | 1;
-            std::fs::write(&path, id.to_string())?;
-            Ok(id)
-        }
-        Err(e) => Err(e),
-    }
-}
-
 impl RaftStore {
     /// Open the store in `data_dir`, serve server RPC on `bind`, and tell peers `rpc_addr`.
     pub async fn open(spec: ServerSpec<'_>) -> io::Result<Arc<RaftStore>> {
         std::fs::create_dir_all(spec.data_dir)?;
-        let id = node_id(spec.data_dir)?;
+        let id = identity::node_id(spec.data_dir, random_u64())?;
         let backend = Arc::new(FjallBackend::open(&spec.data_dir.join("raft"))?);
         let hub = Hub::new();
         let (publish, reset) = (hub.clone(), hub.clone());
