@@ -51,10 +51,15 @@ pub enum Sabotage {
     /// A server answers Raft messages meant for another server id (a wiped server answers
     /// for the id it had before, with an empty log).
     IgnoreTarget,
+    /// Log reads return at most a few entries without looking for holes: an apply after a
+    /// commit jump skips entries.
+    ShortLogReads,
+    /// The leader removes voters without checking that the rest keep a working majority.
+    UnguardedRemoval,
 }
 
 impl Sabotage {
-    pub const ALL: [(&'static str, Sabotage); 7] = [
+    pub const ALL: [(&'static str, Sabotage); 9] = [
         ("stale-read", Sabotage::StaleRead),
         ("ack-before-commit", Sabotage::AckBeforeCommit),
         ("skip-fsync", Sabotage::SkipFsync),
@@ -62,6 +67,8 @@ impl Sabotage {
         ("no-dedup", Sabotage::NoDedup),
         ("leader-restore", Sabotage::LeaderRestore),
         ("ignore-target", Sabotage::IgnoreTarget),
+        ("short-log-reads", Sabotage::ShortLogReads),
+        ("unguarded-removal", Sabotage::UnguardedRemoval),
     ];
 
     /// The checks that must catch this sabotage: a seed counts as catching it only if one
@@ -70,6 +77,9 @@ impl Sabotage {
         match self {
             Sabotage::None => &[],
             Sabotage::StaleRead | Sabotage::LeaderRestore => &["linearizability"],
+            Sabotage::ShortLogReads => &["state machine safety", "servers ", "acknowledged write lost", "linearizability", "restart"],
+            // A configuration stuck half-changed: nothing commits again.
+            Sabotage::UnguardedRemoval => &["liveness: the leader did not make every server a voter"],
             Sabotage::IgnoreTarget => &["acknowledged write lost", "state machine safety", "linearizability", "servers "],
             Sabotage::AckBeforeCommit => &["linearizability", "acknowledged write lost"],
             Sabotage::SkipFsync => &["acknowledged write lost", "state machine safety", "linearizability", "servers "],

@@ -42,6 +42,9 @@ pub type Engine = tribune_core::cluster::Server<SimTypes, Store, SimPeers, SimDi
 
 /// The datacenter every simulated server is in.
 pub const DATACENTER: &str = "dc1";
+/// The short-log-reads sabotage's cap: reads of more entries than this (a follower catching
+/// up, an apply after a commit jump) come back short.
+pub const SHORT_READ_ENTRIES: usize = 8;
 /// How often the leader reconciles the LAN view into the Raft configuration.
 pub const RECONCILE_EVERY: Duration = Duration::from_millis(500);
 
@@ -182,6 +185,7 @@ fn engine_config(ctx: &ServerCtx) -> ServerConfig {
         stale_read: ctx.sabotage == Sabotage::StaleRead,
         ack_before_commit: ctx.sabotage == Sabotage::AckBeforeCommit,
         ignore_target: ctx.sabotage == Sabotage::IgnoreTarget,
+        unguarded_removal: ctx.sabotage == Sabotage::UnguardedRemoval,
         ..Default::default()
     };
     cfg
@@ -193,6 +197,9 @@ pub async fn run(ctx: Arc<ServerCtx>) {
     let backend = ctx.backend();
     let mut log = LogStore::new(backend.clone());
     log.skip_fsync = ctx.sabotage == Sabotage::SkipFsync;
+    if ctx.sabotage == Sabotage::ShortLogReads {
+        log.short_reads = Some(SHORT_READ_ENTRIES);
+    }
     let recorder = ctx.recorder.clone();
     let me = ctx.id();
     let mut sm = SmStore::open(backend)
@@ -208,7 +215,14 @@ pub async fn run(ctx: Arc<ServerCtx>) {
     }
     let config = Arc::new(config.validate().expect("raft config"));
     let peers = SimPeers { net: net.clone() };
-    let raft = SimRaft::new(me, config, NetFactory { transport: peers.clone() }, log, sm.clone()).await.expect("raft starts");
+    let raft = match SimRaft::new(me, config, NetFactory { transport: peers.clone() }, log, sm.clone()).await {
+        Ok(raft) => raft,
+        Err(e) => {
+            // A server must always start again from what its store kept.
+            ctx.recorder.lock().unwrap().violate(format!("restart: server {} could not start from its store: {e}", ctx.slot));
+            return;
+        }
+    };
     let discovery = SimDiscovery { lan: ctx.lan.clone(), join: ctx.members.values().map(|a| a.to_string()).collect() };
     let engine = Arc::new(Engine::new(raft.clone(), engine_config(&ctx), peers, discovery));
     *ctx.live.lock().unwrap() = Some((engine.clone(), sm.clone()));

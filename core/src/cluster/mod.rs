@@ -68,6 +68,8 @@ pub struct Sabotage {
     pub lane_poison: bool,
     /// Answer Raft messages meant for another server id.
     pub ignore_target: bool,
+    /// Remove voters without checking that the rest keep a working majority.
+    pub unguarded_removal: bool,
 }
 
 /// A server's identity and the engine's timing.
@@ -271,4 +273,5 @@ struct NoSabotage {
     ack_before_commit: bool,
     lane_poison: bool,
     ignore_target: bool,
+    unguarded_removal: bool,
 }

@@ -44,7 +44,7 @@ const KEY_SNAPSHOT: &[u8] = b"snapshot";
 /// How many log entries one read returned at most before reads returned whole ranges
 /// (the [`LogStore::short_reads`] sabotage brings the cap back).
 #[cfg(feature = "sabotage")]
-const LOG_READ_MAX: usize = 4096;
+pub const LOG_READ_MAX: usize = 4096;
 
 fn encode<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
     postcard::to_allocvec(value).map_err(io::Error::other)
@@ -71,11 +71,12 @@ pub struct LogStore<C, B> {
     /// Sabotage for the simulator: acknowledge appends without syncing them.
     #[cfg(feature = "sabotage")]
     pub skip_fsync: bool,
-    /// Sabotage for the simulator: a read returns at most [`LOG_READ_MAX`] entries and
-    /// does not look for holes, so a commit jump past that many entries is applied with a
-    /// gap (the bug reads had before they returned whole ranges).
+    /// Sabotage for the simulator: a read returns at most this many entries (the old cap
+    /// was [`LOG_READ_MAX`]; the simulator uses a small one so that its bursts reach it)
+    /// and does not look for holes, so a commit jump past that many entries is applied
+    /// with a gap (the bug reads had before they returned whole ranges).
     #[cfg(feature = "sabotage")]
-    pub short_reads: bool,
+    pub short_reads: Option<usize>,
     _c: PhantomData<fn() -> C>,
 }
 
@@ -99,7 +100,7 @@ impl<C, B: Backend> LogStore<C, B> {
             #[cfg(feature = "sabotage")]
             skip_fsync: false,
             #[cfg(feature = "sabotage")]
-            short_reads: false,
+            short_reads: None,
             _c: PhantomData,
         }
     }
@@ -181,8 +182,8 @@ impl<C: Types, B: Backend> RaftLogReader<C> for LogStore<C, B> {
             return Ok(Vec::new());
         }
         #[cfg(feature = "sabotage")]
-        if self.short_reads {
-            let rows = self.backend.range(Space::Log, &log_key(start), &log_key(end), LOG_READ_MAX)?;
+        if let Some(cap) = self.short_reads {
+            let rows = self.backend.range(Space::Log, &log_key(start), &log_key(end), cap)?;
             return rows.iter().map(|(_, v)| decode(v)).collect();
         }
         self.read_range(start, end)

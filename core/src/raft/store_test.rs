@@ -107,7 +107,7 @@ fn only_purged_entries_may_be_missing_at_the_start() {
 #[test]
 fn the_short_reads_sabotage_brings_back_the_capped_read() {
     let (mut log, backend) = log_of(5_000);
-    log.short_reads = true;
+    log.short_reads = Some(super::LOG_READ_MAX);
     assert_exactly(&now(log.try_get_log_entries(0..5_000)).unwrap(), 0..4_096);
     backend.write(vec![(Space::Log, log_key(50).to_vec(), None)], true).unwrap();
     assert_eq!(now(log.try_get_log_entries(0..100)).unwrap().len(), 99, "a hole goes unnoticed");
