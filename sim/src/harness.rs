@@ -279,12 +279,11 @@ async fn simulate(seed: u64, sabotage: Sabotage) -> SeedReport {
         wiping: Mutex::new(false),
         next_id: Mutex::new(100),
     };
+    // Servers join the LAN view when they first start.
     let lan = Arc::new(Lan::default());
     for (&id, &addr) in &members {
-        lan.add(id, SocketAddr::new(addr.ip(), 8301), plan.servers);
-    }
-    for (&id, &addr) in &members {
-        let ctx = Arc::new(ServerCtx::new(id, addr, members.clone(), recorder.clone(), sabotage, lan.clone()));
+        let start_at = start + Duration::from_millis(plan.start_ms[id as usize - 1]);
+        let ctx = Arc::new(ServerCtx::new(id, addr, members.clone(), recorder.clone(), sabotage, lan.clone(), plan.expect, start_at));
         let c = ctx.clone();
         let node = handle
             .create_node()

@@ -56,10 +56,12 @@ pub enum Sabotage {
     ShortLogReads,
     /// The leader removes voters without checking that the rest keep a working majority.
     UnguardedRemoval,
+    /// Servers bootstrap without claims, each with the servers it found.
+    NoClaim,
 }
 
 impl Sabotage {
-    pub const ALL: [(&'static str, Sabotage); 9] = [
+    pub const ALL: [(&'static str, Sabotage); 10] = [
         ("stale-read", Sabotage::StaleRead),
         ("ack-before-commit", Sabotage::AckBeforeCommit),
         ("skip-fsync", Sabotage::SkipFsync),
@@ -69,6 +71,7 @@ impl Sabotage {
         ("ignore-target", Sabotage::IgnoreTarget),
         ("short-log-reads", Sabotage::ShortLogReads),
         ("unguarded-removal", Sabotage::UnguardedRemoval),
+        ("no-claim", Sabotage::NoClaim),
     ];
 
     /// The checks that must catch this sabotage: a seed counts as catching it only if one
@@ -79,6 +82,7 @@ impl Sabotage {
             Sabotage::StaleRead | Sabotage::LeaderRestore => &["linearizability"],
             Sabotage::ShortLogReads => &["state machine safety", "servers ", "acknowledged write lost", "linearizability", "restart"],
             // A configuration stuck half-changed: nothing commits again.
+            Sabotage::NoClaim => &["election safety", "state machine safety", "linearizability", "acknowledged write lost", "servers "],
             Sabotage::UnguardedRemoval => &["liveness: the leader did not make every server a voter"],
             Sabotage::IgnoreTarget => &["acknowledged write lost", "state machine safety", "linearizability", "servers "],
             Sabotage::AckBeforeCommit => &["linearizability", "acknowledged write lost"],

@@ -52,6 +52,10 @@ pub struct Episode {
 pub struct Plan {
     pub seed: u64,
     pub servers: u64,
+    /// `bootstrap_expect`: all the servers, or (some 5-server plans) only 3 of them.
+    pub expect: u64,
+    /// When each server starts (ms), by server number from 1: staggered in some plans.
+    pub start_ms: Vec<u64>,
     pub clients: u64,
     pub keys: u64,
     /// Faults happen in [0, safety_ms); then everything heals.
@@ -106,9 +110,19 @@ impl Plan {
             t += if rng.random_bool(0.25) { rng.random_range(100..=for_ms) } else { for_ms + rng.random_range(100..2_500) };
             episodes.push(Episode { at_ms, fault, for_ms });
         }
+        // Drawn from a stream of their own, so the rest of the plan is as it was.
+        let mut boot = SmallRng::seed_from_u64(seed ^ 0x626f_6f74_7374_7261);
+        let (expect, stagger_ms) = match servers {
+            5 if boot.random_bool(0.5) => (3, 4_000),
+            _ if boot.random_bool(0.3) => (servers, 1_500),
+            _ => (servers, 0),
+        };
+        let start_ms = (0..servers).map(|_| if stagger_ms == 0 { 0 } else { boot.random_range(0..stagger_ms) }).collect();
         Plan {
             seed,
             servers,
+            expect,
+            start_ms,
             clients: rng.random_range(4..=6),
             keys: rng.random_range(1..=4),
             safety_ms,

@@ -122,6 +122,10 @@ pub struct ServerCtx {
     pub recorder: Arc<Mutex<Recorder>>,
     pub sabotage: Sabotage,
     pub lan: Arc<Lan>,
+    /// `bootstrap_expect`.
+    pub expect: u64,
+    /// When the server first starts (it is not running, nor in the LAN pool, before).
+    pub start_at: Mutex<Option<madsim::time::Instant>>,
     /// The engine of the running incarnation, for the harness's final checks.
     pub live: Mutex<Option<(Arc<Engine>, Store)>>,
 }
@@ -134,6 +138,8 @@ impl ServerCtx {
         recorder: Arc<Mutex<Recorder>>,
         sabotage: Sabotage,
         lan: Arc<Lan>,
+        expect: u64,
+        start_at: madsim::time::Instant,
     ) -> Self {
         Self {
             slot: id,
@@ -144,6 +150,8 @@ impl ServerCtx {
             recorder,
             sabotage,
             lan,
+            expect,
+            start_at: Mutex::new(Some(start_at)),
             live: Mutex::new(None),
         }
     }
@@ -186,6 +194,7 @@ fn engine_config(ctx: &ServerCtx) -> ServerConfig {
         ack_before_commit: ctx.sabotage == Sabotage::AckBeforeCommit,
         ignore_target: ctx.sabotage == Sabotage::IgnoreTarget,
         unguarded_removal: ctx.sabotage == Sabotage::UnguardedRemoval,
+        no_claim: ctx.sabotage == Sabotage::NoClaim,
         ..Default::default()
     };
     cfg
@@ -193,8 +202,15 @@ fn engine_config(ctx: &ServerCtx) -> ServerConfig {
 
 /// The server's main task: build the node from durable state and serve forever.
 pub async fn run(ctx: Arc<ServerCtx>) {
+    let first_start = *ctx.start_at.lock().unwrap();
+    if let Some(at) = first_start {
+        madsim::time::sleep_until(at).await;
+        *ctx.start_at.lock().unwrap() = None;
+        ctx.lan.add(ctx.slot, SocketAddr::new(ctx.addr.ip(), 8301), ctx.expect);
+    }
     let net = Net::bind(ctx.addr).await.expect("bind");
     let backend = ctx.backend();
+    let claims = Box::new(tribune_core::cluster::bootstrap::BackendClaims(backend.clone()));
     let mut log = LogStore::new(backend.clone());
     log.skip_fsync = ctx.sabotage == Sabotage::SkipFsync;
     if ctx.sabotage == Sabotage::ShortLogReads {
@@ -224,11 +240,11 @@ pub async fn run(ctx: Arc<ServerCtx>) {
         }
     };
     let discovery = SimDiscovery { lan: ctx.lan.clone(), join: ctx.members.values().map(|a| a.to_string()).collect() };
-    let engine = Arc::new(Engine::new(raft.clone(), engine_config(&ctx), peers, discovery));
+    let engine = Arc::new(Engine::new(raft.clone(), engine_config(&ctx), peers, discovery, claims));
     *ctx.live.lock().unwrap() = Some((engine.clone(), sm.clone()));
 
     // Production's forming and reconcile loops.
-    let expect = ctx.members.len() as u64;
+    let expect = ctx.expect;
     let e = engine.clone();
     madsim::task::spawn(async move { e.form_cluster(expect, Duration::from_millis(500)).await });
     let e = engine.clone();

@@ -147,12 +147,35 @@ where
                     "raft: Member {name} has a conflicting expect value. All nodes should expect the same number."
                 );
             } else if expect > 0 && found.len() as u64 >= expect && lan_count.is_none_or(|n| n >= expect) {
-                let members: BTreeMap<NodeId, BasicNode> =
-                    found.into_iter().map(|(id, addr)| (id, BasicNode { addr })).collect();
-                tracing::info!(servers = members.len(), "raft: bootstrap_expect reached; bootstrapping the cluster");
-                match self.raft.initialize(members).await {
-                    Ok(()) => return,
-                    Err(e) => tracing::info!(error = %e, "raft: initialize refused (already formed elsewhere?)"),
+                if self.sabotage().no_claim {
+                    // Wrong on purpose: every server initializes with whatever it found.
+                    let members: BTreeMap<NodeId, BasicNode> =
+                        found.into_iter().map(|(id, addr)| (id, BasicNode { addr })).collect();
+                    if self.raft.initialize(members).await.is_ok() {
+                        return;
+                    }
+                } else {
+                    // The first configuration: the `expect` lowest ids found.
+                    let first: BTreeMap<NodeId, String> = found.into_iter().take(expect as usize).collect();
+                    let claimer = first.keys().next().copied().unwrap_or(self.cfg.id);
+                    if claimer != self.cfg.id {
+                        tracing::info!(claimer, "raft: bootstrap_expect reached; waiting for the lowest server to bootstrap");
+                        // A claim of ours from before a lower server appeared must not
+                        // block that server's.
+                        if self.claims.holder().ok().flatten() == Some(self.cfg.id) {
+                            self.release_all(first.values()).await;
+                        }
+                    } else if self.claim_all(&first).await {
+                        let members: BTreeMap<NodeId, BasicNode> =
+                            first.into_iter().map(|(id, addr)| (id, BasicNode { addr })).collect();
+                        tracing::info!(servers = members.len(), "raft: bootstrap_expect reached; bootstrapping the cluster");
+                        match self.raft.initialize(members).await {
+                            Ok(()) => return,
+                            Err(e) => tracing::info!(error = %e, "raft: initialize refused (already formed elsewhere?)"),
+                        }
+                    } else {
+                        sleep::<C>(self.jitter(Duration::from_millis(1_000))).await;
+                    }
                 }
             } else {
                 tracing::info!(found = found.len(), expect, "raft: waiting for servers to bootstrap");
@@ -160,6 +183,66 @@ where
             // Consul re-checks on every gossip join; a short poll does the same here.
             sleep::<C>(retry.min(Duration::from_millis(500))).await;
         }
+    }
+
+    /// Grant server `by` the bootstrap, unless this server is formed or granted another
+    /// (the grant is durable before it is answered).
+    pub(super) fn grant(&self, by: NodeId) -> bool {
+        let _lock = self.claim_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if self.is_formed() {
+            return false;
+        }
+        match self.claims.holder() {
+            Ok(Some(holder)) if holder == by => true,
+            Ok(Some(_)) | Err(_) => false,
+            Ok(None) => self.claims.set_holder(Some(by)).is_ok(),
+        }
+    }
+
+    /// Take back a grant held by `by`; whether it was held.
+    pub(super) fn release(&self, by: NodeId) -> bool {
+        let _lock = self.claim_lock.lock().unwrap_or_else(|e| e.into_inner());
+        match self.claims.holder() {
+            Ok(Some(holder)) if holder == by => self.claims.set_holder(None).is_ok(),
+            _ => false,
+        }
+    }
+
+    /// Collect every member's grant, in increasing id order (this server's own first). On a
+    /// refusal, release what was granted.
+    async fn claim_all(&self, first: &BTreeMap<NodeId, String>) -> bool {
+        let me = self.cfg.id;
+        let mut asked: Vec<&String> = Vec::new();
+        for (id, addr) in first {
+            let ok = if *id == me {
+                self.grant(me)
+            } else {
+                matches!(
+                    self.transport.call(addr, PeerRpc::Claim { by: me }, self.cfg.hello_ttl).await,
+                    Ok(PeerReply::Claim { granted: true })
+                )
+            };
+            if *id != me {
+                // Released on failure too: a grant whose answer was lost is still a grant.
+                asked.push(addr);
+            }
+            if !ok {
+                tracing::info!(refused_by = id, "raft: bootstrap claim refused; retrying");
+                self.release_all(asked).await;
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Take back this server's claim here and at `addrs`.
+    async fn release_all<'a>(&self, addrs: impl IntoIterator<Item = &'a String>) {
+        for addr in addrs {
+            if *addr != self.cfg.rpc_addr {
+                let _ = self.transport.call(addr, PeerRpc::Release { by: self.cfg.id }, self.cfg.hello_ttl).await;
+            }
+        }
+        self.release(self.cfg.id);
     }
 
     /// The leader's side of Consul's serf–Raft coupling, every `every` until Raft stops.

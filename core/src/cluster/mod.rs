@@ -16,6 +16,7 @@
 //! [`PeerTransport`] and a [`Discovery`] (the LAN pool and the join addresses). Nothing here
 //! opens a socket or reads a clock of its own.
 
+pub mod bootstrap;
 mod membership;
 mod write;
 
@@ -70,6 +71,9 @@ pub struct Sabotage {
     pub ignore_target: bool,
     /// Remove voters without checking that the rest keep a working majority.
     pub unguarded_removal: bool,
+    /// Bootstrap without claims: every server that found `expect` servers initializes
+    /// Raft with all it found.
+    pub no_claim: bool,
 }
 
 /// A server's identity and the engine's timing.
@@ -141,6 +145,11 @@ pub struct Server<C: Types, SM: RaftStateMachine<C, SnapshotData = Vec<u8>>, T, 
     discovery: D,
     lanes: Mutex<Vec<write::Lane>>,
     next_client: AtomicU64,
+    claims: Box<dyn bootstrap::ClaimStore>,
+    /// Serializes grant decisions.
+    claim_lock: Mutex<()>,
+    /// Jitter for retries (a xorshift state seeded by the shell's randomness).
+    jitter: Mutex<u64>,
 }
 
 impl<C, SM, T, D> Server<C, SM, T, D>
@@ -150,9 +159,37 @@ where
     T: PeerTransport<C>,
     D: Discovery,
 {
-    pub fn new(raft: openraft::Raft<C, SM>, cfg: ServerConfig, transport: T, discovery: D) -> Self {
+    /// `claims` keeps bootstrap grants durably (see [`bootstrap`]).
+    pub fn new(
+        raft: openraft::Raft<C, SM>,
+        cfg: ServerConfig,
+        transport: T,
+        discovery: D,
+        claims: Box<dyn bootstrap::ClaimStore>,
+    ) -> Self {
         let next_client = AtomicU64::new(cfg.first_client);
-        Self { raft, cfg, transport, discovery, lanes: Mutex::new(Vec::new()), next_client }
+        let jitter = Mutex::new(cfg.first_client | 1);
+        Self {
+            raft,
+            cfg,
+            transport,
+            discovery,
+            lanes: Mutex::new(Vec::new()),
+            next_client,
+            claims,
+            claim_lock: Mutex::new(()),
+            jitter,
+        }
+    }
+
+    /// A pseudo-random duration in `[0, max)`.
+    pub(crate) fn jitter(&self, max: Duration) -> Duration {
+        let mut x = self.jitter.lock().unwrap_or_else(|e| e.into_inner());
+        *x ^= *x << 13;
+        *x ^= *x >> 7;
+        *x ^= *x << 17;
+        let ms = max.as_millis().max(1) as u64;
+        Duration::from_millis(*x % ms)
     }
 
     pub fn id(&self) -> NodeId {
@@ -228,6 +265,8 @@ where
                 },
             },
             PeerRpc::Hello => PeerReply::Hello(self.hello()),
+            PeerRpc::Claim { by } => PeerReply::Claim { granted: self.grant(by) },
+            PeerRpc::Release { by } => PeerReply::Claim { granted: self.release(by) },
         }
     }
 
@@ -274,4 +313,5 @@ struct NoSabotage {
     lane_poison: bool,
     ignore_target: bool,
     unguarded_removal: bool,
+    no_claim: bool,
 }

@@ -62,6 +62,10 @@ pub enum PeerRpc<C: Types> {
     ReadIndex,
     /// "Who are you?": cluster formation and reconciliation learn a server's id from it.
     Hello,
+    /// Grant server `by` the bootstrap (see `cluster::bootstrap`).
+    Claim { by: NodeId },
+    /// Take back the grant of a claim by `by` that did not complete.
+    Release { by: NodeId },
 }
 
 /// A server's answer to a [`PeerRpc`].
@@ -76,6 +80,8 @@ pub enum PeerReply<C: Types> {
     /// The log index a read must see applied.
     ReadIndex(u64),
     Hello(Hello),
+    /// The answer to a claim (or a release: whether the grant was held by the caller).
+    Claim { granted: bool },
     /// The request failed; whether it took effect is unknown.
     Failed(String),
 }

@@ -144,6 +144,7 @@ impl RaftStore {
             }))
             // A snapshot replaces the whole state: every blocking query may have changed.
             .with_install_observer(Arc::new(move |index| reset.publish(index, &Touched::All)));
+        let claims = Box::new(tribune_core::cluster::bootstrap::BackendClaims(backend.clone()));
         let log = self::fjall::FjallLog::new(backend);
         let config = tribune_core::raft::config(spec.raft_multiplier, 10_000).validate().map_err(io::Error::other)?;
         let peers = Peers::default();
@@ -153,7 +154,7 @@ impl RaftStore {
         let mut cfg = ServerConfig::new(id, spec.rpc_addr.to_string(), spec.name, spec.datacenter, random_u64() >> 16);
         cfg.gossip = spec.gossip;
         let discovery = NodeDiscovery { lan: OnceLock::new(), join_hosts: spec.join, rpc_port: spec.rpc_addr.port() };
-        let engine = Arc::new(Engine::new(raft, cfg, peers.clone(), discovery));
+        let engine = Arc::new(Engine::new(raft, cfg, peers.clone(), discovery, claims));
         let store = Arc::new(RaftStore {
             engine,
             sm,
