@@ -48,6 +48,8 @@ pub struct SeedReport {
     pub sim_ms: u64,
     pub leader_terms: usize,
     pub membership_changes: u64,
+    /// Snapshots the running servers received in more than one chunk.
+    pub chunked_snapshots: u64,
     /// Broken properties; empty means the seed passed.
     pub failures: Vec<String>,
 }
@@ -103,12 +105,14 @@ impl Cluster {
         best.map(|(_, id)| id)
     }
 
-    /// Whether the leader's configuration has every server as a voter.
+    /// Whether the leader's configuration is settled (not joint) with every server, under
+    /// its current id, a voter.
     fn all_voters(&self) -> bool {
         let Some(l) = self.leader() else { return false };
         let Some((raft, _)) = self.ctxs[&l].live() else { return false };
-        let voters: BTreeSet<u64> = raft.voter_ids().collect();
-        self.ctxs.values().all(|c| voters.contains(&c.id()))
+        let m = raft.metrics().borrow_watched().clone();
+        let configs = m.membership_config.membership().get_joint_config().clone();
+        configs.len() == 1 && self.ctxs.values().all(|c| configs[0].contains(&c.id()))
     }
 
     /// kill -9 the server in `slot`, unless it is down already; whether it was killed.
@@ -474,6 +478,11 @@ async fn simulate(seed: u64, sabotage: Sabotage) -> SeedReport {
         sim_ms: start.elapsed().as_millis() as u64,
         leader_terms: r.leader_terms(),
         membership_changes: r.membership_entries.saturating_sub(1),
+        chunked_snapshots: cluster
+            .ctxs
+            .values()
+            .filter_map(|c| c.live.lock().unwrap().as_ref().map(|(e, _)| e.snapshot_chunks().1))
+            .sum(),
         failures,
     }
 }

@@ -95,11 +95,12 @@ an inconclusive linearizability verdict.";
             let started = Instant::now();
             let r = run_seed(seed, sabotage);
             println!(
-                "seed {seed}: ops={} unknown={} terms={} membership_changes={} sim_ms={} wall_ms={}",
+                "seed {seed}: ops={} unknown={} terms={} membership_changes={} chunked_snapshots={} sim_ms={} wall_ms={}",
                 r.ops,
                 r.unknown,
                 r.leader_terms,
                 r.membership_changes,
+                r.chunked_snapshots,
                 r.sim_ms,
                 started.elapsed().as_millis()
             );
@@ -115,6 +116,7 @@ an inconclusive linearizability verdict.";
         let (mut failed, mut caught, mut ops, mut sim_ms, mut inconclusive, mut keys) = (0u64, 0u64, 0usize, 0u64, 0usize, 0usize);
         let mut min_ops = usize::MAX;
         let mut ran = 0u64;
+        let mut chunked = 0u64;
         for seed in first..first + n {
             let r = run_seed(seed, sabotage);
             ran += 1;
@@ -123,10 +125,11 @@ an inconclusive linearizability verdict.";
             sim_ms += r.sim_ms;
             inconclusive += r.inconclusive;
             keys += r.keys;
+            chunked += r.chunked_snapshots;
             if verbose {
                 println!(
-                    "seed {seed}: ops={} unknown={} terms={} membership_changes={} trace {:016x}",
-                    r.ops, r.unknown, r.leader_terms, r.membership_changes, r.trace
+                    "seed {seed}: ops={} unknown={} terms={} membership_changes={} chunked_snapshots={} trace {:016x}",
+                    r.ops, r.unknown, r.leader_terms, r.membership_changes, r.chunked_snapshots, r.trace
                 );
             }
             if let Some(f) = r.failures.first() {
@@ -144,7 +147,7 @@ an inconclusive linearizability verdict.";
         let share = inconclusive as f64 / keys.max(1) as f64;
         println!(
             "summary: sabotage={} seeds={ran} failures={failed} caught={caught} ops_checked={ops} min_ops_per_seed={min_ops} \
-inconclusive_keys={inconclusive} keys_checked={keys} inconclusive_share={share:.4} sim_seconds={:.0} \
+inconclusive_keys={inconclusive} keys_checked={keys} inconclusive_share={share:.4} chunked_snapshots={chunked} sim_seconds={:.0} \
 wall_seconds={wall:.1} sim_per_wall={:.0} seeds_per_min={:.0}",
             sabotage.name(),
             sim_ms as f64 / 1000.0,

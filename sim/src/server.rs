@@ -45,6 +45,12 @@ pub const DATACENTER: &str = "dc1";
 /// The short-log-reads sabotage's cap: reads of more entries than this (a follower catching
 /// up, an apply after a commit jump) come back short.
 pub const SHORT_READ_ENTRIES: usize = 8;
+/// Snapshots go in small chunks here, so that every snapshot the simulator sends is several
+/// messages (production's are 1 MiB).
+pub const SNAPSHOT_CHUNK_BYTES: usize = 64;
+/// A snapshot every this many entries (production: 10,000), so that servers that were
+/// down or cut off often catch up from a snapshot.
+pub const SNAPSHOT_EVERY: u64 = 50;
 /// How often the leader reconciles the LAN view into the Raft configuration.
 pub const RECONCILE_EVERY: Duration = Duration::from_millis(500);
 
@@ -225,13 +231,13 @@ pub async fn run(ctx: Arc<ServerCtx>) {
         noop_bumps_index: ctx.sabotage == Sabotage::NoopBumpsIndex,
         no_dedup: ctx.sabotage == Sabotage::NoDedup,
     };
-    let mut config = tribune_core::raft::config(tribune_core::raft::DEFAULT_RAFT_MULTIPLIER, 200);
+    let mut config = tribune_core::raft::config(tribune_core::raft::DEFAULT_RAFT_MULTIPLIER, SNAPSHOT_EVERY);
     if ctx.sabotage == Sabotage::LeaderRestore {
         config.enable_leader_restore = Some(true);
     }
     let config = Arc::new(config.validate().expect("raft config"));
     let peers = SimPeers { net: net.clone() };
-    let raft = match SimRaft::new(me, config, NetFactory { transport: peers.clone() }, log, sm.clone()).await {
+    let raft = match SimRaft::new(me, config, NetFactory { transport: peers.clone(), snapshot_chunk_bytes: SNAPSHOT_CHUNK_BYTES }, log, sm.clone()).await {
         Ok(raft) => raft,
         Err(e) => {
             // A server must always start again from what its store kept.

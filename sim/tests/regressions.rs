@@ -34,26 +34,26 @@ fn pinned(seed: u64, bug: Sabotage) {
 /// 76 and 98 under an earlier workload; re-pinned whenever the workload or the fault plan
 /// changed).
 #[test]
-fn seed_4_restarted_leader_must_not_serve_stale_reads() {
-    pinned(4, Sabotage::LeaderRestore);
+fn seed_334_restarted_leader_must_not_serve_stale_reads() {
+    pinned(334, Sabotage::LeaderRestore);
 }
 
 #[test]
-fn seed_95_restarted_leader_must_not_serve_stale_reads() {
-    pinned(95, Sabotage::LeaderRestore);
+fn seed_400_restarted_leader_must_not_serve_stale_reads() {
+    pinned(400, Sabotage::LeaderRestore);
 }
 
 #[test]
-fn seed_161_restarted_leader_must_not_serve_stale_reads() {
-    pinned(161, Sabotage::LeaderRestore);
+fn seed_411_restarted_leader_must_not_serve_stale_reads() {
+    pinned(411, Sabotage::LeaderRestore);
 }
 
 /// Amnesia: a wiped server came back at its old address with an empty log; answering Raft
 /// messages meant for its old id, it let lagging servers elect a leader without writes it
 /// had acknowledged under that id. Raft messages now name their target id.
 #[test]
-fn seed_3_a_wiped_server_must_not_answer_for_its_old_id() {
-    pinned(3, Sabotage::IgnoreTarget);
+fn seed_5_a_wiped_server_must_not_answer_for_its_old_id() {
+    pinned(5, Sabotage::IgnoreTarget);
 }
 
 /// The leader removed a server that left while another voter's server had just been

@@ -263,6 +263,16 @@ where
         if !self.raft.is_leader() {
             return Ok(());
         }
+        // A change left half-made (joint) by the leader before: finish it first. openraft
+        // does not on its own, and no other change can start until it is done.
+        let m = self.metrics();
+        let joint = m.membership_config.membership().get_joint_config().clone();
+        if joint.len() > 1 {
+            if let Some(target) = joint.last().cloned() {
+                tracing::info!(?target, "raft: finishing a configuration change left joint");
+                return self.change(ChangeMembers::ReplaceAllVoters(target)).await;
+            }
+        }
         let Some(members) = self.discovery.lan_members() else { return Ok(()) };
         for member in members.iter().filter(|m| is_server_of(m, &self.cfg.datacenter)) {
             let Some(addr) = rpc_addr_of(member) else { continue };

@@ -150,6 +150,7 @@ pub struct Server<C: Types, SM: RaftStateMachine<C, SnapshotData = Vec<u8>>, T, 
     claim_lock: Mutex<()>,
     /// Jitter for retries (a xorshift state seeded by the shell's randomness).
     jitter: Mutex<u64>,
+    snapshot: Mutex<crate::raft::rpc::SnapshotAssembly>,
 }
 
 impl<C, SM, T, D> Server<C, SM, T, D>
@@ -179,6 +180,7 @@ where
             claims,
             claim_lock: Mutex::new(()),
             jitter,
+            snapshot: Mutex::default(),
         }
     }
 
@@ -233,6 +235,12 @@ where
         m.membership_config.membership().get_node(&leader).map(|n| n.addr.clone())
     }
 
+    /// Snapshot chunks taken, and snapshots received in more than one chunk.
+    pub fn snapshot_chunks(&self) -> (u64, u64) {
+        let a = self.snapshot.lock().unwrap_or_else(|e| e.into_inner());
+        (a.chunks, a.multi_chunk_snapshots)
+    }
+
     /// This server's hello.
     pub fn hello(&self) -> Hello {
         Hello {
@@ -248,7 +256,7 @@ where
         match rpc {
             PeerRpc::Raft { to, rpc } => {
                 let check_target = !self.sabotage().ignore_target;
-                PeerReply::Raft(crate::raft::rpc::serve(&self.raft, to, rpc, check_target).await)
+                PeerReply::Raft(crate::raft::rpc::serve(&self.raft, to, rpc, check_target, &self.snapshot).await)
             }
             PeerRpc::Write(req) => match self.raft.client_write(req).await {
                 Ok(r) => PeerReply::Written(r.data),

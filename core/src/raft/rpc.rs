@@ -36,8 +36,9 @@ pub enum RaftRpc<C: Types> {
     Append(AppendEntriesRequest<C>),
     Vote(VoteRequest<C>),
     PreVote(VoteRequest<C>),
-    /// A whole snapshot in one message (snapshots are small: the KV state).
-    Snapshot { vote: Vote, meta: SnapshotMeta, data: Vec<u8> },
+    /// One chunk of a snapshot: bytes `offset..offset + data.len()` of `total`. Chunks are
+    /// sent in order, one at a time; the last one installs the snapshot.
+    SnapshotChunk { vote: Vote, meta: SnapshotMeta, offset: u64, total: u64, data: Vec<u8> },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -46,6 +47,8 @@ pub enum RaftRpcReply<C: Types> {
     Append(AppendEntriesResponse<C>),
     Vote(VoteResponse<C>),
     Snapshot(SnapshotResponse<C>),
+    /// A chunk that was not the last was taken.
+    ChunkTaken,
     /// The receiving node could not handle it (shutting down, fatal error, another id).
     Failed(String),
 }
@@ -103,8 +106,59 @@ pub trait PeerTransport<C: Types>: Clone + Send + Sync + 'static {
     fn call(&self, addr: &str, rpc: PeerRpc<C>, ttl: Duration) -> impl Future<Output = io::Result<PeerReply<C>>> + Send;
 }
 
+/// The largest snapshot a server takes ([`SnapshotAssembly`] holds it in memory).
+pub const SNAPSHOT_BYTES_MAX: u64 = 1 << 30;
+/// The size of a snapshot chunk in production.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+
+/// A snapshot being received, chunk by chunk. One at a time: the first chunk of another
+/// snapshot (another leader, or a newer snapshot) starts over.
+#[derive(Default)]
+pub struct SnapshotAssembly {
+    current: Option<(Vote, Option<super::LogId>, Vec<u8>)>,
+    /// Chunks taken, and snapshots completed from more than one chunk.
+    pub chunks: u64,
+    pub multi_chunk_snapshots: u64,
+}
+
+impl SnapshotAssembly {
+    /// Take one chunk; the whole snapshot once its last chunk arrived.
+    fn take(&mut self, vote: Vote, meta: &SnapshotMeta, offset: u64, total: u64, data: Vec<u8>) -> Result<Option<Vec<u8>>, String> {
+        if total > SNAPSHOT_BYTES_MAX {
+            return Err(format!("snapshot of {total} bytes exceeds {SNAPSHOT_BYTES_MAX}"));
+        }
+        if offset == 0 {
+            self.current = Some((vote, meta.last_log_id, Vec::with_capacity(data.len())));
+        }
+        let Some((v, id, buf)) = self.current.as_mut() else { return Err("snapshot chunk without its start".into()) };
+        if *v != vote || *id != meta.last_log_id || buf.len() as u64 != offset {
+            self.current = None;
+            return Err(format!("snapshot chunk at {offset} out of order"));
+        }
+        if offset + data.len() as u64 > total {
+            self.current = None;
+            return Err("snapshot chunk past the announced size".into());
+        }
+        buf.extend_from_slice(&data);
+        self.chunks += 1;
+        if buf.len() as u64 == total {
+            if offset > 0 {
+                self.multi_chunk_snapshots += 1;
+            }
+            return Ok(self.current.take().map(|(_, _, b)| b));
+        }
+        Ok(None)
+    }
+}
+
 /// Hand a Raft message meant for server `to` to the local Raft node and build the reply.
-pub async fn serve<C, SM>(raft: &openraft::Raft<C, SM>, to: NodeId, rpc: RaftRpc<C>, check_target: bool) -> RaftRpcReply<C>
+pub async fn serve<C, SM>(
+    raft: &openraft::Raft<C, SM>,
+    to: NodeId,
+    rpc: RaftRpc<C>,
+    check_target: bool,
+    assembly: &std::sync::Mutex<SnapshotAssembly>,
+) -> RaftRpcReply<C>
 where
     C: Types,
     SM: RaftStateMachine<C, SnapshotData = Vec<u8>>,
@@ -118,10 +172,17 @@ where
         RaftRpc::Append(r) => raft.append_entries(r).await.map_or_else(|e| failed(&e), RaftRpcReply::Append),
         RaftRpc::Vote(r) => raft.vote(r).await.map_or_else(|e| failed(&e), RaftRpcReply::Vote),
         RaftRpc::PreVote(r) => raft.pre_vote(r).await.map_or_else(|e| failed(&e), RaftRpcReply::Vote),
-        RaftRpc::Snapshot { vote, meta, data } => raft
-            .install_full_snapshot(vote, Snapshot { meta, snapshot: data })
-            .await
-            .map_or_else(|e| failed(&e), RaftRpcReply::Snapshot),
+        RaftRpc::SnapshotChunk { vote, meta, offset, total, data } => {
+            let taken = assembly.lock().unwrap_or_else(|e| e.into_inner()).take(vote, &meta, offset, total, data);
+            match taken {
+                Err(e) => RaftRpcReply::Failed(e),
+                Ok(None) => RaftRpcReply::ChunkTaken,
+                Ok(Some(data)) => raft
+                    .install_full_snapshot(vote, Snapshot { meta, snapshot: data })
+                    .await
+                    .map_or_else(|e| failed(&e), RaftRpcReply::Snapshot),
+            }
+        }
     }
 }
 
@@ -129,13 +190,21 @@ where
 #[derive(Clone)]
 pub struct NetFactory<T> {
     pub transport: T,
+    /// Snapshots go in chunks of this many bytes.
+    pub snapshot_chunk_bytes: usize,
+}
+
+impl<T> NetFactory<T> {
+    pub fn new(transport: T) -> Self {
+        Self { transport, snapshot_chunk_bytes: SNAPSHOT_CHUNK_BYTES }
+    }
 }
 
 impl<C: Types, T: PeerTransport<C>> openraft::RaftNetworkFactory<C> for NetFactory<T> {
     type Network = Network<T>;
 
     async fn new_client(&mut self, target: NodeId, node: &super::Node) -> Network<T> {
-        Network { transport: self.transport.clone(), addr: node.addr.clone(), target }
+        Network { transport: self.transport.clone(), addr: node.addr.clone(), target, chunk: self.snapshot_chunk_bytes.max(1) }
     }
 }
 
@@ -145,6 +214,7 @@ pub struct Network<T> {
     transport: T,
     addr: String,
     target: NodeId,
+    chunk: usize,
 }
 
 fn unreachable<C: Types>(e: impl std::error::Error + 'static) -> openraft::error::Unreachable<C> {
@@ -217,10 +287,55 @@ impl<C: Types, T: PeerTransport<C>> openraft::RaftNetworkV2<C> for Network<T> {
         _cancel: impl Future<Output = openraft::error::ReplicationClosed> + Send + 'static,
         option: openraft::network::RPCOption,
     ) -> Result<SnapshotResponse<C>, openraft::error::StreamingError<C>> {
-        let rpc = RaftRpc::Snapshot { vote, meta: snapshot.meta, data: snapshot.snapshot };
-        match self.rpc(rpc, &option).await? {
-            RaftRpcReply::Snapshot(r) => Ok(r),
-            r => Err(unexpected(r).into()),
+        let data = snapshot.snapshot;
+        let total = data.len() as u64;
+        let mut offset = 0usize;
+        loop {
+            let end = (offset + self.chunk).min(data.len());
+            let rpc = RaftRpc::SnapshotChunk {
+                vote,
+                meta: snapshot.meta.clone(),
+                offset: offset as u64,
+                total,
+                data: data[offset..end].to_vec(),
+            };
+            match self.rpc(rpc, &option).await? {
+                RaftRpcReply::Snapshot(r) if end == data.len() => return Ok(r),
+                RaftRpcReply::ChunkTaken if end < data.len() => offset = end,
+                r => return Err(unexpected(r).into()),
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(index: u64) -> SnapshotMeta {
+        let log_id = crate::raft::LogId::new(crate::raft::CommittedLeaderId::new(1), index);
+        SnapshotMeta { last_log_id: Some(log_id), last_membership: Default::default() }
+    }
+
+    #[test]
+    fn a_snapshot_is_assembled_from_its_chunks_in_order() {
+        let (mut a, vote, m) = (SnapshotAssembly::default(), Vote::new(1, 1), meta(7));
+        assert_eq!(a.take(vote, &m, 0, 5, b"ab".to_vec()), Ok(None));
+        assert_eq!(a.take(vote, &m, 2, 5, b"cd".to_vec()), Ok(None));
+        assert_eq!(a.take(vote, &m, 4, 5, b"e".to_vec()), Ok(Some(b"abcde".to_vec())));
+        assert_eq!(a.multi_chunk_snapshots, 1);
+    }
+
+    #[test]
+    fn chunks_out_of_order_of_another_snapshot_or_too_large_are_refused() {
+        let (mut a, vote, m) = (SnapshotAssembly::default(), Vote::new(1, 1), meta(7));
+        assert!(a.take(vote, &m, 2, 5, b"cd".to_vec()).is_err(), "no start");
+        a.take(vote, &m, 0, 5, b"ab".to_vec()).unwrap();
+        assert!(a.take(vote, &meta(8), 2, 5, b"cd".to_vec()).is_err(), "another snapshot");
+        a.take(vote, &m, 0, 5, b"ab".to_vec()).unwrap();
+        assert!(a.take(vote, &m, 3, 5, b"d".to_vec()).is_err(), "a gap");
+        a.take(vote, &m, 0, 5, b"ab".to_vec()).unwrap();
+        assert!(a.take(vote, &m, 2, 5, b"cdef".to_vec()).is_err(), "past the size");
+        assert!(a.take(vote, &m, 0, SNAPSHOT_BYTES_MAX + 1, b"a".to_vec()).is_err(), "too large");
     }
 }

@@ -148,7 +148,7 @@ impl RaftStore {
         let log = self::fjall::FjallLog::new(backend);
         let config = tribune_core::raft::config(spec.raft_multiplier, 10_000).validate().map_err(io::Error::other)?;
         let peers = Peers::default();
-        let raft = NodeRaft::new(id, Arc::new(config), NetFactory { transport: peers.clone() }, log, sm.clone())
+        let raft = NodeRaft::new(id, Arc::new(config), NetFactory::new(peers.clone()), log, sm.clone())
             .await
             .map_err(io::Error::other)?;
         let mut cfg = ServerConfig::new(id, spec.rpc_addr.to_string(), spec.name, spec.datacenter, random_u64() >> 16);
@@ -181,7 +181,7 @@ impl RaftStore {
     async fn handle_rpc(&self, rpc: Rpc) -> RpcReply {
         match rpc {
             Rpc::Peer(rpc) => {
-                if matches!(rpc, PeerRpc::Raft { rpc: RaftRpc::Append(_) | RaftRpc::Snapshot { .. }, .. }) {
+                if matches!(rpc, PeerRpc::Raft { rpc: RaftRpc::Append(_) | RaftRpc::SnapshotChunk { .. }, .. }) {
                     self.stats.contact();
                 }
                 RpcReply::Peer(self.engine.handle(rpc).await)
