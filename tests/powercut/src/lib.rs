@@ -23,6 +23,7 @@
 
 use std::ffi::CString;
 use std::io;
+use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -113,6 +114,16 @@ impl Disk {
         self.lock().freeze();
     }
 
+    /// Freeze (see [`Disk::freeze`]) right after the next write to a file whose name ends
+    /// with `suffix`: the cut falls between that write and its fsync.
+    pub fn freeze_after_write_to(&self, suffix: &str) {
+        self.lock().freeze_after_write_to(suffix);
+    }
+
+    pub fn frozen(&self) -> bool {
+        self.lock().frozen()
+    }
+
     /// Discard everything that is not durable (see [`model`]). The disk must be unmounted:
     /// the kernel's caches of it go with the unmount.
     pub fn cut(&self) -> CutReport {
@@ -121,6 +132,11 @@ impl Disk {
             "cut() needs the disk unmounted"
         );
         self.lock().cut()
+    }
+
+    /// The visible tree and what of it is durable (see [`Fs::listing`]), for diagnostics.
+    pub fn listing(&self) -> String {
+        self.lock().listing()
     }
 
     pub fn stats(&self) -> Stats {
@@ -269,7 +285,11 @@ pub fn available_or_skip(test: &str) -> bool {
                     "{test}: FUSE is required here ({REQUIRE_ENV}=1) but cannot be mounted: {why}"
                 );
             }
-            eprintln!("\nSKIPPED: {test}: cannot mount a FUSE filesystem here: {why}\n");
+            // Straight to stderr, past the test harness's capture: a skip must show.
+            let _ = writeln!(
+                std::io::stderr(),
+                "\nSKIPPED: {test}: cannot mount a FUSE filesystem here: {why}\n"
+            );
             false
         }
     }

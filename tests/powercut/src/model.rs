@@ -88,7 +88,7 @@ pub struct Stats {
 }
 
 /// What a [`Fs::cut`] threw away.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CutReport {
     /// Bytes of file contents that read differently after the cut (written but not synced,
     /// or in files that did not survive).
@@ -105,6 +105,8 @@ pub struct CutReport {
     pub entries_discarded: u64,
     /// Files, directories and symlinks after the cut.
     pub inodes_kept: u64,
+    /// `bytes_discarded` by path (as visible before the cut), for the files that lost any.
+    pub discarded_by_path: BTreeMap<String, u64>,
 }
 
 impl CutReport {
@@ -227,6 +229,8 @@ struct Inode {
     parent: Ino,
     /// Symlinks: the target (fixed at creation, durable with the inode).
     target: Vec<u8>,
+    /// The name it was last given (for [`Fs::freeze_after_write_to`]).
+    name: OsString,
     /// Open file handles.
     open: u32,
     /// `None`: this inode never reached the disk (no fsync of it, and no durable entry
@@ -252,6 +256,7 @@ impl Inode {
             entries: BTreeMap::new(),
             parent,
             target: Vec::new(),
+            name: OsString::new(),
             open: 0,
             durable: None,
         }
@@ -277,6 +282,8 @@ pub struct Fs {
     inodes: HashMap<Ino, Inode>,
     next: Ino,
     frozen: bool,
+    /// Freeze right after a write to a file whose name ends so.
+    freeze_after: Option<Vec<u8>>,
     stats: Stats,
 }
 
@@ -305,6 +312,7 @@ impl Fs {
             inodes: HashMap::from([(ROOT, root)]),
             next: ROOT + 1,
             frozen: false,
+            freeze_after: None,
             stats: Stats::default(),
         }
     }
@@ -404,8 +412,9 @@ impl Fs {
         Ok(Self::attr_of(ino, i))
     }
 
-    fn add_entry(&mut self, parent: Ino, name: &OsStr, inode: Inode) -> R<Attr> {
+    fn add_entry(&mut self, parent: Ino, name: &OsStr, mut inode: Inode) -> R<Attr> {
         name_ok(name)?;
+        inode.name = name.to_owned();
         if self.dir(parent)?.entries.contains_key(name) {
             return Err(libc::EEXIST);
         }
@@ -566,6 +575,8 @@ impl Fs {
                 .entries
                 .insert(newname.to_owned(), ino);
             self.moved(ino, kind, parent, newparent);
+            self.get_mut(ino)?.name = newname.to_owned();
+            self.get_mut(other)?.name = name.to_owned();
             let other_kind = self.get(other)?.kind;
             self.moved(other, other_kind, newparent, parent);
             return Ok(());
@@ -598,6 +609,7 @@ impl Fs {
             self.unname(t);
         }
         self.moved(ino, kind, parent, newparent);
+        self.get_mut(ino)?.name = newname.to_owned();
         Ok(())
     }
 
@@ -646,13 +658,19 @@ impl Fs {
     }
 
     pub fn write(&mut self, ino: Ino, offset: u64, data: &[u8]) -> R<u32> {
-        let i = self.get_mut(ino)?;
+        // The field, not `get_mut(&mut self)`: `freeze_after` is read while `i` is held.
+        let i = self.inodes.get_mut(&ino).ok_or(libc::ENOENT)?;
         if i.kind != Kind::File {
             return Err(libc::EISDIR);
         }
         i.data.write(offset, data, &mut i.dirty);
         i.unsynced += data.len() as u64;
         i.mtime = SystemTime::now();
+        let trigger = self.freeze_after.as_ref();
+        if trigger.is_some_and(|suffix| i.name.as_encoded_bytes().ends_with(suffix)) {
+            self.frozen = true;
+            self.freeze_after = None;
+        }
         self.stats.writes += 1;
         self.stats.bytes_written += data.len() as u64;
         Ok(data.len() as u32)
@@ -745,9 +763,72 @@ impl Fs {
         )
     }
 
+    /// The visible tree, a line a name: path, kind, visible size, and what a cut would keep
+    /// of it (`durable: -` where its name is not durable).
+    pub fn listing(&self) -> String {
+        let (durable, _) = self.reachable(true);
+        let durable: BTreeSet<Ino> = durable.into_iter().collect();
+        let mut out = String::new();
+        let mut stack = vec![(ROOT, String::new())];
+        while let Some((dir, path)) = stack.pop() {
+            let d = &self.inodes[&dir];
+            let named = d.durable.as_ref().map(|d| &d.entries);
+            for (name, child) in d.entries.iter().rev() {
+                let Some(c) = self.inodes.get(child) else {
+                    continue;
+                };
+                let p = format!("{path}/{}", name.to_string_lossy());
+                let kept =
+                    durable.contains(child) && named.is_some_and(|e| e.get(name) == Some(child));
+                let size = Self::attr_of(*child, c).size;
+                let dsize = match (&c.durable, c.kind) {
+                    (Some(d), Kind::File) if kept => d.data.size.to_string(),
+                    (Some(_), _) if kept => "yes".into(),
+                    _ => "-".into(),
+                };
+                out += &format!(
+                    "{p} {:?} size={size} durable={dsize} unsynced={}\n",
+                    c.kind, c.unsynced
+                );
+                if c.kind == Kind::Dir {
+                    stack.push((*child, p));
+                }
+            }
+        }
+        out
+    }
+
     /// The moment of the power cut: from now on no sync succeeds.
     pub fn freeze(&mut self) {
         self.frozen = true;
+    }
+
+    /// Freeze right after the next write to a file whose name ends with `suffix`: the cut
+    /// then falls between that write and its fsync.
+    pub fn freeze_after_write_to(&mut self, suffix: &str) {
+        self.freeze_after = Some(suffix.as_bytes().to_vec());
+    }
+
+    /// Visible paths of inodes (a hard-linked file: the first name found).
+    fn paths(&self) -> HashMap<Ino, String> {
+        let mut out = HashMap::from([(ROOT, String::new())]);
+        let mut queue = VecDeque::from([ROOT]);
+        while let Some(dir) = queue.pop_front() {
+            let Some(d) = self.inodes.get(&dir) else {
+                continue;
+            };
+            let base = out[&dir].clone();
+            for (name, child) in &d.entries {
+                if out.contains_key(child) {
+                    continue;
+                }
+                out.insert(*child, format!("{base}/{}", name.to_string_lossy()));
+                if self.inodes.get(child).is_some_and(|c| c.kind == Kind::Dir) {
+                    queue.push_back(*child);
+                }
+            }
+        }
+        out
     }
 
     /// Inodes reachable from the root, through the visible entries or the durable ones;
@@ -819,15 +900,22 @@ impl Fs {
             entries_discarded: dropped_dirs,
             ..CutReport::default()
         };
+        let paths = self.paths();
         for ino in &visible {
             let i = &self.inodes[ino];
             report.unsynced_write_bytes += i.unsynced;
-            match (dur_set.contains(ino), &i.durable) {
-                (true, Some(d)) => report.bytes_discarded += Self::differing_bytes(i, d),
+            let lost = match (dur_set.contains(ino), &i.durable) {
+                (true, Some(d)) => Self::differing_bytes(i, d),
                 _ => {
                     report.inodes_lost += 1;
-                    report.bytes_discarded += i.data.bytes();
+                    i.data.bytes()
                 }
+            };
+            report.bytes_discarded += lost;
+            if lost > 0 {
+                report
+                    .discarded_by_path
+                    .insert(paths.get(ino).cloned().unwrap_or_default(), lost);
             }
         }
         report.inodes_resurrected = dur_set.difference(&vis_set).count() as u64;
@@ -1123,6 +1211,26 @@ mod tests {
             !fs.frozen(),
             "a cut ends the freeze: the machine is back up"
         );
+    }
+
+    #[test]
+    fn a_write_to_a_named_file_can_trigger_the_freeze() {
+        let mut fs = Fs::new();
+        let other = file(&mut fs, ROOT, "x.log", b"1");
+        let j = file(&mut fs, ROOT, "1.tmp", b"");
+        fs.rename(ROOT, os("1.tmp"), ROOT, os("1.jnl"), false, false)
+            .unwrap();
+        fs.fsync(j).unwrap();
+        fs.fsync(ROOT).unwrap();
+        fs.freeze_after_write_to(".jnl");
+        fs.write(other, 1, b"2").unwrap();
+        assert!(!fs.frozen());
+        fs.write(j, 0, b"entry").unwrap();
+        assert!(fs.frozen());
+        assert_eq!(fs.fsync(j), Err(libc::EIO));
+        let r = fs.cut();
+        assert_eq!(r.discarded_by_path.get("/1.jnl"), Some(&5));
+        assert_eq!(r.discarded_by_path.get("/x.log"), Some(&2));
     }
 
     #[test]
