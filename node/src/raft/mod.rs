@@ -123,14 +123,15 @@ fn random_u64() -> u64 {
     u64::from_le_bytes(b)
 }
 
-/// This server's Raft id, kept in `data_dir/raft-id` so a restart is the same server.
+/// This server's Raft id, kept in `data_dir/raft-id` so a restart is the same server. It
+/// is durable before the store exists: a log that outlived its id would belong to nobody.
 fn node_id(data_dir: &Path) -> io::Result<u64> {
     let path = data_dir.join("raft-id");
     match std::fs::read_to_string(&path) {
         Ok(s) => s.trim().parse().map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("{} is corrupt", path.display()))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let id = random_u64() >> 1 | 1;
-            std::fs::write(&path, id.to_string())?;
+            crate::durable::write_file(&path, id.to_string().as_bytes())?;
             Ok(id)
         }
         Err(e) => Err(e),
@@ -140,9 +141,16 @@ fn node_id(data_dir: &Path) -> io::Result<u64> {
 impl RaftStore {
     /// Open the store in `data_dir`, serve server RPC on `bind`, and tell peers `rpc_addr`.
     pub async fn open(spec: ServerSpec<'_>) -> io::Result<Arc<RaftStore>> {
-        std::fs::create_dir_all(spec.data_dir)?;
+        crate::durable::create_dir_all(spec.data_dir)?;
         let id = node_id(spec.data_dir)?;
-        let backend = Arc::new(FjallBackend::open(&spec.data_dir.join("raft"))?);
+        let raft_dir = spec.data_dir.join("raft");
+        let backend = Arc::new(FjallBackend::open(&raft_dir)?);
+        // fjall fsyncs what it creates inside a directory, but not every new directory's own
+        // name: `raft/` in the data_dir, and each keyspace's folder in `raft/keyspaces/`
+        // (made after fjall synced that folder). Without these a power cut can take the
+        // whole store, on a filesystem that keeps only what POSIX promises.
+        crate::durable::sync_dir(&raft_dir.join("keyspaces"))?;
+        crate::durable::sync_dir(spec.data_dir)?;
         let hub = Hub::new();
         let (publish, reset) = (hub.clone(), hub.clone());
         let sm = SmStore::open(backend.clone())?
