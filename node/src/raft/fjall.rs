@@ -189,6 +189,8 @@ impl FjallBackend {
         if synced.upto < upto {
             let covered = self.written.load(Ordering::SeqCst);
             let result = match &mut synced.journal {
+                // Test only: into the file, no fsync (see `skip_fsync_for_tests`).
+                _ if skip_fsync_for_tests() => self.db.persist(PersistMode::Buffer).map_err(io_err),
                 // fjall's buffer into the file (under fjall's lock, brief), then the fsync
                 Some(journal) => self.db.persist(PersistMode::Buffer).map_err(io_err).and_then(|()| journal.sync()),
                 _ => self.db.persist(PersistMode::SyncData).map_err(io_err),
@@ -227,6 +229,21 @@ impl FjallBackend {
         self.queue.wake.notify_one();
         Ok(())
     }
+}
+
+/// `TRIBUNE_TEST_SKIP_FSYNC=1`, for tests only: durable batches still reach the journal
+/// file (a kill -9 loses nothing) but are never fsynced, so a power cut loses acknowledged
+/// writes. node/tests/powercut.rs runs the agent this way to show that its power-cut test
+/// catches a missing fsync. Never set it on a real server.
+fn skip_fsync_for_tests() -> bool {
+    static SKIP: OnceLock<bool> = OnceLock::new();
+    *SKIP.get_or_init(|| {
+        let skip = std::env::var_os("TRIBUNE_TEST_SKIP_FSYNC").is_some_and(|v| v == "1");
+        if skip {
+            eprintln!("tribune: TRIBUNE_TEST_SKIP_FSYNC=1: the raft store does not fsync (a test setting: writes are not durable)");
+        }
+        skip
+    })
 }
 
 /// The sync thread: syncs whenever appends wait, as many per sync as have arrived. It
