@@ -200,7 +200,7 @@ fn init_logging(cfg: &Config) -> (LevelHandle, Option<String>) {
 
 /// Hold an exclusive flock on `<data_dir>/tribune.lock` for the agent's lifetime.
 fn lock_data_dir(dir: &Path) -> Result<File, String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("Error creating data_dir {}: {e}", dir.display()))?;
+    crate::durable::create_dir_all(dir).map_err(|e| format!("Error creating data_dir {}: {e}", dir.display()))?;
     let path = dir.join("tribune.lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -244,7 +244,7 @@ fn node_id(cfg: &Config) -> Result<String, String> {
         }
     }
     let id = random_uuid();
-    std::fs::write(&path, &id).map_err(|e| format!("Error writing {}: {e}", path.display()))?;
+    crate::durable::write_file(&path, id.as_bytes()).map_err(|e| format!("Error writing {}: {e}", path.display()))?;
     Ok(id)
 }
 

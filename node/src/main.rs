@@ -5,6 +5,7 @@ mod cli;
 mod client;
 mod config;
 mod dns;
+mod durable;
 mod flags;
 mod forward;
 mod http;

@@ -127,9 +127,16 @@ fn random_u64() -> u64 {
 impl RaftStore {
     /// Open the store in `data_dir`, serve server RPC on `bind`, and tell peers `rpc_addr`.
     pub async fn open(spec: ServerSpec<'_>) -> io::Result<Arc<RaftStore>> {
-        std::fs::create_dir_all(spec.data_dir)?;
+        crate::durable::create_dir_all(spec.data_dir)?;
         let id = identity::node_id(spec.data_dir, random_u64())?;
-        let backend = Arc::new(FjallBackend::open(&spec.data_dir.join("raft"))?);
+        let raft_dir = spec.data_dir.join("raft");
+        let backend = Arc::new(FjallBackend::open(&raft_dir)?);
+        // fjall fsyncs what it creates inside a directory, but not every new directory's own
+        // name: `raft/` in the data_dir, and each keyspace's folder in `raft/keyspaces/`
+        // (made after fjall synced that folder). Without these a power cut can take the
+        // whole store, on a filesystem that keeps only what POSIX promises.
+        crate::durable::sync_dir(&raft_dir.join("keyspaces"))?;
+        crate::durable::sync_dir(spec.data_dir)?;
         let hub = Hub::new();
         let (publish, reset) = (hub.clone(), hub.clone());
         let sm = SmStore::open(backend.clone())?
