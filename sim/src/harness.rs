@@ -225,6 +225,13 @@ impl Cluster {
                 true => Box::new(move |c| c.restart(id)),
                 false => Box::new(|_| {}),
             },
+            Fault::Pause(id) => {
+                if self.down.lock().unwrap().contains(&id) {
+                    return Box::new(|_| {});
+                }
+                self.handle.pause(self.mid(id));
+                Box::new(move |c| c.handle.resume(c.mid(id)))
+            }
             Fault::Wipe(id) => {
                 // One wipe at a time, and only once the last one healed (the wiped server is a
                 // voter again under its new id): wiping a majority loses data for real.

@@ -32,6 +32,8 @@ pub enum Fault {
     /// and the other up-to-date followers are cut off. A wiped server that answered for its
     /// old id would let the laggards elect a leader without those writes.
     Amnesia,
+    /// The server's process is frozen (SIGSTOP), then resumes with the state it had.
+    Pause(u64),
     /// Power loss: every server dies at once.
     KillAll,
     /// Remove a server from the voters (membership change), then add it back.
@@ -118,6 +120,15 @@ impl Plan {
             _ => (servers, 0),
         };
         let start_ms = (0..servers).map(|_| if stagger_ms == 0 { 0 } else { boot.random_range(0..stagger_ms) }).collect();
+        // A third of the kills are pauses instead (from another stream of their own).
+        let mut pauses = SmallRng::seed_from_u64(seed ^ 0x7061_7573_6573_2121);
+        for e in &mut episodes {
+            if let Fault::Kill(n) = e.fault {
+                if pauses.random_bool(0.33) {
+                    e.fault = Fault::Pause(n);
+                }
+            }
+        }
         Plan {
             seed,
             servers,
@@ -152,6 +163,6 @@ mod tests {
                 assert!(e.at_ms + 1 < 30_000);
             }
         }
-        assert_eq!(kinds.len(), 12);
+        assert_eq!(kinds.len(), 13);
     }
 }

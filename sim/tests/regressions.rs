@@ -44,8 +44,8 @@ fn seed_400_restarted_leader_must_not_serve_stale_reads() {
 }
 
 #[test]
-fn seed_411_restarted_leader_must_not_serve_stale_reads() {
-    pinned(411, Sabotage::LeaderRestore);
+fn seed_496_restarted_leader_must_not_serve_stale_reads() {
+    pinned(496, Sabotage::LeaderRestore);
 }
 
 /// Amnesia: a wiped server came back at its old address with an empty log; answering Raft
