@@ -287,7 +287,7 @@ async fn run_load(a: &Args) -> ExitCode {
     let n = hist.len();
     let scenario = a.scenario.clone().unwrap_or_else(|| format!("{:?}", a.op).to_lowercase());
     println!(
-        "RESULT system={} scenario={} clients={} n={} rps={:.0} p50_ms={} p99_ms={} max_ms={} errors={} elapsed_s={:.2}",
+        "RESULT system={} scenario={} clients={} n={} rps={:.0} p50_ms={} p99_ms={} p999_ms={} max_ms={} errors={} elapsed_s={:.2}",
         system_name(a.target),
         scenario,
         a.clients,
@@ -295,6 +295,7 @@ async fn run_load(a: &Args) -> ExitCode {
         n as f64 / elapsed,
         ms(hist.quantile(0.5)),
         ms(hist.quantile(0.99)),
+        ms(hist.quantile(0.999)),
         ms((n > 0).then(|| hist.max())),
         errors,
         elapsed
