@@ -105,6 +105,10 @@ pub struct Harness {
     log: Vec<(Millis, usize, Event)>,
     pending: Vec<(Millis, usize, Event)>,
     traffic: Traffic,
+    /// The first broken invariant seen (checked after every event a node handles).
+    violation: Option<String>,
+    /// Each node's own incarnation after its last event (it must never go down).
+    incarnations: Vec<u64>,
 }
 
 /// The address the harness gives node `i`.
@@ -136,6 +140,8 @@ impl Harness {
             log: Vec::new(),
             pending: Vec::new(),
             traffic: Traffic::default(),
+            violation: None,
+            incarnations: Vec::new(),
         }
     }
 
@@ -349,6 +355,7 @@ impl Harness {
                 self.nodes[i].wake = None;
                 self.nodes[i].gossip.handle_timeout(now);
                 self.pump(i);
+                self.check_node(i);
             }
             Ev::Packet { to, from, bytes } => {
                 if !self.nodes[to].up {
@@ -357,6 +364,7 @@ impl Harness {
                 }
                 self.nodes[to].gossip.handle_packet(now, from, &bytes);
                 self.pump(to);
+                self.check_node(to);
             }
             Ev::StreamRequest { to, from, bytes } => {
                 if !self.nodes[to].up {
@@ -365,6 +373,7 @@ impl Harness {
                 let from_addr = self.nodes[from].addr;
                 let reply = self.nodes[to].gossip.handle_stream(now, from_addr, &bytes);
                 self.pump(to);
+                self.check_node(to);
                 if let Some(reply) = reply {
                     self.traffic.streams += 1;
                     self.traffic.stream_bytes += reply.len() as u64;
@@ -388,9 +397,44 @@ impl Harness {
                 }
                 let _ = self.nodes[to].gossip.handle_stream(now, from, &bytes);
                 self.pump(to);
+                self.check_node(to);
             }
         }
         true
+    }
+
+    /// Check node `i`'s invariants after it handled an event; keep the first violation.
+    fn check_node(&mut self, i: usize) {
+        if self.violation.is_some() {
+            return;
+        }
+        let g = &self.nodes[i].gossip;
+        let inc = g.local().incarnation;
+        if self.incarnations.len() <= i {
+            self.incarnations.resize(i + 1, 0);
+        }
+        let result = g.check_invariants().and_then(|()| match inc < self.incarnations[i] {
+            true => Err(format!("own incarnation went down from {} to {inc}", self.incarnations[i])),
+            false => Ok(()),
+        });
+        self.incarnations[i] = inc;
+        if let Err(e) = result {
+            self.violation = Some(format!("t={}ms node {i}: {e}", self.now.0));
+        }
+    }
+
+    /// The first invariant a node broke during the run, if any (seed: `self.seed`).
+    pub fn check_invariants(&self) -> Result<(), String> {
+        match &self.violation {
+            Some(v) => Err(format!("gossip invariant broken (seed {}): {v}", self.seed)),
+            None => Ok(()),
+        }
+    }
+
+    /// Node `i`'s state machine, to break on purpose in the checker's own test.
+    #[cfg(test)]
+    pub(crate) fn node_for_test(&mut self, i: usize) -> &mut Gossip {
+        &mut self.nodes[i].gossip
     }
 
     /// Run until virtual time `until`, recording events in the log.

@@ -317,6 +317,39 @@ impl Gossip {
         self.members[&self.me].info()
     }
 
+    /// The state machine's own invariants: this node is in its member list, with a
+    /// positive incarnation, not failed; the probe list holds only known members;
+    /// every running suspicion is of a member held suspect. The harnesses check them after
+    /// every input.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let me = self.members.get(&self.me).ok_or("this node is missing from its own member list")?;
+        if me.incarnation == 0 {
+            return Err("this node's incarnation is 0".into());
+        }
+        if me.state == MemberState::Failed {
+            return Err("this node holds itself failed".into());
+        }
+        for n in &self.names {
+            if !self.members.contains_key(n) {
+                return Err(format!("probe list names {n}, which is not a member"));
+            }
+        }
+        for n in self.suspicions.keys() {
+            match self.members.get(n) {
+                Some(m) if m.state == MemberState::Suspect => {}
+                Some(m) => return Err(format!("a suspicion of {n} runs while it is {:?}", m.state)),
+                None => return Err(format!("a suspicion of {n} runs, which is not a member")),
+            }
+        }
+        Ok(())
+    }
+
+    /// Break an invariant on purpose (the checker's own test).
+    #[cfg(test)]
+    pub(crate) fn break_invariant_for_test(&mut self) {
+        self.names.push("nobody".into());
+    }
+
     /// Every known member (this node included), by name: for `tribune members`.
     pub fn members(&self) -> Vec<MemberInfo> {
         self.members.values().map(Member::info).collect()

@@ -495,3 +495,30 @@ fn seed_sweep_with_loss_no_false_failures() {
             .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
     }
 }
+
+#[test]
+fn invariants_hold_after_every_step_through_joins_failures_partitions_and_leaves() {
+    let mut h = cluster(12, 41);
+    h.run_for(Millis::secs(10));
+    h.kill(3);
+    h.cut(1, 2);
+    h.run_for(Millis::secs(20));
+    h.heal();
+    let now = h.now();
+    h.node(5).leave(now).unwrap();
+    h.pump(5);
+    h.run_for(Millis::secs(30));
+    h.check_converged().ok();
+    assert_eq!(h.check_invariants(), Ok(()));
+}
+
+#[test]
+fn invariant_checker_catches_a_node_that_probes_a_stranger() {
+    let mut h = cluster(4, 42);
+    h.run_for(Millis::secs(5));
+    assert_eq!(h.check_invariants(), Ok(()));
+    h.node_for_test(2).break_invariant_for_test();
+    h.run_for(Millis::secs(5));
+    let verdict = h.check_invariants();
+    assert!(verdict.as_ref().is_err_and(|e| e.contains("node 2") && e.contains("probe list names nobody")), "{verdict:?}");
+}

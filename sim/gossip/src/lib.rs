@@ -45,6 +45,8 @@ pub struct Figures {
     pub bytes_per_node_s: u64,
     /// Total simulated milliseconds.
     pub sim_ms: u64,
+    /// The first gossip invariant a node broke (checked after every event), if any.
+    pub invariant: Option<String>,
 }
 
 struct SplitMix(u64);
@@ -234,6 +236,7 @@ pub fn run(p: &Params) -> Figures {
         false_failures,
         bytes_per_node_s: (bytes as f64 / (p.nodes + 1) as f64 / secs) as u64,
         sim_ms: h.now().0,
+        invariant: h.check_invariants().err(),
     }
 }
 

@@ -54,6 +54,10 @@ fn main() -> ExitCode {
         f.bytes_per_node_s
     );
     eprintln!("converge_ms={} sim_ms={}", ms(f.converge_ms), f.sim_ms);
+    if let Some(v) = &f.invariant {
+        eprintln!("gossip-sim: {v} (repro: ci/gossip-sim --nodes {} --loss {} --seed {})", p.nodes, p.loss, p.seed);
+        return ExitCode::FAILURE;
+    }
     if check {
         let mut ok =
             f.false_failures == 0 && f.join_all_ms != u64::MAX && f.detect_all_ms != u64::MAX;
