@@ -255,3 +255,35 @@ fn leave_stops_the_agent() {
     let exited = eventually(Duration::from_secs(5), || a.child.try_wait().unwrap());
     assert!(exited.expect("agent exits after leave").success());
 }
+
+#[test]
+fn wrong_methods_unknown_paths_and_bad_query_options() {
+    let a = Agent::dev(&[]);
+    let r = a.http("POST", "/v1/agent/self", b"");
+    assert_eq!((r.status, r.header("Allow")), (405, Some("OPTIONS,GET")));
+    assert_eq!(r.text(), "method POST not allowed");
+    let r = a.http("PATCH", "/v1/kv/k", b"");
+    assert_eq!((r.status, r.header("Allow")), (405, Some("OPTIONS,GET,PUT,DELETE")));
+    let r = a.http("GET", "/v1/agent/leave", b"");
+    assert_eq!((r.status, r.header("Allow")), (405, Some("OPTIONS,PUT")));
+    let r = a.http("OPTIONS", "/v1/operator/raft/peer", b"");
+    assert_eq!((r.status, r.header("Allow")), (200, Some("OPTIONS,DELETE")));
+    let r = a.http("GET", "/v1/catalog/nothing-here-yet", b"");
+    assert_eq!((r.status, r.text().as_str()), (404, "Invalid URL path: not a recognized HTTP API endpoint\n"));
+    for (q, text) in [
+        ("index=x", "Invalid index"),
+        ("index=1&wait=1x", "Invalid wait time"),
+        ("stale&consistent", "Cannot specify ?stale with ?consistent, conflicting semantics."),
+        ("max_stale=never", "Invalid max_stale value \"never\""),
+    ] {
+        let r = a.http("GET", &format!("/v1/kv/k?{q}"), b"");
+        assert_eq!((r.status, r.text().as_str()), (400, text), "{q}");
+    }
+    // Patroni's fractional-second waits are fine.
+    a.http("PUT", "/v1/kv/k", b"v");
+    let idx = a.http("GET", "/v1/kv/k", b"").index();
+    let started = Instant::now();
+    let r = a.http("GET", &format!("/v1/kv/k?index={idx}&wait=0.3969s"), b"");
+    assert_eq!(r.status, 200);
+    assert!(started.elapsed() >= Duration::from_millis(390), "{:?}", started.elapsed());
+}
