@@ -79,3 +79,10 @@ pub async fn call(
             .to_vec(),
     )
 }
+
+/// The JSON body of a 200 answer.
+pub async fn get_json(api: &Arc<Api>, uri: &str) -> serde_json::Value {
+    let (status, _, body) = call(api, "GET", uri, b"").await;
+    assert_eq!(status, 200, "{uri}: {}", String::from_utf8_lossy(&body));
+    serde_json::from_slice(&body).unwrap()
+}
