@@ -24,6 +24,7 @@ mod status;
 #[cfg(test)]
 mod testing;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,7 +41,10 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+pub use self::agent::debug_config;
 pub use self::agent::member;
+pub use self::agent::node_meta;
+pub use self::agent::session_ttl_min;
 pub use self::blocking::blocking;
 pub use self::blocking::ReadOpts;
 pub use self::listener::serve;
@@ -50,6 +54,10 @@ use crate::store::Store;
 /// Tribune's own version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const REVISION: &str = "unknown";
+/// The Consul release whose HTTP API Tribune implements (`Config.Version` of
+/// `/v1/agent/self`, which clients gate features on): the compatibility spec's baseline
+/// reaches Consul 1.21.
+pub const CONSUL_VERSION: &str = "1.21.0";
 
 /// What the agent tells about itself (members, self, raft configuration).
 #[derive(Debug, Clone)]
@@ -68,6 +76,11 @@ pub struct AgentInfo {
     pub server_port: i64,
     /// Whether gossip is encrypted (`encrypt` is set).
     pub encrypted: bool,
+    /// `node_meta` (`Meta` of `/v1/agent/self`).
+    pub node_meta: BTreeMap<String, String>,
+    /// `session_ttl_min`.
+    pub session_ttl_min: Duration,
+    /// `DebugConfig` of `/v1/agent/self` (see [`debug_config`]).
     pub debug_config: Value,
 }
 

@@ -257,6 +257,30 @@ fn leave_stops_the_agent() {
 }
 
 #[test]
+fn agent_self_tells_the_api_version_meta_and_consuls_config_names() {
+    let dir = temp_dir("self");
+    let config = r#"{"node_meta": {"rack": "r1", "instance-type": "t2"}, "session_ttl_min": "15s",
+                     "ports": {"serf_wan": 8402}}"#;
+    std::fs::write(dir.join("self.json"), config).unwrap();
+    let a = Agent::dev(&["-node=selfnode", &format!("-config-dir={}", dir.display())]);
+    let me = a.http("GET", "/v1/agent/self", b"").json();
+    let version = me["Config"]["Version"].as_str().unwrap();
+    assert!(version.starts_with("1."), "Config.Version is the Consul API version: {version}");
+    assert_eq!(me["Config"]["TribuneVersion"], json!(env!("CARGO_PKG_VERSION")));
+    assert_eq!(me["Config"]["SessionTTLMin"], json!(15_000_000_000u64));
+    assert_eq!(me["Config"]["NodeName"], json!("selfnode"));
+    assert_eq!(me["Meta"], json!({"instance-type": "t2", "rack": "r1"}));
+    let debug = &me["DebugConfig"];
+    assert_eq!(debug["NodeName"], json!("selfnode"));
+    assert_eq!(debug["SessionTTLMin"], json!("15s"));
+    assert_eq!(debug["SerfPortWAN"], json!(8402));
+    assert_eq!(debug["HTTPPort"], json!(a.port));
+    assert_eq!(debug["NodeMeta"]["rack"], json!("r1"));
+    assert_eq!(debug["Version"], json!(version));
+    assert!(debug.get("node_meta").is_none() && debug.get("ports").is_none(), "{debug}");
+}
+
+#[test]
 fn wrong_methods_unknown_paths_and_bad_query_options() {
     let a = Agent::dev(&[]);
     let r = a.http("POST", "/v1/agent/self", b"");

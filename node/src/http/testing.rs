@@ -1,5 +1,6 @@
 //! Test support: an API over any store, and requests run through the route table.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +27,8 @@ pub fn agent_info() -> AgentInfo {
         serf_wan_port: 8302,
         server_port: 8300,
         encrypted: false,
+        node_meta: BTreeMap::new(),
+        session_ttl_min: Duration::from_secs(10),
         debug_config: json!({}),
     }
 }
