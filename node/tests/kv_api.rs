@@ -293,7 +293,8 @@ fn wrong_methods_unknown_paths_and_bad_query_options() {
     let r = a.http("OPTIONS", "/v1/operator/raft/peer", b"");
     assert_eq!((r.status, r.header("Allow")), (200, Some("OPTIONS,DELETE")));
     let r = a.http("GET", "/v1/catalog/nothing-here-yet", b"");
-    assert_eq!((r.status, r.text().as_str()), (404, "Invalid URL path: not a recognized HTTP API endpoint\n"));
+    let unknown = "Invalid URL path: not a recognized HTTP API endpoint\n";
+    assert_eq!((r.status, r.text().as_str()), (404, unknown));
     for (q, text) in [
         ("index=x", "Invalid index"),
         ("index=1&wait=1x", "Invalid wait time"),
