@@ -279,19 +279,6 @@ fn spawn_watches(api: &Arc<Api>, http_addr: &str, specs: Vec<crate::watch::Watch
     specs.into_iter().map(|s| tokio::spawn(crate::watch::run(s, source.clone()))).collect()
 }
 
-/// The merged config for `/v1/agent/self`, with secrets hidden as Consul does.
-fn redacted(raw: &Value) -> Value {
-    let mut v = raw.clone();
-    if let Some(o) = v.as_object_mut() {
-        for secret in ["encrypt", "acl_token", "acl_master_token"] {
-            if o.contains_key(secret) {
-                o.insert(secret.to_string(), json!("hidden"));
-            }
-        }
-    }
-    v
-}
-
 /// How often the leader reconciles gossip membership into the Raft configuration.
 const RECONCILE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// How long a leaving server waits to see itself out of the Raft configuration
@@ -475,7 +462,9 @@ pub async fn run(argv: &[String]) -> i32 {
             serf_wan_port: cfg.serf_wan_port,
             server_port: cfg.server_port,
             encrypted: cfg.encrypt.is_some(),
-            debug_config: redacted(&cfg.raw),
+            node_meta: http::node_meta(&cfg),
+            session_ttl_min: http::session_ttl_min(&cfg),
+            debug_config: http::debug_config(&cfg),
         };
     let (lan, wan) = match start_gossip(&cfg, &agent_info).await {
         Ok(pools) => pools,

@@ -69,6 +69,17 @@ impl std::fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
+/// One server of the Raft configuration, as `/v1/operator/raft/configuration` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftServer {
+    /// Its Raft id, if the store knows it.
+    pub id: Option<u64>,
+    /// Its server RPC address (`ip:port`).
+    pub address: String,
+    /// A voter, or a learner (non-voter).
+    pub voter: bool,
+}
+
 /// A replicated (or dev, single-node) state machine as the API sees it. Object safe: the
 /// agent holds an `Arc<dyn Store>`.
 pub trait Store: Send + Sync + 'static {
@@ -94,6 +105,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// The server RPC addresses of the voters.
     fn peers(&self) -> Vec<String>;
+
+    /// Every server of the Raft configuration, voters and learners.
+    ///
+    /// The default knows only what [`Store::peers`] tells: the voters, by address, their
+    /// Raft ids unknown (the API then looks them up in the servers' gossip tags).
+    ///
+    /// TODO(raft): `RaftStore` (src/raft/mod.rs) should implement `raft_servers` from its
+    /// membership config: each node's Raft id and address, voters and learners.
+    fn raft_servers(&self) -> Vec<RaftServer> {
+        let voter = |address| RaftServer { id: None, address, voter: true };
+        self.peers().into_iter().map(voter).collect()
+    }
 
     /// `Stats.raft` entries of `/v1/agent/self` beyond the applied index (state, term, ...).
     fn raft_stats(&self) -> Vec<(&'static str, String)> {
@@ -190,6 +213,11 @@ impl Store for DevStore {
 
     fn peers(&self) -> Vec<String> {
         vec![self.rpc_addr.clone()]
+    }
+
+    /// Itself, the only voter; with no Raft underneath it has no Raft id.
+    fn raft_servers(&self) -> Vec<RaftServer> {
+        vec![RaftServer { id: None, address: self.rpc_addr.clone(), voter: true }]
     }
 }
 

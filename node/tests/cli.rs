@@ -372,7 +372,7 @@ fn walkthrough_config_dir_starts_an_agent() {
     assert_eq!(stdout(&a.cli(&["kv", "get", "redis/config/connections"])), "5\n");
     // The gossip key is not shown back.
     let me = a.http("GET", "/v1/agent/self", b"").json();
-    assert_eq!(me["DebugConfig"]["encrypt"], json!("hidden"));
+    assert_eq!(me["DebugConfig"]["EncryptKey"], json!("hidden"));
     assert!(std::fs::read_to_string(data.join("node-id")).unwrap().len() == 36);
     let _ = a.cli(&["leave"]);
     let exited = eventually(Duration::from_secs(5), || a.child.try_wait().unwrap());
@@ -540,6 +540,6 @@ ports {
     assert_eq!(member["Port"], json!(lan));
     assert_eq!(member["Tags"]["port"], json!(server.to_string()));
     let debug = &from_hcl["DebugConfig"];
-    assert_eq!(debug["ports"]["serf_wan"], json!(wan));
-    assert_eq!(debug["watches"][1]["prefix"], json!("p/"));
+    assert_eq!(debug["SerfPortWAN"], json!(wan));
+    assert_eq!(debug["Watches"][1]["prefix"], json!("p/"));
 }

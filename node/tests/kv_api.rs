@@ -255,3 +255,60 @@ fn leave_stops_the_agent() {
     let exited = eventually(Duration::from_secs(5), || a.child.try_wait().unwrap());
     assert!(exited.expect("agent exits after leave").success());
 }
+
+#[test]
+fn agent_self_tells_the_api_version_meta_and_consuls_config_names() {
+    let dir = temp_dir("self");
+    let config = r#"{"node_meta": {"rack": "r1", "instance-type": "t2"}, "session_ttl_min": "15s",
+                     "ports": {"serf_wan": 8402}}"#;
+    std::fs::write(dir.join("self.json"), config).unwrap();
+    let a = Agent::dev(&["-node=selfnode", &format!("-config-dir={}", dir.display())]);
+    let me = a.http("GET", "/v1/agent/self", b"").json();
+    let version = me["Config"]["Version"].as_str().unwrap();
+    assert!(version.starts_with("1."), "Config.Version is the Consul API version: {version}");
+    assert_eq!(me["Config"]["TribuneVersion"], json!(env!("CARGO_PKG_VERSION")));
+    assert_eq!(me["Config"]["SessionTTLMin"], json!(15_000_000_000u64));
+    assert_eq!(me["Config"]["NodeName"], json!("selfnode"));
+    assert_eq!(me["Meta"], json!({"instance-type": "t2", "rack": "r1"}));
+    let debug = &me["DebugConfig"];
+    assert_eq!(debug["NodeName"], json!("selfnode"));
+    assert_eq!(debug["SessionTTLMin"], json!("15s"));
+    assert_eq!(debug["SerfPortWAN"], json!(8402));
+    assert_eq!(debug["HTTPPort"], json!(a.port));
+    assert_eq!(debug["NodeMeta"]["rack"], json!("r1"));
+    assert_eq!(debug["Version"], json!(version));
+    assert!(debug.get("node_meta").is_none() && debug.get("ports").is_none(), "{debug}");
+}
+
+#[test]
+fn wrong_methods_unknown_paths_and_bad_query_options() {
+    let a = Agent::dev(&[]);
+    let r = a.http("POST", "/v1/agent/self", b"");
+    assert_eq!((r.status, r.header("Allow")), (405, Some("OPTIONS,GET")));
+    assert_eq!(r.text(), "method POST not allowed");
+    let r = a.http("PATCH", "/v1/kv/k", b"");
+    assert_eq!((r.status, r.header("Allow")), (405, Some("OPTIONS,GET,PUT,DELETE")));
+    let r = a.http("GET", "/v1/agent/leave", b"");
+    assert_eq!((r.status, r.header("Allow")), (405, Some("OPTIONS,PUT")));
+    let r = a.http("OPTIONS", "/v1/operator/raft/peer", b"");
+    assert_eq!((r.status, r.header("Allow")), (200, Some("OPTIONS,DELETE")));
+    let r = a.http("GET", "/v1/catalog/nothing-here-yet", b"");
+    let unknown = "Invalid URL path: not a recognized HTTP API endpoint\n";
+    assert_eq!((r.status, r.text().as_str()), (404, unknown));
+    for (q, text) in [
+        ("index=x", "Invalid index"),
+        ("index=1&wait=1x", "Invalid wait time"),
+        ("stale&consistent", "Cannot specify ?stale with ?consistent, conflicting semantics."),
+        ("max_stale=never", "Invalid max_stale value \"never\""),
+    ] {
+        let r = a.http("GET", &format!("/v1/kv/k?{q}"), b"");
+        assert_eq!((r.status, r.text().as_str()), (400, text), "{q}");
+    }
+    // Patroni's fractional-second waits are fine.
+    a.http("PUT", "/v1/kv/k", b"v");
+    let idx = a.http("GET", "/v1/kv/k", b"").index();
+    let started = Instant::now();
+    let r = a.http("GET", &format!("/v1/kv/k?index={idx}&wait=0.3969s"), b"");
+    assert_eq!(r.status, 200);
+    assert!(started.elapsed() >= Duration::from_millis(390), "{:?}", started.elapsed());
+}

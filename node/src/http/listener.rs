@@ -1,0 +1,76 @@
+//! The HTTP listener: connection caps per client and overall.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use axum::Router;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+/// Consul's answer to a client over `limits.http_max_conns_per_client`.
+const TOO_MANY: &str =
+    "Your IP is issuing too many concurrent connections, please rate limit your calls\n";
+
+/// Serve `router` on `listener`: at most `max_per_client` concurrent connections per client
+/// IP (more get a 429 and are closed) and `max_total` overall (further accepts wait).
+pub async fn serve(listener: TcpListener, router: Router, max_per_client: u64, max_total: usize) {
+    let per_client: Arc<Mutex<HashMap<IpAddr, u64>>> = Arc::default();
+    let total = Arc::new(Semaphore::new(max_total));
+    loop {
+        let permit = total.clone().acquire_owned().await.expect("semaphore open");
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "http: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let ip = peer.ip();
+        let admitted = {
+            let mut m = per_client.lock().unwrap();
+            let n = m.entry(ip).or_default();
+            if *n >= max_per_client {
+                false
+            } else {
+                *n += 1;
+                true
+            }
+        };
+        if !admitted {
+            tokio::spawn(async move {
+                let mut stream = stream;
+                let head = format!(
+                    "HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n",
+                    TOO_MANY.len()
+                );
+                let _ = stream
+                    .write_all(format!("{head}{TOO_MANY}").as_bytes())
+                    .await;
+                drop(permit);
+            });
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let svc = hyper_util::service::TowerToHyperService::new(router.clone());
+        let per_client = per_client.clone();
+        tokio::spawn(async move {
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let mut conn = hyper::server::conn::http1::Builder::new();
+            let _ = conn.keep_alive(true).serve_connection(io, svc).await;
+            let mut m = per_client.lock().unwrap();
+            if let Some(n) = m.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&ip);
+                }
+            }
+            drop(permit);
+        });
+    }
+}
