@@ -109,10 +109,8 @@ pub trait Store: Send + Sync + 'static {
     /// Every server of the Raft configuration, voters and learners.
     ///
     /// The default knows only what [`Store::peers`] tells: the voters, by address, their
-    /// Raft ids unknown (the API then looks them up in the servers' gossip tags).
-    ///
-    /// TODO(raft): `RaftStore` (src/raft/mod.rs) should implement `raft_servers` from its
-    /// membership config: each node's Raft id and address, voters and learners.
+    /// Raft ids unknown (the API then looks them up in the servers' gossip tags). The Raft
+    /// store lists its membership config: every node's Raft id and address, learners too.
     fn raft_servers(&self) -> Vec<RaftServer> {
         let voter = |address| RaftServer { id: None, address, voter: true };
         self.peers().into_iter().map(voter).collect()

@@ -234,6 +234,19 @@ fn three_servers_elect_replicate_survive_kill9_and_catch_up() {
         assert_eq!(stats["raft"]["state"], if i == li { "Leader" } else { "Follower" }, "{stats}");
         assert_eq!(stats["raft"]["num_peers"], "2", "{stats}");
     }
+    // The Raft configuration names each server by its real Raft id (the `raft-id` file in
+    // its data dir) and node name, all voters.
+    let (_, body) = servers[li].http("GET", "/v1/operator/raft/configuration", b"").unwrap();
+    let conf: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let listed = conf["Servers"].as_array().unwrap_or_else(|| panic!("{conf}"));
+    assert_eq!(listed.len(), 3, "{conf}");
+    for s in &servers {
+        let id = std::fs::read_to_string(s.dir.join("data/raft-id")).unwrap().trim().to_string();
+        let name = format!("n{}", s.ip.rsplit('.').next().unwrap());
+        let entry = listed.iter().find(|e| e["ID"] == id.as_str()).unwrap_or_else(|| panic!("raft id {id} not in {conf}"));
+        assert_eq!(entry["Node"], name.as_str(), "{conf}");
+        assert_eq!(entry["Voter"], true, "{conf}");
+    }
     for (i, s) in servers.iter().enumerate().filter(|(i, _)| *i != li) {
         assert!(last_contact(s) < 1_000, "follower {i} has not heard from the leader for {} ms", last_contact(s));
         assert!(metric(s, "consul_raft_leader_changes") >= 1);

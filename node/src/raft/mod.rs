@@ -308,6 +308,16 @@ impl Store for RaftStore {
         ]
     }
 
+    fn raft_servers(&self) -> Vec<crate::store::RaftServer> {
+        let m = self.engine.metrics();
+        let membership = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, n)| crate::store::RaftServer { id: Some(*id), address: n.addr.clone(), voter: voters.contains(id) })
+            .collect()
+    }
+
     fn peers(&self) -> Vec<String> {
         let m = self.engine.metrics();
         let membership = m.membership_config.membership();
