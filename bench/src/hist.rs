@@ -43,7 +43,12 @@ fn bounds(i: usize) -> (u64, u64) {
 impl Histogram {
     pub fn new() -> Self {
         // 64-bit values need at most SUB + 57 * HALF buckets.
-        Histogram { counts: vec![0; (SUB + 58 * HALF) as usize], n: 0, max: 0, min: u64::MAX }
+        Histogram {
+            counts: vec![0; (SUB + 58 * HALF) as usize],
+            n: 0,
+            max: 0,
+            min: u64::MAX,
+        }
     }
 
     pub fn record(&mut self, v: u64) {
@@ -104,7 +109,10 @@ mod tests {
             }
             assert_eq!(index(lo), i);
             assert_eq!(index(hi), i);
-            assert!((hi - lo) as f64 <= lo as f64 / 64.0 + 1.0, "bucket {i} too wide: {lo}..{hi}");
+            assert!(
+                (hi - lo) as f64 <= lo as f64 / 64.0 + 1.0,
+                "bucket {i} too wide: {lo}..{hi}"
+            );
             prev_hi = Some(hi);
         }
         assert!(index(u64::MAX) < Histogram::new().counts.len());
@@ -117,8 +125,16 @@ mod tests {
             h.record(v);
         }
         let near = |got: u64, want: f64| (got as f64 - want).abs() <= want / 60.0;
-        assert!(near(h.quantile(0.5).unwrap(), 5000.0), "{:?}", h.quantile(0.5));
-        assert!(near(h.quantile(0.99).unwrap(), 9900.0), "{:?}", h.quantile(0.99));
+        assert!(
+            near(h.quantile(0.5).unwrap(), 5000.0),
+            "{:?}",
+            h.quantile(0.5)
+        );
+        assert!(
+            near(h.quantile(0.99).unwrap(), 9900.0),
+            "{:?}",
+            h.quantile(0.99)
+        );
         assert_eq!(h.quantile(1.0), Some(10_000));
         assert_eq!(h.quantile(0.0), Some(1));
         assert_eq!(h.len(), 10_000);

@@ -47,7 +47,11 @@ pub fn parse_response(buf: &[u8]) -> Result<Option<(Response, usize)>, ParseErro
     loop {
         let rest = &buf[start..];
         let Some(head_end) = find(rest, b"\r\n\r\n") else {
-            return if rest.len() > MAX_HEAD { Err(ParseError::HeadTooLarge) } else { Ok(None) };
+            return if rest.len() > MAX_HEAD {
+                Err(ParseError::HeadTooLarge)
+            } else {
+                Ok(None)
+            };
         };
         let head = std::str::from_utf8(&rest[..head_end]).map_err(|_| ParseError::BadHeader)?;
         let mut lines = head.split("\r\n");
@@ -57,8 +61,11 @@ pub fn parse_response(buf: &[u8]) -> Result<Option<(Response, usize)>, ParseErro
         if !version.starts_with("HTTP/1.") {
             return Err(ParseError::BadStatusLine);
         }
-        let status: u16 =
-            parts.next().filter(|s| s.len() == 3).and_then(|s| s.parse().ok()).ok_or(ParseError::BadStatusLine)?;
+        let status: u16 = parts
+            .next()
+            .filter(|s| s.len() == 3)
+            .and_then(|s| s.parse().ok())
+            .ok_or(ParseError::BadStatusLine)?;
         let mut content_length: Option<usize> = None;
         let mut chunked = false;
         let mut close = version == "HTTP/1.0";
@@ -72,7 +79,10 @@ pub fn parse_response(buf: &[u8]) -> Result<Option<(Response, usize)>, ParseErro
                 }
                 content_length = Some(n);
             } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                chunked = value.to_ascii_lowercase().split(',').any(|t| t.trim() == "chunked");
+                chunked = value
+                    .to_ascii_lowercase()
+                    .split(',')
+                    .any(|t| t.trim() == "chunked");
             } else if name.eq_ignore_ascii_case("connection") {
                 let v = value.to_ascii_lowercase();
                 if v.split(',').any(|t| t.trim() == "close") {
@@ -88,11 +98,26 @@ pub fn parse_response(buf: &[u8]) -> Result<Option<(Response, usize)>, ParseErro
             continue;
         }
         if status == 204 || status == 304 {
-            return Ok(Some((Response { status, body: Vec::new(), close }, body_start)));
+            return Ok(Some((
+                Response {
+                    status,
+                    body: Vec::new(),
+                    close,
+                },
+                body_start,
+            )));
         }
         if chunked {
-            return Ok(parse_chunked(&buf[body_start..])?
-                .map(|(body, used)| (Response { status, body, close }, body_start + used)));
+            return Ok(parse_chunked(&buf[body_start..])?.map(|(body, used)| {
+                (
+                    Response {
+                        status,
+                        body,
+                        close,
+                    },
+                    body_start + used,
+                )
+            }));
         }
         let Some(len) = content_length else {
             return Err(ParseError::UnframedBody);
@@ -101,7 +126,14 @@ pub fn parse_response(buf: &[u8]) -> Result<Option<(Response, usize)>, ParseErro
             return Ok(None);
         }
         let body = buf[body_start..body_start + len].to_vec();
-        return Ok(Some((Response { status, body, close }, body_start + len)));
+        return Ok(Some((
+            Response {
+                status,
+                body,
+                close,
+            },
+            body_start + len,
+        )));
     }
 }
 
@@ -111,7 +143,11 @@ fn parse_chunked(buf: &[u8]) -> Result<Option<(Vec<u8>, usize)>, ParseError> {
     let mut pos = 0;
     loop {
         let Some(eol) = find(&buf[pos..], b"\r\n") else {
-            return if buf.len() - pos > 1024 { Err(ParseError::BadChunk) } else { Ok(None) };
+            return if buf.len() - pos > 1024 {
+                Err(ParseError::BadChunk)
+            } else {
+                Ok(None)
+            };
         };
         let line = std::str::from_utf8(&buf[pos..pos + eol]).map_err(|_| ParseError::BadChunk)?;
         let size_hex = line.split(';').next().unwrap_or("").trim();
@@ -120,7 +156,9 @@ fn parse_chunked(buf: &[u8]) -> Result<Option<(Vec<u8>, usize)>, ParseError> {
         if size == 0 {
             // Trailers end with an empty line.
             loop {
-                let Some(eol) = find(&buf[pos..], b"\r\n") else { return Ok(None) };
+                let Some(eol) = find(&buf[pos..], b"\r\n") else {
+                    return Ok(None);
+                };
                 pos += eol + 2;
                 if eol == 0 {
                     return Ok(Some((body, pos)));
@@ -160,7 +198,11 @@ impl Conn {
     pub async fn connect(addr: &str) -> io::Result<Conn> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
-        Ok(Conn { stream, buf: Vec::with_capacity(4096), closed: false })
+        Ok(Conn {
+            stream,
+            buf: Vec::with_capacity(4096),
+            closed: false,
+        })
     }
 
     /// False once the server asked to close (or an error happened): reconnect.
@@ -185,7 +227,10 @@ impl Conn {
             let mut chunk = [0u8; 8192];
             let n = self.stream.read(&mut chunk).await?;
             if n == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed mid-response"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed mid-response",
+                ));
             }
             self.buf.extend_from_slice(&chunk[..n]);
         }
@@ -200,7 +245,14 @@ mod tests {
     fn content_length_response_and_pipelined_rest() {
         let raw = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\ncontent-length: 5\r\n\r\ntrue\nHTTP/1.1 404";
         let (r, used) = parse_response(raw).unwrap().unwrap();
-        assert_eq!(r, Response { status: 200, body: b"true\n".to_vec(), close: false });
+        assert_eq!(
+            r,
+            Response {
+                status: 200,
+                body: b"true\n".to_vec(),
+                close: false
+            }
+        );
         assert_eq!(&raw[used..], b"HTTP/1.1 404");
     }
 
@@ -231,21 +283,38 @@ mod tests {
         let raw = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n";
         let (r, used) = parse_response(raw).unwrap().unwrap();
         assert_eq!((r.status, r.body.len(), used), (204, 0, raw.len()));
-        assert_eq!(parse_response(b"HTTP/1.1 200 OK\r\n\r\nabc"), Err(ParseError::UnframedBody));
-        assert_eq!(parse_response(b"SMTP 220 hi\r\n\r\n"), Err(ParseError::BadStatusLine));
-        assert_eq!(parse_response(b"HTTP/1.1 2x0 OK\r\n\r\n"), Err(ParseError::BadStatusLine));
-        assert_eq!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n"), Err(ParseError::BadContentLength));
+        assert_eq!(
+            parse_response(b"HTTP/1.1 200 OK\r\n\r\nabc"),
+            Err(ParseError::UnframedBody)
+        );
+        assert_eq!(
+            parse_response(b"SMTP 220 hi\r\n\r\n"),
+            Err(ParseError::BadStatusLine)
+        );
+        assert_eq!(
+            parse_response(b"HTTP/1.1 2x0 OK\r\n\r\n"),
+            Err(ParseError::BadStatusLine)
+        );
+        assert_eq!(
+            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n"),
+            Err(ParseError::BadContentLength)
+        );
         assert_eq!(
             parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"),
             Err(ParseError::BadChunk)
         );
-        let (r, _) = parse_response(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n").unwrap().unwrap();
+        let (r, _) = parse_response(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert!(r.close);
     }
 
     #[test]
     fn request_has_content_length() {
         let r = build_request("PUT", "/v1/kv/a", None, b"xyz");
-        assert_eq!(r, b"PUT /v1/kv/a HTTP/1.1\r\nHost: bench\r\nContent-Length: 3\r\n\r\nxyz");
+        assert_eq!(
+            r,
+            b"PUT /v1/kv/a HTTP/1.1\r\nHost: bench\r\nContent-Length: 3\r\n\r\nxyz"
+        );
     }
 }

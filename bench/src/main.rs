@@ -85,9 +85,15 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
         }
         let v = match inline {
             Some(v) => v,
-            None => it.next().cloned().ok_or_else(|| format!("{name} needs a value\n{}", usage()))?,
+            None => it
+                .next()
+                .cloned()
+                .ok_or_else(|| format!("{name} needs a value\n{}", usage()))?,
         };
-        let num = |v: &str| v.parse::<u64>().map_err(|_| format!("{name}: not a number: {v}"));
+        let num = |v: &str| {
+            v.parse::<u64>()
+                .map_err(|_| format!("{name}: not a number: {v}"))
+        };
         match name {
             "--target" => {
                 a.target = match v.as_str() {
@@ -114,7 +120,8 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
             }
             "--clients" => a.clients = num(&v)?.max(1) as usize,
             "--duration-secs" => {
-                a.duration = Duration::from_secs_f64(v.parse::<f64>().map_err(|_| format!("{name}: {v}"))?)
+                a.duration =
+                    Duration::from_secs_f64(v.parse::<f64>().map_err(|_| format!("{name}: {v}"))?)
             }
             "--max-requests" => a.max_requests = num(&v)?,
             "--value-bytes" => a.value_bytes = num(&v)? as usize,
@@ -139,15 +146,31 @@ fn build(target: Target, op: Op, i: usize, value: &[u8]) -> Vec<u8> {
     let key = key_name(i);
     let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
     match (target, op) {
-        (Target::Tribune, Op::Get) => http::build_request("GET", &format!("/v1/kv/{key}?consistent"), None, b""),
+        (Target::Tribune, Op::Get) => {
+            http::build_request("GET", &format!("/v1/kv/{key}?consistent"), None, b"")
+        }
         (Target::Tribune, _) => http::build_request("PUT", &format!("/v1/kv/{key}"), None, value),
         (Target::Etcd, Op::Get) => {
             let body = format!("{{\"key\":\"{}\"}}", b64(key.as_bytes()));
-            http::build_request("POST", "/v3/kv/range", Some("application/json"), body.as_bytes())
+            http::build_request(
+                "POST",
+                "/v3/kv/range",
+                Some("application/json"),
+                body.as_bytes(),
+            )
         }
         (Target::Etcd, _) => {
-            let body = format!("{{\"key\":\"{}\",\"value\":\"{}\"}}", b64(key.as_bytes()), b64(value));
-            http::build_request("POST", "/v3/kv/put", Some("application/json"), body.as_bytes())
+            let body = format!(
+                "{{\"key\":\"{}\",\"value\":\"{}\"}}",
+                b64(key.as_bytes()),
+                b64(value)
+            );
+            http::build_request(
+                "POST",
+                "/v3/kv/put",
+                Some("application/json"),
+                body.as_bytes(),
+            )
         }
     }
 }
@@ -209,7 +232,11 @@ async fn client(id: usize, s: Arc<Shared>) -> ClientStats {
         if n >= s.max_requests {
             break;
         }
-        let key = if s.op == Op::Fill { n as usize } else { (rng.next() % s.requests.len() as u64) as usize };
+        let key = if s.op == Op::Fill {
+            n as usize
+        } else {
+            (rng.next() % s.requests.len() as u64) as usize
+        };
         // No request may outlive the run by more than a little.
         let budget = s.deadline.saturating_duration_since(now) + Duration::from_secs(2);
         let t0 = Instant::now();
@@ -226,7 +253,11 @@ async fn client(id: usize, s: Arc<Shared>) -> ClientStats {
                 continue;
             }
             Ok(Ok(r)) => {
-                format!("status {} body {:?}", r.status, String::from_utf8_lossy(&r.body[..r.body.len().min(120)]))
+                format!(
+                    "status {} body {:?}",
+                    r.status,
+                    String::from_utf8_lossy(&r.body[..r.body.len().min(120)])
+                )
             }
             Ok(Err(e)) => {
                 conn = None;
@@ -247,7 +278,8 @@ async fn client(id: usize, s: Arc<Shared>) -> ClientStats {
 }
 
 fn ms(us: Option<u64>) -> String {
-    us.map(|v| format!("{:.3}", v as f64 / 1000.0)).unwrap_or_else(|| "nan".into())
+    us.map(|v| format!("{:.3}", v as f64 / 1000.0))
+        .unwrap_or_else(|| "nan".into())
 }
 
 fn system_name(t: Target) -> &'static str {
@@ -259,8 +291,14 @@ fn system_name(t: Target) -> &'static str {
 
 async fn run_load(a: &Args) -> ExitCode {
     let value = vec![b'v'; a.value_bytes];
-    let requests: Vec<Vec<u8>> = (0..a.keys).map(|i| build(a.target, a.op, i, &value)).collect();
-    let max_requests = if a.op == Op::Fill { a.max_requests.min(a.keys as u64) } else { a.max_requests };
+    let requests: Vec<Vec<u8>> = (0..a.keys)
+        .map(|i| build(a.target, a.op, i, &value))
+        .collect();
+    let max_requests = if a.op == Op::Fill {
+        a.max_requests.min(a.keys as u64)
+    } else {
+        a.max_requests
+    };
     let start = Instant::now();
     let shared = Arc::new(Shared {
         requests,
@@ -271,7 +309,9 @@ async fn run_load(a: &Args) -> ExitCode {
         max_requests,
         deadline: start + a.duration,
     });
-    let tasks: Vec<_> = (0..a.clients).map(|id| tokio::spawn(client(id, shared.clone()))).collect();
+    let tasks: Vec<_> = (0..a.clients)
+        .map(|id| tokio::spawn(client(id, shared.clone())))
+        .collect();
     let mut hist = Histogram::new();
     let mut errors = 0;
     let mut first_error = None;
@@ -285,7 +325,10 @@ async fn run_load(a: &Args) -> ExitCode {
     }
     let elapsed = start.elapsed().as_secs_f64();
     let n = hist.len();
-    let scenario = a.scenario.clone().unwrap_or_else(|| format!("{:?}", a.op).to_lowercase());
+    let scenario = a
+        .scenario
+        .clone()
+        .unwrap_or_else(|| format!("{:?}", a.op).to_lowercase());
     println!(
         "RESULT system={} scenario={} clients={} n={} rps={:.0} p50_ms={} p99_ms={} p999_ms={} max_ms={} errors={} elapsed_s={:.2}",
         system_name(a.target),
@@ -304,24 +347,43 @@ async fn run_load(a: &Args) -> ExitCode {
         eprintln!("# {} {scenario}: first error: {e}", system_name(a.target));
     }
     if n == 0 {
-        eprintln!("# {} {scenario}: no request succeeded", system_name(a.target));
+        eprintln!(
+            "# {} {scenario}: no request succeeded",
+            system_name(a.target)
+        );
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
 }
 
 fn now_ns() -> u128 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos()
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
 }
 
 /// One PUT of bench/0000 on a fresh connection.
-async fn failover_attempt(target: Target, addr: String, request: Arc<Vec<u8>>) -> Result<String, String> {
-    let mut c = Conn::connect(&addr).await.map_err(|e| format!("{addr}: {e}"))?;
-    let r = c.round_trip(&request).await.map_err(|e| format!("{addr}: {e}"))?;
+async fn failover_attempt(
+    target: Target,
+    addr: String,
+    request: Arc<Vec<u8>>,
+) -> Result<String, String> {
+    let mut c = Conn::connect(&addr)
+        .await
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let r = c
+        .round_trip(&request)
+        .await
+        .map_err(|e| format!("{addr}: {e}"))?;
     if accepted(target, Op::Put, &r) {
         Ok(addr)
     } else {
-        Err(format!("{addr}: status {} {:?}", r.status, String::from_utf8_lossy(&r.body[..r.body.len().min(120)])))
+        Err(format!(
+            "{addr}: status {} {:?}",
+            r.status,
+            String::from_utf8_lossy(&r.body[..r.body.len().min(120)])
+        ))
     }
 }
 
@@ -377,8 +439,14 @@ async fn run_failover(a: &Args) -> ExitCode {
             }
         }
     }
-    println!("RESULT system={} scenario=failover failover_ms=timeout attempts={attempts}", system_name(a.target));
-    eprintln!("# failover: no write succeeded within {:?}; last error: {last_err}", a.duration);
+    println!(
+        "RESULT system={} scenario=failover failover_ms=timeout attempts={attempts}",
+        system_name(a.target)
+    );
+    eprintln!(
+        "# failover: no write succeeded within {:?}; last error: {last_err}",
+        a.duration
+    );
     ExitCode::FAILURE
 }
 
@@ -406,9 +474,15 @@ mod tests {
     fn etcd_put_body_is_base64_json() {
         let r = String::from_utf8(build(Target::Etcd, Op::Put, 7, b"ab")).unwrap();
         assert!(r.starts_with("POST /v3/kv/put HTTP/1.1\r\n"), "{r}");
-        assert!(r.ends_with("\r\n\r\n{\"key\":\"YmVuY2gvMDAwNw==\",\"value\":\"YWI=\"}"), "{r}");
+        assert!(
+            r.ends_with("\r\n\r\n{\"key\":\"YmVuY2gvMDAwNw==\",\"value\":\"YWI=\"}"),
+            "{r}"
+        );
         let g = String::from_utf8(build(Target::Tribune, Op::Get, 42, b"")).unwrap();
-        assert!(g.starts_with("GET /v1/kv/bench/0042?consistent HTTP/1.1\r\n"), "{g}");
+        assert!(
+            g.starts_with("GET /v1/kv/bench/0042?consistent HTTP/1.1\r\n"),
+            "{g}"
+        );
     }
 
     #[test]

@@ -98,13 +98,21 @@ impl StateMachine {
 
     /// Record a log entry that carries no command.
     pub fn apply_empty(&mut self, index: u64) {
-        assert!(index > self.last_applied, "entry {index} applied after {}", self.last_applied);
+        assert!(
+            index > self.last_applied,
+            "entry {index} applied after {}",
+            self.last_applied
+        );
         self.last_applied = index;
     }
 
     /// Apply one request at `index`, which must be above every index applied before.
     pub fn apply(&mut self, index: u64, req: &Request) -> Response {
-        assert!(index > self.last_applied, "entry {index} applied after {}", self.last_applied);
+        assert!(
+            index > self.last_applied,
+            "entry {index} applied after {}",
+            self.last_applied
+        );
         self.last_applied = index;
         if req.client != 0 && !self.dedup_disabled() {
             if let Some(rec) = self.clients.get(&req.client) {
@@ -135,9 +143,10 @@ impl StateMachine {
     pub fn apply_checked(&mut self, index: u64, req: &Request) -> (Response, Result<(), String>) {
         let Command::Kv(op) = &req.cmd;
         let key = match op {
-            KvOp::Set { key, .. } | KvOp::Cas { key, .. } | KvOp::Delete { key } | KvOp::DeleteCas { key, .. } => {
-                Some(key.clone())
-            }
+            KvOp::Set { key, .. }
+            | KvOp::Cas { key, .. }
+            | KvOp::Delete { key }
+            | KvOp::DeleteCas { key, .. } => Some(key.clone()),
             _ => None,
         };
         let before = key.as_ref().and_then(|k| self.kv.get(k).cloned());
@@ -152,7 +161,8 @@ impl StateMachine {
 
     fn apply_kv(&mut self, index: u64, op: &KvOp) -> KvOutcome {
         #[cfg(feature = "sabotage")]
-        self.kv.set_sabotage_noop_bumps_index(self.sabotage.noop_bumps_index);
+        self.kv
+            .set_sabotage_noop_bumps_index(self.sabotage.noop_bumps_index);
         self.kv.apply(index, op)
     }
 
@@ -167,12 +177,21 @@ impl StateMachine {
     }
 
     fn remember(&mut self, client: u64, seq: u64, response: Response, index: u64) {
-        if let Some(old) = self.clients.insert(client, ClientRecord { seq, response, last_index: index }) {
+        if let Some(old) = self.clients.insert(
+            client,
+            ClientRecord {
+                seq,
+                response,
+                last_index: index,
+            },
+        ) {
             self.clients_by_index.remove(&old.last_index);
         }
         self.clients_by_index.insert(index, client);
         while self.clients.len() > DEDUP_CLIENTS_MAX {
-            let Some((_, oldest)) = self.clients_by_index.pop_first() else { break };
+            let Some((_, oldest)) = self.clients_by_index.pop_first() else {
+                break;
+            };
             self.clients.remove(&oldest);
         }
     }
@@ -202,11 +221,16 @@ impl StateMachine {
         if bytes.len() < header || &bytes[..SNAPSHOT_MAGIC.len()] != SNAPSHOT_MAGIC {
             return Err(SnapshotError::NotASnapshot);
         }
-        let version = u32::from_be_bytes(bytes[SNAPSHOT_MAGIC.len()..header].try_into().expect("4 bytes"));
+        let version = u32::from_be_bytes(
+            bytes[SNAPSHOT_MAGIC.len()..header]
+                .try_into()
+                .expect("4 bytes"),
+        );
         if version != SNAPSHOT_VERSION {
             return Err(SnapshotError::Version(version));
         }
-        let sm: StateMachine = postcard::from_bytes(&bytes[header..]).map_err(|e| SnapshotError::Decode(e.to_string()))?;
+        let sm: StateMachine = postcard::from_bytes(&bytes[header..])
+            .map_err(|e| SnapshotError::Decode(e.to_string()))?;
         sm.check_invariants().map_err(SnapshotError::Invalid)?;
         Ok(sm)
     }

@@ -3,18 +3,41 @@ use proptest::prelude::*;
 use super::*;
 
 fn put(client: u64, seq: u64, key: &str, value: &str) -> Request {
-    Request { client, seq, cmd: Command::Kv(KvOp::Set { key: key.into(), value: value.as_bytes().to_vec(), flags: 0 }) }
+    Request {
+        client,
+        seq,
+        cmd: Command::Kv(KvOp::Set {
+            key: key.into(),
+            value: value.as_bytes().to_vec(),
+            flags: 0,
+        }),
+    }
 }
 
 fn cas(client: u64, seq: u64, key: &str, value: &str, index: u64) -> Request {
-    Request { client, seq, cmd: Command::Kv(KvOp::Cas { key: key.into(), value: value.as_bytes().to_vec(), flags: 0, index }) }
+    Request {
+        client,
+        seq,
+        cmd: Command::Kv(KvOp::Cas {
+            key: key.into(),
+            value: value.as_bytes().to_vec(),
+            flags: 0,
+            index,
+        }),
+    }
 }
 
 #[test]
 fn retried_write_is_applied_once() {
     let mut sm = StateMachine::new();
     let first = sm.apply(1, &cas(7, 1, "k", "a", 0));
-    assert!(matches!(first, Response::Kv { outcome: KvOutcome { ok: true, .. }, index: 1 }));
+    assert!(matches!(
+        first,
+        Response::Kv {
+            outcome: KvOutcome { ok: true, .. },
+            index: 1
+        }
+    ));
     // The same request committed again (a client retry after a timeout) returns the first
     // answer; a second application would have failed the cas.
     let retry = sm.apply(2, &cas(7, 1, "k", "a", 0));
@@ -26,7 +49,10 @@ fn retried_write_is_applied_once() {
     assert_eq!(sm.kv().get("k").unwrap().value, b"b");
     // Client 0 is never deduplicated.
     sm.apply(5, &put(0, 1, "z", "1"));
-    assert!(matches!(sm.apply(6, &put(0, 1, "z", "2")), Response::Kv { .. }));
+    assert!(matches!(
+        sm.apply(6, &put(0, 1, "z", "2")),
+        Response::Kv { .. }
+    ));
     assert_eq!(sm.kv().get("z").unwrap().value, b"2");
     assert_eq!(sm.last_applied(), 6);
 }
@@ -57,30 +83,56 @@ fn indexes_must_increase() {
 
 #[test]
 fn snapshot_rejects_garbage() {
-    assert_eq!(StateMachine::restore(b"nope"), Err(SnapshotError::NotASnapshot));
+    assert_eq!(
+        StateMachine::restore(b"nope"),
+        Err(SnapshotError::NotASnapshot)
+    );
     let mut snap = StateMachine::new().snapshot();
     snap[8..12].copy_from_slice(&99u32.to_be_bytes());
-    assert_eq!(StateMachine::restore(&snap), Err(SnapshotError::Version(99)));
+    assert_eq!(
+        StateMachine::restore(&snap),
+        Err(SnapshotError::Version(99))
+    );
     let mut snap = StateMachine::new().snapshot();
     snap.push(0xff);
     snap.truncate(12);
     snap.extend_from_slice(&[0xff; 3]);
-    assert!(matches!(StateMachine::restore(&snap), Err(SnapshotError::Decode(_))));
+    assert!(matches!(
+        StateMachine::restore(&snap),
+        Err(SnapshotError::Decode(_))
+    ));
 }
 
 fn arb_request() -> impl Strategy<Value = Request> {
     let key = prop::sample::select(vec!["a", "a/b", "b", "c/d"]).prop_map(String::from);
     let op = prop_oneof![
-        (key.clone(), prop::collection::vec(any::<u8>(), 0..4), any::<u64>())
+        (
+            key.clone(),
+            prop::collection::vec(any::<u8>(), 0..4),
+            any::<u64>()
+        )
             .prop_map(|(key, value, flags)| KvOp::Set { key, value, flags }),
-        (key.clone(), prop::collection::vec(any::<u8>(), 0..4), 0u64..20)
-            .prop_map(|(key, value, index)| KvOp::Cas { key, value, flags: 0, index }),
+        (
+            key.clone(),
+            prop::collection::vec(any::<u8>(), 0..4),
+            0u64..20
+        )
+            .prop_map(|(key, value, index)| KvOp::Cas {
+                key,
+                value,
+                flags: 0,
+                index
+            }),
         key.clone().prop_map(|key| KvOp::Delete { key }),
         (key.clone(), 0u64..20).prop_map(|(key, index)| KvOp::DeleteCas { key, index }),
         prop::sample::select(vec!["a", ""]).prop_map(|p| KvOp::DeleteTree { prefix: p.into() }),
         (0u64..20).prop_map(|up_to| KvOp::ReapTombstones { up_to }),
     ];
-    (0u64..4, 1u64..6, op).prop_map(|(client, seq, op)| Request { client, seq, cmd: Command::Kv(op) })
+    (0u64..4, 1u64..6, op).prop_map(|(client, seq, op)| Request {
+        client,
+        seq,
+        cmd: Command::Kv(op),
+    })
 }
 
 proptest! {

@@ -35,10 +35,19 @@ pub struct Entry {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvOp {
     /// Create or update; keeps CreateIndex, LockIndex and the lock holder.
-    Set { key: String, value: Vec<u8>, flags: u64 },
+    Set {
+        key: String,
+        value: Vec<u8>,
+        flags: u64,
+    },
     /// Check-and-set: `index == 0` creates only if absent; otherwise the key must exist with
     /// `ModifyIndex == index`.
-    Cas { key: String, value: Vec<u8>, flags: u64, index: u64 },
+    Cas {
+        key: String,
+        value: Vec<u8>,
+        flags: u64,
+        index: u64,
+    },
     /// Delete one key; a missing key is not an error.
     Delete { key: String },
     /// Delete one key only if its ModifyIndex equals `index`. `index == 0` never deletes;
@@ -95,10 +104,19 @@ impl KvStore {
     /// Apply `op` at Raft log index `index`. `index` must exceed every index applied
     /// before; the state machine guarantees that.
     pub fn apply(&mut self, index: u64, op: &KvOp) -> KvOutcome {
-        debug_assert!(index > self.table_index, "index {index} not above table index {}", self.table_index);
+        debug_assert!(
+            index > self.table_index,
+            "index {index} not above table index {}",
+            self.table_index
+        );
         let outcome = match op {
             KvOp::Set { key, value, flags } => self.put(index, key, value, *flags),
-            KvOp::Cas { key, value, flags, index: expect } => {
+            KvOp::Cas {
+                key,
+                value,
+                flags,
+                index: expect,
+            } => {
                 let holds = match self.entries.get(key) {
                     None => *expect == 0,
                     Some(e) => *expect != 0 && e.modify_index == *expect,
@@ -106,7 +124,10 @@ impl KvStore {
                 if holds {
                     self.put(index, key, value, *flags)
                 } else {
-                    KvOutcome { ok: false, changed: false }
+                    KvOutcome {
+                        ok: false,
+                        changed: false,
+                    }
                 }
             }
             KvOp::Delete { key } => {
@@ -114,19 +135,29 @@ impl KvStore {
                 KvOutcome { ok: true, changed }
             }
             KvOp::DeleteCas { key, index: expect } => match self.entries.get(key) {
-                None => KvOutcome { ok: true, changed: false },
+                None => KvOutcome {
+                    ok: true,
+                    changed: false,
+                },
                 Some(e) if *expect != 0 && e.modify_index == *expect => {
                     let changed = self.remove(index, key);
                     KvOutcome { ok: true, changed }
                 }
-                Some(_) => KvOutcome { ok: false, changed: false },
+                Some(_) => KvOutcome {
+                    ok: false,
+                    changed: false,
+                },
             },
             KvOp::DeleteTree { prefix } => {
-                let doomed: Vec<String> = self.prefix_range(prefix).map(|(k, _)| k.clone()).collect();
+                let doomed: Vec<String> =
+                    self.prefix_range(prefix).map(|(k, _)| k.clone()).collect();
                 for key in &doomed {
                     self.remove(index, key);
                 }
-                KvOutcome { ok: true, changed: !doomed.is_empty() }
+                KvOutcome {
+                    ok: true,
+                    changed: !doomed.is_empty(),
+                }
             }
             KvOp::ReapTombstones { up_to } => {
                 let before = self.tombstones.len();
@@ -156,7 +187,10 @@ impl KvStore {
         let sabotaged = self.sabotaged_noop();
         if let Some(e) = self.entries.get_mut(key) {
             if e.value == value && e.flags == flags && !sabotaged {
-                return KvOutcome { ok: true, changed: false };
+                return KvOutcome {
+                    ok: true,
+                    changed: false,
+                };
             }
             e.value = value.to_vec();
             e.flags = flags;
@@ -176,7 +210,10 @@ impl KvStore {
                 },
             );
         }
-        KvOutcome { ok: true, changed: true }
+        KvOutcome {
+            ok: true,
+            changed: true,
+        }
     }
 
     fn remove(&mut self, index: u64, key: &str) -> bool {
@@ -188,7 +225,10 @@ impl KvStore {
         }
     }
 
-    fn prefix_range<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a String, &'a Entry)> + 'a {
+    fn prefix_range<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> impl Iterator<Item = (&'a String, &'a Entry)> + 'a {
         self.entries
             .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
             .take_while(move |(k, _)| k.starts_with(prefix))
@@ -228,7 +268,12 @@ impl KvStore {
     pub fn key_index(&self, key: &str) -> u64 {
         match self.entries.get(key) {
             Some(e) => e.modify_index,
-            None => self.tombstones.get(key).copied().unwrap_or(0).max(self.reaped_floor),
+            None => self
+                .tombstones
+                .get(key)
+                .copied()
+                .unwrap_or(0)
+                .max(self.reaped_floor),
         }
     }
 
@@ -263,11 +308,18 @@ impl KvStore {
 
     /// The index of a read of `prefix` alone (as a blocking query on it would report).
     pub fn prefix_index(&self, prefix: &str) -> u64 {
-        self.prefix_index_of(prefix, self.prefix_range(prefix).map(|(_, e)| e.modify_index))
+        self.prefix_index_of(
+            prefix,
+            self.prefix_range(prefix).map(|(_, e)| e.modify_index),
+        )
     }
 
     fn prefix_index_of(&self, prefix: &str, modify: impl Iterator<Item = u64>) -> u64 {
-        modify.max().unwrap_or(0).max(self.tombstone_max(prefix)).max(self.reaped_floor)
+        modify
+            .max()
+            .unwrap_or(0)
+            .max(self.tombstone_max(prefix))
+            .max(self.reaped_floor)
     }
 
     /// Highest index that changed anything in the table.
@@ -299,20 +351,36 @@ impl KvStore {
                 return Err(format!("entry under {k:?} names {:?}", e.key));
             }
             if e.create_index > e.modify_index {
-                return Err(format!("{k}: CreateIndex {} > ModifyIndex {}", e.create_index, e.modify_index));
+                return Err(format!(
+                    "{k}: CreateIndex {} > ModifyIndex {}",
+                    e.create_index, e.modify_index
+                ));
             }
             if e.modify_index > self.table_index {
-                return Err(format!("{k}: ModifyIndex {} > table index {}", e.modify_index, self.table_index));
+                return Err(format!(
+                    "{k}: ModifyIndex {} > table index {}",
+                    e.modify_index, self.table_index
+                ));
             }
             if self.tombstones.contains_key(k) {
                 return Err(format!("{k}: both live and tombstoned"));
             }
         }
-        if let Some((k, at)) = self.tombstones.iter().find(|(_, at)| **at > self.table_index) {
-            return Err(format!("tombstone {k} at {at} > table index {}", self.table_index));
+        if let Some((k, at)) = self
+            .tombstones
+            .iter()
+            .find(|(_, at)| **at > self.table_index)
+        {
+            return Err(format!(
+                "tombstone {k} at {at} > table index {}",
+                self.table_index
+            ));
         }
         if self.table_index > applied {
-            return Err(format!("table index {} > applied {applied}", self.table_index));
+            return Err(format!(
+                "table index {} > applied {applied}",
+                self.table_index
+            ));
         }
         Ok(())
     }
@@ -321,9 +389,17 @@ impl KvStore {
 /// Check one applied operation against Consul's index rules, given the entry for
 /// its key before and after. Deletes and tree operations are checked by the table
 /// invariants instead.
-pub fn check_transition(index: u64, op: &KvOp, before: Option<&Entry>, after: Option<&Entry>) -> Result<(), String> {
+pub fn check_transition(
+    index: u64,
+    op: &KvOp,
+    before: Option<&Entry>,
+    after: Option<&Entry>,
+) -> Result<(), String> {
     let (key, value, flags) = match op {
-        KvOp::Set { key, value, flags } | KvOp::Cas { key, value, flags, .. } => (key, value, *flags),
+        KvOp::Set { key, value, flags }
+        | KvOp::Cas {
+            key, value, flags, ..
+        } => (key, value, *flags),
         KvOp::Delete { key } => {
             return match after {
                 Some(_) => Err(format!("{key}: still present after delete at {index}")),
@@ -339,22 +415,29 @@ pub fn check_transition(index: u64, op: &KvOp, before: Option<&Entry>, after: Op
         };
     };
     if a.create_index > a.modify_index || a.modify_index > index {
-        return Err(format!("{key}: CreateIndex {} ModifyIndex {} at write {index}", a.create_index, a.modify_index));
+        return Err(format!(
+            "{key}: CreateIndex {} ModifyIndex {} at write {index}",
+            a.create_index, a.modify_index
+        ));
     }
     match before {
-        None if a.create_index != index || a.modify_index != index => {
-            Err(format!("{key}: created at {index} with CreateIndex {} ModifyIndex {}", a.create_index, a.modify_index))
-        }
+        None if a.create_index != index || a.modify_index != index => Err(format!(
+            "{key}: created at {index} with CreateIndex {} ModifyIndex {}",
+            a.create_index, a.modify_index
+        )),
         None => Ok(()),
-        Some(b) if a.create_index != b.create_index => {
-            Err(format!("{key}: CreateIndex moved from {} to {} at {index}", b.create_index, a.create_index))
-        }
-        Some(b) if b.value == *value && b.flags == flags && a != b => {
-            Err(format!("{key}: identical write at {index} changed the entry (ModifyIndex {} -> {})", b.modify_index, a.modify_index))
-        }
-        Some(b) if a != b && a.modify_index != index => {
-            Err(format!("{key}: changed at {index} but ModifyIndex is {}", a.modify_index))
-        }
+        Some(b) if a.create_index != b.create_index => Err(format!(
+            "{key}: CreateIndex moved from {} to {} at {index}",
+            b.create_index, a.create_index
+        )),
+        Some(b) if b.value == *value && b.flags == flags && a != b => Err(format!(
+            "{key}: identical write at {index} changed the entry (ModifyIndex {} -> {})",
+            b.modify_index, a.modify_index
+        )),
+        Some(b) if a != b && a.modify_index != index => Err(format!(
+            "{key}: changed at {index} but ModifyIndex is {}",
+            a.modify_index
+        )),
         Some(_) => Ok(()),
     }
 }

@@ -5,13 +5,20 @@ use proptest::prelude::*;
 use super::*;
 
 fn set(k: &str, v: &str) -> KvOp {
-    KvOp::Set { key: k.into(), value: v.as_bytes().to_vec(), flags: 0 }
+    KvOp::Set {
+        key: k.into(),
+        value: v.as_bytes().to_vec(),
+        flags: 0,
+    }
 }
 
 /// Apply ops at indexes 1, 2, 3, ... and return the outcomes.
 fn run(store: &mut KvStore, ops: &[KvOp]) -> Vec<KvOutcome> {
     let start = store.table_index();
-    ops.iter().enumerate().map(|(i, op)| store.apply(start + 1 + i as u64, op)).collect()
+    ops.iter()
+        .enumerate()
+        .map(|(i, op)| store.apply(start + 1 + i as u64, op))
+        .collect()
 }
 
 #[test]
@@ -19,17 +26,42 @@ fn index_bookkeeping_table() {
     // Spec §3.5, one row per line: op, then the entry's (create, modify) afterwards.
     let mut s = KvStore::new();
     s.apply(10, &set("a", "1"));
-    assert_eq!((s.get("a").unwrap().create_index, s.get("a").unwrap().modify_index), (10, 10));
+    assert_eq!(
+        (
+            s.get("a").unwrap().create_index,
+            s.get("a").unwrap().modify_index
+        ),
+        (10, 10)
+    );
     // changed value: modify moves, create stays
     s.apply(11, &set("a", "2"));
-    assert_eq!((s.get("a").unwrap().create_index, s.get("a").unwrap().modify_index), (10, 11));
+    assert_eq!(
+        (
+            s.get("a").unwrap().create_index,
+            s.get("a").unwrap().modify_index
+        ),
+        (10, 11)
+    );
     // identical write: nothing moves, not even the table index
     let out = s.apply(12, &set("a", "2"));
-    assert_eq!(out, KvOutcome { ok: true, changed: false });
+    assert_eq!(
+        out,
+        KvOutcome {
+            ok: true,
+            changed: false
+        }
+    );
     assert_eq!(s.get("a").unwrap().modify_index, 11);
     assert_eq!(s.table_index(), 11);
     // flags alone are a change
-    s.apply(13, &KvOp::Set { key: "a".into(), value: b"2".to_vec(), flags: 7 });
+    s.apply(
+        13,
+        &KvOp::Set {
+            key: "a".into(),
+            value: b"2".to_vec(),
+            flags: 7,
+        },
+    );
     assert_eq!(s.get("a").unwrap().modify_index, 13);
     assert_eq!(s.get("a").unwrap().flags, 7);
     // flags are not preserved by a write that omits them
@@ -40,20 +72,75 @@ fn index_bookkeeping_table() {
 #[test]
 fn cas_rules() {
     let mut s = KvStore::new();
-    let cas = |k: &str, v: &str, i: u64| KvOp::Cas { key: k.into(), value: v.as_bytes().to_vec(), flags: 0, index: i };
-    assert!(s.apply(1, &cas("k", "a", 0)).ok, "cas=0 creates an absent key");
-    assert!(!s.apply(2, &cas("k", "b", 0)).ok, "cas=0 fails on a present key");
+    let cas = |k: &str, v: &str, i: u64| KvOp::Cas {
+        key: k.into(),
+        value: v.as_bytes().to_vec(),
+        flags: 0,
+        index: i,
+    };
+    assert!(
+        s.apply(1, &cas("k", "a", 0)).ok,
+        "cas=0 creates an absent key"
+    );
+    assert!(
+        !s.apply(2, &cas("k", "b", 0)).ok,
+        "cas=0 fails on a present key"
+    );
     assert!(!s.apply(3, &cas("k", "b", 5)).ok, "wrong index fails");
     assert!(s.apply(4, &cas("k", "b", 1)).ok, "right index succeeds");
     assert_eq!(s.get("k").unwrap().value, b"b");
-    assert!(!s.apply(5, &cas("missing", "x", 4)).ok, "cas=N on a missing key fails");
+    assert!(
+        !s.apply(5, &cas("missing", "x", 4)).ok,
+        "cas=N on a missing key fails"
+    );
     // delete-cas
-    assert!(!s.apply(6, &KvOp::DeleteCas { key: "k".into(), index: 0 }).ok, "cas=0 never deletes");
-    assert!(!s.apply(7, &KvOp::DeleteCas { key: "k".into(), index: 1 }).ok);
-    assert!(s.apply(8, &KvOp::DeleteCas { key: "k".into(), index: 4 }).ok);
+    assert!(
+        !s.apply(
+            6,
+            &KvOp::DeleteCas {
+                key: "k".into(),
+                index: 0
+            }
+        )
+        .ok,
+        "cas=0 never deletes"
+    );
+    assert!(
+        !s.apply(
+            7,
+            &KvOp::DeleteCas {
+                key: "k".into(),
+                index: 1
+            }
+        )
+        .ok
+    );
+    assert!(
+        s.apply(
+            8,
+            &KvOp::DeleteCas {
+                key: "k".into(),
+                index: 4
+            }
+        )
+        .ok
+    );
     assert!(s.get("k").is_none());
-    let out = s.apply(9, &KvOp::DeleteCas { key: "k".into(), index: 4 });
-    assert_eq!(out, KvOutcome { ok: true, changed: false }, "missing key returns true");
+    let out = s.apply(
+        9,
+        &KvOp::DeleteCas {
+            key: "k".into(),
+            index: 4,
+        },
+    );
+    assert_eq!(
+        out,
+        KvOutcome {
+            ok: true,
+            changed: false
+        },
+        "missing key returns true"
+    );
 }
 
 #[test]
@@ -87,7 +174,11 @@ fn missing_key_index_ignores_unrelated_writes() {
     let before = s.key_index("watched");
     s.apply(2, &set("b", "1"));
     s.apply(3, &KvOp::Delete { key: "a".into() });
-    assert_eq!(s.key_index("watched"), before, "writes elsewhere must not move a missing key's index");
+    assert_eq!(
+        s.key_index("watched"),
+        before,
+        "writes elsewhere must not move a missing key's index"
+    );
     s.apply(4, &set("watched", "x"));
     assert_eq!(s.key_index("watched"), 4);
 }
@@ -95,11 +186,30 @@ fn missing_key_index_ignores_unrelated_writes() {
 #[test]
 fn delete_tree_and_byte_prefix() {
     let mut s = KvStore::new();
-    run(&mut s, &[set("foo", "1"), set("food", "2"), set("fo", "3"), set("g", "4")]);
+    run(
+        &mut s,
+        &[
+            set("foo", "1"),
+            set("food", "2"),
+            set("fo", "3"),
+            set("g", "4"),
+        ],
+    );
     let (list, _) = s.list("foo");
-    assert_eq!(list.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(), ["foo", "food"]);
-    s.apply(5, &KvOp::DeleteTree { prefix: "foo".into() });
-    assert_eq!(s.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(), ["fo", "g"]);
+    assert_eq!(
+        list.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(),
+        ["foo", "food"]
+    );
+    s.apply(
+        5,
+        &KvOp::DeleteTree {
+            prefix: "foo".into(),
+        },
+    );
+    assert_eq!(
+        s.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(),
+        ["fo", "g"]
+    );
     s.apply(6, &KvOp::DeleteTree { prefix: "".into() });
     assert!(s.is_empty());
     assert_eq!(s.tombstone_count(), 4);
@@ -108,7 +218,15 @@ fn delete_tree_and_byte_prefix() {
 #[test]
 fn keys_with_separator() {
     let mut s = KvStore::new();
-    run(&mut s, &[set("/web/bar", ""), set("/web/foo", ""), set("/web/subdir/x", ""), set("/web/subdir/y", "")]);
+    run(
+        &mut s,
+        &[
+            set("/web/bar", ""),
+            set("/web/foo", ""),
+            set("/web/subdir/x", ""),
+            set("/web/subdir/y", ""),
+        ],
+    );
     let (keys, index) = s.keys("/web/", Some("/"));
     assert_eq!(keys, ["/web/bar", "/web/foo", "/web/subdir/"]);
     assert_eq!(index, 4);
@@ -133,19 +251,30 @@ fn arb_key() -> impl Strategy<Value = String> {
 fn arb_op() -> impl Strategy<Value = KvOp> {
     let val = prop::collection::vec(0u8..3, 0..3);
     prop_oneof![
-        (arb_key(), val.clone(), 0u64..2).prop_map(|(key, value, flags)| KvOp::Set { key, value, flags }),
-        (arb_key(), val, 0u64..2, 0u64..12)
-            .prop_map(|(key, value, flags, index)| KvOp::Cas { key, value, flags, index }),
+        (arb_key(), val.clone(), 0u64..2).prop_map(|(key, value, flags)| KvOp::Set {
+            key,
+            value,
+            flags
+        }),
+        (arb_key(), val, 0u64..2, 0u64..12).prop_map(|(key, value, flags, index)| KvOp::Cas {
+            key,
+            value,
+            flags,
+            index
+        }),
         arb_key().prop_map(|key| KvOp::Delete { key }),
         (arb_key(), 0u64..12).prop_map(|(key, index)| KvOp::DeleteCas { key, index }),
-        prop::sample::select(vec!["a", "b", "", "a/"]).prop_map(|p| KvOp::DeleteTree { prefix: p.into() }),
+        prop::sample::select(vec!["a", "b", "", "a/"])
+            .prop_map(|p| KvOp::DeleteTree { prefix: p.into() }),
         (0u64..12).prop_map(|up_to| KvOp::ReapTombstones { up_to }),
     ]
 }
 
 fn model_apply(m: &mut BTreeMap<String, ModelEntry>, index: u64, op: &KvOp) -> bool {
-    let put = |m: &mut BTreeMap<String, ModelEntry>, key: &String, value: &Vec<u8>, flags: u64| {
-        match m.get_mut(key) {
+    let put =
+        |m: &mut BTreeMap<String, ModelEntry>, key: &String, value: &Vec<u8>, flags: u64| match m
+            .get_mut(key)
+        {
             Some(e) if e.value == *value && e.flags == flags => {}
             Some(e) => {
                 e.value = value.clone();
@@ -153,16 +282,28 @@ fn model_apply(m: &mut BTreeMap<String, ModelEntry>, index: u64, op: &KvOp) -> b
                 e.modify = index;
             }
             None => {
-                m.insert(key.clone(), ModelEntry { value: value.clone(), flags, create: index, modify: index });
+                m.insert(
+                    key.clone(),
+                    ModelEntry {
+                        value: value.clone(),
+                        flags,
+                        create: index,
+                        modify: index,
+                    },
+                );
             }
-        }
-    };
+        };
     match op {
         KvOp::Set { key, value, flags } => {
             put(m, key, value, *flags);
             true
         }
-        KvOp::Cas { key, value, flags, index: want } => {
+        KvOp::Cas {
+            key,
+            value,
+            flags,
+            index: want,
+        } => {
             let ok = match m.get(key) {
                 None => *want == 0,
                 Some(e) => *want != 0 && e.modify == *want,

@@ -49,7 +49,12 @@ const AGENT_FLAGS: &[(&str, Kind, &[&str], Ty)] = &[
     ("node-id", Kind::Value, &["node_id"], Ty::Str),
     ("server", Kind::Bool, &["server"], Ty::Bool),
     ("bootstrap", Kind::Bool, &["bootstrap"], Ty::Bool),
-    ("bootstrap-expect", Kind::Value, &["bootstrap_expect"], Ty::Int),
+    (
+        "bootstrap-expect",
+        Kind::Value,
+        &["bootstrap_expect"],
+        Ty::Int,
+    ),
     ("bind", Kind::Value, &["bind_addr"], Ty::Str),
     ("advertise", Kind::Value, &["advertise_addr"], Ty::Str),
     ("client", Kind::Value, &["client_addr"], Ty::Str),
@@ -67,8 +72,18 @@ const AGENT_FLAGS: &[(&str, Kind, &[&str], Ty)] = &[
     ("ui", Kind::Bool, &["ui"], Ty::Bool),
     ("http-port", Kind::Value, &["ports", "http"], Ty::Int),
     ("dns-port", Kind::Value, &["ports", "dns"], Ty::Int),
-    ("serf-lan-port", Kind::Value, &["ports", "serf_lan"], Ty::Int),
-    ("serf-wan-port", Kind::Value, &["ports", "serf_wan"], Ty::Int),
+    (
+        "serf-lan-port",
+        Kind::Value,
+        &["ports", "serf_lan"],
+        Ty::Int,
+    ),
+    (
+        "serf-wan-port",
+        Kind::Value,
+        &["ports", "serf_wan"],
+        Ty::Int,
+    ),
     ("server-port", Kind::Value, &["ports", "server"], Ty::Int),
 ];
 
@@ -84,7 +99,13 @@ const USAGE: &str = concat!(
 /// Parse the agent's command line into config load options.
 pub fn parse_args(argv: &[String]) -> Result<LoadOptions, FlagError> {
     let mut specs: Vec<(&str, Kind)> = AGENT_FLAGS.iter().map(|(n, k, _, _)| (*n, *k)).collect();
-    specs.extend([("dev", Kind::Bool), ("config-dir", Kind::Value), ("config-file", Kind::Value), ("config-format", Kind::Value), ("pid-file", Kind::Value)]);
+    specs.extend([
+        ("dev", Kind::Bool),
+        ("config-dir", Kind::Value),
+        ("config-file", Kind::Value),
+        ("config-format", Kind::Value),
+        ("pid-file", Kind::Value),
+    ]);
     let p = flags::parse(&specs, argv)?;
     if let Some(a) = p.args.first() {
         return Err(FlagError::Bad(format!("unexpected argument: {a}")));
@@ -95,12 +116,19 @@ pub fn parse_args(argv: &[String]) -> Result<LoadOptions, FlagError> {
         Some(f) => match config::Format::from_flag(f) {
             Some(format) => Some(format),
             None => {
-                return Err(FlagError::Bad(format!("-config-format={f}: must be json or hcl")));
+                return Err(FlagError::Bad(format!(
+                    "-config-format={f}: must be json or hcl"
+                )));
             }
         },
     };
     let pid_file = p.get("pid-file").map(PathBuf::from);
-    let mut opts = LoadOptions { dev: p.flag("dev"), pid_file, format, ..Default::default() };
+    let mut opts = LoadOptions {
+        dev: p.flag("dev"),
+        pid_file,
+        format,
+        ..Default::default()
+    };
     for (name, value) in &p.values {
         match name.as_str() {
             "config-dir" => opts.sources.push(Source::Dir(PathBuf::from(value))),
@@ -110,14 +138,20 @@ pub fn parse_args(argv: &[String]) -> Result<LoadOptions, FlagError> {
     }
     let mut frag = Value::Object(Map::new());
     for (name, value) in &p.values {
-        let Some((_, _, path, ty)) = AGENT_FLAGS.iter().find(|(n, ..)| n == name) else { continue };
+        let Some((_, _, path, ty)) = AGENT_FLAGS.iter().find(|(n, ..)| n == name) else {
+            continue;
+        };
         let v = match ty {
             Ty::Str => json!(value),
             Ty::Bool => json!(value == "true"),
             Ty::List => json!([value]),
             Ty::Int => match value.parse::<i64>() {
                 Ok(n) => json!(n),
-                Err(_) => return Err(FlagError::Bad(format!("invalid value {value:?} for flag -{name}: expected an integer"))),
+                Err(_) => {
+                    return Err(FlagError::Bad(format!(
+                        "invalid value {value:?} for flag -{name}: expected an integer"
+                    )))
+                }
             },
         };
         let mut nested = v;
@@ -171,12 +205,16 @@ fn init_logging(cfg: &Config) -> (LevelHandle, Option<String>) {
             match UnixDatagram::unbound().and_then(|s| s.connect(&dev_log).map(|_| s)) {
                 Ok(s) => Some(Arc::new(s)),
                 Err(e) => {
-                    warning = Some(format!("enable_syslog: cannot connect to {dev_log} ({e}); logging to stdout only"));
+                    warning = Some(format!(
+                        "enable_syslog: cannot connect to {dev_log} ({e}); logging to stdout only"
+                    ));
                     None
                 }
             }
         } else {
-            warning = Some(format!("enable_syslog: {dev_log} does not exist; logging to stdout only"));
+            warning = Some(format!(
+                "enable_syslog: {dev_log} does not exist; logging to stdout only"
+            ));
             None
         }
     } else {
@@ -191,16 +229,31 @@ fn init_logging(cfg: &Config) -> (LevelHandle, Option<String>) {
     });
     let registry = tracing_subscriber::registry().with(filter).with(quiet_raft);
     if cfg.log_json {
-        registry.with(tracing_subscriber::fmt::layer().json().with_ansi(false).with_writer(make)).init();
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_ansi(false)
+                    .with_writer(make),
+            )
+            .init();
     } else {
-        registry.with(tracing_subscriber::fmt::layer().with_ansi(false).with_target(false).with_writer(make)).init();
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .with_target(false)
+                    .with_writer(make),
+            )
+            .init();
     }
     (handle, warning)
 }
 
 /// Hold an exclusive flock on `<data_dir>/tribune.lock` for the agent's lifetime.
 fn lock_data_dir(dir: &Path) -> Result<File, String> {
-    crate::durable::create_dir_all(dir).map_err(|e| format!("Error creating data_dir {}: {e}", dir.display()))?;
+    crate::durable::create_dir_all(dir)
+        .map_err(|e| format!("Error creating data_dir {}: {e}", dir.display()))?;
     let path = dir.join("tribune.lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -228,14 +281,23 @@ fn random_uuid() -> String {
     let mut b = [0u8; 16];
     let _ = getrandom::fill(&mut b);
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 fn node_id(cfg: &Config) -> Result<String, String> {
     if let Some(id) = &cfg.node_id {
         return Ok(id.clone());
     }
-    let Some(dir) = &cfg.data_dir else { return Ok(random_uuid()) };
+    let Some(dir) = &cfg.data_dir else {
+        return Ok(random_uuid());
+    };
     let path = dir.join("node-id");
     if let Ok(s) = std::fs::read_to_string(&path) {
         let s = s.trim();
@@ -244,12 +306,16 @@ fn node_id(cfg: &Config) -> Result<String, String> {
         }
     }
     let id = random_uuid();
-    crate::durable::write_file(&path, id.as_bytes()).map_err(|e| format!("Error writing {}: {e}", path.display()))?;
+    crate::durable::write_file(&path, id.as_bytes())
+        .map_err(|e| format!("Error writing {}: {e}", path.display()))?;
     Ok(id)
 }
 
 fn raise_fd_limit() {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit/setrlimit with a valid pointer.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
@@ -260,10 +326,17 @@ fn raise_fd_limit() {
 }
 
 fn compile_watches(cfg: &Config) -> Result<Vec<crate::watch::WatchSpec>, String> {
-    cfg.watches.iter().map(|w| crate::watch::parse_watch(w).map_err(|e| format!("Failed to compile watch: {e}"))).collect()
+    cfg.watches
+        .iter()
+        .map(|w| crate::watch::parse_watch(w).map_err(|e| format!("Failed to compile watch: {e}")))
+        .collect()
 }
 
-fn spawn_watches(api: &Arc<Api>, http_addr: &str, specs: Vec<crate::watch::WatchSpec>) -> Vec<tokio::task::JoinHandle<()>> {
+fn spawn_watches(
+    api: &Arc<Api>,
+    http_addr: &str,
+    specs: Vec<crate::watch::WatchSpec>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     for s in &specs {
         if let crate::watch::Handler::Http { url, .. } = &s.handler {
             if let Err(e) = crate::client::split_url(url) {
@@ -276,7 +349,10 @@ fn spawn_watches(api: &Arc<Api>, http_addr: &str, specs: Vec<crate::watch::Watch
         Some(_) => crate::watch::Source::Remote(http_addr.to_string()),
         None => crate::watch::Source::Local(api.clone()),
     };
-    specs.into_iter().map(|s| tokio::spawn(crate::watch::run(s, source.clone()))).collect()
+    specs
+        .into_iter()
+        .map(|s| tokio::spawn(crate::watch::run(s, source.clone())))
+        .collect()
 }
 
 /// How often the leader reconciles gossip membership into the Raft configuration.
@@ -294,17 +370,28 @@ const TOMBSTONE_GRANULARITY: std::time::Duration = std::time::Duration::from_sec
 /// gets the replicated Raft store in `data_dir` (returned twice: as the API's store and as
 /// itself) and starts forming (or joining) its cluster. A client agent forwards what the
 /// servers hold (see `forward`), so its store stays empty.
-async fn open_store(cfg: &Config, rpc_addr: &str) -> Result<(Arc<dyn Store>, Option<Arc<RaftStore>>), String> {
+async fn open_store(
+    cfg: &Config,
+    rpc_addr: &str,
+) -> Result<(Arc<dyn Store>, Option<Arc<RaftStore>>), String> {
     if cfg.dev {
         return Ok((Arc::new(DevStore::new(rpc_addr.to_string())), None));
     }
     if !cfg.server {
         return Ok((Arc::new(DevStore::new(rpc_addr.to_string())), None));
     }
-    let data_dir = cfg.data_dir.clone().ok_or("data_dir is required to run a server")?;
-    let port = u16::try_from(cfg.server_port).map_err(|_| format!("invalid ports.server {}", cfg.server_port))?;
-    let advertise: std::net::SocketAddr = rpc_addr.parse().map_err(|_| format!("invalid advertise address {rpc_addr}"))?;
-    let bind: std::net::SocketAddr = format!("{}:{port}", cfg.bind_addr).parse().map_err(|_| format!("invalid bind_addr {}", cfg.bind_addr))?;
+    let data_dir = cfg
+        .data_dir
+        .clone()
+        .ok_or("data_dir is required to run a server")?;
+    let port = u16::try_from(cfg.server_port)
+        .map_err(|_| format!("invalid ports.server {}", cfg.server_port))?;
+    let advertise: std::net::SocketAddr = rpc_addr
+        .parse()
+        .map_err(|_| format!("invalid advertise address {rpc_addr}"))?;
+    let bind: std::net::SocketAddr = format!("{}:{port}", cfg.bind_addr)
+        .parse()
+        .map_err(|_| format!("invalid bind_addr {}", cfg.bind_addr))?;
     let mut join = cfg.start_join.clone();
     join.extend(cfg.retry_join.iter().cloned());
     let spec = crate::raft::ServerSpec {
@@ -317,20 +404,36 @@ async fn open_store(cfg: &Config, rpc_addr: &str) -> Result<(Arc<dyn Store>, Opt
         join,
         gossip: cfg.serf_lan_port >= 0,
     };
-    let store = crate::raft::RaftStore::open(spec)
-        .await
-        .map_err(|e| format!("Error starting the Raft store in {}: {e}", data_dir.display()))?;
-    let expect = if cfg.bootstrap { 1 } else { cfg.bootstrap_expect };
+    let store = crate::raft::RaftStore::open(spec).await.map_err(|e| {
+        format!(
+            "Error starting the Raft store in {}: {e}",
+            data_dir.display()
+        )
+    })?;
+    let expect = if cfg.bootstrap {
+        1
+    } else {
+        cfg.bootstrap_expect
+    };
     tokio::spawn(store.clone().form_cluster(expect, cfg.retry_interval));
     Ok((store.clone(), Some(store)))
 }
 
 /// Start the LAN gossip pool (and the WAN pool on servers) unless their ports are -1.
 /// A node with the wrong `encrypt` key cannot read or write any packet of the pool.
-async fn start_gossip(cfg: &Config, agent: &AgentInfo) -> Result<(Option<crate::serf::Pool>, Option<crate::serf::Pool>), String> {
+async fn start_gossip(
+    cfg: &Config,
+    agent: &AgentInfo,
+) -> Result<(Option<crate::serf::Pool>, Option<crate::serf::Pool>), String> {
     use tribune_core::gossip;
-    let ip: std::net::IpAddr = cfg.advertise_ip().parse().map_err(|_| format!("invalid advertise address {}", cfg.advertise_ip()))?;
-    let bind_ip: std::net::IpAddr = cfg.bind_addr.parse().map_err(|_| format!("invalid bind_addr {}", cfg.bind_addr))?;
+    let ip: std::net::IpAddr = cfg
+        .advertise_ip()
+        .parse()
+        .map_err(|_| format!("invalid advertise address {}", cfg.advertise_ip()))?;
+    let bind_ip: std::net::IpAddr = cfg
+        .bind_addr
+        .parse()
+        .map_err(|_| format!("invalid bind_addr {}", cfg.bind_addr))?;
     let keys: Vec<String> = cfg.encrypt.iter().cloned().collect();
     let start = |port: i64, wan: bool| {
         let keys = keys.clone();
@@ -339,19 +442,36 @@ async fn start_gossip(cfg: &Config, agent: &AgentInfo) -> Result<(Option<crate::
                 return Ok(None);
             }
             let port = u16::try_from(port).map_err(|_| format!("invalid gossip port {port}"))?;
-            let mut config = if wan { gossip::Config::wan() } else { gossip::Config::lan() };
+            let mut config = if wan {
+                gossip::Config::wan()
+            } else {
+                gossip::Config::lan()
+            };
             config.keys = keys;
-            let name = if wan { format!("{}.{}", cfg.node_name, cfg.datacenter) } else { cfg.node_name.clone() };
+            let name = if wan {
+                format!("{}.{}", cfg.node_name, cfg.datacenter)
+            } else {
+                cfg.node_name.clone()
+            };
             let identity = gossip::Identity {
                 name,
                 addr: std::net::SocketAddr::new(ip, port),
                 tags: crate::serf::tags_of(&http::member(agent, wan)),
             };
             let label = if wan { "wan" } else { "lan" };
-            crate::serf::Pool::start(std::net::SocketAddr::new(bind_ip, port), config, identity, label)
-                .await
-                .map(Some)
-                .map_err(|e| format!("Error starting agent: Failed to start {label} gossip on {bind_ip}:{port}: {e}"))
+            crate::serf::Pool::start(
+                std::net::SocketAddr::new(bind_ip, port),
+                config,
+                identity,
+                label,
+            )
+            .await
+            .map(Some)
+            .map_err(|e| {
+                format!(
+                    "Error starting agent: Failed to start {label} gossip on {bind_ip}:{port}: {e}"
+                )
+            })
         }
     };
     let lan = start(cfg.serf_lan_port, false).await?;
@@ -447,25 +567,30 @@ pub async fn run(argv: &[String]) -> i32 {
         Ok(s) => s,
         Err(e) => return startup_failed(&e),
     };
-    tokio::spawn(crate::store::reap_tombstones(store.clone(), rpc_addr.clone(), TOMBSTONE_TTL, TOMBSTONE_GRANULARITY));
+    tokio::spawn(crate::store::reap_tombstones(
+        store.clone(),
+        rpc_addr.clone(),
+        TOMBSTONE_TTL,
+        TOMBSTONE_GRANULARITY,
+    ));
     let (control_tx, mut control_rx) = mpsc::unbounded_channel();
     let agent_info = AgentInfo {
-            raft_id: raft.as_ref().map(|r| r.id),
-            node_name: cfg.node_name.clone(),
-            node_id: node_id.clone(),
-            datacenter: cfg.datacenter.clone(),
-            server: cfg.server,
-            bootstrap: cfg.bootstrap,
-            bootstrap_expect: cfg.bootstrap_expect,
-            advertise_ip: cfg.advertise_ip(),
-            serf_lan_port: cfg.serf_lan_port,
-            serf_wan_port: cfg.serf_wan_port,
-            server_port: cfg.server_port,
-            encrypted: cfg.encrypt.is_some(),
-            node_meta: http::node_meta(&cfg),
-            session_ttl_min: http::session_ttl_min(&cfg),
-            debug_config: http::debug_config(&cfg),
-        };
+        raft_id: raft.as_ref().map(|r| r.id),
+        node_name: cfg.node_name.clone(),
+        node_id: node_id.clone(),
+        datacenter: cfg.datacenter.clone(),
+        server: cfg.server,
+        bootstrap: cfg.bootstrap,
+        bootstrap_expect: cfg.bootstrap_expect,
+        advertise_ip: cfg.advertise_ip(),
+        serf_lan_port: cfg.serf_lan_port,
+        serf_wan_port: cfg.serf_wan_port,
+        server_port: cfg.server_port,
+        encrypted: cfg.encrypt.is_some(),
+        node_meta: http::node_meta(&cfg),
+        session_ttl_min: http::session_ttl_min(&cfg),
+        debug_config: http::debug_config(&cfg),
+    };
     let (lan, wan) = match start_gossip(&cfg, &agent_info).await {
         Ok(pools) => pools,
         Err(e) => return startup_failed(&e),
@@ -480,10 +605,9 @@ pub async fn run(argv: &[String]) -> i32 {
         max_query_time: cfg.max_query_time,
         metrics: Arc::default(),
         control: control_tx,
-        forward: lan
-            .as_ref()
-            .filter(|_| !cfg.server && !cfg.dev)
-            .map(|lan| crate::forward::Forwarder::new(lan.clone(), cfg.datacenter.clone(), cfg.max_query_time)),
+        forward: lan.as_ref().filter(|_| !cfg.server && !cfg.dev).map(|lan| {
+            crate::forward::Forwarder::new(lan.clone(), cfg.datacenter.clone(), cfg.max_query_time)
+        }),
     });
     if let Some(raft) = &raft {
         let _ = raft.http.set(http::serve_forwarded(api.clone()));
@@ -495,7 +619,11 @@ pub async fn run(argv: &[String]) -> i32 {
     } else {
         match tokio::net::TcpListener::bind(&listen).await {
             Ok(l) => Some(l),
-            Err(e) => return startup_failed(&format!("Error starting agent: Failed to start HTTP listener on {listen}: {e}")),
+            Err(e) => {
+                return startup_failed(&format!(
+                    "Error starting agent: Failed to start HTTP listener on {listen}: {e}"
+                ))
+            }
         }
     };
     if let Err(e) = crate::dns::start(&cfg, &api).await {
@@ -505,10 +633,24 @@ pub async fn run(argv: &[String]) -> i32 {
     println!("           Version: 'v{}'", http::VERSION);
     println!("           Node ID: '{node_id}'");
     println!("         Node name: '{}'", cfg.node_name);
-    println!("        Datacenter: '{}' (Segment: '<all>')", cfg.datacenter);
-    println!("            Server: {} (Bootstrap: {})", cfg.server, cfg.bootstrap);
-    println!("       Client Addr: [{}] (HTTP: {}, DNS: {})", cfg.client_addr, cfg.http_port, cfg.dns_port);
-    println!("      Cluster Addr: {} (LAN: {}, WAN: {})", cfg.advertise_ip(), cfg.serf_lan_port, cfg.serf_wan_port);
+    println!(
+        "        Datacenter: '{}' (Segment: '<all>')",
+        cfg.datacenter
+    );
+    println!(
+        "            Server: {} (Bootstrap: {})",
+        cfg.server, cfg.bootstrap
+    );
+    println!(
+        "       Client Addr: [{}] (HTTP: {}, DNS: {})",
+        cfg.client_addr, cfg.http_port, cfg.dns_port
+    );
+    println!(
+        "      Cluster Addr: {} (LAN: {}, WAN: {})",
+        cfg.advertise_ip(),
+        cfg.serf_lan_port,
+        cfg.serf_wan_port
+    );
     println!("==> Log data will now stream in as it occurs:");
     if let Some(l) = listener {
         let router = http::router(api.clone());
@@ -524,9 +666,17 @@ pub async fn run(argv: &[String]) -> i32 {
         raft.start_reconcile(lan.clone(), RECONCILE_EVERY);
     }
     if let (Some(lan), Some(wan)) = (&lan, &api.wan) {
-        tokio::spawn(crate::serf::flood_join(lan.clone(), wan.clone(), RECONCILE_EVERY));
+        tokio::spawn(crate::serf::flood_join(
+            lan.clone(),
+            wan.clone(),
+            RECONCILE_EVERY,
+        ));
     }
-    let snapshot = cfg.data_dir.as_ref().filter(|_| lan.is_some()).map(|d| Arc::new(crate::serf::Snapshot::new(d.join("serf/local.snapshot"))));
+    let snapshot = cfg
+        .data_dir
+        .as_ref()
+        .filter(|_| lan.is_some())
+        .map(|d| Arc::new(crate::serf::Snapshot::new(d.join("serf/local.snapshot"))));
     if let Some(lan) = &lan {
         let mut join = cfg.start_join.clone();
         join.extend(cfg.retry_join.iter().cloned());
@@ -536,20 +686,32 @@ pub async fn run(argv: &[String]) -> i32 {
                     tracing::info!("serf: Ignoring previous nodes: this node left gracefully (rejoin_after_leave is off)")
                 }
                 Some(prev) if !prev.peers.is_empty() => {
-                    tracing::info!(peers = prev.peers.len(), "serf: Re-joining previously known nodes");
+                    tracing::info!(
+                        peers = prev.peers.len(),
+                        "serf: Re-joining previously known nodes"
+                    );
                     join.extend(prev.peers.iter().map(|a| a.to_string()));
                 }
                 _ => {}
             }
             tokio::spawn(snapshot.clone().keep(lan.clone(), SNAPSHOT_EVERY));
         }
-        tokio::spawn(crate::serf::retry_join(lan.clone(), join, cfg.serf_lan_port as u16, cfg.retry_interval));
+        tokio::spawn(crate::serf::retry_join(
+            lan.clone(),
+            join,
+            cfg.serf_lan_port as u16,
+            cfg.retry_interval,
+        ));
     }
     println!("==> Tribune agent running!");
 
     use tokio::signal::unix::signal;
     use tokio::signal::unix::SignalKind;
-    let (Ok(mut hup), Ok(mut int), Ok(mut term)) = (signal(SignalKind::hangup()), signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+    let (Ok(mut hup), Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
         tracing::error!("cannot install signal handlers");
         return 1;
     };
@@ -618,24 +780,60 @@ mod tests {
 
     #[test]
     fn flags_become_config() {
-        let o = parse_args(&argv(&["-dev", "-node=n1", "--http-port", "9001", "-join=a", "-retry-join", "b", "-config-dir=/etc/x", "-config-file", "/f.json", "-server"])).unwrap();
+        let o = parse_args(&argv(&[
+            "-dev",
+            "-node=n1",
+            "--http-port",
+            "9001",
+            "-join=a",
+            "-retry-join",
+            "b",
+            "-config-dir=/etc/x",
+            "-config-file",
+            "/f.json",
+            "-server",
+        ]))
+        .unwrap();
         assert!(o.dev);
-        assert_eq!(o.sources, vec![Source::Dir("/etc/x".into()), Source::File("/f.json".into())]);
-        assert_eq!(Value::Object(o.flags), json!({"node_name": "n1", "ports": {"http": 9001}, "retry_join": ["a", "b"], "server": true}));
-        assert!(matches!(parse_args(&argv(&["-http-port=x"])), Err(FlagError::Bad(m)) if m.contains("http-port")));
-        assert!(matches!(parse_args(&argv(&["-bogus"])), Err(FlagError::Bad(_))));
-        assert!(matches!(parse_args(&argv(&["extra"])), Err(FlagError::Bad(_))));
+        assert_eq!(
+            o.sources,
+            vec![Source::Dir("/etc/x".into()), Source::File("/f.json".into())]
+        );
+        assert_eq!(
+            Value::Object(o.flags),
+            json!({"node_name": "n1", "ports": {"http": 9001}, "retry_join": ["a", "b"], "server": true})
+        );
+        assert!(
+            matches!(parse_args(&argv(&["-http-port=x"])), Err(FlagError::Bad(m)) if m.contains("http-port"))
+        );
+        assert!(matches!(
+            parse_args(&argv(&["-bogus"])),
+            Err(FlagError::Bad(_))
+        ));
+        assert!(matches!(
+            parse_args(&argv(&["extra"])),
+            Err(FlagError::Bad(_))
+        ));
         assert_eq!(o.format, None);
     }
 
     #[test]
     fn config_format_flag() {
         let format = |args: &[&str]| parse_args(&argv(args)).map(|o| o.format);
-        assert_eq!(format(&["-config-format=hcl"]), Ok(Some(config::Format::Hcl)));
-        assert_eq!(format(&["-config-format", "json"]), Ok(Some(config::Format::Json)));
+        assert_eq!(
+            format(&["-config-format=hcl"]),
+            Ok(Some(config::Format::Hcl))
+        );
+        assert_eq!(
+            format(&["-config-format", "json"]),
+            Ok(Some(config::Format::Json))
+        );
         assert_eq!(format(&["-config-format="]), Ok(None));
         let err = format(&["-config-format=yaml"]).unwrap_err();
-        assert_eq!(err, FlagError::Bad("-config-format=yaml: must be json or hcl".into()));
+        assert_eq!(
+            err,
+            FlagError::Bad("-config-format=yaml: must be json or hcl".into())
+        );
     }
 
     #[test]

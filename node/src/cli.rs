@@ -73,10 +73,23 @@ struct Http {
 
 impl Http {
     fn new(p: &Parsed) -> Result<Http, String> {
-        let url = p.get("http-addr").map(str::to_string).or_else(|| std::env::var("CONSUL_HTTP_ADDR").ok()).unwrap_or_else(|| "127.0.0.1:8500".into());
+        let url = p
+            .get("http-addr")
+            .map(str::to_string)
+            .or_else(|| std::env::var("CONSUL_HTTP_ADDR").ok())
+            .unwrap_or_else(|| "127.0.0.1:8500".into());
         let (addr, _) = client::split_url(&url)?;
-        let token = p.get("token").map(str::to_string).or_else(|| std::env::var("CONSUL_HTTP_TOKEN").ok()).filter(|t| !t.is_empty());
-        Ok(Http { addr, dc: p.get("datacenter").map(str::to_string), stale: p.flag("stale"), token })
+        let token = p
+            .get("token")
+            .map(str::to_string)
+            .or_else(|| std::env::var("CONSUL_HTTP_TOKEN").ok())
+            .filter(|t| !t.is_empty());
+        Ok(Http {
+            addr,
+            dc: p.get("datacenter").map(str::to_string),
+            stale: p.flag("stale"),
+            token,
+        })
     }
 
     async fn call(&self, method: &str, path: &str, body: &[u8]) -> Result<HttpResponse, String> {
@@ -91,13 +104,21 @@ impl Http {
         if self.stale && method == "GET" {
             add("stale".into());
         }
-        let headers: Vec<(String, String)> = self.token.iter().map(|t| ("X-Consul-Token".to_string(), t.clone())).collect();
+        let headers: Vec<(String, String)> = self
+            .token
+            .iter()
+            .map(|t| ("X-Consul-Token".to_string(), t.clone()))
+            .collect();
         client::request(&self.addr, method, &path, &headers, body, TIMEOUT).await
     }
 }
 
 fn unexpected(r: &HttpResponse) -> String {
-    format!("Unexpected response code: {} ({})", r.status, r.text().trim())
+    format!(
+        "Unexpected response code: {} ({})",
+        r.status,
+        r.text().trim()
+    )
 }
 
 pub async fn kv(argv: &[String]) -> i32 {
@@ -135,7 +156,12 @@ async fn kv_put(argv: &[String]) -> i32 {
     let key = match p.args.as_slice() {
         [] => return err("Error! Missing KEY argument"),
         [k] | [k, _] => k.clone(),
-        _ => return err(format!("Too many arguments (expected 1 or 2, got {})", p.args.len())),
+        _ => {
+            return err(format!(
+                "Too many arguments (expected 1 or 2, got {})",
+                p.args.len()
+            ))
+        }
     };
     let key = key.trim_start_matches('/').to_string();
     let mut data: Vec<u8> = match p.args.get(1).map(String::as_str) {
@@ -174,12 +200,16 @@ async fn kv_put(argv: &[String]) -> i32 {
     };
     let mut path = format!("/v1/kv/{}?flags={flags}", escape_key(&key));
     if p.flag("cas") {
-        let Some(mi) = modify_index else { return err("Must specify -modify-index with -cas!") };
+        let Some(mi) = modify_index else {
+            return err("Must specify -modify-index with -cas!");
+        };
         path.push_str(&format!("&cas={mi}"));
     }
     for lock in ["acquire", "release"] {
         if p.flag(lock) {
-            let Some(s) = p.get("session") else { return err(format!("Error! Missing -session (required with -{lock})")) };
+            let Some(s) = p.get("session") else {
+                return err(format!("Error! Missing -session (required with -{lock})"));
+            };
             path.push_str(&format!("&{lock}={s}"));
         }
     }
@@ -202,12 +232,21 @@ async fn kv_put(argv: &[String]) -> i32 {
 }
 
 fn entry_value(e: &Value) -> Vec<u8> {
-    e.get("Value").and_then(Value::as_str).and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok()).unwrap_or_default()
+    e.get("Value")
+        .and_then(Value::as_str)
+        .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
+        .unwrap_or_default()
 }
 
 async fn kv_get(argv: &[String]) -> i32 {
     let usage = "Usage: tribune kv get [options] [KEY_OR_PREFIX]\n\n  -recurse  -keys  -separator=S  -detailed  -base64";
-    let specs = [("recurse", Kind::Bool), ("keys", Kind::Bool), ("separator", Kind::Value), ("detailed", Kind::Bool), ("base64", Kind::Bool)];
+    let specs = [
+        ("recurse", Kind::Bool),
+        ("keys", Kind::Bool),
+        ("separator", Kind::Value),
+        ("detailed", Kind::Bool),
+        ("base64", Kind::Bool),
+    ];
     let p = match parse_or_exit(&specs, argv, usage) {
         Ok(p) => p,
         Err(c) => return c,
@@ -215,7 +254,12 @@ async fn kv_get(argv: &[String]) -> i32 {
     let key = match p.args.as_slice() {
         [] => String::new(),
         [k] => k.clone(),
-        _ => return err(format!("Too many arguments (expected 1, got {})", p.args.len())),
+        _ => {
+            return err(format!(
+                "Too many arguments (expected 1, got {})",
+                p.args.len()
+            ))
+        }
     };
     let key = key.trim_start_matches('/').to_string();
     let (recurse, keys) = (p.flag("recurse"), p.flag("keys"));
@@ -237,25 +281,40 @@ async fn kv_get(argv: &[String]) -> i32 {
     };
     if keys {
         let sep = p.get("separator").unwrap_or("/");
-        let path = format!("/v1/kv/{}?keys&separator={}", escape_key(&key), escape_key(sep).replace('/', "%2F"));
+        let path = format!(
+            "/v1/kv/{}?keys&separator={}",
+            escape_key(&key),
+            escape_key(sep).replace('/', "%2F")
+        );
         let r = match http.call("GET", &path, b"").await {
             Ok(r) if r.status == 200 || r.status == 404 => r,
             Ok(r) => return err(format!("Error querying Consul agent: {}", unexpected(&r))),
             Err(e) => return err(format!("Error querying Consul agent: {e}")),
         };
-        let list: Vec<String> = if r.status == 404 { vec![] } else { serde_json::from_slice(&r.body).unwrap_or_default() };
+        let list: Vec<String> = if r.status == 404 {
+            vec![]
+        } else {
+            serde_json::from_slice(&r.body).unwrap_or_default()
+        };
         for k in list {
             let _ = writeln!(out, "{k}");
         }
         return 0;
     }
     if recurse {
-        let r = match http.call("GET", &format!("/v1/kv/{}?recurse", escape_key(&key)), b"").await {
+        let r = match http
+            .call("GET", &format!("/v1/kv/{}?recurse", escape_key(&key)), b"")
+            .await
+        {
             Ok(r) if r.status == 200 || r.status == 404 => r,
             Ok(r) => return err(format!("Error querying Consul agent: {}", unexpected(&r))),
             Err(e) => return err(format!("Error querying Consul agent: {e}")),
         };
-        let list: Vec<Value> = if r.status == 404 { vec![] } else { serde_json::from_slice(&r.body).unwrap_or_default() };
+        let list: Vec<Value> = if r.status == 404 {
+            vec![]
+        } else {
+            serde_json::from_slice(&r.body).unwrap_or_default()
+        };
         for (i, e) in list.iter().enumerate() {
             if p.flag("detailed") {
                 if i > 0 {
@@ -263,21 +322,30 @@ async fn kv_get(argv: &[String]) -> i32 {
                 }
                 let _ = out.write_all(&detailed(e, &show));
             } else {
-                let _ = write!(out, "{}:", e.get("Key").and_then(Value::as_str).unwrap_or(""));
+                let _ = write!(
+                    out,
+                    "{}:",
+                    e.get("Key").and_then(Value::as_str).unwrap_or("")
+                );
                 let _ = out.write_all(&show(&entry_value(e)));
                 let _ = writeln!(out);
             }
         }
         return 0;
     }
-    let r = match http.call("GET", &format!("/v1/kv/{}", escape_key(&key)), b"").await {
+    let r = match http
+        .call("GET", &format!("/v1/kv/{}", escape_key(&key)), b"")
+        .await
+    {
         Ok(r) if r.status == 200 => r,
         Ok(r) if r.status == 404 => return err(format!("Error! No key exists at: {key}")),
         Ok(r) => return err(format!("Error querying Consul agent: {}", unexpected(&r))),
         Err(e) => return err(format!("Error querying Consul agent: {e}")),
     };
     let list: Vec<Value> = serde_json::from_slice(&r.body).unwrap_or_default();
-    let Some(e) = list.first() else { return err(format!("Error! No key exists at: {key}")) };
+    let Some(e) = list.first() else {
+        return err(format!("Error! No key exists at: {key}"));
+    };
     if p.flag("detailed") {
         let _ = out.write_all(&detailed(e, &show));
     } else {
@@ -289,11 +357,22 @@ async fn kv_get(argv: &[String]) -> i32 {
 
 fn detailed(e: &Value, show: &dyn Fn(&[u8]) -> Vec<u8>) -> Vec<u8> {
     let num = |k: &str| e.get(k).and_then(Value::as_u64).unwrap_or(0).to_string();
-    let session = e.get("Session").and_then(Value::as_str).filter(|s| !s.is_empty()).unwrap_or("-").to_string();
+    let session = e
+        .get("Session")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .unwrap_or("-")
+        .to_string();
     let rows = [
         ("CreateIndex", num("CreateIndex")),
         ("Flags", num("Flags")),
-        ("Key", e.get("Key").and_then(Value::as_str).unwrap_or("").to_string()),
+        (
+            "Key",
+            e.get("Key")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+        ),
         ("LockIndex", num("LockIndex")),
         ("ModifyIndex", num("ModifyIndex")),
         ("Session", session),
@@ -309,8 +388,13 @@ fn detailed(e: &Value, show: &dyn Fn(&[u8]) -> Vec<u8>) -> Vec<u8> {
 }
 
 async fn kv_delete(argv: &[String]) -> i32 {
-    let usage = "Usage: tribune kv delete [options] KEY_OR_PREFIX\n\n  -recurse  -cas -modify-index=N";
-    let specs = [("recurse", Kind::Bool), ("cas", Kind::Bool), ("modify-index", Kind::Value)];
+    let usage =
+        "Usage: tribune kv delete [options] KEY_OR_PREFIX\n\n  -recurse  -cas -modify-index=N";
+    let specs = [
+        ("recurse", Kind::Bool),
+        ("cas", Kind::Bool),
+        ("modify-index", Kind::Value),
+    ];
     let p = match parse_or_exit(&specs, argv, usage) {
         Ok(p) => p,
         Err(c) => return c,
@@ -318,7 +402,12 @@ async fn kv_delete(argv: &[String]) -> i32 {
     let key = match p.args.as_slice() {
         [] => String::new(),
         [k] => k.clone(),
-        _ => return err(format!("Too many arguments (expected 1, got {})", p.args.len())),
+        _ => {
+            return err(format!(
+                "Too many arguments (expected 1, got {})",
+                p.args.len()
+            ))
+        }
     };
     let key = key.trim_start_matches('/').to_string();
     let recurse = p.flag("recurse");
@@ -369,12 +458,23 @@ async fn kv_export(argv: &[String]) -> i32 {
         Ok(h) => h,
         Err(e) => return err(format!("Error! {e}")),
     };
-    let r = match http.call("GET", &format!("/v1/kv/{}?recurse", escape_key(&prefix)), b"").await {
+    let r = match http
+        .call(
+            "GET",
+            &format!("/v1/kv/{}?recurse", escape_key(&prefix)),
+            b"",
+        )
+        .await
+    {
         Ok(r) if r.status == 200 || r.status == 404 => r,
         Ok(r) => return err(format!("Error querying Consul agent: {}", unexpected(&r))),
         Err(e) => return err(format!("Error querying Consul agent: {e}")),
     };
-    let list: Vec<Value> = if r.status == 404 { vec![] } else { serde_json::from_slice(&r.body).unwrap_or_default() };
+    let list: Vec<Value> = if r.status == 404 {
+        vec![]
+    } else {
+        serde_json::from_slice(&r.body).unwrap_or_default()
+    };
     let out: Vec<Value> = list
         .iter()
         .map(|e| serde_json::json!({"key": e["Key"], "flags": e["Flags"], "value": e.get("Value").and_then(Value::as_str).unwrap_or("")}))
@@ -412,15 +512,32 @@ async fn kv_import(argv: &[String]) -> i32 {
     };
     let prefix = p.get("prefix").unwrap_or("");
     for e in entries {
-        let key = format!("{prefix}{}", e.get("key").and_then(Value::as_str).unwrap_or(""));
+        let key = format!(
+            "{prefix}{}",
+            e.get("key").and_then(Value::as_str).unwrap_or("")
+        );
         let flags = e.get("flags").and_then(Value::as_u64).unwrap_or(0);
-        let value = match base64::engine::general_purpose::STANDARD.decode(e.get("value").and_then(Value::as_str).unwrap_or("")) {
+        let value = match base64::engine::general_purpose::STANDARD
+            .decode(e.get("value").and_then(Value::as_str).unwrap_or(""))
+        {
             Ok(v) => v,
             Err(e) => return err(format!("Error base 64 decoding value for key {key}: {e}")),
         };
-        match http.call("PUT", &format!("/v1/kv/{}?flags={flags}", escape_key(&key)), &value).await {
+        match http
+            .call(
+                "PUT",
+                &format!("/v1/kv/{}?flags={flags}", escape_key(&key)),
+                &value,
+            )
+            .await
+        {
             Ok(r) if r.status == 200 => println!("Imported: {key}"),
-            Ok(r) => return err(format!("Error! Failed writing data for key {key}: {}", unexpected(&r))),
+            Ok(r) => {
+                return err(format!(
+                    "Error! Failed writing data for key {key}: {}",
+                    unexpected(&r)
+                ))
+            }
             Err(e) => return err(format!("Error! Failed writing data for key {key}: {e}")),
         }
     }
@@ -457,7 +574,15 @@ pub fn version(argv: &[String]) -> i32 {
 /// Align columns with a two-space gutter.
 pub fn columnize(rows: &[Vec<String>]) -> String {
     let n = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..n).map(|i| rows.iter().filter_map(|r| r.get(i)).map(|c| c.chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..n)
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(|c| c.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
     let mut out = String::new();
     for r in rows {
         let mut line = String::new();
@@ -475,13 +600,22 @@ pub fn columnize(rows: &[Vec<String>]) -> String {
 }
 
 pub async fn members(argv: &[String]) -> i32 {
-    let usage = "Usage: tribune members [options]\n\n  -detailed  -status=<regexp>  -wan  -segment=<name>";
-    let specs = [("detailed", Kind::Bool), ("status", Kind::Value), ("wan", Kind::Bool), ("segment", Kind::Value)];
+    let usage =
+        "Usage: tribune members [options]\n\n  -detailed  -status=<regexp>  -wan  -segment=<name>";
+    let specs = [
+        ("detailed", Kind::Bool),
+        ("status", Kind::Value),
+        ("wan", Kind::Bool),
+        ("segment", Kind::Value),
+    ];
     let p = match parse_or_exit(&specs, argv, usage) {
         Ok(p) => p,
         Err(c) => return c,
     };
-    let status_re = match p.get("status").map(|s| regex::Regex::new(&format!("^(?:{s})$"))) {
+    let status_re = match p
+        .get("status")
+        .map(|s| regex::Regex::new(&format!("^(?:{s})$")))
+    {
         None => None,
         Some(Ok(r)) => Some(r),
         Some(Err(e)) => return err(format!("Failed to compile status regexp: {e}")),
@@ -490,14 +624,23 @@ pub async fn members(argv: &[String]) -> i32 {
         Ok(h) => h,
         Err(e) => return err(format!("Error! {e}")),
     };
-    let path = if p.flag("wan") { "/v1/agent/members?wan" } else { "/v1/agent/members" };
+    let path = if p.flag("wan") {
+        "/v1/agent/members?wan"
+    } else {
+        "/v1/agent/members"
+    };
     let r = match http.call("GET", path, b"").await {
         Ok(r) if r.status == 200 => r,
         Ok(r) => return err(format!("Error retrieving members: {}", unexpected(&r))),
         Err(e) => return err(format!("Error retrieving members: {e}")),
     };
     let mut list: Vec<Value> = serde_json::from_slice(&r.body).unwrap_or_default();
-    let tag = |m: &Value, t: &str| m.get("Tags").and_then(|tags| tags.get(t)).and_then(Value::as_str).map(str::to_string);
+    let tag = |m: &Value, t: &str| {
+        m.get("Tags")
+            .and_then(|tags| tags.get(t))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
     let status_name = |m: &Value| match m.get("Status").and_then(Value::as_u64).unwrap_or(0) {
         1 => "alive",
         2 => "leaving",
@@ -505,34 +648,98 @@ pub async fn members(argv: &[String]) -> i32 {
         4 => "failed",
         _ => "none",
     };
-    list.retain(|m| status_re.as_ref().is_none_or(|re| re.is_match(status_name(m))));
+    list.retain(|m| {
+        status_re
+            .as_ref()
+            .is_none_or(|re| re.is_match(status_name(m)))
+    });
     if list.is_empty() {
         return 2;
     }
     let is_server = |m: &Value| tag(m, "role").as_deref() == Some("consul");
-    list.sort_by_key(|m| (!is_server(m), m.get("Name").and_then(Value::as_str).unwrap_or("").to_string()));
-    let addr = |m: &Value| format!("{}:{}", m.get("Addr").and_then(Value::as_str).unwrap_or(""), m.get("Port").and_then(Value::as_u64).unwrap_or(0));
-    let name = |m: &Value| m.get("Name").and_then(Value::as_str).unwrap_or("").to_string();
+    list.sort_by_key(|m| {
+        (
+            !is_server(m),
+            m.get("Name")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+        )
+    });
+    let addr = |m: &Value| {
+        format!(
+            "{}:{}",
+            m.get("Addr").and_then(Value::as_str).unwrap_or(""),
+            m.get("Port").and_then(Value::as_u64).unwrap_or(0)
+        )
+    };
+    let name = |m: &Value| {
+        m.get("Name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
     let mut rows = Vec::new();
     if p.flag("detailed") {
-        rows.push(vec!["Node".into(), "Address".into(), "Status".into(), "Tags".into()]);
+        rows.push(vec![
+            "Node".into(),
+            "Address".into(),
+            "Status".into(),
+            "Tags".into(),
+        ]);
         for m in &list {
-            let mut tags: Vec<String> =
-                m.get("Tags").and_then(Value::as_object).map(|o| o.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect()).unwrap_or_default();
+            let mut tags: Vec<String> = m
+                .get("Tags")
+                .and_then(Value::as_object)
+                .map(|o| {
+                    o.iter()
+                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                        .collect()
+                })
+                .unwrap_or_default();
             tags.sort();
-            rows.push(vec![name(m), addr(m), status_name(m).into(), tags.join(",")]);
+            rows.push(vec![
+                name(m),
+                addr(m),
+                status_name(m).into(),
+                tags.join(","),
+            ]);
         }
     } else {
-        rows.push(["Node", "Address", "Status", "Type", "Build", "Protocol", "DC", "Segment"].iter().map(|s| s.to_string()).collect());
+        rows.push(
+            [
+                "Node", "Address", "Status", "Type", "Build", "Protocol", "DC", "Segment",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        );
         for m in &list {
             let ty = match tag(m, "role").as_deref() {
                 Some("consul") => "server",
                 Some("node") => "client",
                 _ => "unknown",
             };
-            let build = tag(m, "build").map(|b| b.split(':').next().unwrap_or("").to_string()).unwrap_or_else(|| "< 0.3".into());
-            let segment = if ty == "server" { "<all>".to_string() } else { tag(m, "segment").filter(|s| !s.is_empty()).unwrap_or_else(|| "<default>".into()) };
-            rows.push(vec![name(m), addr(m), status_name(m).into(), ty.into(), build, tag(m, "vsn").unwrap_or_default(), tag(m, "dc").unwrap_or_default(), segment]);
+            let build = tag(m, "build")
+                .map(|b| b.split(':').next().unwrap_or("").to_string())
+                .unwrap_or_else(|| "< 0.3".into());
+            let segment = if ty == "server" {
+                "<all>".to_string()
+            } else {
+                tag(m, "segment")
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| "<default>".into())
+            };
+            rows.push(vec![
+                name(m),
+                addr(m),
+                status_name(m).into(),
+                ty.into(),
+                build,
+                tag(m, "vsn").unwrap_or_default(),
+                tag(m, "dc").unwrap_or_default(),
+                segment,
+            ]);
         }
     }
     print!("{}", columnize(&rows));
@@ -563,11 +770,21 @@ pub async fn leave(argv: &[String]) -> i32 {
 }
 
 pub async fn reload(argv: &[String]) -> i32 {
-    simple_put(argv, "/v1/agent/reload", "Configuration reload triggered", "reload").await
+    simple_put(
+        argv,
+        "/v1/agent/reload",
+        "Configuration reload triggered",
+        "reload",
+    )
+    .await
 }
 
 pub async fn join(argv: &[String]) -> i32 {
-    let p = match parse_or_exit(&[("wan", Kind::Bool)], argv, "Usage: tribune join [options] address ...") {
+    let p = match parse_or_exit(
+        &[("wan", Kind::Bool)],
+        argv,
+        "Usage: tribune join [options] address ...",
+    ) {
         Ok(p) => p,
         Err(c) => return c,
     };
@@ -580,7 +797,11 @@ pub async fn join(argv: &[String]) -> i32 {
     };
     let mut joined = 0;
     for a in &p.args {
-        let path = format!("/v1/agent/join/{}{}", escape_key(a), if p.flag("wan") { "?wan" } else { "" });
+        let path = format!(
+            "/v1/agent/join/{}{}",
+            escape_key(a),
+            if p.flag("wan") { "?wan" } else { "" }
+        );
         match http.call("PUT", &path, b"").await {
             Ok(r) if r.status == 200 => joined += 1,
             Ok(r) => eprintln!("Error joining address '{a}': {}", unexpected(&r)),
@@ -595,11 +816,17 @@ pub async fn join(argv: &[String]) -> i32 {
 }
 
 pub async fn force_leave(argv: &[String]) -> i32 {
-    let p = match parse_or_exit(&[("prune", Kind::Bool), ("wan", Kind::Bool)], argv, "Usage: tribune force-leave [options] name") {
+    let p = match parse_or_exit(
+        &[("prune", Kind::Bool), ("wan", Kind::Bool)],
+        argv,
+        "Usage: tribune force-leave [options] name",
+    ) {
         Ok(p) => p,
         Err(c) => return c,
     };
-    let [node] = p.args.as_slice() else { return err("A single node name must be specified to force leave.") };
+    let [node] = p.args.as_slice() else {
+        return err("A single node name must be specified to force leave.");
+    };
     let mut q = Vec::new();
     if p.flag("prune") {
         q.push("prune");
@@ -607,7 +834,12 @@ pub async fn force_leave(argv: &[String]) -> i32 {
     if p.flag("wan") {
         q.push("wan");
     }
-    let path = format!("/v1/agent/force-leave/{}{}{}", escape_key(node), if q.is_empty() { "" } else { "?" }, q.join("&"));
+    let path = format!(
+        "/v1/agent/force-leave/{}{}{}",
+        escape_key(node),
+        if q.is_empty() { "" } else { "?" },
+        q.join("&")
+    );
     simple_put(&[], &path, "", "force leaving").await
 }
 
@@ -626,15 +858,25 @@ pub async fn info(argv: &[String]) -> i32 {
         Err(e) => return err(format!("Error querying agent: {e}")),
     };
     let v: Value = serde_json::from_slice(&r.body).unwrap_or_default();
-    let Some(stats) = v.get("Stats").and_then(Value::as_object) else { return err("Error querying agent: no Stats") };
+    let Some(stats) = v.get("Stats").and_then(Value::as_object) else {
+        return err("Error querying agent: no Stats");
+    };
     let mut sections: Vec<_> = stats.iter().collect();
     sections.sort_by(|a, b| a.0.cmp(b.0));
     for (name, kv) in sections {
         println!("{name}:");
-        let mut pairs: Vec<_> = kv.as_object().map(|o| o.iter().collect()).unwrap_or_default();
+        let mut pairs: Vec<_> = kv
+            .as_object()
+            .map(|o| o.iter().collect())
+            .unwrap_or_default();
         pairs.sort_by(|a, b| a.0.cmp(b.0));
         for (k, val) in pairs {
-            println!("\t{k} = {}", val.as_str().map(str::to_string).unwrap_or_else(|| val.to_string()));
+            println!(
+                "\t{k} = {}",
+                val.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| val.to_string())
+            );
         }
     }
     0
@@ -642,9 +884,16 @@ pub async fn info(argv: &[String]) -> i32 {
 
 pub async fn operator(argv: &[String]) -> i32 {
     let usage = "Usage: tribune operator raft list-peers [options]";
-    match (argv.first().map(String::as_str), argv.get(1).map(String::as_str)) {
+    match (
+        argv.first().map(String::as_str),
+        argv.get(1).map(String::as_str),
+    ) {
         (Some("raft"), Some("list-peers")) => {}
-        (Some("raft"), Some(other)) => return err(format!("Unknown operator raft subcommand: {other}\n\n{usage}")),
+        (Some("raft"), Some(other)) => {
+            return err(format!(
+                "Unknown operator raft subcommand: {other}\n\n{usage}"
+            ))
+        }
         _ => return err(usage),
     }
     let p = match parse_or_exit(&[], &argv[2..], usage) {
@@ -655,17 +904,47 @@ pub async fn operator(argv: &[String]) -> i32 {
         Ok(h) => h,
         Err(e) => return err(format!("Error! {e}")),
     };
-    let r = match http.call("GET", "/v1/operator/raft/configuration", b"").await {
+    let r = match http
+        .call("GET", "/v1/operator/raft/configuration", b"")
+        .await
+    {
         Ok(r) if r.status == 200 => r,
         Ok(r) => return err(format!("Error getting peers: {}", unexpected(&r))),
         Err(e) => return err(format!("Error getting peers: {e}")),
     };
     let v: Value = serde_json::from_slice(&r.body).unwrap_or_default();
-    let mut rows = vec![["Node", "ID", "Address", "State", "Voter", "RaftProtocol"].iter().map(|s| s.to_string()).collect::<Vec<_>>()];
-    for s in v.get("Servers").and_then(Value::as_array).into_iter().flatten() {
-        let f = |k: &str| s.get(k).map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string())).unwrap_or_default();
-        let state = if s.get("Leader").and_then(Value::as_bool) == Some(true) { "leader" } else { "follower" };
-        rows.push(vec![f("Node"), f("ID"), f("Address"), state.into(), f("Voter"), f("ProtocolVersion")]);
+    let mut rows = vec![["Node", "ID", "Address", "State", "Voter", "RaftProtocol"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()];
+    for s in v
+        .get("Servers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let f = |k: &str| {
+            s.get(k)
+                .map(|x| {
+                    x.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| x.to_string())
+                })
+                .unwrap_or_default()
+        };
+        let state = if s.get("Leader").and_then(Value::as_bool) == Some(true) {
+            "leader"
+        } else {
+            "follower"
+        };
+        rows.push(vec![
+            f("Node"),
+            f("ID"),
+            f("Address"),
+            state.into(),
+            f("Voter"),
+            f("ProtocolVersion"),
+        ]);
     }
     print!("{}", columnize(&rows));
     0
@@ -699,7 +978,9 @@ pub async fn watch(argv: &[String]) -> i32 {
             Some(k) => crate::watch::WatchKind::KeyPrefix(k.to_string()),
             None => return err("Must specify a single prefix to watch"),
         },
-        Some(t @ ("services" | "nodes" | "service" | "checks" | "event")) => return err(format!("Error: watch type {t:?} is not supported yet")),
+        Some(t @ ("services" | "nodes" | "service" | "checks" | "event")) => {
+            return err(format!("Error: watch type {t:?} is not supported yet"))
+        }
         Some(t) => return err(format!("Unsupported watch type: {t}")),
     };
     let http = match Http::new(&p) {
@@ -714,9 +995,17 @@ pub async fn watch(argv: &[String]) -> i32 {
     let handler = if p.args.is_empty() {
         crate::watch::Handler::Stdout
     } else {
-        crate::watch::Handler::Script { args: p.args.clone(), shell: p.get("shell") != Some("false"), inherit_output: true }
+        crate::watch::Handler::Script {
+            args: p.args.clone(),
+            shell: p.get("shell") != Some("false"),
+            inherit_output: true,
+        }
     };
-    let spec = crate::watch::WatchSpec { kind, handler, stale: http.stale };
+    let spec = crate::watch::WatchSpec {
+        kind,
+        handler,
+        stale: http.stale,
+    };
     crate::watch::run(spec, crate::watch::Source::Remote(http.addr.clone())).await;
     0
 }
@@ -728,12 +1017,25 @@ mod tests {
     #[test]
     fn escapes_keys() {
         assert_eq!(escape_key("a/b c?d"), "a/b%20c%3Fd");
-        assert_eq!(escape_key("redis/config/connections"), "redis/config/connections");
+        assert_eq!(
+            escape_key("redis/config/connections"),
+            "redis/config/connections"
+        );
     }
 
     #[test]
     fn columns_align_with_two_spaces() {
-        let rows = vec![vec!["Node".to_string(), "Address".to_string(), "Status".to_string()], vec!["consul01".into(), "1.2.3.4:8301".into(), "alive".into()]];
-        assert_eq!(columnize(&rows), "Node      Address       Status\nconsul01  1.2.3.4:8301  alive\n");
+        let rows = vec![
+            vec![
+                "Node".to_string(),
+                "Address".to_string(),
+                "Status".to_string(),
+            ],
+            vec!["consul01".into(), "1.2.3.4:8301".into(), "alive".into()],
+        ];
+        assert_eq!(
+            columnize(&rows),
+            "Node      Address       Status\nconsul01  1.2.3.4:8301  alive\n"
+        );
     }
 }

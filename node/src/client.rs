@@ -15,7 +15,10 @@ pub struct HttpResponse {
 
 impl HttpResponse {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
@@ -28,7 +31,9 @@ pub fn split_url(url: &str) -> Result<(String, String), String> {
         return Err(format!("{url}: https is not supported by this build"));
     }
     if url.starts_with("unix://") {
-        return Err(format!("{url}: unix sockets are not supported by this build"));
+        return Err(format!(
+            "{url}: unix sockets are not supported by this build"
+        ));
     }
     let rest = url.strip_prefix("http://").unwrap_or(url);
     let (host, path) = match rest.find('/') {
@@ -38,7 +43,14 @@ pub fn split_url(url: &str) -> Result<(String, String), String> {
     if host.is_empty() {
         return Err(format!("{url}: missing host"));
     }
-    let host = if host.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) { host.to_string() } else { format!("{host}:80") };
+    let host = if host
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        host.to_string()
+    } else {
+        format!("{host}:80")
+    };
     Ok((host, path.to_string()))
 }
 
@@ -53,11 +65,19 @@ pub async fn request(
 ) -> Result<HttpResponse, String> {
     match tokio::time::timeout(timeout, exchange(addr, method, path, headers, body)).await {
         Ok(r) => r,
-        Err(_) => Err(format!("{method} http://{addr}{path}: timed out after {timeout:?}")),
+        Err(_) => Err(format!(
+            "{method} http://{addr}{path}: timed out after {timeout:?}"
+        )),
     }
 }
 
-async fn exchange(addr: &str, method: &str, path: &str, headers: &[(String, String)], body: &[u8]) -> Result<HttpResponse, String> {
+async fn exchange(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> Result<HttpResponse, String> {
     let err = |e: std::io::Error| format!("{method} http://{addr}{path}: {e}");
     let mut stream = TcpStream::connect(addr).await.map_err(err)?;
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: tribune\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
@@ -73,15 +93,29 @@ async fn exchange(addr: &str, method: &str, path: &str, headers: &[(String, Stri
 }
 
 pub fn parse_response(buf: &[u8]) -> Result<HttpResponse, String> {
-    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").ok_or("incomplete response")?;
+    let end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("incomplete response")?;
     let head = std::str::from_utf8(&buf[..end]).map_err(|_| "response head is not UTF-8")?;
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or("");
-    let status: u16 = status_line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| format!("bad status line {status_line:?}"))?;
-    let headers: Vec<(String, String)> =
-        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
     let raw = &buf[end + 4..];
-    let find = |n: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.as_str());
+    let find = |n: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.as_str())
+    };
     let body = if find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
         dechunk(raw)?
     } else if let Some(len) = find("content-length").and_then(|v| v.parse::<usize>().ok()) {
@@ -92,15 +126,23 @@ pub fn parse_response(buf: &[u8]) -> Result<HttpResponse, String> {
     } else {
         raw.to_vec()
     };
-    Ok(HttpResponse { status, headers, body })
+    Ok(HttpResponse {
+        status,
+        headers,
+        body,
+    })
 }
 
 fn dechunk(mut raw: &[u8]) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
     loop {
-        let eol = raw.windows(2).position(|w| w == b"\r\n").ok_or("bad chunked body")?;
+        let eol = raw
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or("bad chunked body")?;
         let size_s = std::str::from_utf8(&raw[..eol]).map_err(|_| "bad chunk size")?;
-        let size = usize::from_str_radix(size_s.split(';').next().unwrap_or("").trim(), 16).map_err(|_| "bad chunk size")?;
+        let size = usize::from_str_radix(size_s.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|_| "bad chunk size")?;
         raw = &raw[eol + 2..];
         if size == 0 {
             return Ok(out);
@@ -119,17 +161,32 @@ mod tests {
 
     #[test]
     fn parses_length_and_chunked() {
-        let r = parse_response(b"HTTP/1.1 404 Not Found\r\nX-Consul-Index: 7\r\nContent-Length: 2\r\n\r\nhiXX").unwrap();
-        assert_eq!((r.status, r.body.as_slice(), r.header("x-consul-index")), (404, &b"hi"[..], Some("7")));
+        let r = parse_response(
+            b"HTTP/1.1 404 Not Found\r\nX-Consul-Index: 7\r\nContent-Length: 2\r\n\r\nhiXX",
+        )
+        .unwrap();
+        assert_eq!(
+            (r.status, r.body.as_slice(), r.header("x-consul-index")),
+            (404, &b"hi"[..], Some("7"))
+        );
         let r = parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap();
         assert_eq!(r.body, b"abcde");
     }
 
     #[test]
     fn urls() {
-        assert_eq!(split_url("http://127.0.0.1:8500").unwrap(), ("127.0.0.1:8500".into(), "".into()));
-        assert_eq!(split_url("localhost:9000/x/y").unwrap(), ("localhost:9000".into(), "/x/y".into()));
-        assert_eq!(split_url("http://example").unwrap(), ("example:80".into(), "".into()));
+        assert_eq!(
+            split_url("http://127.0.0.1:8500").unwrap(),
+            ("127.0.0.1:8500".into(), "".into())
+        );
+        assert_eq!(
+            split_url("localhost:9000/x/y").unwrap(),
+            ("localhost:9000".into(), "/x/y".into())
+        );
+        assert_eq!(
+            split_url("http://example").unwrap(),
+            ("example:80".into(), "".into())
+        );
         assert!(split_url("https://x:1").is_err());
     }
 }

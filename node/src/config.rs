@@ -60,7 +60,12 @@ const PORTS: &[(&str, Kind)] = &[
     ("server", PORT),
 ];
 
-const ADDRESSES: &[(&str, Kind)] = &[("http", Kind::Str), ("https", Kind::Str), ("dns", Kind::Str), ("grpc", Kind::Str)];
+const ADDRESSES: &[(&str, Kind)] = &[
+    ("http", Kind::Str),
+    ("https", Kind::Str),
+    ("dns", Kind::Str),
+    ("grpc", Kind::Str),
+];
 
 const DNS_CONFIG: &[(&str, Kind)] = &[
     ("allow_stale", Kind::Bool),
@@ -179,8 +184,7 @@ impl Format {
     }
 }
 
-const NOT_A_CONFIG_NAME: &str =
-    "the name must end in .json or .hcl, or -config-format must be set";
+const NOT_A_CONFIG_NAME: &str = "the name must end in .json or .hcl, or -config-format must be set";
 
 /// The merged, validated configuration.
 #[allow(dead_code)] // some keys are accepted and shown, not acted on yet
@@ -261,7 +265,9 @@ pub fn load(opts: &LoadOptions) -> Result<(Config, Vec<String>), String> {
             Source::File(path) => {
                 let Some(format) = opts.format.or_else(|| Format::of_file(path)) else {
                     let p = path.display();
-                    return Err(format!("Error reading config file {p}: {NOT_A_CONFIG_NAME}"));
+                    return Err(format!(
+                        "Error reading config file {p}: {NOT_A_CONFIG_NAME}"
+                    ));
                 };
                 let v = read_file(path, format)?;
                 check_source(&path.display().to_string(), &v, &mut warnings)?;
@@ -291,12 +297,16 @@ pub fn load(opts: &LoadOptions) -> Result<(Config, Vec<String>), String> {
 /// The files of a config directory in lexical order (no subdirectories); which of them are
 /// config is for the caller to say.
 pub fn dir_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
-    let rd = std::fs::read_dir(dir).map_err(|e| format!("Error reading config directory {}: {e}", dir.display()))?;
+    let rd = std::fs::read_dir(dir)
+        .map_err(|e| format!("Error reading config directory {}: {e}", dir.display()))?;
     let mut out = Vec::new();
     for entry in rd {
-        let entry = entry.map_err(|e| format!("Error reading config directory {}: {e}", dir.display()))?;
+        let entry =
+            entry.map_err(|e| format!("Error reading config directory {}: {e}", dir.display()))?;
         let path = entry.path();
-        let is_file = std::fs::metadata(&path).map(|m| m.is_file()).unwrap_or(false);
+        let is_file = std::fs::metadata(&path)
+            .map(|m| m.is_file())
+            .unwrap_or(false);
         if is_file {
             out.push(path);
         }
@@ -306,7 +316,8 @@ pub fn dir_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
 }
 
 fn read_file(path: &Path, format: Format) -> Result<Value, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("Error reading config file {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("Error reading config file {}: {e}", path.display()))?;
     // As in Consul, whose HCL reader takes JSON too: HCL text that opens with `{` is JSON.
     let v = match format {
         Format::Hcl if !text.trim_start().starts_with('{') => hcl_to_json(&text),
@@ -314,20 +325,35 @@ fn read_file(path: &Path, format: Format) -> Result<Value, String> {
     };
     let v = v.map_err(|e| format!("Error parsing {}: {e}", path.display()))?;
     if !v.is_object() {
-        return Err(format!("Error parsing {}: the top level must be a JSON object", path.display()));
+        return Err(format!(
+            "Error parsing {}: the top level must be a JSON object",
+            path.display()
+        ));
     }
     Ok(v)
 }
 
 /// Check one source against the schema.
 pub fn check_source(name: &str, v: &Value, warnings: &mut Vec<String>) -> Result<(), String> {
-    let obj = v.as_object().ok_or_else(|| format!("Error parsing {name}: the top level must be a JSON object"))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| format!("Error parsing {name}: the top level must be a JSON object"))?;
     check_obj(name, "", obj, SCHEMA, warnings)
 }
 
-fn check_obj(src: &str, path: &str, obj: &Map<String, Value>, schema: &[(&str, Kind)], warnings: &mut Vec<String>) -> Result<(), String> {
+fn check_obj(
+    src: &str,
+    path: &str,
+    obj: &Map<String, Value>,
+    schema: &[(&str, Kind)],
+    warnings: &mut Vec<String>,
+) -> Result<(), String> {
     for (k, v) in obj {
-        let full = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+        let full = if path.is_empty() {
+            k.clone()
+        } else {
+            format!("{path}.{k}")
+        };
         match schema.iter().find(|(n, _)| n == k) {
             None => warnings.push(format!("{src}: unknown config key {full:?} (ignored)")),
             Some((_, kind)) => check_value(src, &full, v, *kind, warnings)?,
@@ -336,7 +362,13 @@ fn check_obj(src: &str, path: &str, obj: &Map<String, Value>, schema: &[(&str, K
     Ok(())
 }
 
-fn check_value(src: &str, key: &str, v: &Value, kind: Kind, warnings: &mut Vec<String>) -> Result<(), String> {
+fn check_value(
+    src: &str,
+    key: &str,
+    v: &Value,
+    kind: Kind,
+    warnings: &mut Vec<String>,
+) -> Result<(), String> {
     let bad = |what: &str| Err(format!("Error in {src}: {key}: {what}, got {v}"));
     match kind {
         Kind::Bool => {
@@ -369,13 +401,25 @@ fn check_value(src: &str, key: &str, v: &Value, kind: Kind, warnings: &mut Vec<S
         Kind::GossipKey => match v.as_str() {
             Some(s) => match base64::engine::general_purpose::STANDARD.decode(s) {
                 Ok(b) if matches!(b.len(), 16 | 24 | 32) => {}
-                Ok(b) => return Err(format!("Error in {src}: {key}: the key must be 16, 24 or 32 bytes, got {} bytes", b.len())),
-                Err(e) => return Err(format!("Error in {src}: {key}: the key is not valid base64: {e}")),
+                Ok(b) => {
+                    return Err(format!(
+                        "Error in {src}: {key}: the key must be 16, 24 or 32 bytes, got {} bytes",
+                        b.len()
+                    ))
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "Error in {src}: {key}: the key is not valid base64: {e}"
+                    ))
+                }
             },
             None => return bad("expected a base64 string"),
         },
         Kind::Datacenter => match v.as_str() {
-            Some(s) if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') => {}
+            Some(s)
+                if !s.is_empty()
+                    && s.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') => {}
             _ => return bad("expected a name of letters, digits, '-' and '_'"),
         },
         Kind::Obj(schema) => match v.as_object() {
@@ -417,8 +461,13 @@ pub fn merge(dst: &mut Value, src: Value) {
 /// entries, by key path (keys joined with `.`, list positions left out): `watches { ... }` is
 /// `"watches": [{...}]`, and two `checks { ... }` blocks are a list of two. These are the
 /// list-valued keys of Consul's config whose items are objects.
-const HCL_LIST_KEYS: &[&str] =
-    &["checks", "services", "watches", "service.checks", "services.checks"];
+const HCL_LIST_KEYS: &[&str] = &[
+    "checks",
+    "services",
+    "watches",
+    "service.checks",
+    "services.checks",
+];
 
 /// Where one block is an object (`service { ... }` is `"service": {...}`) and repeated blocks
 /// are a list of them in order (two services, not one merged). Any other repeated block
@@ -431,7 +480,12 @@ const HCL_ONE_OR_MANY_KEYS: &[&str] = &["check", "service", "service.check", "se
 pub fn hcl_to_json(text: &str) -> Result<Value, String> {
     let body = hcl::edit::parser::parse_body(text).map_err(|e| {
         let at = e.location();
-        format!("{} at line {} column {}", e.message(), at.line(), at.column())
+        format!(
+            "{} at line {} column {}",
+            e.message(),
+            at.line(),
+            at.column()
+        )
     })?;
     let mut out = Map::new();
     hcl_body(text, &body, "", &mut out)?;
@@ -448,7 +502,9 @@ fn key_path(path: &str, key: &str) -> String {
 
 /// " at line L column C" of a span of `text`.
 fn at(text: &str, span: Option<Range<usize>>) -> String {
-    let Some(start) = span.map(|s| s.start.min(text.len())) else { return String::new() };
+    let Some(start) = span.map(|s| s.start.min(text.len())) else {
+        return String::new();
+    };
     let before = &text[..start];
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
@@ -470,7 +526,9 @@ fn hcl_body(
             Structure::Block(b) => {
                 let key = b.ident.as_str();
                 let labels: Vec<&str> = b.labels.iter().map(BlockLabel::as_str).collect();
-                let inner_path = labels.iter().fold(key_path(path, key), |p, l| key_path(&p, l));
+                let inner_path = labels
+                    .iter()
+                    .fold(key_path(path, key), |p, l| key_path(&p, l));
                 let mut inner = Map::new();
                 hcl_body(text, &b.body, &inner_path, &mut inner)?;
                 let v = labels.iter().rev().fold(Value::Object(inner), |v, l| {
@@ -490,7 +548,11 @@ fn hcl_put(out: &mut Map<String, Value>, key: &str, path: &str, v: Value) -> Res
     let list = HCL_LIST_KEYS.contains(&path);
     let one_or_many = HCL_ONE_OR_MANY_KEYS.contains(&path);
     let Some(old) = out.get_mut(key) else {
-        let v = if list && v.is_object() { Value::Array(vec![v]) } else { v };
+        let v = if list && v.is_object() {
+            Value::Array(vec![v])
+        } else {
+            v
+        };
         out.insert(key.to_string(), v);
         return Ok(());
     };
@@ -599,14 +661,25 @@ pub fn hostname() -> String {
 }
 
 fn build(dev: bool, v: Value) -> Result<Config, String> {
-    let s = |path: &[&str]| -> Option<String> { lookup(&v, path).and_then(Value::as_str).map(str::to_string) };
+    let s = |path: &[&str]| -> Option<String> {
+        lookup(&v, path).and_then(Value::as_str).map(str::to_string)
+    };
     let b = |path: &[&str], d: bool| lookup(&v, path).and_then(Value::as_bool).unwrap_or(d);
     let i = |path: &[&str], d: i64| lookup(&v, path).and_then(Value::as_i64).unwrap_or(d);
-    let d = |path: &[&str], dflt: Duration| lookup(&v, path).and_then(Value::as_str).and_then(parse_duration).unwrap_or(dflt);
+    let d = |path: &[&str], dflt: Duration| {
+        lookup(&v, path)
+            .and_then(Value::as_str)
+            .and_then(parse_duration)
+            .unwrap_or(dflt)
+    };
     let list = |path: &[&str]| -> Vec<String> {
         lookup(&v, path)
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let server = b(&["server"], dev);
@@ -620,19 +693,35 @@ fn build(dev: bool, v: Value) -> Result<Config, String> {
     }
     let data_dir = s(&["data_dir"]).map(PathBuf::from);
     if !dev && data_dir.is_none() {
-        return Err("data_dir cannot be empty (set \"data_dir\" in a config file or -data-dir)".into());
+        return Err(
+            "data_dir cannot be empty (set \"data_dir\" in a config file or -data-dir)".into(),
+        );
     }
     let node_name = s(&["node_name"]).unwrap_or_else(hostname);
-    if node_name.is_empty() || node_name.chars().any(|c| c.is_whitespace() || c == '"' || c == '\'') {
-        return Err(format!("node_name {node_name:?} is not valid: no whitespace or quotes"));
+    if node_name.is_empty()
+        || node_name
+            .chars()
+            .any(|c| c.is_whitespace() || c == '"' || c == '\'')
+    {
+        return Err(format!(
+            "node_name {node_name:?} is not valid: no whitespace or quotes"
+        ));
     }
     let default_query_time = d(&["default_query_time"], Duration::from_secs(300));
     let max_query_time = d(&["max_query_time"], Duration::from_secs(600));
     let mut service_ttl = Vec::new();
-    for (name, ttl) in lookup(&v, &["dns_config", "service_ttl"]).and_then(Value::as_object).into_iter().flatten() {
+    for (name, ttl) in lookup(&v, &["dns_config", "service_ttl"])
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
         match ttl.as_str().and_then(parse_duration) {
             Some(t) => service_ttl.push((name.to_lowercase(), t)),
-            None => return Err(format!("dns_config.service_ttl.{name}: expected a duration such as \"30s\", got {ttl}")),
+            None => {
+                return Err(format!(
+                    "dns_config.service_ttl.{name}: expected a duration such as \"30s\", got {ttl}"
+                ))
+            }
         }
     }
     let loopback = "127.0.0.1".to_string();
@@ -640,13 +729,21 @@ fn build(dev: bool, v: Value) -> Result<Config, String> {
         dev,
         node_name,
         node_id: s(&["node_id"]),
-        datacenter: s(&["datacenter"]).unwrap_or_else(|| "dc1".into()).to_lowercase(),
+        datacenter: s(&["datacenter"])
+            .unwrap_or_else(|| "dc1".into())
+            .to_lowercase(),
         data_dir,
         server,
         bootstrap: bootstrap || (dev && bootstrap_expect == 0),
         bootstrap_expect,
         client_addr: s(&["client_addr"]).unwrap_or_else(|| loopback.clone()),
-        bind_addr: s(&["bind_addr"]).unwrap_or_else(|| if dev { loopback.clone() } else { "0.0.0.0".into() }),
+        bind_addr: s(&["bind_addr"]).unwrap_or_else(|| {
+            if dev {
+                loopback.clone()
+            } else {
+                "0.0.0.0".into()
+            }
+        }),
         advertise_addr: s(&["advertise_addr"]),
         http_addr: s(&["addresses", "http"]),
         http_port: i(&["ports", "http"], 8500),
@@ -657,7 +754,10 @@ fn build(dev: bool, v: Value) -> Result<Config, String> {
         domain: s(&["domain"]).unwrap_or_else(|| "consul.".into()),
         encrypt: s(&["encrypt"]),
         enable_syslog: b(&["enable_syslog"], false),
-        log_level: s(&["log_level"]).and_then(|l| log_level_directive(&l)).unwrap_or("info").to_string(),
+        log_level: s(&["log_level"])
+            .and_then(|l| log_level_directive(&l))
+            .unwrap_or("info")
+            .to_string(),
         log_json: b(&["log_json"], false),
         leave_on_terminate: b(&["leave_on_terminate"], !server),
         skip_leave_on_interrupt: b(&["skip_leave_on_interrupt"], server),
@@ -671,7 +771,10 @@ fn build(dev: bool, v: Value) -> Result<Config, String> {
         default_query_time,
         max_query_time,
         ui: b(&["ui"], dev),
-        watches: lookup(&v, &["watches"]).and_then(Value::as_array).cloned().unwrap_or_default(),
+        watches: lookup(&v, &["watches"])
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default(),
         dns: DnsConfig {
             addr: s(&["addresses", "dns"]),
             enable_truncate: b(&["dns_config", "enable_truncate"], false),
@@ -699,7 +802,13 @@ impl Config {
 
     /// Where the HTTP API listens.
     pub fn http_listen(&self) -> String {
-        let host = self.http_addr.clone().unwrap_or_else(|| self.client_addr.split_whitespace().next().unwrap_or("127.0.0.1").to_string());
+        let host = self.http_addr.clone().unwrap_or_else(|| {
+            self.client_addr
+                .split_whitespace()
+                .next()
+                .unwrap_or("127.0.0.1")
+                .to_string()
+        });
         if host.contains(':') && !host.starts_with('[') {
             format!("[{host}]:{}", self.http_port)
         } else {
@@ -712,7 +821,13 @@ impl Config {
         let hosts = self.dns.addr.as_deref().unwrap_or(&self.client_addr);
         hosts
             .split_whitespace()
-            .map(|h| if h.contains(':') && !h.starts_with('[') { format!("[{h}]:{}", self.dns_port) } else { format!("{h}:{}", self.dns_port) })
+            .map(|h| {
+                if h.contains(':') && !h.starts_with('[') {
+                    format!("[{h}]:{}", self.dns_port)
+                } else {
+                    format!("{h}:{}", self.dns_port)
+                }
+            })
             .collect()
     }
 }
@@ -749,7 +864,11 @@ mod tests {
               "retry_join": ["consul01", "consul02", "consul03"], "server": true,
               "start_join": ["consul01", "consul02", "consul03"], "ui": true }"#,
         );
-        let (cfg, warnings) = load(&LoadOptions { sources: vec![Source::Dir(d)], ..Default::default() }).unwrap();
+        let (cfg, warnings) = load(&LoadOptions {
+            sources: vec![Source::Dir(d)],
+            ..Default::default()
+        })
+        .unwrap();
         assert!(warnings.is_empty(), "{warnings:?}");
         assert_eq!(cfg.datacenter, "ke-dc");
         assert_eq!(cfg.bootstrap_expect, 3);
@@ -762,18 +881,33 @@ mod tests {
     #[test]
     fn dir_is_lexical_later_wins_lists_append_flags_override() {
         let d = tmpdir("merge");
-        write(&d, "b.json", r#"{"datacenter":"two","retry_join":["b"],"ports":{"dns":8601}}"#);
-        write(&d, "a.json", r#"{"datacenter":"one","retry_join":["a"],"ports":{"http":9000},"data_dir":"/tmp/x"}"#);
+        write(
+            &d,
+            "b.json",
+            r#"{"datacenter":"two","retry_join":["b"],"ports":{"dns":8601}}"#,
+        );
+        write(
+            &d,
+            "a.json",
+            r#"{"datacenter":"one","retry_join":["a"],"ports":{"http":9000},"data_dir":"/tmp/x"}"#,
+        );
         write(&d, "c.hcl.bak", r#"datacenter = "hcl""#);
         write(&d, "z.txt", "not json");
         let mut flags = Map::new();
         flags.insert("ports".into(), json!({"http": 9100}));
         flags.insert("retry_join".into(), json!(["flag"]));
-        let opts = LoadOptions { sources: vec![Source::Dir(d)], flags, ..Default::default() };
+        let opts = LoadOptions {
+            sources: vec![Source::Dir(d)],
+            flags,
+            ..Default::default()
+        };
         let (cfg, warnings) = load(&opts).unwrap();
         // Files named neither .json nor .hcl are skipped, with a warning each, as in Consul.
         assert_eq!(warnings.len(), 2, "{warnings:?}");
-        assert!(warnings[0].contains("c.hcl.bak") && warnings[1].contains("z.txt"), "{warnings:?}");
+        assert!(
+            warnings[0].contains("c.hcl.bak") && warnings[1].contains("z.txt"),
+            "{warnings:?}"
+        );
         assert_eq!(cfg.datacenter, "two");
         assert_eq!(cfg.retry_join, vec!["a", "b", "flag"]);
         assert_eq!(cfg.http_port, 9100);
@@ -783,7 +917,11 @@ mod tests {
 
     fn load_files(dev: bool, files: Vec<PathBuf>) -> Result<(Config, Vec<String>), String> {
         let sources = files.into_iter().map(Source::File).collect();
-        load(&LoadOptions { sources, dev, ..Default::default() })
+        load(&LoadOptions {
+            sources,
+            dev,
+            ..Default::default()
+        })
     }
 
     /// Each HCL form and its JSON equivalent: the same merged config, the same warnings.
@@ -796,7 +934,10 @@ mod tests {
                     "bootstrap_expect": 0}"#,
             ),
             ("ports { dns = 8600 }", r#"{"ports": {"dns": 8600}}"#),
-            ("ports = { http = 8501, dns = -1 }", r#"{"ports": {"http": 8501, "dns": -1}}"#),
+            (
+                "ports = { http = 8501, dns = -1 }",
+                r#"{"ports": {"http": 8501, "dns": -1}}"#,
+            ),
             // Repeated blocks of an object-valued key merge.
             (
                 r#"
@@ -809,7 +950,10 @@ mod tests {
                 }"#,
                 r#"{"ports": {"http": 1, "dns": 3}}"#,
             ),
-            ("addresses { http = \"0.0.0.0\" }", r#"{"addresses": {"http": "0.0.0.0"}}"#),
+            (
+                "addresses { http = \"0.0.0.0\" }",
+                r#"{"addresses": {"http": "0.0.0.0"}}"#,
+            ),
             (
                 r#"
                 dns_config {
@@ -819,12 +963,18 @@ mod tests {
                 r#"{"dns_config": {"enable_truncate": true,
                     "service_ttl": {"*": "5s", "web": "1m"}}}"#,
             ),
-            ("performance { raft_multiplier = 1 }", r#"{"performance": {"raft_multiplier": 1}}"#),
+            (
+                "performance { raft_multiplier = 1 }",
+                r#"{"performance": {"raft_multiplier": 1}}"#,
+            ),
             (
                 "limits {\n  http_max_conns_per_client = 10\n  rpc_max_burst = 5\n}",
                 r#"{"limits": {"http_max_conns_per_client": 10, "rpc_max_burst": 5}}"#,
             ),
-            ("retry_join = [\"a\", \"b\"]", r#"{"retry_join": ["a", "b"]}"#),
+            (
+                "retry_join = [\"a\", \"b\"]",
+                r#"{"retry_join": ["a", "b"]}"#,
+            ),
             (
                 "node_meta {\n  rack = \"r1\"\n  instance-type = \"t2\"\n}",
                 r#"{"node_meta": {"rack": "r1", "instance-type": "t2"}}"#,
@@ -935,15 +1085,23 @@ mod tests {
                 load_files(true, vec![h]).unwrap_or_else(|e| panic!("{hcl}: {e}"));
             let (from_json, json_warnings) = load_files(true, vec![j]).unwrap();
             assert_eq!(from_hcl.raw, from_json.raw, "{hcl}");
-            let hcl_warnings: Vec<String> =
-                hcl_warnings.iter().map(|w| w.replace(".hcl:", ".json:")).collect();
+            let hcl_warnings: Vec<String> = hcl_warnings
+                .iter()
+                .map(|w| w.replace(".hcl:", ".json:"))
+                .collect();
             assert_eq!(hcl_warnings, json_warnings, "{hcl}");
         }
     }
 
     #[test]
     fn hcl_numbers_like_json() {
-        let numbers = [("1", "1"), ("-3", "-3"), ("1.0", "1.0"), ("2e3", "2e3"), ("-0.5", "-0.5")];
+        let numbers = [
+            ("1", "1"),
+            ("-3", "-3"),
+            ("1.0", "1.0"),
+            ("2e3", "2e3"),
+            ("-0.5", "-0.5"),
+        ];
         for (hcl, json) in numbers {
             let from_hcl = hcl_to_json(&format!("x = {hcl}")).unwrap();
             let from_json: Value = serde_json::from_str(&format!("{{\"x\": {json}}}")).unwrap();
@@ -956,12 +1114,25 @@ mod tests {
     #[test]
     fn mixed_dir_merges_in_lexical_order() {
         let d = tmpdir("mixed");
-        write(&d, "c.json", r#"{"node_name": "c", "retry_join": ["c"], "ports": {"dns": 3}}"#);
-        write(&d, "a.json", r#"{"node_name": "a", "retry_join": ["a"], "ports": {"http": 1}}"#);
-        let hcl = "node_name = \"b\"\nretry_join = [\"b\"]\nports {\n  dns = 2\n  serf_lan = 2\n}\n\
+        write(
+            &d,
+            "c.json",
+            r#"{"node_name": "c", "retry_join": ["c"], "ports": {"dns": 3}}"#,
+        );
+        write(
+            &d,
+            "a.json",
+            r#"{"node_name": "a", "retry_join": ["a"], "ports": {"http": 1}}"#,
+        );
+        let hcl =
+            "node_name = \"b\"\nretry_join = [\"b\"]\nports {\n  dns = 2\n  serf_lan = 2\n}\n\
                    datacenter = \"b\"\n";
         write(&d, "b.hcl", hcl);
-        let opts = LoadOptions { sources: vec![Source::Dir(d)], dev: true, ..Default::default() };
+        let opts = LoadOptions {
+            sources: vec![Source::Dir(d)],
+            dev: true,
+            ..Default::default()
+        };
         let (cfg, warnings) = load(&opts).unwrap();
         assert!(warnings.is_empty(), "{warnings:?}");
         assert_eq!(cfg.node_name, "c");
@@ -974,7 +1145,10 @@ mod tests {
     fn hcl_errors_name_file_line_and_key() {
         let d = tmpdir("hclbad");
         let syntax = [
-            ("datacenter = \"dc1\"\n\nports {\n  http = \n}\n", "line 4 column 10"),
+            (
+                "datacenter = \"dc1\"\n\nports {\n  http = \n}\n",
+                "line 4 column 10",
+            ),
             ("server = true\nserver = false\n", "line 2 column 1"),
             ("service { name = \"web\" port = 80 }", "line 1 column 24"),
             ("ports {\n  http = 80\n", "line 2"),
@@ -985,7 +1159,10 @@ mod tests {
         for (text, place) in syntax {
             let p = write(&d, "bad.hcl", text);
             let err = load_files(true, vec![p]).unwrap_err();
-            assert!(err.starts_with("Error parsing ") && err.contains("bad.hcl"), "{text}: {err}");
+            assert!(
+                err.starts_with("Error parsing ") && err.contains("bad.hcl"),
+                "{text}: {err}"
+            );
             assert!(err.contains(place), "{text}: {err}");
         }
         let values = [
@@ -993,15 +1170,24 @@ mod tests {
             ("ports {\n  http = 70000\n}", "ports.http"),
             ("server = \"yes\"", "server"),
             ("retry_join = \"a\"", "retry_join"),
-            ("performance { raft_multiplier = 11 }", "performance.raft_multiplier"),
-            ("limits { kv_max_value_size = -1 }", "limits.kv_max_value_size"),
+            (
+                "performance { raft_multiplier = 11 }",
+                "performance.raft_multiplier",
+            ),
+            (
+                "limits { kv_max_value_size = -1 }",
+                "limits.kv_max_value_size",
+            ),
             ("watches = \"x\"", "watches"),
             ("datacenter = \"a b\"", "datacenter"),
         ];
         for (text, key) in values {
             let p = write(&d, "wrong.hcl", text);
             let err = load_files(true, vec![p]).unwrap_err();
-            assert!(err.starts_with("Error in ") && err.contains("wrong.hcl"), "{text}: {err}");
+            assert!(
+                err.starts_with("Error in ") && err.contains("wrong.hcl"),
+                "{text}: {err}"
+            );
             assert!(err.contains(&format!(": {key}: ")), "{text}: {err}");
         }
         let p = write(&d, "unknown.hcl", "no_such_key { a = 1 }");
@@ -1014,16 +1200,25 @@ mod tests {
     fn config_format_decides_how_files_are_read() {
         let d = tmpdir("format");
         let conf = write(&d, "agent.conf", "datacenter = \"conf\"");
-        let opts = |format, sources| {
-            LoadOptions { sources, format, dev: true, ..Default::default() }
+        let opts = |format, sources| LoadOptions {
+            sources,
+            format,
+            dev: true,
+            ..Default::default()
         };
         // A file named neither .json nor .hcl needs -config-format, as in Consul.
         let err = load(&opts(None, vec![Source::File(conf.clone())])).unwrap_err();
-        assert!(err.contains("agent.conf") && err.contains("-config-format"), "{err}");
+        assert!(
+            err.contains("agent.conf") && err.contains("-config-format"),
+            "{err}"
+        );
         let (cfg, _) = load(&opts(Some(Format::Hcl), vec![Source::File(conf.clone())])).unwrap();
         assert_eq!(cfg.datacenter, "conf");
         let err = load(&opts(Some(Format::Json), vec![Source::File(conf)])).unwrap_err();
-        assert!(err.starts_with("Error parsing ") && err.contains("agent.conf"), "{err}");
+        assert!(
+            err.starts_with("Error parsing ") && err.contains("agent.conf"),
+            "{err}"
+        );
         // The flag names the format of every file, a directory's too, whatever its name.
         let sub = d.join("dir");
         std::fs::create_dir_all(&sub).unwrap();
@@ -1032,7 +1227,10 @@ mod tests {
         let json_dir = opts(Some(Format::Json), vec![Source::Dir(sub.clone())]);
         let (cfg, warnings) = load(&json_dir).unwrap();
         assert!(warnings.is_empty(), "{warnings:?}");
-        assert_eq!((cfg.node_name.as_str(), cfg.datacenter.as_str()), ("from-json", "txt"));
+        assert_eq!(
+            (cfg.node_name.as_str(), cfg.datacenter.as_str()),
+            ("from-json", "txt")
+        );
         write(&sub, "c.json", "datacenter = \"hcl\"");
         let err = load(&json_dir).unwrap_err();
         assert!(err.contains("c.json"), "{err}");
@@ -1045,10 +1243,18 @@ mod tests {
         let d = tmpdir("files");
         let one = write(&d, "1.json", r#"{"node_name":"first","dev_unknown":1}"#);
         let two = write(&d, "0.json", r#"{"node_name":"second"}"#);
-        let (cfg, warnings) = load(&LoadOptions { sources: vec![Source::File(one), Source::File(two)], dev: true, ..Default::default() }).unwrap();
+        let (cfg, warnings) = load(&LoadOptions {
+            sources: vec![Source::File(one), Source::File(two)],
+            dev: true,
+            ..Default::default()
+        })
+        .unwrap();
         assert_eq!(cfg.node_name, "second");
         assert_eq!(warnings.len(), 1);
-        assert!(warnings[0].contains("1.json") && warnings[0].contains("dev_unknown"), "{warnings:?}");
+        assert!(
+            warnings[0].contains("1.json") && warnings[0].contains("dev_unknown"),
+            "{warnings:?}"
+        );
     }
 
     #[test]
@@ -1062,19 +1268,43 @@ mod tests {
             (r#"{"encrypt":"c2hvcnQ="}"#, "encrypt"),
             (r#"{"retry_interval":"30"}"#, "retry_interval"),
             (r#"{"retry_join":"a"}"#, "retry_join"),
-            (r#"{"performance":{"raft_multiplier":11}}"#, "performance.raft_multiplier"),
-            (r#"{"limits":{"kv_max_value_size":-1}}"#, "limits.kv_max_value_size"),
+            (
+                r#"{"performance":{"raft_multiplier":11}}"#,
+                "performance.raft_multiplier",
+            ),
+            (
+                r#"{"limits":{"kv_max_value_size":-1}}"#,
+                "limits.kv_max_value_size",
+            ),
             (r#"{"datacenter":"a b"}"#, "datacenter"),
         ];
         for (text, key) in cases {
             let p = write(&d, "bad.json", text);
-            let err = load(&LoadOptions { sources: vec![Source::File(p)], dev: true, ..Default::default() }).unwrap_err();
-            assert!(err.contains("bad.json") && err.contains(key), "{text}: {err}");
+            let err = load(&LoadOptions {
+                sources: vec![Source::File(p)],
+                dev: true,
+                ..Default::default()
+            })
+            .unwrap_err();
+            assert!(
+                err.contains("bad.json") && err.contains(key),
+                "{text}: {err}"
+            );
         }
         let p = write(&d, "syntax.json", "{ nope");
-        let err = load(&LoadOptions { sources: vec![Source::File(p)], dev: true, ..Default::default() }).unwrap_err();
+        let err = load(&LoadOptions {
+            sources: vec![Source::File(p)],
+            dev: true,
+            ..Default::default()
+        })
+        .unwrap_err();
         assert!(err.contains("syntax.json"), "{err}");
-        let err = load(&LoadOptions { sources: vec![Source::Dir(d.join("missing"))], dev: true, ..Default::default() }).unwrap_err();
+        let err = load(&LoadOptions {
+            sources: vec![Source::Dir(d.join("missing"))],
+            dev: true,
+            ..Default::default()
+        })
+        .unwrap_err();
         assert!(err.contains("missing"), "{err}");
     }
 
@@ -1084,9 +1314,21 @@ mod tests {
         flags.insert("bootstrap".into(), json!(true));
         flags.insert("bootstrap_expect".into(), json!(3));
         flags.insert("server".into(), json!(true));
-        assert!(load(&LoadOptions { flags, dev: true, ..Default::default() }).unwrap_err().contains("mutually exclusive"));
-        assert!(load(&LoadOptions::default()).unwrap_err().contains("data_dir"));
-        let (dev, _) = load(&LoadOptions { dev: true, ..Default::default() }).unwrap();
+        assert!(load(&LoadOptions {
+            flags,
+            dev: true,
+            ..Default::default()
+        })
+        .unwrap_err()
+        .contains("mutually exclusive"));
+        assert!(load(&LoadOptions::default())
+            .unwrap_err()
+            .contains("data_dir"));
+        let (dev, _) = load(&LoadOptions {
+            dev: true,
+            ..Default::default()
+        })
+        .unwrap();
         assert!(dev.server && dev.bootstrap);
         assert_eq!(dev.bind_addr, "127.0.0.1");
         assert_eq!(dev.http_listen(), "127.0.0.1:8500");
@@ -1096,15 +1338,38 @@ mod tests {
     #[test]
     fn dns_addresses_and_settings() {
         let dev = |frag: Value| {
-            let Value::Object(flags) = frag else { unreachable!() };
-            load(&LoadOptions { flags, dev: true, ..Default::default() }).map(|(c, _)| c)
+            let Value::Object(flags) = frag else {
+                unreachable!()
+            };
+            load(&LoadOptions {
+                flags,
+                dev: true,
+                ..Default::default()
+            })
+            .map(|(c, _)| c)
         };
         let cfg = dev(json!({"client_addr": "127.0.0.1 ::1", "dns_config": {"node_ttl": "10s", "service_ttl": {"*": "5s", "Web": "1m"}}})).unwrap();
         assert_eq!(cfg.dns_listen(), vec!["127.0.0.1:8600", "[::1]:8600"]);
-        assert_eq!((cfg.dns.enable_truncate, cfg.dns.udp_answer_limit, cfg.dns.node_ttl), (false, 3, Duration::from_secs(10)));
-        assert_eq!(cfg.dns.service_ttl, vec![("*".to_string(), Duration::from_secs(5)), ("web".to_string(), Duration::from_secs(60))]);
+        assert_eq!(
+            (
+                cfg.dns.enable_truncate,
+                cfg.dns.udp_answer_limit,
+                cfg.dns.node_ttl
+            ),
+            (false, 3, Duration::from_secs(10))
+        );
+        assert_eq!(
+            cfg.dns.service_ttl,
+            vec![
+                ("*".to_string(), Duration::from_secs(5)),
+                ("web".to_string(), Duration::from_secs(60))
+            ]
+        );
         let cfg = dev(json!({"addresses": {"dns": "127.0.0.2"}, "ports": {"dns": 53}, "dns_config": {"enable_truncate": true}})).unwrap();
-        assert_eq!((cfg.dns_listen(), cfg.dns.enable_truncate), (vec!["127.0.0.2:53".to_string()], true));
+        assert_eq!(
+            (cfg.dns_listen(), cfg.dns.enable_truncate),
+            (vec!["127.0.0.2:53".to_string()], true)
+        );
         let err = dev(json!({"dns_config": {"service_ttl": {"web": "soon"}}})).unwrap_err();
         assert!(err.contains("dns_config.service_ttl.web"), "{err}");
     }

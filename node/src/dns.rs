@@ -94,10 +94,27 @@ impl Counters {
 
     /// (metric name, labels, value): queries by rcode and packets dropped by reason.
     pub fn metrics(&self) -> Vec<Metric> {
-        let mut out: Vec<_> =
-            RCODES.iter().zip(&self.answered).map(|((_, name), n)| ("dns.queries", vec![("rcode", name.to_string())], n.load(Ordering::Relaxed))).collect();
-        out.push(("dns.dropped", vec![("reason", "malformed".to_string())], self.malformed.load(Ordering::Relaxed)));
-        out.push(("dns.dropped", vec![("reason", "oversize".to_string())], self.oversize.load(Ordering::Relaxed)));
+        let mut out: Vec<_> = RCODES
+            .iter()
+            .zip(&self.answered)
+            .map(|((_, name), n)| {
+                (
+                    "dns.queries",
+                    vec![("rcode", name.to_string())],
+                    n.load(Ordering::Relaxed),
+                )
+            })
+            .collect();
+        out.push((
+            "dns.dropped",
+            vec![("reason", "malformed".to_string())],
+            self.malformed.load(Ordering::Relaxed),
+        ));
+        out.push((
+            "dns.dropped",
+            vec![("reason", "oversize".to_string())],
+            self.oversize.load(Ordering::Relaxed),
+        ));
         out
     }
 }
@@ -116,7 +133,10 @@ struct Node {
 enum Lookup {
     Apex,
     Node(String),
-    Service { name: String, tag: Option<String> },
+    Service {
+        name: String,
+        tag: Option<String>,
+    },
     /// Not a name that can exist: NXDOMAIN.
     Invalid,
 }
@@ -128,12 +148,18 @@ fn parse(labels: &[String], srv: bool, datacenter: &str) -> Lookup {
     if labels.is_empty() {
         return Lookup::Apex;
     }
-    let found = (0..labels.len()).rev().find_map(|i| match labels[i].as_str() {
-        kind @ ("node" | "service" | "query" | "addr" | "connect" | "virtual" | "ingress") => Some((kind, &labels[..i], &labels[i + 1..])),
-        l if srv && l.starts_with('_') => Some(("service", &labels[..=i], &labels[i + 1..])),
-        _ => None,
-    });
-    let Some((kind, parts, suffix)) = found else { return Lookup::Invalid };
+    let found = (0..labels.len())
+        .rev()
+        .find_map(|i| match labels[i].as_str() {
+            kind @ ("node" | "service" | "query" | "addr" | "connect" | "virtual" | "ingress") => {
+                Some((kind, &labels[..i], &labels[i + 1..]))
+            }
+            l if srv && l.starts_with('_') => Some(("service", &labels[..=i], &labels[i + 1..])),
+            _ => None,
+        });
+    let Some((kind, parts, suffix)) = found else {
+        return Lookup::Invalid;
+    };
     match suffix {
         [] => {}
         [dc] if dc == datacenter => {}
@@ -142,9 +168,15 @@ fn parse(labels: &[String], srv: bool, datacenter: &str) -> Lookup {
     match (kind, parts) {
         ("node", [_, ..]) => Lookup::Node(parts.join(".")),
         ("service", [service, tag]) if service.starts_with('_') && tag.starts_with('_') => {
-            Lookup::Service { name: service[1..].to_string(), tag: Some(tag[1..].to_string()).filter(|t| t != "tcp") }
+            Lookup::Service {
+                name: service[1..].to_string(),
+                tag: Some(tag[1..].to_string()).filter(|t| t != "tcp"),
+            }
         }
-        ("service", [tags @ .., service]) => Lookup::Service { name: service.clone(), tag: (!tags.is_empty()).then(|| tags.join(".")) },
+        ("service", [tags @ .., service]) => Lookup::Service {
+            name: service.clone(),
+            tag: (!tags.is_empty()).then(|| tags.join(".")),
+        },
         _ => Lookup::Invalid,
     }
 }
@@ -170,8 +202,12 @@ fn ttl_secs(d: Duration) -> u32 {
 /// The A or AAAA record of `ip` named `name`, if `qtype` asks for that family.
 fn address(name: &Name, ip: IpAddr, qtype: RecordType, ttl: u32) -> Option<Record> {
     match ip {
-        IpAddr::V4(v4) if matches!(qtype, RecordType::A | RecordType::ANY) => Some(Record::from_rdata(name.clone(), ttl, RData::A(A(v4)))),
-        IpAddr::V6(v6) if matches!(qtype, RecordType::AAAA | RecordType::ANY) => Some(Record::from_rdata(name.clone(), ttl, RData::AAAA(AAAA(v6)))),
+        IpAddr::V4(v4) if matches!(qtype, RecordType::A | RecordType::ANY) => {
+            Some(Record::from_rdata(name.clone(), ttl, RData::A(A(v4))))
+        }
+        IpAddr::V6(v6) if matches!(qtype, RecordType::AAAA | RecordType::ANY) => {
+            Some(Record::from_rdata(name.clone(), ttl, RData::AAAA(AAAA(v6))))
+        }
         _ => None,
     }
 }
@@ -231,9 +267,19 @@ fn trim(resp: &mut Message, max: usize, answers_max: usize) -> bool {
 }
 
 impl Zone {
-    fn new(domain: &str, datacenter: &str, own: Node, lan: Option<crate::serf::Pool>, settings: DnsConfig, metrics: Arc<Metrics>) -> Result<Zone, String> {
+    fn new(
+        domain: &str,
+        datacenter: &str,
+        own: Node,
+        lan: Option<crate::serf::Pool>,
+        settings: DnsConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Zone, String> {
         let domain = domain.trim_matches('.').to_ascii_lowercase();
-        let name = |prefix: &str| Name::from_ascii(format!("{prefix}{domain}.")).map_err(|e| format!("invalid domain {domain:?}: {e}"));
+        let name = |prefix: &str| {
+            Name::from_ascii(format!("{prefix}{domain}."))
+                .map_err(|e| format!("invalid domain {domain:?}: {e}"))
+        };
         Ok(Zone {
             origin: name("")?,
             mname: name("ns.")?,
@@ -256,15 +302,37 @@ impl Zone {
                 continue;
             }
             let server = m.tags.get("role").is_some_and(|r| r == "consul");
-            let server_port = m.tags.get("port").and_then(|p| p.parse().ok()).filter(|_| server);
-            out.push(Node { name: m.name, ip: m.addr.ip(), server_port });
+            let server_port = m
+                .tags
+                .get("port")
+                .and_then(|p| p.parse().ok())
+                .filter(|_| server);
+            out.push(Node {
+                name: m.name,
+                ip: m.addr.ip(),
+                server_port,
+            });
         }
         out
     }
 
     fn soa(&self) -> Record {
-        let serial = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs() as u32);
-        Record::from_rdata(self.origin.clone(), 0, RData::SOA(SOA::new(self.mname.clone(), self.rname.clone(), serial, 3600, 600, 86400, 0)))
+        let serial = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as u32);
+        Record::from_rdata(
+            self.origin.clone(),
+            0,
+            RData::SOA(SOA::new(
+                self.mname.clone(),
+                self.rname.clone(),
+                serial,
+                3600,
+                600,
+                86400,
+                0,
+            )),
+        )
     }
 
     /// `<node>.node.<dc>.<domain>.`, when the node's name makes a valid DNS name.
@@ -274,7 +342,10 @@ impl Zone {
 
     fn service_ttl(&self, service: &str) -> u32 {
         let ttls = &self.settings.service_ttl;
-        ttls.iter().find(|(n, _)| n == service).or_else(|| ttls.iter().find(|(n, _)| n == "*")).map_or(0, |(_, t)| ttl_secs(*t))
+        ttls.iter()
+            .find(|(n, _)| n == service)
+            .or_else(|| ttls.iter().find(|(n, _)| n == "*"))
+            .map_or(0, |(_, t)| ttl_secs(*t))
     }
 
     /// NS records for up to [`NAMESERVERS_MAX`] servers, and their addresses.
@@ -283,9 +354,15 @@ impl Zone {
         shuffle(&mut servers);
         let (mut ns, mut glue) = (Vec::new(), Vec::new());
         for n in servers {
-            let Some(fqdn) = self.node_fqdn(&n.name) else { continue };
+            let Some(fqdn) = self.node_fqdn(&n.name) else {
+                continue;
+            };
             glue.extend(address(&fqdn, n.ip, RecordType::ANY, 0));
-            ns.push(Record::from_rdata(self.origin.clone(), 0, RData::NS(NS(fqdn))));
+            ns.push(Record::from_rdata(
+                self.origin.clone(),
+                0,
+                RData::NS(NS(fqdn)),
+            ));
             if ns.len() == NAMESERVERS_MAX {
                 break;
             }
@@ -305,8 +382,14 @@ impl Zone {
         }
         resp.metadata.response_code = self.fill(req, nodes, &mut resp);
         if udp {
-            let max = req.edns.as_ref().map_or(UDP_BYTES_PLAIN, |e| usize::from(e.max_payload()).clamp(UDP_BYTES_PLAIN, UDP_BYTES_MAX));
-            let answers_max = if max == UDP_BYTES_PLAIN { self.settings.udp_answer_limit.min(UDP_ANSWER_LIMIT_MAX) } else { ANSWERS_MAX };
+            let max = req.edns.as_ref().map_or(UDP_BYTES_PLAIN, |e| {
+                usize::from(e.max_payload()).clamp(UDP_BYTES_PLAIN, UDP_BYTES_MAX)
+            });
+            let answers_max = if max == UDP_BYTES_PLAIN {
+                self.settings.udp_answer_limit.min(UDP_ANSWER_LIMIT_MAX)
+            } else {
+                ANSWERS_MAX
+            };
             if trim(&mut resp, max, answers_max) && self.settings.enable_truncate {
                 resp.metadata.truncation = true;
             }
@@ -321,9 +404,17 @@ impl Zone {
         if req.metadata.op_code != OpCode::Query {
             return ResponseCode::NotImp;
         }
-        let [q] = req.queries.as_slice() else { return ResponseCode::FormErr };
-        let labels: Vec<String> = q.name().iter().map(|l| String::from_utf8_lossy(l).to_ascii_lowercase()).collect();
-        let Some(labels) = labels.strip_suffix(self.domain.as_slice()) else { return ResponseCode::Refused };
+        let [q] = req.queries.as_slice() else {
+            return ResponseCode::FormErr;
+        };
+        let labels: Vec<String> = q
+            .name()
+            .iter()
+            .map(|l| String::from_utf8_lossy(l).to_ascii_lowercase())
+            .collect();
+        let Some(labels) = labels.strip_suffix(self.domain.as_slice()) else {
+            return ResponseCode::Refused;
+        };
         resp.metadata.authoritative = true;
         let qtype = q.query_type();
         if matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
@@ -352,11 +443,17 @@ impl Zone {
                     resp.authorities.push(self.soa());
                     return ResponseCode::NXDomain;
                 };
-                resp.answers.extend(address(q.name(), node.ip, qtype, ttl_secs(self.settings.node_ttl)));
+                resp.answers.extend(address(
+                    q.name(),
+                    node.ip,
+                    qtype,
+                    ttl_secs(self.settings.node_ttl),
+                ));
             }
             Lookup::Service { name, tag } => {
                 // Only servers' `consul` service exists, without tags.
-                let mut servers: Vec<&Node> = nodes.iter().filter(|n| n.server_port.is_some()).collect();
+                let mut servers: Vec<&Node> =
+                    nodes.iter().filter(|n| n.server_port.is_some()).collect();
                 if name != "consul" || tag.is_some() || servers.is_empty() {
                     resp.authorities.push(self.soa());
                     return ResponseCode::NXDomain;
@@ -369,9 +466,17 @@ impl Zone {
                         resp.answers.extend(address(q.name(), n.ip, qtype, ttl));
                         continue;
                     }
-                    let (Some(target), Some(port)) = (self.node_fqdn(&n.name), n.server_port) else { continue };
-                    resp.additionals.extend(address(&target, n.ip, RecordType::ANY, ttl));
-                    resp.answers.push(Record::from_rdata(q.name().clone(), ttl, RData::SRV(SRV::new(1, 1, port, target))));
+                    let (Some(target), Some(port)) = (self.node_fqdn(&n.name), n.server_port)
+                    else {
+                        continue;
+                    };
+                    resp.additionals
+                        .extend(address(&target, n.ip, RecordType::ANY, ttl));
+                    resp.answers.push(Record::from_rdata(
+                        q.name().clone(),
+                        ttl,
+                        RData::SRV(SRV::new(1, 1, port, target)),
+                    ));
                 }
             }
             Lookup::Invalid => {
@@ -404,7 +509,11 @@ impl Zone {
             Ok(b) => (b, resp.metadata.response_code),
             Err(e) => {
                 tracing::warn!(error = %e, "dns: cannot encode a response");
-                let fail = Message::error_msg(req.metadata.id, req.metadata.op_code, ResponseCode::ServFail);
+                let fail = Message::error_msg(
+                    req.metadata.id,
+                    req.metadata.op_code,
+                    ResponseCode::ServFail,
+                );
                 (fail.to_vec().ok()?, ResponseCode::ServFail)
             }
         };
@@ -442,7 +551,9 @@ async fn serve_tcp(listener: TcpListener, zone: Arc<Zone>) {
             }
         };
         // Over the bound the connection is closed at once (dropped).
-        let Ok(permit) = conns.clone().try_acquire_owned() else { continue };
+        let Ok(permit) = conns.clone().try_acquire_owned() else {
+            continue;
+        };
         let zone = zone.clone();
         tokio::spawn(async move {
             let _permit = permit;
@@ -466,7 +577,9 @@ async fn serve_conn(mut s: TcpStream, zone: &Zone) -> std::io::Result<()> {
             }
             Ok::<_, std::io::Error>(())
         };
-        tokio::time::timeout(TCP_IDLE, exchange).await.map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        tokio::time::timeout(TCP_IDLE, exchange)
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
     }
 }
 
@@ -475,15 +588,36 @@ pub async fn start(cfg: &Config, api: &Api) -> Result<(), String> {
     if cfg.dns_port < 0 {
         return Ok(());
     }
-    let ip = api.agent.advertise_ip.parse().map_err(|_| format!("invalid advertise address {}", api.agent.advertise_ip))?;
-    let server_port = u16::try_from(api.agent.server_port).ok().filter(|_| api.agent.server);
-    let own = Node { name: api.agent.node_name.clone(), ip, server_port };
-    let zone = Zone::new(&cfg.domain, &api.agent.datacenter, own, api.lan.clone(), cfg.dns.clone(), api.metrics.clone())?;
+    let ip = api
+        .agent
+        .advertise_ip
+        .parse()
+        .map_err(|_| format!("invalid advertise address {}", api.agent.advertise_ip))?;
+    let server_port = u16::try_from(api.agent.server_port)
+        .ok()
+        .filter(|_| api.agent.server);
+    let own = Node {
+        name: api.agent.node_name.clone(),
+        ip,
+        server_port,
+    };
+    let zone = Zone::new(
+        &cfg.domain,
+        &api.agent.datacenter,
+        own,
+        api.lan.clone(),
+        cfg.dns.clone(),
+        api.metrics.clone(),
+    )?;
     let zone = Arc::new(zone);
     for addr in cfg.dns_listen() {
-        let failed = |net: &str, e: std::io::Error| format!("Error starting agent: Failed to start DNS server on {addr} ({net}): {e}");
+        let failed = |net: &str, e: std::io::Error| {
+            format!("Error starting agent: Failed to start DNS server on {addr} ({net}): {e}")
+        };
         let udp = UdpSocket::bind(&addr).await.map_err(|e| failed("udp", e))?;
-        let tcp = TcpListener::bind(&addr).await.map_err(|e| failed("tcp", e))?;
+        let tcp = TcpListener::bind(&addr)
+            .await
+            .map_err(|e| failed("tcp", e))?;
         tokio::spawn(serve_udp(udp, zone.clone()));
         tokio::spawn(serve_tcp(tcp, zone.clone()));
         tracing::info!(address = %addr, "agent: Started DNS server");
@@ -497,7 +631,10 @@ mod tests {
     use hickory_proto::op::Query;
 
     fn labels(name: &str) -> Vec<String> {
-        name.split('.').filter(|l| !l.is_empty()).map(str::to_string).collect()
+        name.split('.')
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
     }
 
     fn node(name: &str) -> Lookup {
@@ -505,7 +642,10 @@ mod tests {
     }
 
     fn service(name: &str, tag: Option<&str>) -> Lookup {
-        Lookup::Service { name: name.to_string(), tag: tag.map(str::to_string) }
+        Lookup::Service {
+            name: name.to_string(),
+            tag: tag.map(str::to_string),
+        }
     }
 
     #[test]
@@ -514,19 +654,37 @@ mod tests {
         assert_eq!(p("", false), Lookup::Apex);
         assert_eq!(p("n1.node", false), node("n1"));
         assert_eq!(p("n1.node.dc1", false), node("n1"));
-        assert_eq!(p("web.01.node", false), node("web.01"), "node names may contain dots");
+        assert_eq!(
+            p("web.01.node", false),
+            node("web.01"),
+            "node names may contain dots"
+        );
         assert_eq!(p("node.node", false), node("node"));
-        assert_eq!(p("n1.node.dc2", false), Lookup::Invalid, "another datacenter");
+        assert_eq!(
+            p("n1.node.dc2", false),
+            Lookup::Invalid,
+            "another datacenter"
+        );
         assert_eq!(p("n1.node.dc1.extra", false), Lookup::Invalid);
         assert_eq!(p("node", false), Lookup::Invalid, "no node name");
         assert_eq!(p("n1", false), Lookup::Invalid, "no kind label");
         assert_eq!(p("consul.service", false), service("consul", None));
         assert_eq!(p("consul.service.dc1", true), service("consul", None));
-        assert_eq!(p("primary.consul.service", false), service("consul", Some("primary")));
+        assert_eq!(
+            p("primary.consul.service", false),
+            service("consul", Some("primary"))
+        );
         assert_eq!(p("service", false), Lookup::Invalid);
         assert_eq!(p("_consul._tcp.service", true), service("consul", None));
-        assert_eq!(p("_consul._udp.service.dc1", true), service("consul", Some("udp")));
-        assert_eq!(p("_consul._tcp", true), service("consul", None), "SRV needs no service label");
+        assert_eq!(
+            p("_consul._udp.service.dc1", true),
+            service("consul", Some("udp"))
+        );
+        assert_eq!(
+            p("_consul._tcp", true),
+            service("consul", None),
+            "SRV needs no service label"
+        );
         assert_eq!(p("_consul._tcp.dc1", true), service("consul", None));
         assert_eq!(p("_consul._tcp", false), Lookup::Invalid, "only for SRV");
         assert_eq!(p("x.query", false), Lookup::Invalid);
@@ -534,16 +692,32 @@ mod tests {
     }
 
     fn settings() -> DnsConfig {
-        DnsConfig { addr: None, enable_truncate: true, udp_answer_limit: 3, node_ttl: Duration::ZERO, service_ttl: vec![("*".into(), Duration::from_secs(5))] }
+        DnsConfig {
+            addr: None,
+            enable_truncate: true,
+            udp_answer_limit: 3,
+            node_ttl: Duration::ZERO,
+            service_ttl: vec![("*".into(), Duration::from_secs(5))],
+        }
     }
 
     fn zone(settings: DnsConfig) -> Zone {
-        let own = Node { name: "n1".into(), ip: "10.0.0.1".parse().unwrap(), server_port: Some(8300) };
+        let own = Node {
+            name: "n1".into(),
+            ip: "10.0.0.1".parse().unwrap(),
+            server_port: Some(8300),
+        };
         Zone::new("Consul.", "dc1", own, None, settings, Arc::default()).unwrap()
     }
 
     fn servers(n: usize) -> Vec<Node> {
-        (0..n).map(|i| Node { name: format!("server-{i}-with-a-name-long-enough-to-fill-a-packet-soon"), ip: format!("10.0.1.{i}").parse().unwrap(), server_port: Some(8300) }).collect()
+        (0..n)
+            .map(|i| Node {
+                name: format!("server-{i}-with-a-name-long-enough-to-fill-a-packet-soon"),
+                ip: format!("10.0.1.{i}").parse().unwrap(),
+                server_port: Some(8300),
+            })
+            .collect()
     }
 
     fn query(name: &str, qtype: RecordType, edns: Option<u16>) -> Message {
@@ -559,7 +733,9 @@ mod tests {
 
     /// Through the wire format, as the UDP server does, for this node alone.
     fn ask(z: &Zone, name: &str, qtype: RecordType) -> Message {
-        let bytes = z.handle(&query(name, qtype, None).to_vec().unwrap(), true).expect("an answer");
+        let bytes = z
+            .handle(&query(name, qtype, None).to_vec().unwrap(), true)
+            .expect("an answer");
         Message::from_vec(&bytes).unwrap()
     }
 
@@ -573,19 +749,32 @@ mod tests {
         assert_eq!(r.answers[0].data, RData::A(A("10.0.0.1".parse().unwrap())));
         assert_eq!(r.answers[0].ttl, 0);
         let r = ask(&z, "n1.node.consul.", RecordType::AAAA);
-        assert_eq!((r.metadata.response_code, r.answers.len()), (ResponseCode::NoError, 0));
+        assert_eq!(
+            (r.metadata.response_code, r.answers.len()),
+            (ResponseCode::NoError, 0)
+        );
         assert!(matches!(r.authorities[0].data, RData::SOA(_)));
         let r = ask(&z, "nope.node.consul.", RecordType::A);
         assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
-        let RData::SOA(soa) = &r.authorities[0].data else { panic!("{r:?}") };
-        assert_eq!((soa.mname.to_ascii(), soa.rname.to_ascii()), ("ns.consul.".to_string(), "hostmaster.consul.".to_string()));
+        let RData::SOA(soa) = &r.authorities[0].data else {
+            panic!("{r:?}")
+        };
+        assert_eq!(
+            (soa.mname.to_ascii(), soa.rname.to_ascii()),
+            ("ns.consul.".to_string(), "hostmaster.consul.".to_string())
+        );
         let r = ask(&z, "example.com.", RecordType::A);
         assert_eq!(r.metadata.response_code, ResponseCode::Refused);
         assert!(!r.metadata.authoritative);
         let r = ask(&z, "consul.", RecordType::NS);
-        let RData::NS(ns) = &r.answers[0].data else { panic!("{r:?}") };
+        let RData::NS(ns) = &r.answers[0].data else {
+            panic!("{r:?}")
+        };
         assert_eq!(ns.0.to_ascii(), "n1.node.dc1.consul.");
-        assert_eq!(r.additionals[0].data, RData::A(A("10.0.0.1".parse().unwrap())));
+        assert_eq!(
+            r.additionals[0].data,
+            RData::A(A("10.0.0.1".parse().unwrap()))
+        );
         let r = ask(&z, "consul.", RecordType::AXFR);
         assert_eq!(r.metadata.response_code, ResponseCode::NotImp);
     }
@@ -593,10 +782,16 @@ mod tests {
     #[test]
     fn srv_answers_point_at_nodes_with_addresses() {
         let z = zone(settings());
-        let r = z.respond(&query("_consul._tcp.service.consul.", RecordType::SRV, None), &servers(2), true);
+        let r = z.respond(
+            &query("_consul._tcp.service.consul.", RecordType::SRV, None),
+            &servers(2),
+            true,
+        );
         assert_eq!(r.answers.len(), 2);
         for a in &r.answers {
-            let RData::SRV(srv) = &a.data else { panic!("{a:?}") };
+            let RData::SRV(srv) = &a.data else {
+                panic!("{a:?}")
+            };
             assert_eq!((srv.port, a.ttl), (8300, 5));
             assert!(r.additionals.iter().any(|x| x.name == srv.target), "{r:?}");
         }
@@ -606,24 +801,57 @@ mod tests {
     fn udp_answers_are_trimmed_and_flagged() {
         let z = zone(settings());
         // Without EDNS: Consul's udp_answer_limit (3) and TC.
-        let r = z.respond(&query("consul.service.consul.", RecordType::A, None), &servers(10), true);
+        let r = z.respond(
+            &query("consul.service.consul.", RecordType::A, None),
+            &servers(10),
+            true,
+        );
         assert_eq!(r.answers.len(), 3);
         assert!(r.metadata.truncation);
         // SRV with additional records, 8 answers allowed: cut to fit 512 bytes, each kept
         // answer with its address.
-        let z8 = zone(DnsConfig { udp_answer_limit: 8, ..settings() });
-        let r = z8.respond(&query("consul.service.consul.", RecordType::SRV, None), &servers(8), true);
+        let z8 = zone(DnsConfig {
+            udp_answer_limit: 8,
+            ..settings()
+        });
+        let r = z8.respond(
+            &query("consul.service.consul.", RecordType::SRV, None),
+            &servers(8),
+            true,
+        );
         assert!(r.to_vec().unwrap().len() <= 512);
-        assert!((1..8).contains(&r.answers.len()) && r.metadata.truncation, "{}", r.answers.len());
+        assert!(
+            (1..8).contains(&r.answers.len()) && r.metadata.truncation,
+            "{}",
+            r.answers.len()
+        );
         assert_eq!(r.additionals.len(), r.answers.len());
         // EDNS with room: everything; TCP: everything, never TC.
-        let r = z.respond(&query("consul.service.consul.", RecordType::A, Some(4096)), &servers(10), true);
+        let r = z.respond(
+            &query("consul.service.consul.", RecordType::A, Some(4096)),
+            &servers(10),
+            true,
+        );
         assert_eq!((r.answers.len(), r.metadata.truncation), (10, false));
-        let r = z.respond(&query("consul.service.consul.", RecordType::SRV, None), &servers(200), false);
-        assert_eq!((r.answers.len(), r.metadata.truncation), (ANSWERS_MAX, false));
+        let r = z.respond(
+            &query("consul.service.consul.", RecordType::SRV, None),
+            &servers(200),
+            false,
+        );
+        assert_eq!(
+            (r.answers.len(), r.metadata.truncation),
+            (ANSWERS_MAX, false)
+        );
         // Without enable_truncate the answer is cut silently.
-        let z = zone(DnsConfig { enable_truncate: false, ..settings() });
-        let r = z.respond(&query("consul.service.consul.", RecordType::A, None), &servers(10), true);
+        let z = zone(DnsConfig {
+            enable_truncate: false,
+            ..settings()
+        });
+        let r = z.respond(
+            &query("consul.service.consul.", RecordType::A, None),
+            &servers(10),
+            true,
+        );
         assert_eq!((r.answers.len(), r.metadata.truncation), (3, false));
     }
 
@@ -633,13 +861,26 @@ mod tests {
         assert_eq!(z.handle(b"\x12\x34garbage", true), None);
         let mut resp = query("n1.node.consul.", RecordType::A, None);
         resp.metadata.message_type = MessageType::Response;
-        assert_eq!(z.handle(&resp.to_vec().unwrap(), true), None, "a response is not a query");
+        assert_eq!(
+            z.handle(&resp.to_vec().unwrap(), true),
+            None,
+            "a response is not a query"
+        );
         assert_eq!(z.handle(&vec![0u8; QUERY_BYTES_MAX + 1], false), None);
         let m = z.metrics.dns.metrics();
-        let get = |reason: &str| m.iter().find(|(n, l, _)| *n == "dns.dropped" && l[0].1 == reason).unwrap().2;
+        let get = |reason: &str| {
+            m.iter()
+                .find(|(n, l, _)| *n == "dns.dropped" && l[0].1 == reason)
+                .unwrap()
+                .2
+        };
         assert_eq!((get("malformed"), get("oversize")), (2, 1));
         ask(&z, "x.consul.", RecordType::A);
         let m = z.metrics.dns.metrics();
-        assert!(m.iter().any(|(n, l, v)| *n == "dns.queries" && l[0].1 == "NXDOMAIN" && *v == 1), "{m:?}");
+        assert!(
+            m.iter()
+                .any(|(n, l, v)| *n == "dns.queries" && l[0].1 == "NXDOMAIN" && *v == 1),
+            "{m:?}"
+        );
     }
 }

@@ -19,8 +19,14 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 /// all of `bytes`, never a part: a temporary file, fsynced, renamed over `path`, and the
 /// directory fsynced.
 pub fn write_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut tmp_name = path.file_name().ok_or_else(|| io::Error::other(format!("{} names no file", path.display())))?.to_os_string();
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp_name = path
+        .file_name()
+        .ok_or_else(|| io::Error::other(format!("{} names no file", path.display())))?
+        .to_os_string();
     tmp_name.push(".tmp");
     let tmp = dir.join(tmp_name);
     let mut f = File::create(&tmp)?;
@@ -59,7 +65,8 @@ mod tests {
     fn writes_replace_and_dirs_are_made() {
         let mut b = [0u8; 8];
         getrandom::fill(&mut b).unwrap();
-        let root = std::env::temp_dir().join(format!("tribune-durable-{:016x}", u64::from_le_bytes(b)));
+        let root =
+            std::env::temp_dir().join(format!("tribune-durable-{:016x}", u64::from_le_bytes(b)));
         create_dir_all(&root.join("a/b")).unwrap();
         let f = root.join("a/b/id");
         write_file(&f, b"one").unwrap();

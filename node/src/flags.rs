@@ -56,13 +56,19 @@ pub fn parse(specs: &[(&str, Kind)], argv: &[String]) -> Result<Parsed, FlagErro
             if name == "h" || name == "help" {
                 return Err(FlagError::Help);
             }
-            return Err(FlagError::Bad(format!("flag provided but not defined: -{name}")));
+            return Err(FlagError::Bad(format!(
+                "flag provided but not defined: -{name}"
+            )));
         };
         let value = match (kind, inline) {
             (Kind::Bool, None) => "true".to_string(),
             (Kind::Bool, Some(v)) => match parse_bool(&v) {
                 Some(b) => b.to_string(),
-                None => return Err(FlagError::Bad(format!("invalid boolean value {v:?} for -{name}"))),
+                None => {
+                    return Err(FlagError::Bad(format!(
+                        "invalid boolean value {v:?} for -{name}"
+                    )))
+                }
             },
             (Kind::Value, Some(v)) => v,
             (Kind::Value, None) => {
@@ -84,12 +90,20 @@ pub fn parse(specs: &[(&str, Kind)], argv: &[String]) -> Result<Parsed, FlagErro
 impl Parsed {
     /// The last value given for `name`.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.values.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.values
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Every value given for `name`, in order.
     pub fn all(&self, name: &str) -> Vec<String> {
-        self.values.iter().filter(|(n, _)| n == name).map(|(_, v)| v.clone()).collect()
+        self.values
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .collect()
     }
 
     pub fn flag(&self, name: &str) -> bool {
@@ -103,7 +117,9 @@ impl Parsed {
     pub fn u64(&self, name: &str) -> Result<Option<u64>, String> {
         match self.get(name) {
             None => Ok(None),
-            Some(v) => v.parse().map(Some).map_err(|_| format!("invalid value {v:?} for -{name}: expected an unsigned integer")),
+            Some(v) => v.parse().map(Some).map_err(|_| {
+                format!("invalid value {v:?} for -{name}: expected an unsigned integer")
+            }),
         }
     }
 }
@@ -129,14 +145,18 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     let mut rest = s;
     let mut total = 0f64;
     while !rest.is_empty() {
-        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
         let num = &rest[..num_end];
         if num.is_empty() || num == "." || num.matches('.').count() > 1 {
             return None;
         }
         let n: f64 = num.parse().ok()?;
         rest = &rest[num_end..];
-        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let nanos = match &rest[..unit_end] {
             "ns" => 1.0,
             "us" | "µs" | "μs" => 1e3,
@@ -163,15 +183,37 @@ mod tests {
         s.iter().map(|x| x.to_string()).collect()
     }
 
-    const SPECS: &[(&str, Kind)] = &[("node", Kind::Value), ("dev", Kind::Bool), ("join", Kind::Value), ("recurse", Kind::Bool)];
+    const SPECS: &[(&str, Kind)] = &[
+        ("node", Kind::Value),
+        ("dev", Kind::Bool),
+        ("join", Kind::Value),
+        ("recurse", Kind::Bool),
+    ];
 
     #[test]
     fn go_flag_forms() {
-        for form in [&["-node=n1"][..], &["-node", "n1"], &["--node=n1"], &["--node", "n1"]] {
+        for form in [
+            &["-node=n1"][..],
+            &["-node", "n1"],
+            &["--node=n1"],
+            &["--node", "n1"],
+        ] {
             let p = parse(SPECS, &argv(form)).unwrap();
             assert_eq!(p.get("node"), Some("n1"), "{form:?}");
         }
-        let p = parse(SPECS, &argv(&["-dev", "-recurse=false", "-join=a", "-join", "b", "key", "-node=x"])).unwrap();
+        let p = parse(
+            SPECS,
+            &argv(&[
+                "-dev",
+                "-recurse=false",
+                "-join=a",
+                "-join",
+                "b",
+                "key",
+                "-node=x",
+            ]),
+        )
+        .unwrap();
         assert!(p.flag("dev"));
         assert!(!p.flag("recurse"));
         assert_eq!(p.all("join"), vec!["a", "b"]);
@@ -182,13 +224,29 @@ mod tests {
 
     #[test]
     fn errors() {
-        assert_eq!(parse(SPECS, &argv(&["-nope"])), Err(FlagError::Bad("flag provided but not defined: -nope".into())));
-        assert!(matches!(parse(SPECS, &argv(&["-node"])), Err(FlagError::Bad(m)) if m.contains("needs an argument")));
-        assert!(matches!(parse(SPECS, &argv(&["-dev=maybe"])), Err(FlagError::Bad(_))));
+        assert_eq!(
+            parse(SPECS, &argv(&["-nope"])),
+            Err(FlagError::Bad(
+                "flag provided but not defined: -nope".into()
+            ))
+        );
+        assert!(
+            matches!(parse(SPECS, &argv(&["-node"])), Err(FlagError::Bad(m)) if m.contains("needs an argument"))
+        );
+        assert!(matches!(
+            parse(SPECS, &argv(&["-dev=maybe"])),
+            Err(FlagError::Bad(_))
+        ));
         assert_eq!(parse(SPECS, &argv(&["-h"])), Err(FlagError::Help));
         // "-" and "--" handling.
-        assert_eq!(parse(SPECS, &argv(&["-dev", "-", "x"])).unwrap().args, vec!["-", "x"]);
-        assert_eq!(parse(SPECS, &argv(&["--", "-dev"])).unwrap().args, vec!["-dev"]);
+        assert_eq!(
+            parse(SPECS, &argv(&["-dev", "-", "x"])).unwrap().args,
+            vec!["-", "x"]
+        );
+        assert_eq!(
+            parse(SPECS, &argv(&["--", "-dev"])).unwrap().args,
+            vec!["-dev"]
+        );
     }
 
     #[test]

@@ -60,14 +60,23 @@ pub type Serve = Arc<dyn Fn(Request) -> BoxFuture<'static, Response> + Send + Sy
 
 /// Whether a path is served by the servers rather than the agent itself.
 pub fn is_forwarded(path: &str) -> bool {
-    path == "/v1/kv" || ["/v1/kv/", "/v1/status/", "/v1/operator/"].iter().any(|p| path.starts_with(p))
+    path == "/v1/kv"
+        || ["/v1/kv/", "/v1/status/", "/v1/operator/"]
+            .iter()
+            .any(|p| path.starts_with(p))
 }
 
 /// Run a forwarded call on this server.
 pub async fn serve(serve: &Serve, call: HttpCall) -> RpcReply {
     let Ok(_permit) = FORWARDED.try_acquire() else {
-        let body = format!("too many forwarded requests (more than {FORWARDED_MAX}) on this server").into_bytes();
-        return RpcReply::Http(HttpReply { status: 429, headers: Vec::new(), body });
+        let body =
+            format!("too many forwarded requests (more than {FORWARDED_MAX}) on this server")
+                .into_bytes();
+        return RpcReply::Http(HttpReply {
+            status: 429,
+            headers: Vec::new(),
+            body,
+        });
     };
     let mut req = Request::new(Body::from(call.body));
     *req.method_mut() = match call.method.parse() {
@@ -82,15 +91,26 @@ pub async fn serve(serve: &Serve, call: HttpCall) -> RpcReply {
         Err(_) => return RpcReply::Failed(format!("bad uri {}", call.uri)),
     };
     for (k, v) in call.headers {
-        if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_bytes(&v)) {
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_bytes(&v),
+        ) {
             req.headers_mut().append(k, v);
         }
     }
     let resp = serve(req).await;
     let status = resp.status().as_u16();
-    let headers = resp.headers().iter().map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec())).collect();
+    let headers = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+        .collect();
     match axum::body::to_bytes(resp.into_body(), transport::FRAME_BYTES_MAX - 4096).await {
-        Ok(body) => RpcReply::Http(HttpReply { status, headers, body: body.to_vec() }),
+        Ok(body) => RpcReply::Http(HttpReply {
+            status,
+            headers,
+            body: body.to_vec(),
+        }),
         Err(e) => RpcReply::Failed(format!("response too large: {e}")),
     }
 }
@@ -107,7 +127,13 @@ pub struct Forwarder {
 
 impl Forwarder {
     pub fn new(lan: crate::serf::Pool, datacenter: String, max_query_time: Duration) -> Forwarder {
-        Forwarder { pool: transport::Pool::default(), lan, datacenter, max_wait: max_query_time + SLACK, current: AtomicUsize::new(0) }
+        Forwarder {
+            pool: transport::Pool::default(),
+            lan,
+            datacenter,
+            max_wait: max_query_time + SLACK,
+            current: AtomicUsize::new(0),
+        }
     }
 
     /// Forward `req` to a server and relay its response. Like Consul's clients, an agent
@@ -121,15 +147,30 @@ impl Forwarder {
         let (parts, body) = req.into_parts();
         let body = match axum::body::to_bytes(body, BODY_BYTES_MAX + 1).await {
             Ok(b) => b.to_vec(),
-            Err(_) => return (StatusCode::PAYLOAD_TOO_LARGE, "Request body too large").into_response(),
+            Err(_) => {
+                return (StatusCode::PAYLOAD_TOO_LARGE, "Request body too large").into_response()
+            }
         };
         let call = Rpc::Http(HttpCall {
             method: parts.method.to_string(),
-            uri: parts.uri.path_and_query().map_or_else(|| parts.uri.path().to_string(), |pq| pq.to_string()),
-            headers: parts.headers.iter().map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec())).collect(),
+            uri: parts
+                .uri
+                .path_and_query()
+                .map_or_else(|| parts.uri.path().to_string(), |pq| pq.to_string()),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+                .collect(),
             body,
         });
-        let attempts = if parts.method == axum::http::Method::GET || parts.method == axum::http::Method::HEAD { servers.len() } else { 1 };
+        let attempts = if parts.method == axum::http::Method::GET
+            || parts.method == axum::http::Method::HEAD
+        {
+            servers.len()
+        } else {
+            1
+        };
         let mut last = String::new();
         for _ in 0..attempts {
             let current = self.current.load(Ordering::Relaxed);
@@ -139,7 +180,12 @@ impl Forwarder {
                 Ok(other) => last = format!("rpc error from {server}: {other:?}"),
                 Err(e) => last = format!("rpc error making call to {server}: {e}"),
             }
-            let _ = self.current.compare_exchange(current, current.wrapping_add(1), Ordering::Relaxed, Ordering::Relaxed);
+            let _ = self.current.compare_exchange(
+                current,
+                current.wrapping_add(1),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
         }
         error(last)
     }
@@ -147,12 +193,16 @@ impl Forwarder {
 
 fn relay(r: HttpReply) -> Response {
     let mut resp = Response::new(Body::from(r.body));
-    *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    *resp.status_mut() =
+        StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     for (k, v) in r.headers {
         if ["connection", "keep-alive", "transfer-encoding"].contains(&k.as_str()) {
             continue;
         }
-        if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_bytes(&v)) {
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_bytes(&v),
+        ) {
             resp.headers_mut().append(k, v);
         }
     }
@@ -169,10 +219,21 @@ mod tests {
 
     #[test]
     fn server_paths_are_forwarded_agent_paths_are_not() {
-        for p in ["/v1/kv", "/v1/kv/a/b", "/v1/status/leader", "/v1/operator/raft/configuration"] {
+        for p in [
+            "/v1/kv",
+            "/v1/kv/a/b",
+            "/v1/status/leader",
+            "/v1/operator/raft/configuration",
+        ] {
             assert!(is_forwarded(p), "{p}");
         }
-        for p in ["/v1/kvx", "/v1/agent/self", "/v1/agent/members", "/v1/agent/metrics", "/"] {
+        for p in [
+            "/v1/kvx",
+            "/v1/agent/self",
+            "/v1/agent/members",
+            "/v1/agent/metrics",
+            "/",
+        ] {
             assert!(!is_forwarded(p), "{p}");
         }
     }

@@ -137,7 +137,11 @@ pub fn text(status: StatusCode, msg: impl Into<String>) -> Response {
 
 /// A 200 with `v` as JSON, indented if `pretty`.
 pub fn json_response(v: &impl Serialize, pretty: bool) -> Response {
-    let body = if pretty { serde_json::to_vec_pretty(v) } else { serde_json::to_vec(v) };
+    let body = if pretty {
+        serde_json::to_vec_pretty(v)
+    } else {
+        serde_json::to_vec(v)
+    };
     let mut r = (StatusCode::OK, body.expect("serializable")).into_response();
     let json = HeaderValue::from_static("application/json");
     r.headers_mut().insert(header::CONTENT_TYPE, json);

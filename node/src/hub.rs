@@ -53,7 +53,10 @@ struct Maps {
 }
 
 impl Maps {
-    fn map<'a, 't>(&'a mut self, topic: &'t Topic) -> (&'a mut BTreeMap<String, watch::Sender<u64>>, &'t str) {
+    fn map<'a, 't>(
+        &'a mut self,
+        topic: &'t Topic,
+    ) -> (&'a mut BTreeMap<String, watch::Sender<u64>>, &'t str) {
         match topic {
             Topic::Key(k) => (&mut self.keys, k.as_str()),
             Topic::Prefix(p) => (&mut self.prefixes, p.as_str()),
@@ -116,7 +119,11 @@ impl Hub {
             }
         };
         drop(maps);
-        Subscription { hub: self.clone(), topic, rx: Some(rx) }
+        Subscription {
+            hub: self.clone(),
+            topic,
+            rx: Some(rx),
+        }
     }
 
     /// Number of distinct topics being watched (keys, prefixes).
@@ -153,7 +160,11 @@ impl Hub {
 }
 
 /// Call `f` on every entry whose name is a prefix of `s` (including "" and `s` itself).
-fn for_each_prefix_of(map: &BTreeMap<String, watch::Sender<u64>>, s: &str, mut f: impl FnMut(&watch::Sender<u64>)) {
+fn for_each_prefix_of(
+    map: &BTreeMap<String, watch::Sender<u64>>,
+    s: &str,
+    mut f: impl FnMut(&watch::Sender<u64>),
+) {
     if map.is_empty() {
         return;
     }
@@ -165,8 +176,15 @@ fn for_each_prefix_of(map: &BTreeMap<String, watch::Sender<u64>>, s: &str, mut f
 }
 
 /// Call `f` on every entry whose name starts with `p`.
-fn for_each_under(map: &BTreeMap<String, watch::Sender<u64>>, p: &str, mut f: impl FnMut(&watch::Sender<u64>)) {
-    for (_, tx) in map.range::<str, _>((Bound::Included(p), Bound::Unbounded)).take_while(|(k, _)| k.starts_with(p)) {
+fn for_each_under(
+    map: &BTreeMap<String, watch::Sender<u64>>,
+    p: &str,
+    mut f: impl FnMut(&watch::Sender<u64>),
+) {
+    for (_, tx) in map
+        .range::<str, _>((Bound::Included(p), Bound::Unbounded))
+        .take_while(|(k, _)| k.starts_with(p))
+    {
         f(tx);
     }
 }
@@ -177,7 +195,9 @@ mod tests {
     use std::time::Duration;
 
     async fn woke(sub: &mut Subscription) -> bool {
-        tokio::time::timeout(Duration::from_millis(50), sub.changed()).await.is_ok()
+        tokio::time::timeout(Duration::from_millis(50), sub.changed())
+            .await
+            .is_ok()
     }
 
     fn key(k: &str) -> Topic {
@@ -212,7 +232,12 @@ mod tests {
         let hub = Hub::new();
         let mut ab = hub.subscribe(key("a/b"));
         hub.publish(7, &Touched::Key("a/b".into()));
-        assert_eq!(tokio::time::timeout(Duration::from_millis(50), ab.changed()).await.unwrap(), 7);
+        assert_eq!(
+            tokio::time::timeout(Duration::from_millis(50), ab.changed())
+                .await
+                .unwrap(),
+            7
+        );
     }
 
     #[tokio::test]
@@ -256,8 +281,17 @@ mod tests {
     #[test]
     fn touched_of_ops() {
         use tribune_core::kv::KvOp;
-        assert_eq!(Touched::of(&KvOp::Delete { key: "k".into() }), Touched::Key("k".into()));
-        assert_eq!(Touched::of(&KvOp::DeleteTree { prefix: "p".into() }), Touched::Tree("p".into()));
-        assert_eq!(Touched::of(&KvOp::ReapTombstones { up_to: 3 }), Touched::All);
+        assert_eq!(
+            Touched::of(&KvOp::Delete { key: "k".into() }),
+            Touched::Key("k".into())
+        );
+        assert_eq!(
+            Touched::of(&KvOp::DeleteTree { prefix: "p".into() }),
+            Touched::Tree("p".into())
+        );
+        assert_eq!(
+            Touched::of(&KvOp::ReapTombstones { up_to: 3 }),
+            Touched::All
+        );
     }
 }

@@ -48,7 +48,8 @@ fn main() {
             0
         }
         "agent" => runtime(true).block_on(agent::run(rest)),
-        "kv" | "members" | "leave" | "reload" | "join" | "force-leave" | "info" | "watch" | "operator" => {
+        "kv" | "members" | "leave" | "reload" | "join" | "force-leave" | "info" | "watch"
+        | "operator" => {
             let rt = runtime(false);
             rt.block_on(async {
                 match cmd {
@@ -73,6 +74,10 @@ fn main() {
 }
 
 fn runtime(multi: bool) -> tokio::runtime::Runtime {
-    let mut b = if multi { tokio::runtime::Builder::new_multi_thread() } else { tokio::runtime::Builder::new_current_thread() };
+    let mut b = if multi {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
     b.enable_all().build().expect("tokio runtime")
 }

@@ -39,7 +39,11 @@ const STREAM_TTL: Duration = Duration::from_secs(10);
 pub enum Command {
     Join(Vec<SocketAddr>, oneshot::Sender<Result<usize, String>>),
     Leave(oneshot::Sender<Result<(), String>>),
-    ForceLeave { name: String, prune: bool, done: oneshot::Sender<Result<(), String>> },
+    ForceLeave {
+        name: String,
+        prune: bool,
+        done: oneshot::Sender<Result<(), String>>,
+    },
 }
 
 /// A handle on a running pool.
@@ -72,7 +76,12 @@ async fn write_frame(s: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
 
 impl Pool {
     /// Bind UDP and TCP on `bind`, advertise `identity.addr`, and run the pool.
-    pub async fn start(bind: SocketAddr, config: gossip::Config, identity: Identity, label: &'static str) -> std::io::Result<Pool> {
+    pub async fn start(
+        bind: SocketAddr,
+        config: gossip::Config,
+        identity: Identity,
+        label: &'static str,
+    ) -> std::io::Result<Pool> {
         let udp = Arc::new(UdpSocket::bind(bind).await?);
         let tcp = TcpListener::bind(bind).await?;
         let mut seed = [0u8; 32];
@@ -80,7 +89,8 @@ impl Pool {
         let start = Instant::now();
         let now = move || Millis(start.elapsed().as_millis() as u64);
         let advertise = identity.addr;
-        let mut g = Gossip::new(now(), config, identity, seed).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let mut g = Gossip::new(now(), config, identity, seed)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
         let members = Arc::new(RwLock::new(g.members()));
         let counters = Arc::new(RwLock::new(g.counters()));
         let (cmd_tx, mut cmd_rx) = mpsc::channel::<Command>(COMMANDS_MAX);
@@ -92,7 +102,11 @@ impl Pool {
         tokio::spawn(async move {
             let mut buf = vec![0u8; 65_536];
             while let Ok((n, from)) = rx_udp.recv_from(&mut buf).await {
-                if tx.send(Wake::Packet(buf[..n].to_vec(), from)).await.is_err() {
+                if tx
+                    .send(Wake::Packet(buf[..n].to_vec(), from))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -103,15 +117,21 @@ impl Pool {
         let accept_streams = streams.clone();
         tokio::spawn(async move {
             loop {
-                let Ok(permit) = accept_streams.clone().acquire_owned().await else { return };
-                let Ok((mut s, from)) = tcp.accept().await else { continue };
+                let Ok(permit) = accept_streams.clone().acquire_owned().await else {
+                    return;
+                };
+                let Ok((mut s, from)) = tcp.accept().await else {
+                    continue;
+                };
                 let tx = tx.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
                     let _ = tokio::time::timeout(STREAM_TTL, async {
                         let req = read_frame(&mut s).await?;
                         let (reply_tx, reply_rx) = oneshot::channel();
-                        tx.send(Wake::Request(req, from, reply_tx)).await.map_err(std::io::Error::other)?;
+                        tx.send(Wake::Request(req, from, reply_tx))
+                            .await
+                            .map_err(std::io::Error::other)?;
                         if let Ok(Some(reply)) = reply_rx.await {
                             write_frame(&mut s, &reply).await?;
                         }
@@ -126,7 +146,9 @@ impl Pool {
         let published_counters = counters.clone();
         tokio::spawn(async move {
             loop {
-                let deadline = g.next_deadline().map(|d| start + Duration::from_millis(d.0));
+                let deadline = g
+                    .next_deadline()
+                    .map(|d| start + Duration::from_millis(d.0));
                 let wake = tokio::select! {
                     biased;
                     Some(c) = cmd_rx.recv() => Wake::Command(c),
@@ -149,13 +171,18 @@ impl Pool {
                     }
                     Wake::Deadline => g.handle_timeout(t),
                     Wake::Command(Command::Join(addrs, done)) => {
-                        let _ = done.send(g.join(t, &addrs).map(|_| addrs.len()).map_err(|e| e.to_string()));
+                        let _ = done.send(
+                            g.join(t, &addrs)
+                                .map(|_| addrs.len())
+                                .map_err(|e| e.to_string()),
+                        );
                     }
                     Wake::Command(Command::Leave(done)) => {
                         let _ = done.send(g.leave(t).map_err(|e| e.to_string()));
                     }
                     Wake::Command(Command::ForceLeave { name, prune, done }) => {
-                        let _ = done.send(g.force_leave(t, &name, prune).map_err(|e| e.to_string()));
+                        let _ =
+                            done.send(g.force_leave(t, &name, prune).map_err(|e| e.to_string()));
                     }
                 }
                 while let Some(out) = g.poll_output() {
@@ -166,7 +193,9 @@ impl Pool {
                         // Replies go back on the request's own connection (above).
                         Output::StreamReply { .. } => {}
                         Output::Stream { to, bytes } => {
-                            let Ok(permit) = streams.clone().try_acquire_owned() else { continue };
+                            let Ok(permit) = streams.clone().try_acquire_owned() else {
+                                continue;
+                            };
                             let tx = wake_tx.clone();
                             tokio::spawn(async move {
                                 let _permit = permit;
@@ -188,7 +217,13 @@ impl Pool {
                 *published_counters.write().unwrap() = g.counters();
             }
         });
-        Ok(Pool { commands: cmd_tx, members, counters, label, addr: advertise })
+        Ok(Pool {
+            commands: cmd_tx,
+            members,
+            counters,
+            label,
+            addr: advertise,
+        })
     }
 
     /// The members as this node sees them.
@@ -196,9 +231,15 @@ impl Pool {
         self.members.read().unwrap().clone()
     }
 
-    async fn command<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Command) -> Result<T, String> {
+    async fn command<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Command,
+    ) -> Result<T, String> {
         let (tx, rx) = oneshot::channel();
-        self.commands.send(make(tx)).await.map_err(|_| "gossip stopped".to_string())?;
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| "gossip stopped".to_string())?;
         rx.await.map_err(|_| "gossip stopped".to_string())?
     }
 
@@ -212,8 +253,18 @@ impl Pool {
         let mut out = Vec::new();
         let members = self.members();
         for state in ["alive", "suspect", "leaving", "left", "failed"] {
-            let n = members.iter().filter(|m| format!("{:?}", m.state).eq_ignore_ascii_case(state)).count();
-            out.push(("serf.members", vec![("pool", self.label.to_string()), ("state", state.to_string())], n as u64));
+            let n = members
+                .iter()
+                .filter(|m| format!("{:?}", m.state).eq_ignore_ascii_case(state))
+                .count();
+            out.push((
+                "serf.members",
+                vec![
+                    ("pool", self.label.to_string()),
+                    ("state", state.to_string()),
+                ],
+                n as u64,
+            ));
         }
         let c = self.counters();
         for (reason, n) in [
@@ -222,7 +273,14 @@ impl Pool {
             ("decode_failed", c.decode_failed),
             ("oversize", c.oversize_dropped),
         ] {
-            out.push(("serf.packets_dropped", vec![("pool", self.label.to_string()), ("reason", reason.to_string())], n));
+            out.push((
+                "serf.packets_dropped",
+                vec![
+                    ("pool", self.label.to_string()),
+                    ("reason", reason.to_string()),
+                ],
+                n,
+            ));
         }
         out
     }
@@ -236,16 +294,23 @@ impl Pool {
     }
 
     pub async fn force_leave(&self, name: String, prune: bool) -> Result<(), String> {
-        self.command(|done| Command::ForceLeave { name, prune, done }).await
+        self.command(|done| Command::ForceLeave { name, prune, done })
+            .await
     }
 }
 
 fn log_event(label: &str, e: &Event) {
     match e {
-        Event::MemberJoined(m) => tracing::info!(pool = label, member = %m.name, addr = %m.addr, "serf: member joined"),
-        Event::MemberFailed(m) => tracing::warn!(pool = label, member = %m.name, "serf: member failed"),
+        Event::MemberJoined(m) => {
+            tracing::info!(pool = label, member = %m.name, addr = %m.addr, "serf: member joined")
+        }
+        Event::MemberFailed(m) => {
+            tracing::warn!(pool = label, member = %m.name, "serf: member failed")
+        }
         Event::MemberLeft(m) => tracing::info!(pool = label, member = %m.name, "serf: member left"),
-        Event::MemberReaped(m) => tracing::info!(pool = label, member = %m.name, "serf: member reaped"),
+        Event::MemberReaped(m) => {
+            tracing::info!(pool = label, member = %m.name, "serf: member reaped")
+        }
         Event::MemberUpdated(_) | Event::User(_) => {}
     }
 }
@@ -286,7 +351,11 @@ pub async fn retry_join(pool: Pool, hosts: Vec<String>, port: u16, every: Durati
         return;
     }
     loop {
-        let addrs: Vec<SocketAddr> = resolve(&hosts, port).await.into_iter().filter(|a| *a != pool.addr).collect();
+        let addrs: Vec<SocketAddr> = resolve(&hosts, port)
+            .await
+            .into_iter()
+            .filter(|a| *a != pool.addr)
+            .collect();
         if !addrs.is_empty() {
             let _ = pool.join(addrs).await;
         }
@@ -319,7 +388,10 @@ pub struct SnapshotData {
 
 impl Snapshot {
     pub fn new(path: PathBuf) -> Snapshot {
-        Snapshot { path, left: AtomicBool::new(false) }
+        Snapshot {
+            path,
+            left: AtomicBool::new(false),
+        }
     }
 
     /// The snapshot of the previous run, if any (a corrupt one counts as none).
@@ -333,7 +405,10 @@ impl Snapshot {
             if let Some(dir) = self.path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
-            std::fs::write(&tmp, serde_json::to_vec(data).map_err(std::io::Error::other)?)?;
+            std::fs::write(
+                &tmp,
+                serde_json::to_vec(data).map_err(std::io::Error::other)?,
+            )?;
             std::fs::rename(&tmp, &self.path)
         };
         if let Err(e) = write() {
@@ -342,7 +417,12 @@ impl Snapshot {
     }
 
     fn peers(pool: &Pool) -> Vec<SocketAddr> {
-        pool.members().iter().filter(|m| m.state.is_live() && m.addr != pool.addr).map(|m| m.addr).take(SNAPSHOT_PEERS_MAX).collect()
+        pool.members()
+            .iter()
+            .filter(|m| m.state.is_live() && m.addr != pool.addr)
+            .map(|m| m.addr)
+            .take(SNAPSHOT_PEERS_MAX)
+            .collect()
     }
 
     /// Record the live peers every `every` when they changed (until a leave is recorded).
@@ -356,7 +436,10 @@ impl Snapshot {
                 return;
             }
             if !peers.is_empty() && peers != saved {
-                self.save(&SnapshotData { left: false, peers: peers.clone() });
+                self.save(&SnapshotData {
+                    left: false,
+                    peers: peers.clone(),
+                });
                 saved = peers;
             }
         }
@@ -378,17 +461,25 @@ impl Snapshot {
 /// Whether `m` is a server of datacenter `dc` (Consul's `role=consul` and `dc` tags), in
 /// any state.
 pub fn is_server_of(m: &MemberInfo, dc: &str) -> bool {
-    m.tags.get("role").is_some_and(|r| r == "consul") && m.tags.get("dc").is_some_and(|d| d.eq_ignore_ascii_case(dc))
+    m.tags.get("role").is_some_and(|r| r == "consul")
+        && m.tags.get("dc").is_some_and(|d| d.eq_ignore_ascii_case(dc))
 }
 
 /// A server member's server-RPC address (its `port` tag).
 pub fn rpc_addr(m: &MemberInfo) -> Option<SocketAddr> {
-    Some(SocketAddr::new(m.addr.ip(), m.tags.get("port")?.parse().ok()?))
+    Some(SocketAddr::new(
+        m.addr.ip(),
+        m.tags.get("port")?.parse().ok()?,
+    ))
 }
 
 /// Server-RPC addresses of the live servers of datacenter `dc` on `pool`.
 pub fn live_servers(pool: &Pool, dc: &str) -> Vec<SocketAddr> {
-    pool.members().iter().filter(|m| m.state.is_live() && is_server_of(m, dc)).filter_map(rpc_addr).collect()
+    pool.members()
+        .iter()
+        .filter(|m| m.state.is_live() && is_server_of(m, dc))
+        .filter_map(rpc_addr)
+        .collect()
 }
 
 /// Consul's flood join: every `every`, servers seen alive on the LAN pool that are not live
@@ -397,12 +488,22 @@ pub fn live_servers(pool: &Pool, dc: &str) -> Vec<SocketAddr> {
 pub async fn flood_join(lan: Pool, wan: Pool, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
-        let live: Vec<SocketAddr> = wan.members().iter().filter(|m| m.state.is_live()).map(|m| m.addr).collect();
+        let live: Vec<SocketAddr> = wan
+            .members()
+            .iter()
+            .filter(|m| m.state.is_live())
+            .map(|m| m.addr)
+            .collect();
         let missing: Vec<SocketAddr> = lan
             .members()
             .iter()
             .filter(|m| m.state.is_live() && m.tags.get("role").is_some_and(|r| r == "consul"))
-            .filter_map(|m| Some(SocketAddr::new(m.addr.ip(), m.tags.get("wan_join_port")?.parse().ok()?)))
+            .filter_map(|m| {
+                Some(SocketAddr::new(
+                    m.addr.ip(),
+                    m.tags.get("wan_join_port")?.parse().ok()?,
+                ))
+            })
             .filter(|a| *a != wan.addr && !live.contains(a))
             .collect();
         if !missing.is_empty() {
@@ -430,6 +531,10 @@ pub fn member_json(m: &MemberInfo) -> serde_json::Value {
 pub fn tags_of(v: &serde_json::Value) -> gossip::Tags {
     v.get("Tags")
         .and_then(|t| t.as_object())
-        .map(|o| o.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
+        .map(|o| {
+            o.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                .collect()
+        })
         .unwrap_or_default()
 }

@@ -112,7 +112,11 @@ pub trait Store: Send + Sync + 'static {
     /// Raft ids unknown (the API then looks them up in the servers' gossip tags). The Raft
     /// store lists its membership config: every node's Raft id and address, learners too.
     fn raft_servers(&self) -> Vec<RaftServer> {
-        let voter = |address| RaftServer { id: None, address, voter: true };
+        let voter = |address| RaftServer {
+            id: None,
+            address,
+            voter: true,
+        };
         self.peers().into_iter().map(voter).collect()
     }
 
@@ -129,12 +133,20 @@ pub trait Store: Send + Sync + 'static {
     /// Remove a server from the Raft configuration (`DELETE /v1/operator/raft/peer`),
     /// named by its RPC address (`ip:port`) or its Raft id.
     fn remove_peer(&self, peer: String) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async move { Err(StoreError::Other(format!("no Raft server {peer} on a single-node agent"))) })
+        Box::pin(async move {
+            Err(StoreError::Other(format!(
+                "no Raft server {peer} on a single-node agent"
+            )))
+        })
     }
 }
 
 /// Read the state in `mode`: barrier, then `f` on the state machine.
-pub async fn read<R>(store: &dyn Store, mode: Consistency, f: impl FnOnce(&StateMachine) -> R) -> Result<(R, ReadMeta), StoreError> {
+pub async fn read<R>(
+    store: &dyn Store,
+    mode: Consistency,
+    f: impl FnOnce(&StateMachine) -> R,
+) -> Result<(R, ReadMeta), StoreError> {
     let meta = store.read_barrier(mode).await?;
     let mut f = Some(f);
     let mut out = None;
@@ -164,7 +176,12 @@ impl DevStore {
         let mut sm = StateMachine::new();
         // Index 1 is Consul's raft configuration entry: the first write gets index 2.
         sm.apply_empty(1);
-        DevStore { sm: RwLock::new(sm), seq: Mutex::new(0), hub: Hub::new(), rpc_addr }
+        DevStore {
+            sm: RwLock::new(sm),
+            seq: Mutex::new(0),
+            hub: Hub::new(),
+            rpc_addr,
+        }
     }
 
     fn apply(&self, cmd: Command) -> Response {
@@ -176,7 +193,14 @@ impl DevStore {
             let mut sm = self.sm.write().unwrap();
             *seq += 1;
             let index = sm.last_applied() + 1;
-            sm.apply(index, &Request { client: DEV_CLIENT, seq: *seq, cmd })
+            sm.apply(
+                index,
+                &Request {
+                    client: DEV_CLIENT,
+                    seq: *seq,
+                    cmd,
+                },
+            )
         };
         if let Response::Kv { outcome, index } = response {
             if outcome.changed {
@@ -194,7 +218,12 @@ impl Store for DevStore {
     }
 
     fn read_barrier(&self, _mode: Consistency) -> BoxFuture<'_, Result<ReadMeta, StoreError>> {
-        Box::pin(async { Ok(ReadMeta { known_leader: true, last_contact_ms: 0 }) })
+        Box::pin(async {
+            Ok(ReadMeta {
+                known_leader: true,
+                last_contact_ms: 0,
+            })
+        })
     }
 
     fn with_state(&self, f: &mut dyn FnMut(&StateMachine)) {
@@ -215,7 +244,11 @@ impl Store for DevStore {
 
     /// Itself, the only voter; with no Raft underneath it has no Raft id.
     fn raft_servers(&self) -> Vec<RaftServer> {
-        vec![RaftServer { id: None, address: self.rpc_addr.clone(), voter: true }]
+        vec![RaftServer {
+            id: None,
+            address: self.rpc_addr.clone(),
+            voter: true,
+        }]
     }
 }
 
@@ -226,7 +259,11 @@ mod tests {
     use tribune_core::kv::KvOp;
 
     fn set(k: &str, v: &str) -> Command {
-        Command::Kv(KvOp::Set { key: k.into(), value: v.as_bytes().to_vec(), flags: 0 })
+        Command::Kv(KvOp::Set {
+            key: k.into(),
+            value: v.as_bytes().to_vec(),
+            flags: 0,
+        })
     }
 
     #[tokio::test]
@@ -234,15 +271,26 @@ mod tests {
         let s = DevStore::new("127.0.0.1:8300".into());
         let mut sub = s.hub().subscribe(Topic::Key("a".into()));
         let r = s.write(set("a", "1")).await.unwrap();
-        let Response::Kv { outcome, index } = r else { panic!("{r:?}") };
+        let Response::Kv { outcome, index } = r else {
+            panic!("{r:?}")
+        };
         assert!(outcome.ok && outcome.changed);
         assert_eq!(index, 2);
-        assert_eq!(tokio::time::timeout(std::time::Duration::from_millis(50), sub.changed()).await, Ok(2));
+        assert_eq!(
+            tokio::time::timeout(std::time::Duration::from_millis(50), sub.changed()).await,
+            Ok(2)
+        );
         // Identical write: applied at a new index but changes nothing and wakes nobody.
         let r = s.write(set("a", "1")).await.unwrap();
         assert!(matches!(r, Response::Kv { outcome, index: 3 } if !outcome.changed));
-        assert!(tokio::time::timeout(std::time::Duration::from_millis(50), sub.changed()).await.is_err());
-        let (idx, meta) = read(&s, Consistency::Default, |sm| sm.kv().key_index("a")).await.unwrap();
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(50), sub.changed())
+                .await
+                .is_err()
+        );
+        let (idx, meta) = read(&s, Consistency::Default, |sm| sm.kv().key_index("a"))
+            .await
+            .unwrap();
         assert_eq!(idx, 2);
         assert!(meta.known_leader);
     }
@@ -261,7 +309,11 @@ pub struct Reaper {
 
 impl Reaper {
     pub fn new(ttl: std::time::Duration) -> Self {
-        Reaper { ttl, marks: Default::default(), reaped: 0 }
+        Reaper {
+            ttl,
+            marks: Default::default(),
+            reaped: 0,
+        }
     }
 
     /// Record that `applied` was the applied index at `now`; returns the index up to which
@@ -288,7 +340,12 @@ impl Reaper {
 }
 
 /// Run the reaper against `store` every `every` while this node is the leader at `own_rpc`.
-pub async fn reap_tombstones(store: std::sync::Arc<dyn Store>, own_rpc: String, ttl: std::time::Duration, every: std::time::Duration) {
+pub async fn reap_tombstones(
+    store: std::sync::Arc<dyn Store>,
+    own_rpc: String,
+    ttl: std::time::Duration,
+    every: std::time::Duration,
+) {
     let start = tokio::time::Instant::now();
     let mut reaper = Reaper::new(ttl);
     let mut tick = tokio::time::interval(every);
@@ -300,11 +357,18 @@ pub async fn reap_tombstones(store: std::sync::Arc<dyn Store>, own_rpc: String, 
             applied = sm.last_applied();
             tombstones = sm.kv().tombstone_count();
         });
-        let Some(up_to) = reaper.tick(start.elapsed(), applied) else { continue };
+        let Some(up_to) = reaper.tick(start.elapsed(), applied) else {
+            continue;
+        };
         if tombstones == 0 || store.leader().as_deref() != Some(own_rpc.as_str()) {
             continue;
         }
-        match store.write(Command::Kv(tribune_core::kv::KvOp::ReapTombstones { up_to })).await {
+        match store
+            .write(Command::Kv(tribune_core::kv::KvOp::ReapTombstones {
+                up_to,
+            }))
+            .await
+        {
             Ok(_) => tracing::debug!(up_to, "kv: reaped tombstones"),
             Err(e) => tracing::warn!(error = %e, "kv: tombstone reap failed"),
         }
@@ -331,15 +395,36 @@ mod reaper_tests {
     #[tokio::test]
     async fn reap_through_the_store_wakes_and_forgets() {
         let s = DevStore::new("a:1".into());
-        s.write(Command::Kv(tribune_core::kv::KvOp::Set { key: "k".into(), value: vec![1], flags: 0 })).await.unwrap();
-        s.write(Command::Kv(tribune_core::kv::KvOp::Delete { key: "k".into() })).await.unwrap();
+        s.write(Command::Kv(tribune_core::kv::KvOp::Set {
+            key: "k".into(),
+            value: vec![1],
+            flags: 0,
+        }))
+        .await
+        .unwrap();
+        s.write(Command::Kv(tribune_core::kv::KvOp::Delete {
+            key: "k".into(),
+        }))
+        .await
+        .unwrap();
         let mut n = 0;
         s.with_state(&mut |sm| n = sm.kv().tombstone_count());
         assert_eq!(n, 1);
-        let mut sub = s.hub().subscribe(crate::hub::Topic::Key("unrelated".into()));
-        s.write(Command::Kv(tribune_core::kv::KvOp::ReapTombstones { up_to: 3 })).await.unwrap();
+        let mut sub = s
+            .hub()
+            .subscribe(crate::hub::Topic::Key("unrelated".into()));
+        s.write(Command::Kv(tribune_core::kv::KvOp::ReapTombstones {
+            up_to: 3,
+        }))
+        .await
+        .unwrap();
         s.with_state(&mut |sm| n = sm.kv().tombstone_count());
         assert_eq!(n, 0);
-        assert!(tokio::time::timeout(Duration::from_millis(50), sub.changed()).await.is_ok(), "a reap wakes every watcher");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), sub.changed())
+                .await
+                .is_ok(),
+            "a reap wakes every watcher"
+        );
     }
 }

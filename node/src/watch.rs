@@ -27,8 +27,17 @@ pub enum WatchKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Handler {
     /// Run `args` (through `$SHELL -c` when `shell`), JSON on stdin, CONSUL_INDEX in env.
-    Script { args: Vec<String>, shell: bool, inherit_output: bool },
-    Http { url: String, method: String, headers: Vec<(String, String)>, timeout: Duration },
+    Script {
+        args: Vec<String>,
+        shell: bool,
+        inherit_output: bool,
+    },
+    Http {
+        url: String,
+        method: String,
+        headers: Vec<(String, String)>,
+        timeout: Duration,
+    },
     /// Print the JSON to stdout (`tribune watch` without a handler).
     Stdout,
 }
@@ -43,15 +52,33 @@ pub struct WatchSpec {
 /// Parse one entry of the agent config's `watches`.
 pub fn parse_watch(v: &Value) -> Result<WatchSpec, String> {
     let obj = v.as_object().ok_or("a watch must be an object")?;
-    let ty = obj.get("type").and_then(Value::as_str).ok_or("Watch type must be specified")?;
-    let common = ["type", "datacenter", "token", "args", "handler", "handler_type", "http_handler_config", "stale"];
+    let ty = obj
+        .get("type")
+        .and_then(Value::as_str)
+        .ok_or("Watch type must be specified")?;
+    let common = [
+        "type",
+        "datacenter",
+        "token",
+        "args",
+        "handler",
+        "handler_type",
+        "http_handler_config",
+        "stale",
+    ];
     let (kind, own): (WatchKind, &[&str]) = match ty {
         "key" => (WatchKind::Key(str_param(obj, "key")?), &["key"]),
         "keyprefix" => (WatchKind::KeyPrefix(str_param(obj, "prefix")?), &["prefix"]),
-        "services" | "nodes" | "service" | "checks" | "event" => return Err(format!("watch type {ty:?} is not supported yet")),
+        "services" | "nodes" | "service" | "checks" | "event" => {
+            return Err(format!("watch type {ty:?} is not supported yet"))
+        }
         other => return Err(format!("Unsupported watch type: {other}")),
     };
-    let unknown: Vec<&str> = obj.keys().map(String::as_str).filter(|k| !common.contains(k) && !own.contains(k)).collect();
+    let unknown: Vec<&str> = obj
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !common.contains(k) && !own.contains(k))
+        .collect();
     if !unknown.is_empty() {
         return Err(format!("Invalid parameters: {unknown:?}"));
     }
@@ -60,41 +87,85 @@ pub fn parse_watch(v: &Value) -> Result<WatchSpec, String> {
     let has_args = obj.contains_key("args");
     let has_handler = obj.contains_key("handler");
     let is_http = handler_type == Some("http");
-    if [has_args, has_handler, is_http].iter().filter(|b| **b).count() > 1 {
+    if [has_args, has_handler, is_http]
+        .iter()
+        .filter(|b| **b)
+        .count()
+        > 1
+    {
         return Err("Only one watch handler allowed".into());
     }
     let handler = if is_http {
-        let c = obj.get("http_handler_config").and_then(Value::as_object).ok_or("http_handler_config is required for handler_type http")?;
-        let url = c.get("path").and_then(Value::as_str).ok_or("http_handler_config.path is required")?.to_string();
+        let c = obj
+            .get("http_handler_config")
+            .and_then(Value::as_object)
+            .ok_or("http_handler_config is required for handler_type http")?;
+        let url = c
+            .get("path")
+            .and_then(Value::as_str)
+            .ok_or("http_handler_config.path is required")?
+            .to_string();
         if url.is_empty() {
             return Err("http_handler_config.path is required".into());
         }
-        let method = c.get("method").and_then(Value::as_str).unwrap_or("POST").to_uppercase();
+        let method = c
+            .get("method")
+            .and_then(Value::as_str)
+            .unwrap_or("POST")
+            .to_uppercase();
         let timeout = match c.get("timeout").and_then(Value::as_str) {
-            Some(t) => parse_duration(t).ok_or_else(|| format!("http_handler_config.timeout: invalid duration {t:?}"))?,
+            Some(t) => parse_duration(t)
+                .ok_or_else(|| format!("http_handler_config.timeout: invalid duration {t:?}"))?,
             None => Duration::from_secs(10),
         };
         let mut headers = Vec::new();
         if let Some(h) = c.get("header").and_then(Value::as_object) {
             for (k, vs) in h {
-                for v in vs.as_array().into_iter().flatten().filter_map(Value::as_str) {
+                for v in vs
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                {
                     headers.push((k.clone(), v.to_string()));
                 }
             }
         }
-        Handler::Http { url, method, headers, timeout }
+        Handler::Http {
+            url,
+            method,
+            headers,
+            timeout,
+        }
     } else if has_args {
-        let args: Vec<String> = obj["args"].as_array().ok_or("args must be a list of strings")?.iter().filter_map(|a| a.as_str().map(str::to_string)).collect();
+        let args: Vec<String> = obj["args"]
+            .as_array()
+            .ok_or("args must be a list of strings")?
+            .iter()
+            .filter_map(|a| a.as_str().map(str::to_string))
+            .collect();
         if args.is_empty() {
             return Err("Must define a watch handler".into());
         }
-        Handler::Script { args, shell: false, inherit_output: false }
+        Handler::Script {
+            args,
+            shell: false,
+            inherit_output: false,
+        }
     } else if let Some(h) = obj.get("handler").and_then(Value::as_str) {
-        Handler::Script { args: vec![h.to_string()], shell: true, inherit_output: false }
+        Handler::Script {
+            args: vec![h.to_string()],
+            shell: true,
+            inherit_output: false,
+        }
     } else {
         return Err("Must define a watch handler".into());
     };
-    Ok(WatchSpec { kind, handler, stale })
+    Ok(WatchSpec {
+        kind,
+        handler,
+        stale,
+    })
 }
 
 fn str_param(obj: &serde_json::Map<String, Value>, name: &str) -> Result<String, String> {
@@ -139,25 +210,45 @@ pub enum Source {
 const WATCH_WAIT: Duration = Duration::from_secs(300);
 
 impl Source {
-    async fn fetch(&self, kind: &WatchKind, stale: bool, index: u64) -> Result<(Value, u64), String> {
+    async fn fetch(
+        &self,
+        kind: &WatchKind,
+        stale: bool,
+        index: u64,
+    ) -> Result<(Value, u64), String> {
         match self {
             Source::Local(api) => {
-                let opts = ReadOpts { mode: if stale { Consistency::Stale } else { Consistency::Default }, min_index: index, wait: WATCH_WAIT };
+                let opts = ReadOpts {
+                    mode: if stale {
+                        Consistency::Stale
+                    } else {
+                        Consistency::Default
+                    },
+                    min_index: index,
+                    wait: WATCH_WAIT,
+                };
                 let (topic, k) = match kind {
                     WatchKind::Key(k) => (Topic::Key(k.clone()), k.clone()),
                     WatchKind::KeyPrefix(p) => (Topic::Prefix(p.clone()), p.clone()),
                 };
                 let prefix = matches!(kind, WatchKind::KeyPrefix(_));
-                let (v, idx, _) = crate::http::blocking(&*api.store, &api.metrics, topic, &opts, |sm| {
-                    if prefix {
-                        let (es, i) = sm.kv().list(&k);
-                        (Value::Array(es.into_iter().map(entry_watch_json).collect()), i)
-                    } else {
-                        (sm.kv().get(&k).map(entry_watch_json).unwrap_or(Value::Null), sm.kv().key_index(&k))
-                    }
-                })
-                .await
-                .map_err(|e| e.to_string())?;
+                let (v, idx, _) =
+                    crate::http::blocking(&*api.store, &api.metrics, topic, &opts, |sm| {
+                        if prefix {
+                            let (es, i) = sm.kv().list(&k);
+                            (
+                                Value::Array(es.into_iter().map(entry_watch_json).collect()),
+                                i,
+                            )
+                        } else {
+                            (
+                                sm.kv().get(&k).map(entry_watch_json).unwrap_or(Value::Null),
+                                sm.kv().key_index(&k),
+                            )
+                        }
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?;
                 Ok((v, idx.max(1)))
             }
             Source::Remote(addr) => {
@@ -165,19 +256,38 @@ impl Source {
                     WatchKind::Key(k) => (k, false),
                     WatchKind::KeyPrefix(p) => (p, true),
                 };
-                let mut path = format!("/v1/kv/{}?index={index}&wait=5m", crate::cli::escape_key(key));
+                let mut path = format!(
+                    "/v1/kv/{}?index={index}&wait=5m",
+                    crate::cli::escape_key(key)
+                );
                 if recurse {
                     path.push_str("&recurse");
                 }
                 if stale {
                     path.push_str("&stale");
                 }
-                let r = client::request(addr, "GET", &path, &[], b"", WATCH_WAIT + Duration::from_secs(60)).await?;
-                let idx = r.header("X-Consul-Index").and_then(|v| v.parse::<u64>().ok()).unwrap_or(1).max(1);
+                let r = client::request(
+                    addr,
+                    "GET",
+                    &path,
+                    &[],
+                    b"",
+                    WATCH_WAIT + Duration::from_secs(60),
+                )
+                .await?;
+                let idx = r
+                    .header("X-Consul-Index")
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(1)
+                    .max(1);
                 let v = match r.status {
                     200 => {
-                        let arr: Value = serde_json::from_slice(&r.body).map_err(|e| format!("bad response: {e}"))?;
-                        let items: Vec<Value> = arr.as_array().map(|a| a.iter().map(http_entry_to_watch).collect()).unwrap_or_default();
+                        let arr: Value = serde_json::from_slice(&r.body)
+                            .map_err(|e| format!("bad response: {e}"))?;
+                        let items: Vec<Value> = arr
+                            .as_array()
+                            .map(|a| a.iter().map(http_entry_to_watch).collect())
+                            .unwrap_or_default();
                         if recurse {
                             Value::Array(items)
                         } else {
@@ -186,7 +296,12 @@ impl Source {
                     }
                     404 if recurse => Value::Array(vec![]),
                     404 => Value::Null,
-                    s => return Err(format!("Unexpected response code: {s} ({})", r.text().trim())),
+                    s => {
+                        return Err(format!(
+                            "Unexpected response code: {s} ({})",
+                            r.text().trim()
+                        ))
+                    }
                 };
                 Ok((v, idx))
             }
@@ -205,7 +320,8 @@ pub async fn run(spec: WatchSpec, source: Source) {
             Ok(r) => r,
             Err(e) => {
                 failures += 1;
-                let backoff = (Duration::from_secs(5) * failures.saturating_mul(failures)).min(Duration::from_secs(180));
+                let backoff = (Duration::from_secs(5) * failures.saturating_mul(failures))
+                    .min(Duration::from_secs(180));
                 tracing::error!(watch = ?spec.kind, error = %e, retry_in = ?backoff, "watch: query failed");
                 tokio::time::sleep(backoff).await;
                 continue;
@@ -236,9 +352,16 @@ async fn fire(handler: &Handler, index: u64, result: &Value) -> Result<(), Strin
             println!("{}", serde_json::to_string_pretty(result).unwrap());
             Ok(())
         }
-        Handler::Script { args, shell, inherit_output } => {
+        Handler::Script {
+            args,
+            shell,
+            inherit_output,
+        } => {
             let mut cmd = if *shell {
-                let sh = std::env::var("SHELL").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "/bin/sh".into());
+                let sh = std::env::var("SHELL")
+                    .ok()
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| "/bin/sh".into());
                 let mut c = tokio::process::Command::new(sh);
                 c.arg("-c").arg(args.join(" "));
                 c
@@ -247,18 +370,25 @@ async fn fire(handler: &Handler, index: u64, result: &Value) -> Result<(), Strin
                 c.args(&args[1..]);
                 c
             };
-            cmd.env("CONSUL_INDEX", index.to_string()).stdin(std::process::Stdio::piped());
+            cmd.env("CONSUL_INDEX", index.to_string())
+                .stdin(std::process::Stdio::piped());
             if !*inherit_output {
-                cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+                cmd.stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped());
             }
-            let mut child = cmd.spawn().map_err(|e| format!("failed to run {args:?}: {e}"))?;
+            let mut child = cmd
+                .spawn()
+                .map_err(|e| format!("failed to run {args:?}: {e}"))?;
             let mut input = serde_json::to_vec(result).unwrap();
             input.push(b'\n');
             if let Some(mut stdin) = child.stdin.take() {
                 // A handler that does not read its input is not an error.
                 let _ = stdin.write_all(&input).await;
             }
-            let out = child.wait_with_output().await.map_err(|e| format!("handler {args:?}: {e}"))?;
+            let out = child
+                .wait_with_output()
+                .await
+                .map_err(|e| format!("handler {args:?}: {e}"))?;
             if !*inherit_output {
                 const KEEP: usize = 64 * 1024;
                 let mut captured = out.stdout;
@@ -272,13 +402,22 @@ async fn fire(handler: &Handler, index: u64, result: &Value) -> Result<(), Strin
             }
             Ok(())
         }
-        Handler::Http { url, method, headers, timeout } => {
+        Handler::Http {
+            url,
+            method,
+            headers,
+            timeout,
+        } => {
             let (addr, path) = client::split_url(url)?;
             let mut hs = headers.clone();
             hs.push(("Content-Type".into(), "application/json".into()));
             hs.push(("X-Consul-Index".into(), index.to_string()));
             let body = serde_json::to_vec(result).unwrap();
-            let path = if path.is_empty() { "/".to_string() } else { path };
+            let path = if path.is_empty() {
+                "/".to_string()
+            } else {
+                path
+            };
             let r = client::request(&addr, method, &path, &hs, &body, *timeout).await?;
             if !(200..300).contains(&r.status) {
                 return Err(format!("{method} {url}: status {}", r.status));
@@ -294,18 +433,36 @@ mod tests {
 
     #[test]
     fn parses_walkthrough_watches() {
-        let w = parse_watch(&json!({ "type": "key", "key": "foo/bar/baz", "handler_type": "script",
-            "args": ["/usr/bin/my-service-handler.sh", "-redis"] }))
+        let w = parse_watch(
+            &json!({ "type": "key", "key": "foo/bar/baz", "handler_type": "script",
+            "args": ["/usr/bin/my-service-handler.sh", "-redis"] }),
+        )
         .unwrap();
         assert_eq!(w.kind, WatchKind::Key("foo/bar/baz".into()));
-        assert!(matches!(w.handler, Handler::Script { ref args, shell: false, .. } if args.len() == 2));
-        let w = parse_watch(&json!({ "type": "keyprefix", "prefix": "foo/", "handler_type": "http",
+        assert!(
+            matches!(w.handler, Handler::Script { ref args, shell: false, .. } if args.len() == 2)
+        );
+        let w = parse_watch(
+            &json!({ "type": "keyprefix", "prefix": "foo/", "handler_type": "http",
             "http_handler_config": { "path": "https://localhost:8000/watch", "method": "POST",
-              "header": {"x-foo": ["bar", "baz"]}, "timeout": "10s", "tls_skip_verify": false } }))
+              "header": {"x-foo": ["bar", "baz"]}, "timeout": "10s", "tls_skip_verify": false } }),
+        )
         .unwrap();
         match w.handler {
-            Handler::Http { url, method, headers, timeout } => {
-                assert_eq!((url.as_str(), method.as_str(), timeout), ("https://localhost:8000/watch", "POST", Duration::from_secs(10)));
+            Handler::Http {
+                url,
+                method,
+                headers,
+                timeout,
+            } => {
+                assert_eq!(
+                    (url.as_str(), method.as_str(), timeout),
+                    (
+                        "https://localhost:8000/watch",
+                        "POST",
+                        Duration::from_secs(10)
+                    )
+                );
                 assert_eq!(headers.len(), 2);
             }
             h => panic!("{h:?}"),
@@ -315,10 +472,22 @@ mod tests {
     #[test]
     fn watch_errors() {
         let err = |v: Value| parse_watch(&v).unwrap_err();
-        assert_eq!(err(json!({"key": "k", "args": ["x"]})), "Watch type must be specified");
-        assert_eq!(err(json!({"type": "key", "key": "k"})), "Must define a watch handler");
-        assert_eq!(err(json!({"type": "key", "key": "k", "args": ["x"], "handler": "y"})), "Only one watch handler allowed");
-        assert!(err(json!({"type": "key", "key": "k", "args": ["x"], "bogus": 1})).starts_with("Invalid parameters"));
+        assert_eq!(
+            err(json!({"key": "k", "args": ["x"]})),
+            "Watch type must be specified"
+        );
+        assert_eq!(
+            err(json!({"type": "key", "key": "k"})),
+            "Must define a watch handler"
+        );
+        assert_eq!(
+            err(json!({"type": "key", "key": "k", "args": ["x"], "handler": "y"})),
+            "Only one watch handler allowed"
+        );
+        assert!(
+            err(json!({"type": "key", "key": "k", "args": ["x"], "bogus": 1}))
+                .starts_with("Invalid parameters")
+        );
         assert!(err(json!({"type": "key", "args": ["x"]})).contains("key"));
     }
 }

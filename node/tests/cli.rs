@@ -16,18 +16,32 @@ use serde_json::Value;
 fn kv_put_get_delete_messages_and_exit_codes() {
     let a = Agent::dev(&[]);
     let o = a.cli(&["kv", "put", "redis/config/connections", "5"]);
-    assert_eq!((o.status.code(), stdout(&o).as_str()), (Some(0), "Success! Data written to: redis/config/connections\n"));
+    assert_eq!(
+        (o.status.code(), stdout(&o).as_str()),
+        (
+            Some(0),
+            "Success! Data written to: redis/config/connections\n"
+        )
+    );
     a.cli(&["kv", "put", "redis/config/cpu", "128"]);
     a.cli(&["kv", "put", "-flags=9", "redis/config/memory", "512"]);
     let o = a.cli(&["kv", "get", "redis/config/connections"]);
     assert_eq!((o.status.code(), stdout(&o).as_str()), (Some(0), "5\n"));
     let o = a.cli(&["kv", "get", "-recurse", "redis/config"]);
-    assert_eq!(stdout(&o), "redis/config/connections:5\nredis/config/cpu:128\nredis/config/memory:512\n");
+    assert_eq!(
+        stdout(&o),
+        "redis/config/connections:5\nredis/config/cpu:128\nredis/config/memory:512\n"
+    );
     let o = a.cli(&["kv", "get", "-keys", "redis/"]);
     assert_eq!(stdout(&o), "redis/config/\n");
     let o = a.cli(&["kv", "get", "-detailed", "redis/config/memory"]);
     let out = stdout(&o);
-    assert!(out.contains("Flags       9\n") && out.contains("Session     -\n") && out.ends_with("Value       512\n"), "{out}");
+    assert!(
+        out.contains("Flags       9\n")
+            && out.contains("Session     -\n")
+            && out.ends_with("Value       512\n"),
+        "{out}"
+    );
     let o = a.cli(&["kv", "get", "-base64", "redis/config/cpu"]);
     assert_eq!(stdout(&o), "MTI4\n");
     // Missing key.
@@ -35,37 +49,90 @@ fn kv_put_get_delete_messages_and_exit_codes() {
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(stderr(&o), "Error! No key exists at: nope\n");
     // CAS.
-    let idx = a.http("GET", "/v1/kv/redis/config/cpu", b"").json()[0]["ModifyIndex"].as_u64().unwrap();
-    let o = a.cli(&["kv", "put", "-cas", &format!("-modify-index={}", idx + 7), "redis/config/cpu", "1"]);
-    assert_eq!((o.status.code(), stderr(&o).as_str()), (Some(1), "Error! Did not write to redis/config/cpu: CAS failed\n"));
-    let o = a.cli(&["kv", "put", "-cas", "-modify-index", &idx.to_string(), "redis/config/cpu", "256"]);
+    let idx = a.http("GET", "/v1/kv/redis/config/cpu", b"").json()[0]["ModifyIndex"]
+        .as_u64()
+        .unwrap();
+    let o = a.cli(&[
+        "kv",
+        "put",
+        "-cas",
+        &format!("-modify-index={}", idx + 7),
+        "redis/config/cpu",
+        "1",
+    ]);
+    assert_eq!(
+        (o.status.code(), stderr(&o).as_str()),
+        (
+            Some(1),
+            "Error! Did not write to redis/config/cpu: CAS failed\n"
+        )
+    );
+    let o = a.cli(&[
+        "kv",
+        "put",
+        "-cas",
+        "-modify-index",
+        &idx.to_string(),
+        "redis/config/cpu",
+        "256",
+    ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let o = a.cli(&["kv", "delete", "-cas", "-modify-index=1", "redis/config/cpu"]);
-    assert_eq!((o.status.code(), stderr(&o).as_str()), (Some(1), "Error! Did not delete key redis/config/cpu: CAS failed\n"));
+    let o = a.cli(&[
+        "kv",
+        "delete",
+        "-cas",
+        "-modify-index=1",
+        "redis/config/cpu",
+    ]);
+    assert_eq!(
+        (o.status.code(), stderr(&o).as_str()),
+        (
+            Some(1),
+            "Error! Did not delete key redis/config/cpu: CAS failed\n"
+        )
+    );
     let o = a.cli(&["kv", "delete", "-cas", "-recurse", "redis"]);
-    assert_eq!((o.status.code(), stderr(&o).as_str()), (Some(1), "Cannot specify both -cas and -recurse!\n"));
+    assert_eq!(
+        (o.status.code(), stderr(&o).as_str()),
+        (Some(1), "Cannot specify both -cas and -recurse!\n")
+    );
     // stdin, @file and -base64 input.
     let o = a.cli_stdin(&["kv", "put", "in/stdin", "-"], b"from stdin");
     assert_eq!(o.status.code(), Some(0));
-    assert_eq!(a.http("GET", "/v1/kv/in/stdin?raw", b"").body, b"from stdin");
+    assert_eq!(
+        a.http("GET", "/v1/kv/in/stdin?raw", b"").body,
+        b"from stdin"
+    );
     let f = temp_dir("putfile").join("v.bin");
     std::fs::write(&f, b"file\x00data").unwrap();
     a.cli(&["kv", "put", "in/file", &format!("@{}", f.display())]);
-    assert_eq!(a.http("GET", "/v1/kv/in/file?raw", b"").body, b"file\x00data");
+    assert_eq!(
+        a.http("GET", "/v1/kv/in/file?raw", b"").body,
+        b"file\x00data"
+    );
     a.cli(&["kv", "put", "-base64", "in/b64", "Nw=="]);
     assert_eq!(a.http("GET", "/v1/kv/in/b64?raw", b"").body, b"7");
     // Deletes.
     let o = a.cli(&["kv", "delete", "redis/config/connections"]);
-    assert_eq!(stdout(&o), "Success! Deleted key: redis/config/connections\n");
+    assert_eq!(
+        stdout(&o),
+        "Success! Deleted key: redis/config/connections\n"
+    );
     let o = a.cli(&["kv", "delete", "never/existed"]);
-    assert_eq!((o.status.code(), stdout(&o).as_str()), (Some(0), "Success! Deleted key: never/existed\n"));
+    assert_eq!(
+        (o.status.code(), stdout(&o).as_str()),
+        (Some(0), "Success! Deleted key: never/existed\n")
+    );
     let o = a.cli(&["kv", "delete", "-recurse", "redis"]);
     assert_eq!(stdout(&o), "Success! Deleted keys with prefix: redis\n");
     assert_eq!(stdout(&a.cli(&["kv", "get", "-recurse", "redis"])), "");
     // Flags in any Go form.
     let o = a.cli(&["kv", "put", "--flags", "3", "g/k", "v"]);
     assert_eq!(o.status.code(), Some(0));
-    assert_eq!(a.http("GET", "/v1/kv/g/k", b"").json()[0]["Flags"], json!(3));
+    assert_eq!(
+        a.http("GET", "/v1/kv/g/k", b"").json()[0]["Flags"],
+        json!(3)
+    );
     let o = a.cli(&["kv", "put", "-bogus", "k", "v"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("flag provided but not defined: -bogus"));
@@ -74,10 +141,26 @@ fn kv_put_get_delete_messages_and_exit_codes() {
 #[test]
 fn cli_errors_when_agent_is_unreachable() {
     let port = free_port();
-    let o = Command::new(BIN).args(["kv", "get", "k"]).env("CONSUL_HTTP_ADDR", format!("127.0.0.1:{port}")).output().unwrap();
+    let o = Command::new(BIN)
+        .args(["kv", "get", "k"])
+        .env("CONSUL_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("Error querying Consul agent"), "{}", stderr(&o));
-    let o = Command::new(BIN).args(["kv", "get", &format!("-http-addr=http://127.0.0.1:{port}"), "k"]).output().unwrap();
+    assert!(
+        stderr(&o).contains("Error querying Consul agent"),
+        "{}",
+        stderr(&o)
+    );
+    let o = Command::new(BIN)
+        .args([
+            "kv",
+            "get",
+            &format!("-http-addr=http://127.0.0.1:{port}"),
+            "k",
+        ])
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(1));
 }
 
@@ -87,31 +170,70 @@ fn keygen_version_members_info() {
     let key = stdout(&o);
     let key = key.trim_end();
     assert_eq!(key.len(), 44);
-    assert_eq!(base64::engine::general_purpose::STANDARD.decode(key).unwrap().len(), 32);
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .unwrap()
+            .len(),
+        32
+    );
     let other = stdout(&Command::new(BIN).arg("keygen").output().unwrap());
     assert_ne!(key, other.trim_end());
     let o = Command::new(BIN).arg("version").output().unwrap();
     let v = stdout(&o);
     assert!(v.starts_with("Tribune v0.1.0\n"), "{v}");
-    assert!(v.contains("\nProtocol 2 spoken by default, understands 2 to 3"), "{v}");
+    assert!(
+        v.contains("\nProtocol 2 spoken by default, understands 2 to 3"),
+        "{v}"
+    );
 
     let a = Agent::dev(&["-node=consul01"]);
     let o = a.cli(&["members"]);
     let out = stdout(&o);
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines[0].split_whitespace().collect::<Vec<_>>(), ["Node", "Address", "Status", "Type", "Build", "Protocol", "DC", "Segment"]);
-    assert_eq!(lines[1].split_whitespace().collect::<Vec<_>>(), ["consul01", "127.0.0.1:8301", "alive", "server", "0.1.0", "2", "dc1", "<all>"]);
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        ["Node", "Address", "Status", "Type", "Build", "Protocol", "DC", "Segment"]
+    );
+    assert_eq!(
+        lines[1].split_whitespace().collect::<Vec<_>>(),
+        [
+            "consul01",
+            "127.0.0.1:8301",
+            "alive",
+            "server",
+            "0.1.0",
+            "2",
+            "dc1",
+            "<all>"
+        ]
+    );
     // Columns are aligned: every header starts where its values start.
     assert_eq!(lines[0].find("Address"), lines[1].find("127.0.0.1"));
     assert_eq!(a.cli(&["members", "-status=failed"]).status.code(), Some(2));
     let info = stdout(&a.cli(&["info"]));
-    assert!(info.contains("raft:\n") && info.contains("\tapplied_index = "), "{info}");
+    assert!(
+        info.contains("raft:\n") && info.contains("\tapplied_index = "),
+        "{info}"
+    );
     let peers = stdout(&a.cli(&["operator", "raft", "list-peers"]));
-    let rows: Vec<Vec<&str>> = peers.lines().map(|l| l.split_whitespace().collect()).collect();
-    assert_eq!(rows[0], ["Node", "ID", "Address", "State", "Voter", "RaftProtocol"]);
-    assert_eq!((rows[1][0], rows[1][2], rows[1][3], rows[1][4]), ("consul01", "127.0.0.1:8300", "leader", "true"));
+    let rows: Vec<Vec<&str>> = peers
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows[0],
+        ["Node", "ID", "Address", "State", "Voter", "RaftProtocol"]
+    );
+    assert_eq!(
+        (rows[1][0], rows[1][2], rows[1][3], rows[1][4]),
+        ("consul01", "127.0.0.1:8300", "leader", "true")
+    );
     let o = a.cli(&["reload"]);
-    assert_eq!((o.status.code(), stdout(&o).as_str()), (Some(0), "Configuration reload triggered\n"));
+    assert_eq!(
+        (o.status.code(), stdout(&o).as_str()),
+        (Some(0), "Configuration reload triggered\n")
+    );
 }
 
 fn read_json_file(path: &std::path::Path) -> Option<Value> {
@@ -125,10 +247,26 @@ fn watch_cli_runs_script_handler_with_json_on_stdin() {
     let dir = temp_dir("watchcli");
     let out = dir.join("out.json");
     let handler = dir.join("handler.sh");
-    std::fs::write(&handler, format!("#!/bin/sh\ncat > {0}.tmp\necho \"$CONSUL_INDEX\" > {0}.idx\nmv {0}.tmp {0}\n", out.display())).unwrap();
-    Command::new("chmod").arg("+x").arg(&handler).status().unwrap();
+    std::fs::write(
+        &handler,
+        format!(
+            "#!/bin/sh\ncat > {0}.tmp\necho \"$CONSUL_INDEX\" > {0}.idx\nmv {0}.tmp {0}\n",
+            out.display()
+        ),
+    )
+    .unwrap();
+    Command::new("chmod")
+        .arg("+x")
+        .arg(&handler)
+        .status()
+        .unwrap();
     let mut w = Command::new(BIN)
-        .args(["watch", "-type=key", "-key=redis/config/connections", handler.to_str().unwrap()])
+        .args([
+            "watch",
+            "-type=key",
+            "-key=redis/config/connections",
+            handler.to_str().unwrap(),
+        ])
         .env("CONSUL_HTTP_ADDR", a.addr())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -139,7 +277,9 @@ fn watch_cli_runs_script_handler_with_json_on_stdin() {
     assert_eq!(first, Some(Value::Null));
     let o = a.cli(&["kv", "put", "redis/config/connections", "7"]);
     assert_eq!(o.status.code(), Some(0));
-    let got = eventually(Duration::from_secs(10), || read_json_file(&out).filter(|v| !v.is_null()));
+    let got = eventually(Duration::from_secs(10), || {
+        read_json_file(&out).filter(|v| !v.is_null())
+    });
     let _ = w.kill();
     let _ = w.wait();
     let mut err = String::new();
@@ -150,8 +290,23 @@ fn watch_cli_runs_script_handler_with_json_on_stdin() {
     assert_eq!(got["Session"], json!(""));
     assert_eq!(got["LockIndex"], json!(0));
     let keys: Vec<&String> = got.as_object().unwrap().keys().collect();
-    assert_eq!(keys, ["Key", "CreateIndex", "ModifyIndex", "LockIndex", "Flags", "Value", "Session"]);
-    let idx: u64 = std::fs::read_to_string(dir.join("out.json.idx")).unwrap().trim().parse().unwrap();
+    assert_eq!(
+        keys,
+        [
+            "Key",
+            "CreateIndex",
+            "ModifyIndex",
+            "LockIndex",
+            "Flags",
+            "Value",
+            "Session"
+        ]
+    );
+    let idx: u64 = std::fs::read_to_string(dir.join("out.json.idx"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     assert_eq!(json!(idx), got["ModifyIndex"]);
 }
 
@@ -177,7 +332,9 @@ fn watch_cli_without_handler_prints_json() {
             sink.lock().unwrap().extend_from_slice(&buf[..n]);
         }
     });
-    let v = eventually(Duration::from_secs(10), || serde_json::from_slice::<Value>(&seen.lock().unwrap()).ok());
+    let v = eventually(Duration::from_secs(10), || {
+        serde_json::from_slice::<Value>(&seen.lock().unwrap()).ok()
+    });
     let _ = w.kill();
     let _ = w.wait();
     let v = v.expect("watch printed the JSON result");
@@ -205,7 +362,11 @@ fn record_one_request() -> (u16, std::thread::JoinHandle<String>) {
             if let Some(end) = text.find("\r\n\r\n") {
                 let len: usize = text[..end]
                     .lines()
-                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
                     .unwrap_or(0);
                 if buf.len() >= end + 4 + len {
                     break;
@@ -233,18 +394,32 @@ fn agent_config_watches_script_and_http_handlers() {
         ]
     });
     std::fs::write(dir.join("watches.json"), cfg.to_string()).unwrap();
-    let a = Agent::dev(&[&format!("-config-file={}", dir.join("watches.json").display())]);
+    let a = Agent::dev(&[&format!(
+        "-config-file={}",
+        dir.join("watches.json").display()
+    )]);
     // The prefix watch fires at start (first result) with an empty list: the one-shot server
     // records that request.
     let req = recorded.join().unwrap();
     assert!(req.starts_with("POST /hook HTTP/1.1\r\n"), "{req}");
     let lower = req.to_ascii_lowercase();
-    assert!(lower.contains("x-consul-index: ") && lower.contains("x-foo: bar") && lower.contains("content-type: application/json"), "{req}");
+    assert!(
+        lower.contains("x-consul-index: ")
+            && lower.contains("x-foo: bar")
+            && lower.contains("content-type: application/json"),
+        "{req}"
+    );
     assert!(req.ends_with("[]"), "{req}");
     // The key watch fires at start with null, then with the entry after a write.
-    assert_eq!(eventually(Duration::from_secs(10), || read_json_file(&out)), Some(Value::Null));
+    assert_eq!(
+        eventually(Duration::from_secs(10), || read_json_file(&out)),
+        Some(Value::Null)
+    );
     a.http("PUT", "/v1/kv/cfg/k", b"hi");
-    let v = eventually(Duration::from_secs(10), || read_json_file(&out).filter(|v| !v.is_null())).expect("script handler fired");
+    let v = eventually(Duration::from_secs(10), || {
+        read_json_file(&out).filter(|v| !v.is_null())
+    })
+    .expect("script handler fired");
     assert_eq!(v["Value"], json!("aGk="));
 }
 
@@ -253,21 +428,36 @@ fn agent_startup_errors() {
     // A bad value names the file and the key.
     let dir = temp_dir("badcfg");
     std::fs::write(dir.join("10-ports.json"), r#"{"ports":{"http":"x"}}"#).unwrap();
-    let o = Command::new(BIN).args(["agent", "-dev", &format!("-config-dir={}", dir.display())]).output().unwrap();
+    let o = Command::new(BIN)
+        .args(["agent", "-dev", &format!("-config-dir={}", dir.display())])
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
-    assert!(err.contains("10-ports.json") && err.contains("ports.http"), "{err}");
+    assert!(
+        err.contains("10-ports.json") && err.contains("ports.http"),
+        "{err}"
+    );
     // A bad HCL file: the file, the line and the column.
     let dir = temp_dir("badhcl");
     let hcl = "datacenter = \"dc1\"\nports {\n  http = \n}\n";
     std::fs::write(dir.join("consul.hcl"), hcl).unwrap();
     let config_dir = format!("-config-dir={}", dir.display());
-    let o = Command::new(BIN).args(["agent", "-dev", &config_dir]).output().unwrap();
+    let o = Command::new(BIN)
+        .args(["agent", "-dev", &config_dir])
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
-    assert!(err.contains("consul.hcl") && err.contains("at line 3 column 10"), "{err}");
+    assert!(
+        err.contains("consul.hcl") && err.contains("at line 3 column 10"),
+        "{err}"
+    );
     // Non-dev without a data_dir.
-    let o = Command::new(BIN).args(["agent", "-server"]).output().unwrap();
+    let o = Command::new(BIN)
+        .args(["agent", "-server"])
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("data_dir"), "{}", stderr(&o));
     // A second agent on the same data_dir exits with a clear error.
@@ -276,7 +466,15 @@ fn agent_startup_errors() {
     // A bootstrapping server on `data`; not the default server/gossip ports: other tests
     // run real clusters on them.
     let server_args = |http_port: u16| -> Vec<String> {
-        let mut a: Vec<String> = ["agent", "-server", "-bootstrap", "-bind=127.0.0.1", "-dns-port=-1"].map(String::from).to_vec();
+        let mut a: Vec<String> = [
+            "agent",
+            "-server",
+            "-bootstrap",
+            "-bind=127.0.0.1",
+            "-dns-port=-1",
+        ]
+        .map(String::from)
+        .to_vec();
         a.push(format!("-data-dir={}", data.display()));
         a.push(format!("-http-port={http_port}"));
         for flag in ["server-port", "serf-lan-port", "serf-wan-port"] {
@@ -299,13 +497,23 @@ fn agent_startup_errors() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("in use by another agent"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("in use by another agent"),
+        "{}",
+        stderr(&o)
+    );
     // Unknown keys warn but start.
     let warn = temp_dir("warncfg");
     std::fs::write(warn.join("x.json"), r#"{"no_such_key": 1}"#).unwrap();
     let port = free_port();
     let o = Command::new(BIN)
-        .args(["agent", "-dev", &format!("-http-port={port}"), "-dns-port=-1", &format!("-config-dir={}", warn.display())])
+        .args([
+            "agent",
+            "-dev",
+            &format!("-http-port={port}"),
+            "-dns-port=-1",
+            &format!("-config-dir={}", warn.display()),
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -326,16 +534,27 @@ fn kv_export_import_round_trip() {
     let o = a.cli(&["kv", "export", "ex/"]);
     assert_eq!(o.status.code(), Some(0));
     let exported: Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(exported, json!([{"key": "ex/a", "flags": 5, "value": "b25l"}, {"key": "ex/b", "flags": 0, "value": "AAEC"}]));
+    assert_eq!(
+        exported,
+        json!([{"key": "ex/a", "flags": 5, "value": "b25l"}, {"key": "ex/b", "flags": 0, "value": "AAEC"}])
+    );
     let o = a.cli_stdin(&["kv", "import", "-prefix=copy/", "-"], &o.stdout);
     assert_eq!(stdout(&o), "Imported: copy/ex/a\nImported: copy/ex/b\n");
-    assert_eq!(a.http("GET", "/v1/kv/copy/ex/b?raw", b"").body, vec![0, 1, 2]);
-    assert_eq!(a.http("GET", "/v1/kv/copy/ex/a", b"").json()[0]["Flags"], json!(5));
+    assert_eq!(
+        a.http("GET", "/v1/kv/copy/ex/b?raw", b"").body,
+        vec![0, 1, 2]
+    );
+    assert_eq!(
+        a.http("GET", "/v1/kv/copy/ex/a", b"").json()[0]["Flags"],
+        json!(5)
+    );
 }
 
 #[test]
 fn walkthrough_config_dir_starts_an_agent() {
-    let key = stdout(&Command::new(BIN).arg("keygen").output().unwrap()).trim().to_string();
+    let key = stdout(&Command::new(BIN).arg("keygen").output().unwrap())
+        .trim()
+        .to_string();
     let etc = temp_dir("consul.d");
     let data = temp_dir("varlib");
     let port = free_port();
@@ -353,9 +572,17 @@ fn walkthrough_config_dir_starts_an_agent() {
             "http_handler_config": {"path": "https://localhost:8000/watch", "method": "POST",
               "header": {"x-foo": ["bar", "baz"]}, "timeout": "10s", "tls_skip_verify": false}}]
     });
-    std::fs::write(etc.join("config.json"), serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
+    std::fs::write(
+        etc.join("config.json"),
+        serde_json::to_string_pretty(&cfg).unwrap(),
+    )
+    .unwrap();
     let child = Command::new(BIN)
-        .args(["agent", "-node=consul01", &format!("-config-dir={}", etc.display())])
+        .args([
+            "agent",
+            "-node=consul01",
+            &format!("-config-dir={}", etc.display()),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -365,11 +592,29 @@ fn walkthrough_config_dir_starts_an_agent() {
     let out = stdout(&a.cli(&["members"]));
     let row: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
     let addr = format!("127.0.0.1:{serf_port}");
-    assert_eq!(row, ["consul01", addr.as_str(), "alive", "server", "0.1.0", "2", "ke-dc", "<all>"]);
+    assert_eq!(
+        row,
+        [
+            "consul01",
+            addr.as_str(),
+            "alive",
+            "server",
+            "0.1.0",
+            "2",
+            "ke-dc",
+            "<all>"
+        ]
+    );
     let leader = a.http("GET", "/v1/status/leader", b"").json();
     assert_eq!(leader, json!(format!("127.0.0.1:{server_port}")));
-    assert_eq!(stdout(&a.cli(&["kv", "put", "redis/config/connections", "5"])), "Success! Data written to: redis/config/connections\n");
-    assert_eq!(stdout(&a.cli(&["kv", "get", "redis/config/connections"])), "5\n");
+    assert_eq!(
+        stdout(&a.cli(&["kv", "put", "redis/config/connections", "5"])),
+        "Success! Data written to: redis/config/connections\n"
+    );
+    assert_eq!(
+        stdout(&a.cli(&["kv", "get", "redis/config/connections"])),
+        "5\n"
+    );
     // The gossip key is not shown back.
     let me = a.http("GET", "/v1/agent/self", b"").json();
     assert_eq!(me["DebugConfig"]["EncryptKey"], json!("hidden"));
@@ -384,10 +629,18 @@ fn syslog_and_json_logs() {
     let dir = temp_dir("syslog");
     let sock_path = dir.join("log.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let port = free_port();
     let child = Command::new(BIN)
-        .args(["agent", "-dev", &format!("-http-port={port}"), "-dns-port=-1", "-syslog", "-log-json"])
+        .args([
+            "agent",
+            "-dev",
+            &format!("-http-port={port}"),
+            "-dns-port=-1",
+            "-syslog",
+            "-log-json",
+        ])
         .env("TRIBUNE_SYSLOG_SOCKET", &sock_path)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -396,18 +649,38 @@ fn syslog_and_json_logs() {
     let mut a = Agent { child, port };
     a.wait_ready();
     let mut buf = [0u8; 4096];
-    let n = sock.recv(&mut buf).expect("a log line arrives on the syslog socket");
+    let n = sock
+        .recv(&mut buf)
+        .expect("a log line arrives on the syslog socket");
     let line = String::from_utf8_lossy(&buf[..n]).into_owned();
     assert!(line.starts_with("<134>tribune: {"), "{line}");
     a.http("PUT", "/v1/agent/leave", b"");
     let mut out = String::new();
-    a.child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-    let json_lines: Vec<Value> = out.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert!(json_lines.iter().any(|v| v["level"] == json!("INFO")), "{out}");
+    a.child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let json_lines: Vec<Value> = out
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        json_lines.iter().any(|v| v["level"] == json!("INFO")),
+        "{out}"
+    );
     // Without a syslog socket the agent warns and keeps going.
     let port = free_port();
     let child = Command::new(BIN)
-        .args(["agent", "-dev", &format!("-http-port={port}"), "-dns-port=-1", "-syslog"])
+        .args([
+            "agent",
+            "-dev",
+            &format!("-http-port={port}"),
+            "-dns-port=-1",
+            "-syslog",
+        ])
         .env("TRIBUNE_SYSLOG_SOCKET", dir.join("missing.sock"))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -417,29 +690,52 @@ fn syslog_and_json_logs() {
     a.wait_ready();
     a.http("PUT", "/v1/agent/leave", b"");
     let mut out = String::new();
-    a.child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    a.child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
     assert!(out.contains("missing.sock does not exist"), "{out}");
 }
 
 #[test]
 fn per_client_connection_cap() {
     let dir = temp_dir("conncap");
-    std::fs::write(dir.join("l.json"), r#"{"limits":{"http_max_conns_per_client":3}}"#).unwrap();
+    std::fs::write(
+        dir.join("l.json"),
+        r#"{"limits":{"http_max_conns_per_client":3}}"#,
+    )
+    .unwrap();
     let a = Agent::dev(&[&format!("-config-dir={}", dir.display())]);
     let mut held = Vec::new();
     for _ in 0..3 {
         use std::io::Write;
         let mut s = std::net::TcpStream::connect(("127.0.0.1", a.port)).unwrap();
-        s.write_all(b"GET /v1/kv/x?index=99&wait=1m HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        s.write_all(b"GET /v1/kv/x?index=99&wait=1m HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
         held.push(s);
     }
     let capped = eventually(Duration::from_secs(5), || {
         let r = try_http(a.port, "GET", "/v1/status/leader", b"").ok()?;
         (r.status == 429).then_some(r)
     });
-    assert!(capped.expect("a 4th connection is refused").text().contains("too many concurrent connections"));
+    assert!(capped
+        .expect("a 4th connection is refused")
+        .text()
+        .contains("too many concurrent connections"));
     drop(held);
-    assert!(eventually(Duration::from_secs(5), || (try_http(a.port, "GET", "/v1/status/leader", b"").ok()?.status == 200).then_some(())).is_some());
+    assert!(eventually(Duration::from_secs(5), || (try_http(
+        a.port,
+        "GET",
+        "/v1/status/leader",
+        b""
+    )
+    .ok()?
+    .status
+        == 200)
+        .then_some(()))
+    .is_some());
 }
 
 /// The same settings as `.hcl` files (the forms Consul's docs and packages use) and as `.json`

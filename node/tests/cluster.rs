@@ -20,9 +20,16 @@ struct Server {
 
 impl Server {
     fn start(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("agent.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("agent.log"))
+            .unwrap();
         let child = Command::new(BIN)
-            .args(["agent", &format!("-node=n{}", self.ip.rsplit('.').next().unwrap())])
+            .args([
+                "agent",
+                &format!("-node=n{}", self.ip.rsplit('.').next().unwrap()),
+            ])
             .arg(format!("-config-dir={}", self.dir.join("config").display()))
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
@@ -50,7 +57,9 @@ impl Drop for Server {
 }
 
 fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> Option<(u16, String)> {
-    common::try_http_at(addr, method, path, body).ok().map(|r| (r.status, r.text()))
+    common::try_http_at(addr, method, path, body)
+        .ok()
+        .map(|r| (r.status, r.text()))
 }
 
 /// Three servers on 127.0.<subnet>.1-3 (each test its own subnet: tests run in parallel).
@@ -59,7 +68,11 @@ fn cluster(name: &str, subnet: u8) -> Vec<Server> {
 }
 
 /// [`cluster`], with `edit(i, config)` changing server i's config first.
-fn cluster_with(name: &str, subnet: u8, edit: impl Fn(usize, &mut serde_json::Value)) -> Vec<Server> {
+fn cluster_with(
+    name: &str,
+    subnet: u8,
+    edit: impl Fn(usize, &mut serde_json::Value),
+) -> Vec<Server> {
     let key = keygen();
     let root = std::env::temp_dir().join(format!("tribune-cluster-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
@@ -83,7 +96,11 @@ fn cluster_with(name: &str, subnet: u8, edit: impl Fn(usize, &mut serde_json::Va
             });
             edit(i, &mut config);
             std::fs::write(dir.join("config/config.json"), config.to_string()).unwrap();
-            let mut s = Server { ip: ip.clone(), dir, child: None };
+            let mut s = Server {
+                ip: ip.clone(),
+                dir,
+                child: None,
+            };
             s.start();
             s
         })
@@ -92,7 +109,9 @@ fn cluster_with(name: &str, subnet: u8, edit: impl Fn(usize, &mut serde_json::Va
 
 /// The gossip key a server was configured with.
 fn gossip_key(s: &Server) -> String {
-    let c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(s.dir.join("config/config.json")).unwrap()).unwrap();
+    let c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(s.dir.join("config/config.json")).unwrap())
+            .unwrap();
     c["encrypt"].as_str().unwrap().to_string()
 }
 
@@ -102,7 +121,10 @@ fn keygen() -> String {
 }
 
 fn members(ip: &str) -> String {
-    let out = Command::new(BIN).args(["members", &format!("-http-addr={ip}:8500")]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["members", &format!("-http-addr={ip}:8500")])
+        .output()
+        .unwrap();
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -114,7 +136,10 @@ fn wait_alive(ip: &str, want: usize) -> String {
         if m.lines().filter(|l| l.contains(" alive ")).count() == want {
             return m;
         }
-        assert!(start.elapsed() < Duration::from_secs(20), "{want} alive members never showed on {ip}:\n{m}");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{want} alive members never showed on {ip}:\n{m}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -126,7 +151,10 @@ fn wait_leader(servers: &[Server], within: Duration) -> String {
         let views: Vec<Option<String>> = servers
             .iter()
             .filter(|s| s.child.is_some())
-            .map(|s| s.http("GET", "/v1/status/leader", b"").map(|(_, b)| b.trim().trim_matches('"').to_string()))
+            .map(|s| {
+                s.http("GET", "/v1/status/leader", b"")
+                    .map(|(_, b)| b.trim().trim_matches('"').to_string())
+            })
             .collect();
         if let Some(Some(first)) = views.first() {
             if !first.is_empty() && views.iter().all(|v| v.as_deref() == Some(first.as_str())) {
@@ -152,34 +180,60 @@ fn get_raw(s: &Server, key: &str, stale: bool) -> Option<String> {
 
 /// A Prometheus sample from `/v1/agent/metrics?format=prometheus`.
 fn metric(s: &Server, sample: &str) -> u64 {
-    let (_, text) = s.http("GET", "/v1/agent/metrics?format=prometheus", b"").unwrap();
+    let (_, text) = s
+        .http("GET", "/v1/agent/metrics?format=prometheus", b"")
+        .unwrap();
     text.lines()
-        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
+        .find_map(|l| {
+            l.strip_prefix(sample)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
         .unwrap_or_else(|| panic!("no {sample} in:\n{text}"))
 }
 
 /// `X-Consul-LastContact` of a stale read on `s`.
 fn last_contact(s: &Server) -> u64 {
-    let r = common::try_http_at(&format!("{}:8500", s.ip), "GET", "/v1/kv/redis/config/k0?stale", b"").unwrap();
-    r.header("X-Consul-LastContact").expect("X-Consul-LastContact").parse().unwrap()
+    let r = common::try_http_at(
+        &format!("{}:8500", s.ip),
+        "GET",
+        "/v1/kv/redis/config/k0?stale",
+        b"",
+    )
+    .unwrap();
+    r.header("X-Consul-LastContact")
+        .expect("X-Consul-LastContact")
+        .parse()
+        .unwrap()
 }
 
 fn leader_index(servers: &[Server], leader: &str) -> usize {
     let ip = leader.split(':').next().unwrap();
-    servers.iter().position(|s| s.ip == ip).expect("leader is one of ours")
+    servers
+        .iter()
+        .position(|s| s.ip == ip)
+        .expect("leader is one of ours")
 }
 
 #[test]
 fn three_servers_elect_replicate_survive_kill9_and_catch_up() {
     let mut servers = cluster("kill", 1);
     let leader = wait_leader(&servers, Duration::from_secs(20));
-    assert!(leader.ends_with(":8300"), "leader is a server RPC address: {leader}");
+    assert!(
+        leader.ends_with(":8300"),
+        "leader is a server RPC address: {leader}"
+    );
     // The walkthrough's `members` table, seen from every server.
     for s in &servers {
         let table = wait_alive(&s.ip, 3);
         let mut lines = table.lines();
         let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
-        assert_eq!(header, ["Node", "Address", "Status", "Type", "Build", "Protocol", "DC", "Segment"]);
+        assert_eq!(
+            header,
+            ["Node", "Address", "Status", "Type", "Build", "Protocol", "DC", "Segment"]
+        );
         for (row, peer) in lines.zip(&servers) {
             let cols: Vec<&str> = row.split_whitespace().collect();
             assert_eq!(cols[1], format!("{}:8301", peer.ip), "{table}");
@@ -194,35 +248,66 @@ fn three_servers_elect_replicate_survive_kill9_and_catch_up() {
     // Servers find each other on the WAN pool through the LAN (flood join).
     let start = Instant::now();
     let wan = loop {
-        let out = Command::new(BIN).args(["members", "-wan", &format!("-http-addr={}:8500", servers[0].ip)]).output().unwrap();
+        let out = Command::new(BIN)
+            .args([
+                "members",
+                "-wan",
+                &format!("-http-addr={}:8500", servers[0].ip),
+            ])
+            .output()
+            .unwrap();
         let table = String::from_utf8(out.stdout).unwrap();
         if table.lines().filter(|l| l.contains(" alive ")).count() == 3 {
             break table;
         }
-        assert!(start.elapsed() < Duration::from_secs(15), "the WAN pool never showed three servers:\n{table}");
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the WAN pool never showed three servers:\n{table}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     for s in &servers {
         let name = format!("n{}.ke-dc", s.ip.rsplit('.').next().unwrap());
-        assert!(wan.lines().any(|l| l.starts_with(&name) && l.contains(&format!("{}:8302", s.ip))), "{name}:\n{wan}");
+        assert!(
+            wan.lines()
+                .any(|l| l.starts_with(&name) && l.contains(&format!("{}:8302", s.ip))),
+            "{name}:\n{wan}"
+        );
     }
 
     // Writes through any server; reads through any other.
     for (i, s) in servers.iter().enumerate() {
-        assert!(put(s, &format!("redis/config/k{i}"), &format!("v{i}")), "write via {}", s.ip);
+        assert!(
+            put(s, &format!("redis/config/k{i}"), &format!("v{i}")),
+            "write via {}",
+            s.ip
+        );
     }
     for s in &servers {
         for i in 0..3 {
-            assert_eq!(get_raw(s, &format!("redis/config/k{i}"), false).as_deref(), Some(format!("v{i}").as_str()));
+            assert_eq!(
+                get_raw(s, &format!("redis/config/k{i}"), false).as_deref(),
+                Some(format!("v{i}").as_str())
+            );
         }
     }
 
     // Raft metrics: the leader counted its commits; followers hear from it often.
     let li = leader_index(&servers, &leader);
     assert!(metric(&servers[li], "consul_raft_commit_time_ms_count") >= 1);
-    assert_eq!(metric(&servers[li], "consul_raft_commit_time_ms_bucket{le=\"+Inf\"}"), metric(&servers[li], "consul_raft_commit_time_ms_count"));
+    assert_eq!(
+        metric(
+            &servers[li],
+            "consul_raft_commit_time_ms_bucket{le=\"+Inf\"}"
+        ),
+        metric(&servers[li], "consul_raft_commit_time_ms_count")
+    );
     assert_eq!(metric(&servers[li], "consul_raft_state_leader"), 1);
-    assert_eq!(last_contact(&servers[li]), 0, "the leader's last contact is 0");
+    assert_eq!(
+        last_contact(&servers[li]),
+        0,
+        "the leader's last contact is 0"
+    );
     // `Stats` of /v1/agent/self (what `tribune info` prints and exporters read).
     for (i, s) in servers.iter().enumerate() {
         let (_, body) = s.http("GET", "/v1/agent/self", b"").unwrap();
@@ -231,24 +316,42 @@ fn three_servers_elect_replicate_survive_kill9_and_catch_up() {
         assert_eq!(stats["serf_lan"]["members"], "3", "{stats}");
         assert_eq!(stats["serf_lan"]["encrypted"], "true", "{stats}");
         assert_eq!(stats["serf_wan"]["members"], "3", "{stats}");
-        assert_eq!(stats["raft"]["state"], if i == li { "Leader" } else { "Follower" }, "{stats}");
+        assert_eq!(
+            stats["raft"]["state"],
+            if i == li { "Leader" } else { "Follower" },
+            "{stats}"
+        );
         assert_eq!(stats["raft"]["num_peers"], "2", "{stats}");
     }
     // The Raft configuration names each server by its real Raft id (the `raft-id` file in
     // its data dir) and node name, all voters.
-    let (_, body) = servers[li].http("GET", "/v1/operator/raft/configuration", b"").unwrap();
+    let (_, body) = servers[li]
+        .http("GET", "/v1/operator/raft/configuration", b"")
+        .unwrap();
     let conf: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let listed = conf["Servers"].as_array().unwrap_or_else(|| panic!("{conf}"));
+    let listed = conf["Servers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{conf}"));
     assert_eq!(listed.len(), 3, "{conf}");
     for s in &servers {
-        let id = std::fs::read_to_string(s.dir.join("data/raft-id")).unwrap().trim().to_string();
+        let id = std::fs::read_to_string(s.dir.join("data/raft-id"))
+            .unwrap()
+            .trim()
+            .to_string();
         let name = format!("n{}", s.ip.rsplit('.').next().unwrap());
-        let entry = listed.iter().find(|e| e["ID"] == id.as_str()).unwrap_or_else(|| panic!("raft id {id} not in {conf}"));
+        let entry = listed
+            .iter()
+            .find(|e| e["ID"] == id.as_str())
+            .unwrap_or_else(|| panic!("raft id {id} not in {conf}"));
         assert_eq!(entry["Node"], name.as_str(), "{conf}");
         assert_eq!(entry["Voter"], true, "{conf}");
     }
     for (i, s) in servers.iter().enumerate().filter(|(i, _)| *i != li) {
-        assert!(last_contact(s) < 1_000, "follower {i} has not heard from the leader for {} ms", last_contact(s));
+        assert!(
+            last_contact(s) < 1_000,
+            "follower {i} has not heard from the leader for {} ms",
+            last_contact(s)
+        );
         assert!(metric(s, "consul_raft_leader_changes") >= 1);
     }
 
@@ -257,13 +360,23 @@ fn three_servers_elect_replicate_survive_kill9_and_catch_up() {
     let other = (li + 1) % 3;
     let killed_at = Instant::now();
     while !put(&servers[other], "after/kill", "1") {
-        assert!(killed_at.elapsed() < Duration::from_secs(15), "no write succeeded after the leader died");
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(15),
+            "no write succeeded after the leader died"
+        );
     }
     let new_leader = wait_leader(&servers, Duration::from_secs(15));
     assert_ne!(new_leader, leader);
     let ni = leader_index(&servers, &new_leader);
-    assert_eq!(metric(&servers[ni], "consul_raft_state_leader"), 1, "the new leader counted its election");
-    assert!(metric(&servers[ni], "consul_raft_leader_changes") >= 2, "the new leader saw two leaders");
+    assert_eq!(
+        metric(&servers[ni], "consul_raft_state_leader"),
+        1,
+        "the new leader counted its election"
+    );
+    assert!(
+        metric(&servers[ni], "consul_raft_leader_changes") >= 2,
+        "the new leader saw two leaders"
+    );
     for i in 0..20 {
         assert!(put(&servers[other], &format!("during/{i}"), "x"));
     }
@@ -277,7 +390,10 @@ fn three_servers_elect_replicate_survive_kill9_and_catch_up() {
         {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(20), "restarted server did not catch up");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "restarted server did not catch up"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 
@@ -285,12 +401,27 @@ fn three_servers_elect_replicate_survive_kill9_and_catch_up() {
     // in Consul): the other two keep serving.
     servers[li].kill9();
     let gone = format!("{}:8300", servers[li].ip);
-    let (status, body) = servers[other].http("DELETE", &format!("/v1/operator/raft/peer?address={gone}"), b"").unwrap();
+    let (status, body) = servers[other]
+        .http(
+            "DELETE",
+            &format!("/v1/operator/raft/peer?address={gone}"),
+            b"",
+        )
+        .unwrap();
     assert_eq!(status, 200, "{body}");
     let (_, peers) = servers[other].http("GET", "/v1/status/peers", b"").unwrap();
-    assert!(!peers.contains(&gone) && peers.matches(":8300").count() == 2, "{peers}");
+    assert!(
+        !peers.contains(&gone) && peers.matches(":8300").count() == 2,
+        "{peers}"
+    );
     assert!(put(&servers[other], "after/remove", "1"));
-    let (status, _) = servers[other].http("DELETE", "/v1/operator/raft/peer?address=10.9.9.9:8300", b"").unwrap();
+    let (status, _) = servers[other]
+        .http(
+            "DELETE",
+            "/v1/operator/raft/peer?address=10.9.9.9:8300",
+            b"",
+        )
+        .unwrap();
     assert_eq!(status, 500, "an unknown peer is an error");
 }
 
@@ -299,7 +430,10 @@ fn acknowledged_writes_survive_kill9_of_every_server() {
     let mut servers = cluster("power", 2);
     wait_leader(&servers, Duration::from_secs(20));
     for i in 0..100 {
-        assert!(put(&servers[i % 3], &format!("durable/{i:03}"), &i.to_string()), "write {i}");
+        assert!(
+            put(&servers[i % 3], &format!("durable/{i:03}"), &i.to_string()),
+            "write {i}"
+        );
     }
     // Power loss: every server dies at once, then all come back.
     servers.iter_mut().for_each(Server::kill9);
@@ -309,7 +443,10 @@ fn acknowledged_writes_survive_kill9_of_every_server() {
         let key = format!("durable/{i:03}");
         let start = Instant::now();
         while get_raw(&servers[0], &key, false).as_deref() != Some(i.to_string().as_str()) {
-            assert!(start.elapsed() < Duration::from_secs(10), "acknowledged write {key} lost");
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "acknowledged write {key} lost"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -328,29 +465,50 @@ fn a_node_with_the_wrong_encrypt_key_never_gets_in() {
         "retry_join": [servers[0].ip.clone()], "ports": { "dns": -1 },
     });
     std::fs::write(dir.join("config/config.json"), config.to_string()).unwrap();
-    let mut intruder = Server { ip: "127.0.3.9".into(), dir, child: None };
+    let mut intruder = Server {
+        ip: "127.0.3.9".into(),
+        dir,
+        child: None,
+    };
     intruder.start();
     // Give it several join retries and gossip rounds.
     std::thread::sleep(Duration::from_secs(4));
     for s in &servers {
         let table = members(&s.ip);
-        assert!(!table.contains("127.0.3.9"), "the intruder appears on {}:\n{table}", s.ip);
+        assert!(
+            !table.contains("127.0.3.9"),
+            "the intruder appears on {}:\n{table}",
+            s.ip
+        );
     }
     let own = members("127.0.3.9");
-    assert_eq!(own.lines().count(), 2, "the intruder sees only itself:\n{own}");
+    assert_eq!(
+        own.lines().count(),
+        2,
+        "the intruder sees only itself:\n{own}"
+    );
     // Its packets were dropped and counted, not obeyed.
-    let (_, metrics) = servers[0].http("GET", "/v1/agent/metrics?format=prometheus", b"").unwrap();
+    let (_, metrics) = servers[0]
+        .http("GET", "/v1/agent/metrics?format=prometheus", b"")
+        .unwrap();
     let dropped: u64 = metrics
         .lines()
-        .filter(|l| l.starts_with("consul_serf_packets_dropped{pool=\"lan\",reason=\"decrypt_failed\"}"))
+        .filter(|l| {
+            l.starts_with("consul_serf_packets_dropped{pool=\"lan\",reason=\"decrypt_failed\"}")
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum();
     assert!(dropped > 0, "no dropped packets counted:\n{metrics}");
-    assert!(metrics.contains("consul_serf_members{pool=\"lan\",state=\"alive\"} 3"), "{metrics}");
+    assert!(
+        metrics.contains("consul_serf_members{pool=\"lan\",state=\"alive\"} 3"),
+        "{metrics}"
+    );
 }
 
 fn peers(s: &Server) -> String {
-    s.http("GET", "/v1/status/peers", b"").map(|(_, b)| b).unwrap_or_default()
+    s.http("GET", "/v1/status/peers", b"")
+        .map(|(_, b)| b)
+        .unwrap_or_default()
 }
 
 /// Wait until `s` reports `want` Raft peers and return them.
@@ -361,7 +519,11 @@ fn wait_peers(s: &Server, want: usize, within: Duration) -> String {
         if p.matches(":8300").count() == want {
             return p;
         }
-        assert!(start.elapsed() < within, "{want} peers never showed on {}: {p}", s.ip);
+        assert!(
+            start.elapsed() < within,
+            "{want} peers never showed on {}: {p}",
+            s.ip
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -378,26 +540,46 @@ fn graceful_leave_shrinks_the_cluster_and_a_restart_rejoins() {
     let fi = (li + 1) % 3;
     let other = (li + 2) % 3;
 
-    let out = Command::new(BIN).args(["leave", &format!("-http-addr={}:8500", servers[fi].ip)]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["leave", &format!("-http-addr={}:8500", servers[fi].ip)])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("Graceful leave complete"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Graceful leave complete"),
+        "{out:?}"
+    );
     let status = servers[fi].child.as_mut().unwrap().wait().unwrap();
-    assert!(status.success(), "the agent exits 0 after a leave: {status}");
+    assert!(
+        status.success(),
+        "the agent exits 0 after a leave: {status}"
+    );
     servers[fi].child = None;
     let p = wait_peers(&servers[li], 2, Duration::from_secs(10));
     assert!(!p.contains(&servers[fi].ip), "{p}");
     let table = members(&servers[li].ip);
-    assert!(table.lines().any(|l| l.contains(&servers[fi].ip) && l.contains(" left ")), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains(&servers[fi].ip) && l.contains(" left ")),
+        "{table}"
+    );
     assert!(put(&servers[other], "while/away", "1"));
 
     // Restart: it rejoins, becomes a voter again and catches up.
     servers[fi].start();
     let p = wait_peers(&servers[li], 3, Duration::from_secs(20));
     assert!(p.contains(&servers[fi].ip), "{p}");
-    assert_eq!(get_raw(&servers[fi], "while/away", false).as_deref(), Some("1"));
+    assert_eq!(
+        get_raw(&servers[fi], "while/away", false).as_deref(),
+        Some("1")
+    );
 
     // The leader leaves: one of the two others leads, and the cluster keeps writing.
-    let out = Command::new(BIN).args(["leave", &format!("-http-addr={}:8500", servers[li].ip)]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["leave", &format!("-http-addr={}:8500", servers[li].ip)])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{out:?}");
     servers[li].child.as_mut().unwrap().wait().unwrap();
     servers[li].child = None;
@@ -420,7 +602,9 @@ fn mismatched_bootstrap_expect_never_elects() {
     wait_alive(&servers[0].ip, 3);
     std::thread::sleep(Duration::from_secs(4));
     for s in &servers {
-        let leader = s.http("GET", "/v1/status/leader", b"").map(|(_, b)| b.trim().to_string());
+        let leader = s
+            .http("GET", "/v1/status/leader", b"")
+            .map(|(_, b)| b.trim().to_string());
         assert_eq!(leader.as_deref(), Some("\"\""), "{} elected a leader", s.ip);
     }
     let log = std::fs::read_to_string(servers[2].dir.join("agent.log")).unwrap();
@@ -433,7 +617,10 @@ fn mismatched_bootstrap_expect_never_elects() {
 fn a_client_agent_forwards_to_the_servers() {
     let servers = cluster("client", 6);
     let leader = wait_leader(&servers, Duration::from_secs(20));
-    let dir = std::env::temp_dir().join(format!("tribune-cluster-client-agent-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "tribune-cluster-client-agent-{}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("config")).unwrap();
     let fired = dir.join("fired.json");
@@ -447,26 +634,63 @@ fn a_client_agent_forwards_to_the_servers() {
                      "args": ["sh", "-c", format!("cat > {}.tmp && mv {}.tmp {}", fired.display(), fired.display(), fired.display())]}],
     });
     std::fs::write(dir.join("config/config.json"), config.to_string()).unwrap();
-    let mut client = Server { ip: "127.0.6.4".into(), dir, child: None };
+    let mut client = Server {
+        ip: "127.0.6.4".into(),
+        dir,
+        child: None,
+    };
     client.start();
     wait_alive(&client.ip, 4);
 
-    let out = Command::new(BIN).args(["kv", "put", "-http-addr=127.0.6.4:8500", "via/client", "hello"]).output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "Success! Data written to: via/client\n", "{out:?}");
-    assert_eq!(get_raw(&servers[0], "via/client", false).as_deref(), Some("hello"));
+    let out = Command::new(BIN)
+        .args([
+            "kv",
+            "put",
+            "-http-addr=127.0.6.4:8500",
+            "via/client",
+            "hello",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "Success! Data written to: via/client\n",
+        "{out:?}"
+    );
+    assert_eq!(
+        get_raw(&servers[0], "via/client", false).as_deref(),
+        Some("hello")
+    );
     let r = common::try_http_at("127.0.6.4:8500", "GET", "/v1/kv/via/client", b"").unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("X-Consul-KnownLeader"), Some("true"));
-    assert_eq!(client.http("GET", "/v1/status/leader", b"").unwrap().1.trim(), format!("\"{leader}\""));
+    assert_eq!(
+        client
+            .http("GET", "/v1/status/leader", b"")
+            .unwrap()
+            .1
+            .trim(),
+        format!("\"{leader}\"")
+    );
 
     // A blocking query through the client wakes on a write through a server.
     let index = r.index();
-    let waiter = std::thread::spawn(move || http("127.0.6.4:8500", "GET", &format!("/v1/kv/via/client?index={index}&wait=20s&raw"), b""));
+    let waiter = std::thread::spawn(move || {
+        http(
+            "127.0.6.4:8500",
+            "GET",
+            &format!("/v1/kv/via/client?index={index}&wait=20s&raw"),
+            b"",
+        )
+    });
     std::thread::sleep(Duration::from_millis(500));
     assert!(put(&servers[1], "via/client", "again"));
     let woke = Instant::now();
     assert_eq!(waiter.join().unwrap(), Some((200, "again".to_string())));
-    assert!(woke.elapsed() < Duration::from_secs(5), "the blocking query did not wake on the write");
+    assert!(
+        woke.elapsed() < Duration::from_secs(5),
+        "the blocking query did not wake on the write"
+    );
 
     // The client's own config watch fires on a write through a server.
     assert!(put(&servers[2], "via/watched", "7"));
@@ -477,27 +701,56 @@ fn a_client_agent_forwards_to_the_servers() {
                 break;
             }
         }
-        assert!(start.elapsed() < Duration::from_secs(10), "the client's watch never fired with the value");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the client's watch never fired with the value"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 
     // Too large a value: 413, nothing stored.
     let big = vec![b'x'; 512 * 1024 + 1];
-    assert_eq!(client.http("PUT", "/v1/kv/via/big", &big).map(|(s, _)| s), Some(413));
+    assert_eq!(
+        client.http("PUT", "/v1/kv/via/big", &big).map(|(s, _)| s),
+        Some(413)
+    );
     assert_eq!(get_raw(&servers[0], "via/big", false), None);
 
     // A server runs at most 256 forwarded requests at once: 300 long-polls through the
     // client (which sticks to one server) get 429s beyond that, and the cluster keeps
     // writing meanwhile.
-    let index = common::try_http_at("127.0.6.4:8500", "GET", "/v1/kv/via/client", b"").unwrap().index();
+    let index = common::try_http_at("127.0.6.4:8500", "GET", "/v1/kv/via/client", b"")
+        .unwrap()
+        .index();
     let polls: Vec<_> = (0..300)
-        .map(|_| std::thread::spawn(move || http("127.0.6.4:8500", "GET", &format!("/v1/kv/via/client?index={index}&wait=4s"), b"")))
+        .map(|_| {
+            std::thread::spawn(move || {
+                http(
+                    "127.0.6.4:8500",
+                    "GET",
+                    &format!("/v1/kv/via/client?index={index}&wait=4s"),
+                    b"",
+                )
+            })
+        })
         .collect();
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(put(&servers[0], "during/polls", "1"), "writes go on under 300 long-polls");
-    let replies: Vec<(u16, String)> = polls.into_iter().map(|p| p.join().unwrap().unwrap_or_default()).collect();
-    let busy = replies.iter().filter(|(s, b)| *s == 429 && b.contains("too many forwarded requests")).count();
-    assert!(busy > 0 && replies.iter().all(|(s, _)| *s == 200 || *s == 429), "{replies:?}");
+    assert!(
+        put(&servers[0], "during/polls", "1"),
+        "writes go on under 300 long-polls"
+    );
+    let replies: Vec<(u16, String)> = polls
+        .into_iter()
+        .map(|p| p.join().unwrap().unwrap_or_default())
+        .collect();
+    let busy = replies
+        .iter()
+        .filter(|(s, b)| *s == 429 && b.contains("too many forwarded requests"))
+        .count();
+    assert!(
+        busy > 0 && replies.iter().all(|(s, _)| *s == 200 || *s == 429),
+        "{replies:?}"
+    );
 }
 
 /// The gossip snapshot: an agent joined by hand (`tribune join`, no join addresses in its
@@ -507,7 +760,10 @@ fn a_client_agent_forwards_to_the_servers() {
 fn the_gossip_snapshot_rejoins_after_a_crash_but_not_after_a_leave() {
     let servers = cluster("snapshot", 7);
     wait_leader(&servers, Duration::from_secs(20));
-    let dir = std::env::temp_dir().join(format!("tribune-cluster-snapshot-agent-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "tribune-cluster-snapshot-agent-{}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("config")).unwrap();
     let key = gossip_key(&servers[0]);
@@ -516,10 +772,17 @@ fn the_gossip_snapshot_rejoins_after_a_crash_but_not_after_a_leave() {
         "data_dir": dir.join("data"), "encrypt": key, "server": false, "ports": { "dns": -1 },
     });
     std::fs::write(dir.join("config/config.json"), config.to_string()).unwrap();
-    let mut agent = Server { ip: "127.0.7.4".into(), dir: dir.clone(), child: None };
+    let mut agent = Server {
+        ip: "127.0.7.4".into(),
+        dir: dir.clone(),
+        child: None,
+    };
     agent.start();
     std::thread::sleep(Duration::from_secs(1));
-    let out = Command::new(BIN).args(["join", "-http-addr=127.0.7.4:8500", &servers[0].ip]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["join", "-http-addr=127.0.7.4:8500", &servers[0].ip])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{out:?}");
     wait_alive(&agent.ip, 4);
     std::thread::sleep(Duration::from_secs(6)); // a snapshot is written
@@ -531,27 +794,51 @@ fn the_gossip_snapshot_rejoins_after_a_crash_but_not_after_a_leave() {
 
     // A graceful leave: it stays alone when restarted...
     std::thread::sleep(Duration::from_secs(1));
-    let out = Command::new(BIN).args(["leave", "-http-addr=127.0.7.4:8500"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["leave", "-http-addr=127.0.7.4:8500"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{out:?}");
     agent.child.as_mut().unwrap().wait().unwrap();
     agent.child = None;
     agent.start();
     std::thread::sleep(Duration::from_secs(4));
     let own = members(&agent.ip);
-    assert_eq!(own.lines().filter(|l| l.contains(" alive ")).count(), 1, "it rejoined after a leave:\n{own}");
+    assert_eq!(
+        own.lines().filter(|l| l.contains(" alive ")).count(),
+        1,
+        "it rejoined after a leave:\n{own}"
+    );
     agent.kill9();
 
     // ...unless told to rejoin.
-    let log = std::fs::OpenOptions::new().append(true).open(dir.join("agent.log")).unwrap();
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.join("agent.log"))
+        .unwrap();
     let mut child = Command::new(BIN)
-        .args(["agent", "-node=n4", "-rejoin", &format!("-config-dir={}", dir.join("config").display())])
+        .args([
+            "agent",
+            "-node=n4",
+            "-rejoin",
+            &format!("-config-dir={}", dir.join("config").display()),
+        ])
         .stdout(Stdio::from(log.try_clone().unwrap()))
         .stderr(Stdio::from(log))
         .spawn()
         .unwrap();
     let start = Instant::now();
-    while members(&agent.ip).lines().filter(|l| l.contains(" alive ")).count() != 4 {
-        assert!(start.elapsed() < Duration::from_secs(20), "-rejoin did not rejoin:\n{}", members(&agent.ip));
+    while members(&agent.ip)
+        .lines()
+        .filter(|l| l.contains(" alive "))
+        .count()
+        != 4
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "-rejoin did not rejoin:\n{}",
+            members(&agent.ip)
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     child.kill().ok();

@@ -33,7 +33,11 @@ fn free_dns_port() -> u16 {
 /// A `-dev` agent named n1, advertising 127.0.0.42, with DNS on a free port, plus `extra`.
 fn dev(extra: &[&str]) -> (Agent, u16) {
     let dns = free_dns_port();
-    let mut args = vec!["-node=n1".to_string(), "-advertise=127.0.0.42".to_string(), format!("-dns-port={dns}")];
+    let mut args = vec![
+        "-node=n1".to_string(),
+        "-advertise=127.0.0.42".to_string(),
+        format!("-dns-port={dns}"),
+    ];
     args.extend(extra.iter().map(|s| s.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     (Agent::dev(&args), dns)
@@ -100,7 +104,9 @@ fn a_records(records: &[Record]) -> Vec<IpAddr> {
 /// The zone's SOA as the only authority record, as Consul sends with NXDOMAIN and NODATA.
 fn assert_soa(m: &Message, domain: &str) {
     assert_eq!(m.authorities.len(), 1, "{m:?}");
-    let RData::SOA(soa) = &m.authorities[0].data else { panic!("no SOA in {m:?}") };
+    let RData::SOA(soa) = &m.authorities[0].data else {
+        panic!("no SOA in {m:?}")
+    };
     assert_eq!(m.authorities[0].name.to_ascii(), format!("{domain}."));
     assert_eq!(soa.mname.to_ascii(), format!("ns.{domain}."));
     assert_eq!(soa.rname.to_ascii(), format!("hostmaster.{domain}."));
@@ -110,17 +116,30 @@ fn assert_soa(m: &Message, domain: &str) {
 fn node_lookups_by_name_datacenter_and_case() {
     let (_a, dns) = dev(&["-datacenter=west"]);
     let ip: IpAddr = "127.0.0.42".parse().unwrap();
-    for name in ["n1.node.consul.", "n1.node.west.consul.", "N1.NODE.West.CONSUL."] {
+    for name in [
+        "n1.node.consul.",
+        "n1.node.west.consul.",
+        "N1.NODE.West.CONSUL.",
+    ] {
         let r = ask(dns, name, RecordType::A);
         assert_eq!(r.metadata.response_code, ResponseCode::NoError, "{name}");
         assert!(r.metadata.authoritative, "{name}");
         assert_eq!(a_records(&r.answers), vec![ip], "{name}");
-        assert_eq!((r.answers[0].ttl, r.answers[0].name.to_ascii()), (0, name.to_string()));
+        assert_eq!(
+            (r.answers[0].ttl, r.answers[0].name.to_ascii()),
+            (0, name.to_string())
+        );
     }
-    assert_eq!(a_records(&ask(dns, "n1.node.consul.", RecordType::ANY).answers), vec![ip]);
+    assert_eq!(
+        a_records(&ask(dns, "n1.node.consul.", RecordType::ANY).answers),
+        vec![ip]
+    );
     // AAAA for an IPv4 node: the name exists, no records.
     let r = ask(dns, "n1.node.consul.", RecordType::AAAA);
-    assert_eq!((r.metadata.response_code, r.answers.len()), (ResponseCode::NoError, 0));
+    assert_eq!(
+        (r.metadata.response_code, r.answers.len()),
+        (ResponseCode::NoError, 0)
+    );
     assert_soa(&r, "consul");
     // Unknown node, another datacenter, a name without a kind: NXDOMAIN with the SOA.
     for name in ["n2.node.consul.", "n1.node.east.consul.", "n1.consul."] {
@@ -134,9 +153,16 @@ fn node_lookups_by_name_datacenter_and_case() {
     q.set_edns(Edns::new());
     assert!(udp(dns, &q).edns.is_some());
     // TCP: two queries on one connection, answered in order.
-    let frames = [query("n1.node.west.consul.", RecordType::A), query("nope.node.consul.", RecordType::A)].map(|q| q.to_vec().unwrap());
+    let frames = [
+        query("n1.node.west.consul.", RecordType::A),
+        query("nope.node.consul.", RecordType::A),
+    ]
+    .map(|q| q.to_vec().unwrap());
     let r = tcp(dns, &frames, 2);
-    assert_eq!((r[0].metadata.response_code, a_records(&r[0].answers)), (ResponseCode::NoError, vec![ip]));
+    assert_eq!(
+        (r[0].metadata.response_code, a_records(&r[0].answers)),
+        (ResponseCode::NoError, vec![ip])
+    );
     assert_eq!(r[1].metadata.response_code, ResponseCode::NXDomain);
 }
 
@@ -145,21 +171,49 @@ fn consul_service_a_and_srv() {
     let server_port = free_port();
     let (_a, dns) = dev(&[&format!("-server-port={server_port}")]);
     let ip: IpAddr = "127.0.0.42".parse().unwrap();
-    for name in ["consul.service.consul.", "consul.service.dc1.consul.", "CONSUL.Service.Consul."] {
+    for name in [
+        "consul.service.consul.",
+        "consul.service.dc1.consul.",
+        "CONSUL.Service.Consul.",
+    ] {
         let r = ask(dns, name, RecordType::A);
-        assert_eq!((r.metadata.response_code, a_records(&r.answers)), (ResponseCode::NoError, vec![ip]), "{name}");
+        assert_eq!(
+            (r.metadata.response_code, a_records(&r.answers)),
+            (ResponseCode::NoError, vec![ip]),
+            "{name}"
+        );
     }
-    for name in ["consul.service.consul.", "_consul._tcp.service.consul.", "_consul._tcp.consul."] {
+    for name in [
+        "consul.service.consul.",
+        "_consul._tcp.service.consul.",
+        "_consul._tcp.consul.",
+    ] {
         let r = ask(dns, name, RecordType::SRV);
         assert_eq!(r.metadata.response_code, ResponseCode::NoError, "{name}");
-        let [answer] = r.answers.as_slice() else { panic!("{r:?}") };
-        let RData::SRV(srv) = &answer.data else { panic!("{r:?}") };
+        let [answer] = r.answers.as_slice() else {
+            panic!("{r:?}")
+        };
+        let RData::SRV(srv) = &answer.data else {
+            panic!("{r:?}")
+        };
         assert_eq!((srv.priority, srv.weight, srv.port), (1, 1, server_port));
         assert_eq!(srv.target.to_ascii(), "n1.node.dc1.consul.");
-        let [extra] = r.additionals.as_slice() else { panic!("{r:?}") };
-        assert_eq!((extra.name.to_ascii(), &extra.data), ("n1.node.dc1.consul.".to_string(), &RData::A(A("127.0.0.42".parse().unwrap()))));
+        let [extra] = r.additionals.as_slice() else {
+            panic!("{r:?}")
+        };
+        assert_eq!(
+            (extra.name.to_ascii(), &extra.data),
+            (
+                "n1.node.dc1.consul.".to_string(),
+                &RData::A(A("127.0.0.42".parse().unwrap()))
+            )
+        );
     }
-    for name in ["web.service.consul.", "primary.consul.service.consul.", "consul.service.dc2.consul."] {
+    for name in [
+        "web.service.consul.",
+        "primary.consul.service.consul.",
+        "consul.service.dc2.consul.",
+    ] {
         let r = ask(dns, name, RecordType::A);
         assert_eq!(r.metadata.response_code, ResponseCode::NXDomain, "{name}");
         assert_soa(&r, "consul");
@@ -170,18 +224,46 @@ fn consul_service_a_and_srv() {
 fn soa_ns_refused_and_a_configured_domain() {
     let (_a, dns) = dev(&["-domain=Tribune"]);
     let r = ask(dns, "tribune.", RecordType::SOA);
-    assert_eq!((r.metadata.response_code, r.metadata.authoritative), (ResponseCode::NoError, true));
-    let RData::SOA(soa) = &r.answers[0].data else { panic!("{r:?}") };
-    assert_eq!((soa.mname.to_ascii(), soa.rname.to_ascii(), soa.minimum), ("ns.tribune.".to_string(), "hostmaster.tribune.".to_string(), 0));
+    assert_eq!(
+        (r.metadata.response_code, r.metadata.authoritative),
+        (ResponseCode::NoError, true)
+    );
+    let RData::SOA(soa) = &r.answers[0].data else {
+        panic!("{r:?}")
+    };
+    assert_eq!(
+        (soa.mname.to_ascii(), soa.rname.to_ascii(), soa.minimum),
+        (
+            "ns.tribune.".to_string(),
+            "hostmaster.tribune.".to_string(),
+            0
+        )
+    );
     let r = ask(dns, "tribune.", RecordType::NS);
-    let RData::NS(ns) = &r.answers[0].data else { panic!("{r:?}") };
+    let RData::NS(ns) = &r.answers[0].data else {
+        panic!("{r:?}")
+    };
     assert_eq!(ns.0.to_ascii(), "n1.node.dc1.tribune.");
-    assert_eq!(a_records(&r.additionals), vec!["127.0.0.42".parse::<IpAddr>().unwrap()]);
-    assert_eq!(a_records(&ask(dns, "n1.node.tribune.", RecordType::A).answers), vec!["127.0.0.42".parse::<IpAddr>().unwrap()]);
+    assert_eq!(
+        a_records(&r.additionals),
+        vec!["127.0.0.42".parse::<IpAddr>().unwrap()]
+    );
+    assert_eq!(
+        a_records(&ask(dns, "n1.node.tribune.", RecordType::A).answers),
+        vec!["127.0.0.42".parse::<IpAddr>().unwrap()]
+    );
     // Outside the domain (the default one included): refused, not authoritative.
     for name in ["n1.node.consul.", "example.com.", "tribune.example.com."] {
         let r = ask(dns, name, RecordType::A);
-        assert_eq!((r.metadata.response_code, r.metadata.authoritative, r.answers.len()), (ResponseCode::Refused, false, 0), "{name}");
+        assert_eq!(
+            (
+                r.metadata.response_code,
+                r.metadata.authoritative,
+                r.answers.len()
+            ),
+            (ResponseCode::Refused, false, 0),
+            "{name}"
+        );
     }
 }
 
@@ -201,19 +283,48 @@ fn gauge(a: &Agent, name: &str, label: (&str, &str)) -> f64 {
 #[test]
 fn garbage_is_dropped_counted_and_answering_goes_on() {
     let (a, dns) = dev(&[]);
-    assert_eq!(gauge(&a, "consul.dns.dropped", ("reason", "malformed")), 0.0);
+    assert_eq!(
+        gauge(&a, "consul.dns.dropped", ("reason", "malformed")),
+        0.0
+    );
     // UDP: no reply to garbage, then a normal answer.
-    assert_eq!(udp_raw(dns, b"\x13\x37not a dns message", Duration::from_millis(500)), None);
-    assert_eq!(a_records(&ask(dns, "n1.node.consul.", RecordType::A).answers).len(), 1);
+    assert_eq!(
+        udp_raw(
+            dns,
+            b"\x13\x37not a dns message",
+            Duration::from_millis(500)
+        ),
+        None
+    );
+    assert_eq!(
+        a_records(&ask(dns, "n1.node.consul.", RecordType::A).answers).len(),
+        1
+    );
     // TCP: a garbage frame is skipped and the next query on the connection answered.
-    let r = tcp(dns, &[b"\xff\xff\xff".to_vec(), query("n1.node.consul.", RecordType::A).to_vec().unwrap()], 1);
+    let r = tcp(
+        dns,
+        &[
+            b"\xff\xff\xff".to_vec(),
+            query("n1.node.consul.", RecordType::A).to_vec().unwrap(),
+        ],
+        1,
+    );
     assert_eq!(a_records(&r[0].answers).len(), 1);
-    assert_eq!(gauge(&a, "consul.dns.dropped", ("reason", "malformed")), 2.0);
+    assert_eq!(
+        gauge(&a, "consul.dns.dropped", ("reason", "malformed")),
+        2.0
+    );
     assert_eq!(gauge(&a, "consul.dns.queries", ("rcode", "NOERROR")), 2.0);
     ask(dns, "missing.node.consul.", RecordType::A);
     ask(dns, "example.com.", RecordType::A);
-    let prom = a.http("GET", "/v1/agent/metrics?format=prometheus", b"").text();
-    for line in ["consul_dns_dropped{reason=\"malformed\"} 2", "consul_dns_queries{rcode=\"NXDOMAIN\"} 1", "consul_dns_queries{rcode=\"REFUSED\"} 1"] {
+    let prom = a
+        .http("GET", "/v1/agent/metrics?format=prometheus", b"")
+        .text();
+    for line in [
+        "consul_dns_dropped{reason=\"malformed\"} 2",
+        "consul_dns_queries{rcode=\"NXDOMAIN\"} 1",
+        "consul_dns_queries{rcode=\"REFUSED\"} 1",
+    ] {
         assert!(prom.lines().any(|l| l == line), "no {line} in:\n{prom}");
     }
 }
@@ -223,16 +334,30 @@ fn listening(pid: u32) -> (Vec<u16>, Vec<u16>) {
     let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
         .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-        .filter_map(|l| l.to_str()?.strip_prefix("socket:[")?.strip_suffix(']').map(str::to_string))
+        .filter_map(|l| {
+            l.to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')
+                .map(str::to_string)
+        })
         .collect();
     let ports = |files: &[&str], state: &str| -> Vec<u16> {
         let mut out: Vec<u16> = files
             .iter()
-            .flat_map(|f| std::fs::read_to_string(format!("/proc/net/{f}")).unwrap_or_default().lines().skip(1).map(str::to_string).collect::<Vec<_>>())
+            .flat_map(|f| {
+                std::fs::read_to_string(format!("/proc/net/{f}"))
+                    .unwrap_or_default()
+                    .lines()
+                    .skip(1)
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
             .filter_map(|l| {
                 let cols: Vec<&str> = l.split_whitespace().collect();
                 let port = u16::from_str_radix(cols.get(1)?.rsplit(':').next()?, 16).ok()?;
-                (cols.get(3) == Some(&state) && inodes.iter().any(|i| Some(&i.as_str()) == cols.get(9))).then_some(port)
+                (cols.get(3) == Some(&state)
+                    && inodes.iter().any(|i| Some(&i.as_str()) == cols.get(9)))
+                .then_some(port)
             })
             .collect();
         out.sort();
@@ -271,38 +396,64 @@ fn gossip_members_are_answered_while_alive() {
             format!("-serf-wan-port={}", free_port()),
         ];
         if server {
-            args.extend(["-server".to_string(), "-bootstrap".to_string(), "-node=s1".to_string()]);
+            args.extend([
+                "-server".to_string(),
+                "-bootstrap".to_string(),
+                "-node=s1".to_string(),
+            ]);
         } else {
             args.push("-node=c1".to_string());
         }
         (args, http, dns)
     };
     let spawn = |args: &[String], http: u16| {
-        let child = std::process::Command::new(BIN).args(args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+        let child = std::process::Command::new(BIN)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
         let mut a = Agent { child, port: http };
         a.wait_ready();
         a
     };
     let (server_args, server_http, server_dns) = ports("127.0.21.1", true);
     let _server = spawn(&server_args, server_http);
-    let serf = server_args.iter().find_map(|a| a.strip_prefix("-serf-lan-port=")).unwrap().to_string();
+    let serf = server_args
+        .iter()
+        .find_map(|a| a.strip_prefix("-serf-lan-port="))
+        .unwrap()
+        .to_string();
     let (mut client_args, client_http, client_dns) = ports("127.0.21.2", false);
     client_args.push(format!("-retry-join=127.0.21.1:{serf}"));
     let client = spawn(&client_args, client_http);
 
     let c1: IpAddr = "127.0.21.2".parse().unwrap();
     let s1: IpAddr = "127.0.21.1".parse().unwrap();
-    let joined = eventually(Duration::from_secs(15), || (a_records(&ask(server_dns, "c1.node.consul.", RecordType::A).answers) == vec![c1]).then_some(()));
+    let joined = eventually(Duration::from_secs(15), || {
+        (a_records(&ask(server_dns, "c1.node.consul.", RecordType::A).answers) == vec![c1])
+            .then_some(())
+    });
     assert!(joined.is_some(), "the server never answered for the client");
     // Only servers are the consul service; a client learns them from gossip.
     for dns in [server_dns, client_dns] {
-        assert_eq!(a_records(&ask(dns, "consul.service.consul.", RecordType::A).answers), vec![s1]);
-        assert_eq!(a_records(&ask(dns, "s1.node.consul.", RecordType::A).answers), vec![s1]);
+        assert_eq!(
+            a_records(&ask(dns, "consul.service.consul.", RecordType::A).answers),
+            vec![s1]
+        );
+        assert_eq!(
+            a_records(&ask(dns, "s1.node.consul.", RecordType::A).answers),
+            vec![s1]
+        );
     }
     // After the client leaves it is no longer answered.
     client.http("PUT", "/v1/agent/leave", b"");
     let gone = eventually(Duration::from_secs(15), || {
-        (ask(server_dns, "c1.node.consul.", RecordType::A).metadata.response_code == ResponseCode::NXDomain).then_some(())
+        (ask(server_dns, "c1.node.consul.", RecordType::A)
+            .metadata
+            .response_code
+            == ResponseCode::NXDomain)
+            .then_some(())
     });
     assert!(gone.is_some(), "a member that left is still answered");
 }

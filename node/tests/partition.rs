@@ -29,11 +29,18 @@ struct Net {
 }
 
 fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip").args(args).output().map_err(|e| format!("ip: {e}"))?;
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
 
@@ -54,17 +61,38 @@ impl Net {
         let tag = format!("tb{}", std::process::id() % 100_000);
         let root = std::env::temp_dir().join(format!("tribune-partition-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
-        let net = Net { bridge: format!("{tag}br"), tag, children: Vec::new(), root };
+        let net = Net {
+            bridge: format!("{tag}br"),
+            tag,
+            children: Vec::new(),
+            root,
+        };
         ip(&["link", "add", &net.bridge, "type", "bridge"])?;
-        ip(&["addr", "add", &format!("{SUBNET}.254/24"), "dev", &net.bridge])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("{SUBNET}.254/24"),
+            "dev",
+            &net.bridge,
+        ])?;
         ip(&["link", "set", &net.bridge, "up"])?;
         for i in 0..n {
             let (ns, host) = (net.ns(i), net.host_link(i));
             ip(&["netns", "add", &ns])?;
-            ip(&["link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
+            ip(&[
+                "link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ])?;
             ip(&["link", "set", &host, "master", &net.bridge])?;
             ip(&["link", "set", &host, "up"])?;
-            ip(&["-n", &ns, "addr", "add", &format!("{}/24", Net::addr(i)), "dev", "eth0"])?;
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}/24", Net::addr(i)),
+                "dev",
+                "eth0",
+            ])?;
             ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
             ip(&["-n", &ns, "link", "set", "lo", "up"])?;
         }
@@ -81,9 +109,20 @@ impl Net {
             "retry_join": peers, "encrypt": key, "ports": { "dns": -1 },
         });
         std::fs::write(dir.join("config/config.json"), config.to_string()).unwrap();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("agent.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("agent.log"))
+            .unwrap();
         let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns(i), BIN, "agent", &format!("-node=s{i}")])
+            .args([
+                "netns",
+                "exec",
+                &self.ns(i),
+                BIN,
+                "agent",
+                &format!("-node=s{i}"),
+            ])
             .arg(format!("-config-dir={}", dir.join("config").display()))
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
@@ -97,7 +136,13 @@ impl Net {
 
     /// Cut (or restore) server `i`'s only link.
     fn link(&self, i: usize, up: bool) {
-        ip(&["link", "set", &self.host_link(i), if up { "up" } else { "down" }]).unwrap();
+        ip(&[
+            "link",
+            "set",
+            &self.host_link(i),
+            if up { "up" } else { "down" },
+        ])
+        .unwrap();
     }
 
     /// The CLI (`args`: two words of verb, then flags and arguments), run inside server
@@ -132,7 +177,9 @@ impl Drop for Net {
 }
 
 fn http(i: usize, method: &str, path: &str, body: &[u8]) -> Option<(u16, String)> {
-    common::try_http_at(&format!("{}:8500", Net::addr(i)), method, path, body).ok().map(|r| (r.status, r.text()))
+    common::try_http_at(&format!("{}:8500", Net::addr(i)), method, path, body)
+        .ok()
+        .map(|r| (r.status, r.text()))
 }
 
 fn leader_seen_by(i: usize) -> Option<String> {
@@ -156,11 +203,17 @@ fn netns_available() -> bool {
 #[test]
 fn an_isolated_leader_stops_writing_the_majority_goes_on_and_the_heal_converges() {
     if !netns_available() {
-        assert!(std::env::var_os("TRIBUNE_REQUIRE_NETNS").is_none(), "network namespaces are required here (run as root)");
+        assert!(
+            std::env::var_os("TRIBUNE_REQUIRE_NETNS").is_none(),
+            "network namespaces are required here (run as root)"
+        );
         eprintln!("SKIPPED: network namespaces need root");
         return;
     }
-    let key = String::from_utf8(Command::new(BIN).arg("keygen").output().unwrap().stdout).unwrap().trim().to_string();
+    let key = String::from_utf8(Command::new(BIN).arg("keygen").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_string();
     let mut net = Net::setup(3).expect("network namespaces");
     for i in 0..3 {
         net.start(i, &key, 3);
@@ -173,10 +226,15 @@ fn an_isolated_leader_stops_writing_the_majority_goes_on_and_the_heal_converges(
                 break l.clone();
             }
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "no agreed leader: {views:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no agreed leader: {views:?}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
-    let li = (0..3).find(|&i| leader == format!("{}:8300", Net::addr(i))).expect("leader is one of ours");
+    let li = (0..3)
+        .find(|&i| leader == format!("{}:8300", Net::addr(i)))
+        .expect("leader is one of ours");
     let (a, b) = ((li + 1) % 3, (li + 2) % 3);
     assert!(put(li, "part/before", "1"));
 
@@ -184,21 +242,39 @@ fn an_isolated_leader_stops_writing_the_majority_goes_on_and_the_heal_converges(
     net.link(li, false);
     let cut = Instant::now();
     while !put(a, "part/majority", "1") {
-        assert!(cut.elapsed() < Duration::from_secs(15), "the majority never accepted a write");
+        assert!(
+            cut.elapsed() < Duration::from_secs(15),
+            "the majority never accepted a write"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     for i in 0..20 {
-        assert!(put([a, b][i % 2], &format!("part/m/{i:02}"), "x"), "majority write {i}");
+        assert!(
+            put([a, b][i % 2], &format!("part/m/{i:02}"), "x"),
+            "majority write {i}"
+        );
     }
     let new_leader = leader_seen_by(b).expect("the majority has a leader");
     assert_ne!(new_leader, leader, "the majority elected a new leader");
     // The isolated server cannot write, nor serve a linearizable read; a stale read works.
     let w = net.cli(li, &["kv", "put", "part/minority", "lost"]);
-    assert!(!w.status.success(), "the isolated server accepted a write: {w:?}");
-    assert!(String::from_utf8_lossy(&w.stderr).contains("Failed writing data"), "{w:?}");
+    assert!(
+        !w.status.success(),
+        "the isolated server accepted a write: {w:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&w.stderr).contains("Failed writing data"),
+        "{w:?}"
+    );
     let r = net.cli(li, &["kv", "get", "part/before"]);
-    assert!(!r.status.success(), "the isolated server served a linearizable read: {r:?}");
-    assert!(String::from_utf8_lossy(&r.stderr).contains("Error querying"), "{r:?}");
+    assert!(
+        !r.status.success(),
+        "the isolated server served a linearizable read: {r:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("Error querying"),
+        "{r:?}"
+    );
     let r = net.cli(li, &["kv", "get", "-stale", "part/before"]);
     assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), "1", "{r:?}");
 
@@ -210,13 +286,27 @@ fn an_isolated_leader_stops_writing_the_majority_goes_on_and_the_heal_converges(
         if r.status.success() && String::from_utf8_lossy(&r.stdout).trim() == "x" {
             break;
         }
-        assert!(healed.elapsed() < Duration::from_secs(20), "the healed server never caught up: {r:?}");
+        assert!(
+            healed.elapsed() < Duration::from_secs(20),
+            "the healed server never caught up: {r:?}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let dumps: Vec<String> =
-        (0..3).map(|i| String::from_utf8_lossy(&net.cli(i, &["kv", "get", "-recurse", "part/"]).stdout).to_string()).collect();
-    assert!(dumps[0].contains("part/m/19:x") && !dumps[0].contains("part/minority"), "{}", dumps[0]);
-    assert!(dumps.iter().all(|d| *d == dumps[0]), "servers differ after the heal: {dumps:#?}");
+    let dumps: Vec<String> = (0..3)
+        .map(|i| {
+            String::from_utf8_lossy(&net.cli(i, &["kv", "get", "-recurse", "part/"]).stdout)
+                .to_string()
+        })
+        .collect();
+    assert!(
+        dumps[0].contains("part/m/19:x") && !dumps[0].contains("part/minority"),
+        "{}",
+        dumps[0]
+    );
+    assert!(
+        dumps.iter().all(|d| *d == dumps[0]),
+        "servers differ after the heal: {dumps:#?}"
+    );
     let peers = http(a, "GET", "/v1/status/peers", b"").unwrap().1;
     assert_eq!(peers.matches(":8300").count(), 3, "{peers}");
 }

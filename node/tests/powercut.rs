@@ -53,13 +53,20 @@ struct Server {
 
 impl Server {
     fn start(&mut self, skip_fsync: bool) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("agent.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("agent.log"))
+            .unwrap();
         let mut cmd = Command::new(BIN);
-        cmd.args(["agent", &format!("-node=n{}", self.ip.rsplit('.').next().unwrap())])
-            .arg(format!("-config-dir={}", self.dir.join("config").display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log));
+        cmd.args([
+            "agent",
+            &format!("-node=n{}", self.ip.rsplit('.').next().unwrap()),
+        ])
+        .arg(format!("-config-dir={}", self.dir.join("config").display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log));
         if skip_fsync {
             cmd.env("TRIBUNE_TEST_SKIP_FSYNC", "1");
         } else {
@@ -103,7 +110,11 @@ impl Cluster {
             let views: Vec<Option<String>> = self
                 .servers
                 .iter()
-                .map(|s| common::try_http_at(&s.addr(), "GET", "/v1/status/leader", b"").ok().map(|r| r.text().trim().trim_matches('"').to_string()))
+                .map(|s| {
+                    common::try_http_at(&s.addr(), "GET", "/v1/status/leader", b"")
+                        .ok()
+                        .map(|r| r.text().trim().trim_matches('"').to_string())
+                })
                 .collect();
             if let Some(Some(first)) = views.first() {
                 if !first.is_empty() && views.iter().all(|v| v.as_deref() == Some(first.as_str())) {
@@ -143,12 +154,17 @@ impl Drop for Cluster {
 }
 
 fn sync_dir(p: &Path) {
-    File::open(p).and_then(|d| d.sync_all()).unwrap_or_else(|e| panic!("fsync {}: {e}", p.display()));
+    File::open(p)
+        .and_then(|d| d.sync_all())
+        .unwrap_or_else(|e| panic!("fsync {}: {e}", p.display()));
 }
 
 /// Three servers on 127.0.<subnet>.1-3, each data_dir a directory of one mounted disk.
 fn cluster(name: &str, subnet: u8, skip_fsync: bool) -> Cluster {
-    let key = String::from_utf8(Command::new(BIN).arg("keygen").output().unwrap().stdout).unwrap().trim().to_string();
+    let key = String::from_utf8(Command::new(BIN).arg("keygen").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_string();
     let root = std::env::temp_dir().join(format!("tribune-powercut-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     let mountpoint = root.join("disk");
@@ -176,10 +192,20 @@ fn cluster(name: &str, subnet: u8, skip_fsync: bool) -> Cluster {
             "ports": { "dns": -1 },
         });
         std::fs::write(dir.join("config/config.json"), config.to_string()).unwrap();
-        servers.push(Server { ip: ip.clone(), dir, child: None });
+        servers.push(Server {
+            ip: ip.clone(),
+            dir,
+            child: None,
+        });
     }
     sync_dir(&mountpoint);
-    let mut c = Cluster { root, servers, disk, mountpoint, mount: Some(mount) };
+    let mut c = Cluster {
+        root,
+        servers,
+        disk,
+        mountpoint,
+        mount: Some(mount),
+    };
     for s in &mut c.servers {
         s.start(skip_fsync);
     }
@@ -211,7 +237,11 @@ fn read_all(addr: &str) -> Option<BTreeMap<String, String>> {
             let mut out = BTreeMap::new();
             for row in rows.as_array()? {
                 let key = row["Key"].as_str()?.to_string();
-                let value = row["Value"].as_str().map(|v| base64::engine::general_purpose::STANDARD.decode(v).expect("base64 value"));
+                let value = row["Value"].as_str().map(|v| {
+                    base64::engine::general_purpose::STANDARD
+                        .decode(v)
+                        .expect("base64 value")
+                });
                 out.insert(key, String::from_utf8(value.unwrap_or_default()).unwrap());
             }
             Some(out)
@@ -224,7 +254,11 @@ fn read_all(addr: &str) -> Option<BTreeMap<String, String>> {
 fn run(name: &str, subnet: u8, skip_fsync: bool) -> Outcome {
     let t0 = Instant::now();
     let mut c = cluster(name, subnet, skip_fsync);
-    assert!(c.leader(Duration::from_secs(30)).is_some(), "no leader at the start\n{}", c.logs());
+    assert!(
+        c.leader(Duration::from_secs(30)).is_some(),
+        "no leader at the start\n{}",
+        c.logs()
+    );
 
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(Mutex::new(BTreeMap::new()));
@@ -270,22 +304,46 @@ fn run(name: &str, subnet: u8, skip_fsync: bool) -> Outcome {
     }
     let acked = std::mem::take(&mut *acked.lock().unwrap());
     let wrote_for = writing.elapsed();
-    c.mount.take().unwrap().unmount().expect("unmount after the cut");
+    c.mount
+        .take()
+        .unwrap()
+        .unmount()
+        .expect("unmount after the cut");
     let before = c.disk.listing();
     let report = c.disk.cut();
-    eprintln!("{name}: {} writes acknowledged in {wrote_for:.1?}; the cut: {report:?}; disk: {:?}", acked.len(), c.disk.stats());
-    assert!(mid_write, "no journal write within 10 s of arming the cut: the writers had stopped?\n{}", c.logs());
-    assert!(acked.len() >= MIN_ACKS, "only {} writes acknowledged\n{}", acked.len(), c.logs());
+    eprintln!(
+        "{name}: {} writes acknowledged in {wrote_for:.1?}; the cut: {report:?}; disk: {:?}",
+        acked.len(),
+        c.disk.stats()
+    );
+    assert!(
+        mid_write,
+        "no journal write within 10 s of arming the cut: the writers had stopped?\n{}",
+        c.logs()
+    );
+    assert!(
+        acked.len() >= MIN_ACKS,
+        "only {} writes acknowledged\n{}",
+        acked.len(),
+        c.logs()
+    );
 
     // Power back: the same servers on what survived (and with their fsync, whatever the run).
-    c.mount = Some(c.disk.mount(&c.mountpoint).expect("mount again after the cut"));
+    c.mount = Some(
+        c.disk
+            .mount(&c.mountpoint)
+            .expect("mount again after the cut"),
+    );
     for s in &mut c.servers {
         s.start(false);
     }
     let leader = c.leader(Duration::from_secs(30));
     let start = Instant::now();
     let seen = loop {
-        if let Some(seen) = leader.as_ref().and_then(|_| c.servers.iter().find_map(|s| read_all(&s.addr()))) {
+        if let Some(seen) = leader
+            .as_ref()
+            .and_then(|_| c.servers.iter().find_map(|s| read_all(&s.addr())))
+        {
             break Some(seen);
         }
         if start.elapsed() > Duration::from_secs(20) {
@@ -295,25 +353,61 @@ fn run(name: &str, subnet: u8, skip_fsync: bool) -> Outcome {
     };
     let Some(seen) = seen else {
         // Nothing readable at all: every acknowledged write counts as lost.
-        eprintln!("{name}: after the cut the cluster answers no consistent read (leader: {leader:?})\n{}", c.logs());
-        return Outcome { lost: acked.keys().cloned().collect(), acked, journal_bytes_discarded: journal_bytes(&report), report, took: t0.elapsed() };
+        eprintln!(
+            "{name}: after the cut the cluster answers no consistent read (leader: {leader:?})\n{}",
+            c.logs()
+        );
+        return Outcome {
+            lost: acked.keys().cloned().collect(),
+            acked,
+            journal_bytes_discarded: journal_bytes(&report),
+            report,
+            took: t0.elapsed(),
+        };
     };
-    let lost: Vec<String> = acked.iter().filter(|(k, v)| seen.get(*k) != Some(v)).map(|(k, _)| k.clone()).collect();
+    let lost: Vec<String> = acked
+        .iter()
+        .filter(|(k, v)| seen.get(*k) != Some(v))
+        .map(|(k, _)| k.clone())
+        .collect();
     if lost.is_empty() {
         // And key by key, a sample of single consistent reads agrees.
         for (k, v) in acked.iter().step_by(97) {
-            let r = common::try_http_at(&c.servers[0].addr(), "GET", &format!("/v1/kv/{k}?consistent&raw"), b"").unwrap();
+            let r = common::try_http_at(
+                &c.servers[0].addr(),
+                "GET",
+                &format!("/v1/kv/{k}?consistent&raw"),
+                b"",
+            )
+            .unwrap();
             assert_eq!((r.status, r.text()), (200, v.clone()), "{k}");
         }
     } else {
-        eprintln!("{name}: {} of {} acknowledged writes lost, e.g. {:?}\n{}", lost.len(), acked.len(), &lost[..lost.len().min(5)], c.logs());
+        eprintln!(
+            "{name}: {} of {} acknowledged writes lost, e.g. {:?}\n{}",
+            lost.len(),
+            acked.len(),
+            &lost[..lost.len().min(5)],
+            c.logs()
+        );
         eprintln!("{name}: the disk at the cut (durable: what the cut kept):\n{before}");
     }
-    Outcome { acked, lost, journal_bytes_discarded: journal_bytes(&report), report, took: t0.elapsed() }
+    Outcome {
+        acked,
+        lost,
+        journal_bytes_discarded: journal_bytes(&report),
+        report,
+        took: t0.elapsed(),
+    }
 }
 
 fn journal_bytes(report: &CutReport) -> u64 {
-    report.discarded_by_path.iter().filter(|(p, _)| p.ends_with(".jnl")).map(|(_, n)| n).sum()
+    report
+        .discarded_by_path
+        .iter()
+        .filter(|(p, _)| p.ends_with(".jnl"))
+        .map(|(_, n)| n)
+        .sum()
 }
 
 #[test]
@@ -335,14 +429,26 @@ fn acknowledged_writes_survive_a_power_cut() {
         o.took
     );
     // The cut fell between a journal write and its fsync: it did throw away written data.
-    assert!(o.journal_bytes_discarded > 0, "the cut discarded no journal bytes, so it proves nothing: {:?}", o.report);
-    assert!(o.lost.is_empty(), "{} of {} acknowledged writes lost in the power cut: {:?}", o.lost.len(), o.acked.len(), &o.lost[..o.lost.len().min(10)]);
+    assert!(
+        o.journal_bytes_discarded > 0,
+        "the cut discarded no journal bytes, so it proves nothing: {:?}",
+        o.report
+    );
+    assert!(
+        o.lost.is_empty(),
+        "{} of {} acknowledged writes lost in the power cut: {:?}",
+        o.lost.len(),
+        o.acked.len(),
+        &o.lost[..o.lost.len().min(10)]
+    );
 }
 
 #[test]
 fn with_fsync_skipped_a_power_cut_loses_acknowledged_writes() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    if !tribune_powercut::available_or_skip("with_fsync_skipped_a_power_cut_loses_acknowledged_writes") {
+    if !tribune_powercut::available_or_skip(
+        "with_fsync_skipped_a_power_cut_loses_acknowledged_writes",
+    ) {
         return;
     }
     let o = run("nofsync", 32, true);

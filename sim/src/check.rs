@@ -60,7 +60,10 @@ impl Recorder {
         self.applied_entries += 1;
         self.trace.u64(node).u64(a.index).u64(digest);
         if let Some(v) = &a.violation {
-            self.violate(format!("index rule broken on server {node} at {}: {v}", a.index));
+            self.violate(format!(
+                "index rule broken on server {node} at {}: {v}",
+                a.index
+            ));
         }
         match self.committed.get(&a.index) {
             Some((d, _, first)) if *d != digest => {
@@ -83,9 +86,9 @@ impl Recorder {
 
     pub fn leader(&mut self, term: u64, node: NodeId) {
         match self.leaders.get(&term) {
-            Some(other) if *other != node => {
-                self.violate(format!("election safety: servers {other} and {node} both led term {term}"))
-            }
+            Some(other) if *other != node => self.violate(format!(
+                "election safety: servers {other} and {node} both led term {term}"
+            )),
             Some(_) => {}
             None => {
                 self.leaders.insert(term, node);
@@ -98,8 +101,12 @@ impl Recorder {
         let digest = digest_command(command);
         match self.committed.get(&index) {
             Some((_, Some(d), _)) if *d == digest => {}
-            Some(_) => self.violate(format!("acknowledged write lost: index {index} holds another entry")),
-            None => self.violate(format!("acknowledged write lost: no server applied index {index}")),
+            Some(_) => self.violate(format!(
+                "acknowledged write lost: index {index} holds another entry"
+            )),
+            None => self.violate(format!(
+                "acknowledged write lost: no server applied index {index}"
+            )),
         }
     }
 

@@ -26,11 +26,11 @@ use crate::plan::Plan;
 use crate::server;
 use crate::server::Lan;
 use crate::server::ServerCtx;
-use tribune_core::gossip::MemberState;
 use crate::workload;
 use crate::workload::ClientCfg;
 use crate::workload::History;
 use crate::Sabotage;
+use tribune_core::gossip::MemberState;
 
 /// Each seed must check at least this many client operations.
 pub const OPS_MIN: usize = 200;
@@ -109,7 +109,9 @@ impl Cluster {
     /// its current id, a voter.
     fn all_voters(&self) -> bool {
         let Some(l) = self.leader() else { return false };
-        let Some((raft, _)) = self.ctxs[&l].live() else { return false };
+        let Some((raft, _)) = self.ctxs[&l].live() else {
+            return false;
+        };
         let m = raft.metrics().borrow_watched().clone();
         let configs = m.membership_config.membership().get_joint_config().clone();
         configs.len() == 1 && self.ctxs.values().all(|c| configs[0].contains(&c.id()))
@@ -173,9 +175,13 @@ impl Cluster {
         let mut isolated = holders;
         isolated.push(leader);
         cut_off(&laggards, false);
-        isolated.iter().for_each(|i| NetSim::current().clog_node(self.mid(*i)));
+        isolated
+            .iter()
+            .for_each(|i| NetSim::current().clog_node(self.mid(*i)));
         madsim::time::sleep(step * 2).await;
-        isolated.iter().for_each(|i| NetSim::current().unclog_node(self.mid(*i)));
+        isolated
+            .iter()
+            .for_each(|i| NetSim::current().unclog_node(self.mid(*i)));
         *self.wiping.lock().unwrap() = false;
     }
 
@@ -186,7 +192,11 @@ impl Cluster {
             Fault::Partition { side } => {
                 let pairs: Vec<(u64, u64)> = side
                     .iter()
-                    .flat_map(|a| ids.iter().filter(|b| !side.contains(b)).map(move |b| (*a, *b)))
+                    .flat_map(|a| {
+                        ids.iter()
+                            .filter(|b| !side.contains(b))
+                            .map(move |b| (*a, *b))
+                    })
                     .collect();
                 pairs.iter().for_each(|(a, b)| self.cut(*a, *b, true));
                 Box::new(move |c| pairs.iter().for_each(|(a, b)| c.cut(*a, *b, false)))
@@ -205,7 +215,10 @@ impl Cluster {
             Fault::Bridge { bridge } => {
                 let rest: Vec<u64> = ids.iter().copied().filter(|i| *i != bridge).collect();
                 let (a, b) = rest.split_at(rest.len() / 2);
-                let pairs: Vec<(u64, u64)> = a.iter().flat_map(|x| b.iter().map(move |y| (*x, *y))).collect();
+                let pairs: Vec<(u64, u64)> = a
+                    .iter()
+                    .flat_map(|x| b.iter().map(move |y| (*x, *y)))
+                    .collect();
                 pairs.iter().for_each(|(x, y)| self.cut(*x, *y, true));
                 Box::new(move |c| pairs.iter().for_each(|(x, y)| c.cut(*x, *y, false)))
             }
@@ -214,7 +227,9 @@ impl Cluster {
                 Box::new(|_| NetSim::current().update_config(|c| c.packet_loss_rate = 0.0))
             }
             Fault::SlowNet(ms) => {
-                NetSim::current().update_config(|c| c.send_latency = Duration::from_millis(1)..Duration::from_millis(ms));
+                NetSim::current().update_config(|c| {
+                    c.send_latency = Duration::from_millis(1)..Duration::from_millis(ms)
+                });
                 Box::new(|_| NetSim::current().update_config(|c| c.send_latency = base_latency()))
             }
             Fault::Duplicate(p) => {
@@ -251,7 +266,9 @@ impl Cluster {
                     *c.wiping.lock().unwrap() = false;
                 })
             }
-            Fault::Reconfigure(_) | Fault::Amnesia => unreachable!("run as a sequence: see simulate"),
+            Fault::Reconfigure(_) | Fault::Amnesia => {
+                unreachable!("run as a sequence: see simulate")
+            }
             Fault::KillAll => {
                 let killed: Vec<u64> = ids.into_iter().filter(|id| self.kill(*id)).collect();
                 Box::new(move |c| killed.iter().for_each(|id| c.restart(*id)))
@@ -279,8 +296,9 @@ async fn simulate(seed: u64, sabotage: Sabotage) -> SeedReport {
     let start = madsim::time::Instant::now();
     let recorder = Arc::new(Mutex::new(Recorder::default()));
     let history = Arc::new(Mutex::new(History::default()));
-    let members: BTreeMap<u64, SocketAddr> =
-        (1..=plan.servers).map(|id| (id, SocketAddr::new(server_ip(id), PORT))).collect();
+    let members: BTreeMap<u64, SocketAddr> = (1..=plan.servers)
+        .map(|id| (id, SocketAddr::new(server_ip(id), PORT)))
+        .collect();
 
     let mut cluster = Cluster {
         handle: handle.clone(),
@@ -294,7 +312,16 @@ async fn simulate(seed: u64, sabotage: Sabotage) -> SeedReport {
     let lan = Arc::new(Lan::default());
     for (&id, &addr) in &members {
         let start_at = start + Duration::from_millis(plan.start_ms[id as usize - 1]);
-        let ctx = Arc::new(ServerCtx::new(id, addr, members.clone(), recorder.clone(), sabotage, lan.clone(), plan.expect, start_at));
+        let ctx = Arc::new(ServerCtx::new(
+            id,
+            addr,
+            members.clone(),
+            recorder.clone(),
+            sabotage,
+            lan.clone(),
+            plan.expect,
+            start_at,
+        ));
         let c = ctx.clone();
         let node = handle
             .create_node()
@@ -315,7 +342,12 @@ async fn simulate(seed: u64, sabotage: Sabotage) -> SeedReport {
             until_ms: plan.safety_ms,
             history: history.clone(),
         };
-        handle.create_node().name(format!("client-{i}")).ip(cfg.addr.ip()).build().spawn(workload::run_client(cfg, start));
+        handle
+            .create_node()
+            .name(format!("client-{i}"))
+            .ip(cfg.addr.ip())
+            .build()
+            .spawn(workload::run_client(cfg, start));
     }
 
     // Safety phase: the fault plan. Each episode runs on its own, so episodes may overlap.
@@ -326,7 +358,13 @@ async fn simulate(seed: u64, sabotage: Sabotage) -> SeedReport {
         episodes.push(madsim::task::spawn(async move {
             madsim::time::sleep_until(start + Duration::from_millis(ep.at_ms)).await;
             if crate::debug() {
-                eprintln!("t={:?} fault {:?} for {} ms (leader {:?})", madsim::time::Instant::now(), ep.fault, ep.for_ms, cluster.leader());
+                eprintln!(
+                    "t={:?} fault {:?} for {} ms (leader {:?})",
+                    madsim::time::Instant::now(),
+                    ep.fault,
+                    ep.for_ms,
+                    cluster.leader()
+                );
             }
             if let Fault::Reconfigure(id) = ep.fault {
                 // The server leaves the LAN pool (the leader's reconcile removes it from the
@@ -366,10 +404,15 @@ async fn simulate(seed: u64, sabotage: Sabotage) -> SeedReport {
     let liveness_deadline = madsim::time::Instant::now() + Duration::from_millis(plan.liveness_ms);
     let probe_done = Arc::new(Mutex::new(None::<u64>));
     let pd = probe_done.clone();
-    handle.create_node().name("probe").ip(probe.addr.ip()).build().spawn(async move {
-        let index = workload::probe_write(probe).await;
-        *pd.lock().unwrap() = index;
-    });
+    handle
+        .create_node()
+        .name("probe")
+        .ip(probe.addr.ip())
+        .build()
+        .spawn(async move {
+            let index = workload::probe_write(probe).await;
+            *pd.lock().unwrap() = index;
+        });
     // Every server a voter again (the leader's reconcile does it), then let clients
     // finish their last operations.
     while madsim::time::Instant::now() < liveness_deadline && !cluster.all_voters() {
@@ -380,17 +423,29 @@ async fn simulate(seed: u64, sabotage: Sabotage) -> SeedReport {
             for (slot, ctx) in &cluster.ctxs {
                 if let Some((raft, _)) = ctx.live() {
                     let m = raft.metrics().borrow_watched().clone();
-                    eprintln!("server {slot} (id {}): {:?} term {} leader {:?} membership {:?}", ctx.id(), m.state, m.current_term, m.current_leader, m.membership_config);
+                    eprintln!(
+                        "server {slot} (id {}): {:?} term {} leader {:?} membership {:?}",
+                        ctx.id(),
+                        m.state,
+                        m.current_term,
+                        m.current_leader,
+                        m.membership_config
+                    );
                 }
             }
         }
-        failures.push("liveness: the leader did not make every server a voter again after healing".to_string());
+        failures.push(
+            "liveness: the leader did not make every server a voter again after healing"
+                .to_string(),
+        );
     }
     madsim::time::sleep(Duration::from_millis(3_000)).await;
     let mut converged = false;
     while madsim::time::Instant::now() < liveness_deadline {
         madsim::time::sleep(Duration::from_millis(100)).await;
-        let Some(target) = *probe_done.lock().unwrap() else { continue };
+        let Some(target) = *probe_done.lock().unwrap() else {
+            continue;
+        };
         let applied: Vec<Option<u64>> = cluster
             .ctxs
             .values()
@@ -403,16 +458,22 @@ async fn simulate(seed: u64, sabotage: Sabotage) -> SeedReport {
         }
     }
     if probe_done.lock().unwrap().is_none() {
-        failures.push(format!("liveness: no write succeeded within {} ms after healing", plan.liveness_ms));
+        failures.push(format!(
+            "liveness: no write succeeded within {} ms after healing",
+            plan.liveness_ms
+        ));
     } else if !converged {
-        failures.push("liveness: servers did not converge to one applied index after healing".to_string());
+        failures.push(
+            "liveness: servers did not converge to one applied index after healing".to_string(),
+        );
     }
 
     // Identical state at equal index.
     let mut states: Vec<(u64, u64, Vec<u8>)> = Vec::new();
     for (id, ctx) in &cluster.ctxs {
         if let Some((_, sm)) = ctx.live() {
-            let (applied, snap, inv) = sm.read(|s| (s.last_applied(), s.snapshot(), s.check_invariants()));
+            let (applied, snap, inv) =
+                sm.read(|s| (s.last_applied(), s.snapshot(), s.check_invariants()));
             if let Err(e) = inv {
                 failures.push(format!("state invariant on server {id}: {e}"));
             }
@@ -423,7 +484,10 @@ async fn simulate(seed: u64, sabotage: Sabotage) -> SeedReport {
     for (i, a) in states.iter().enumerate() {
         for b in &states[i + 1..] {
             if a.1 == b.1 && a.2 != b.2 {
-                failures.push(format!("servers {} and {} differ at index {}", a.0, b.0, a.1));
+                failures.push(format!(
+                    "servers {} and {} differ at index {}",
+                    a.0, b.0, a.1
+                ));
             }
         }
     }
@@ -453,7 +517,10 @@ async fn simulate(seed: u64, sabotage: Sabotage) -> SeedReport {
                     let mut sorted = ops.clone();
                     sorted.sort_by_key(|o| o.invoke);
                     for o in sorted {
-                        eprintln!("{k} c{} [{} .. {}] {:?} -> {:?}", o.client, o.invoke, o.complete, o.kind, o.outcome);
+                        eprintln!(
+                            "{k} c{} [{} .. {}] {:?} -> {:?}",
+                            o.client, o.invoke, o.complete, o.kind, o.outcome
+                        );
                     }
                 }
                 failures.push(format!("linearizability of {k}: {v}"))
@@ -462,12 +529,19 @@ async fn simulate(seed: u64, sabotage: Sabotage) -> SeedReport {
     }
 
     if h.ops.len() < OPS_MIN {
-        failures.push(format!("workload: only {} operations checked (at least {OPS_MIN} per seed)", h.ops.len()));
+        failures.push(format!(
+            "workload: only {} operations checked (at least {OPS_MIN} per seed)",
+            h.ops.len()
+        ));
     }
 
     let mut trace = Fnv::default();
     for (k, op) in &h.ops {
-        trace.bytes(k.as_bytes()).u64(op.client).u64(op.invoke).u64(op.complete);
+        trace
+            .bytes(k.as_bytes())
+            .u64(op.client)
+            .u64(op.invoke)
+            .u64(op.complete);
         trace.bytes(format!("{:?}{:?}", op.kind, op.outcome).as_bytes());
     }
     let r = recorder.lock().unwrap();
@@ -479,7 +553,11 @@ async fn simulate(seed: u64, sabotage: Sabotage) -> SeedReport {
         seed,
         trace: trace.finish(),
         ops: h.ops.len(),
-        unknown: h.ops.iter().filter(|(_, o)| o.outcome == lin::Outcome::Unknown).count(),
+        unknown: h
+            .ops
+            .iter()
+            .filter(|(_, o)| o.outcome == lin::Outcome::Unknown)
+            .count(),
         inconclusive,
         keys: by_key.len(),
         sim_ms: start.elapsed().as_millis() as u64,
@@ -488,7 +566,13 @@ async fn simulate(seed: u64, sabotage: Sabotage) -> SeedReport {
         chunked_snapshots: cluster
             .ctxs
             .values()
-            .filter_map(|c| c.live.lock().unwrap().as_ref().map(|(e, _)| e.snapshot_chunks().1))
+            .filter_map(|c| {
+                c.live
+                    .lock()
+                    .unwrap()
+                    .as_ref()
+                    .map(|(e, _)| e.snapshot_chunks().1)
+            })
             .sum(),
         failures,
     }

@@ -80,13 +80,37 @@ impl Sabotage {
         match self {
             Sabotage::None => &[],
             Sabotage::StaleRead | Sabotage::LeaderRestore => &["linearizability"],
-            Sabotage::ShortLogReads => &["state machine safety", "servers ", "acknowledged write lost", "linearizability", "restart"],
+            Sabotage::ShortLogReads => &[
+                "state machine safety",
+                "servers ",
+                "acknowledged write lost",
+                "linearizability",
+                "restart",
+            ],
             // A configuration stuck half-changed: nothing commits again.
-            Sabotage::NoClaim => &["election safety", "state machine safety", "linearizability", "acknowledged write lost", "servers "],
-            Sabotage::UnguardedRemoval => &["liveness: the leader did not make every server a voter"],
-            Sabotage::IgnoreTarget => &["acknowledged write lost", "state machine safety", "linearizability", "servers "],
+            Sabotage::NoClaim => &[
+                "election safety",
+                "state machine safety",
+                "linearizability",
+                "acknowledged write lost",
+                "servers ",
+            ],
+            Sabotage::UnguardedRemoval => {
+                &["liveness: the leader did not make every server a voter"]
+            }
+            Sabotage::IgnoreTarget => &[
+                "acknowledged write lost",
+                "state machine safety",
+                "linearizability",
+                "servers ",
+            ],
             Sabotage::AckBeforeCommit => &["linearizability", "acknowledged write lost"],
-            Sabotage::SkipFsync => &["acknowledged write lost", "state machine safety", "linearizability", "servers "],
+            Sabotage::SkipFsync => &[
+                "acknowledged write lost",
+                "state machine safety",
+                "linearizability",
+                "servers ",
+            ],
             Sabotage::NoopBumpsIndex => &["index rule broken"],
             Sabotage::NoDedup => &["linearizability", "index rule broken"],
         }
@@ -94,7 +118,9 @@ impl Sabotage {
 
     /// Whether `failures` include one of the checks that must catch this sabotage.
     pub fn is_caught(self, failures: &[String]) -> bool {
-        failures.iter().any(|f| self.caught_by().iter().any(|p| f.starts_with(p)))
+        failures
+            .iter()
+            .any(|f| self.caught_by().iter().any(|p| f.starts_with(p)))
     }
 
     pub fn parse(name: &str) -> Option<Sabotage> {
@@ -102,6 +128,10 @@ impl Sabotage {
     }
 
     pub fn name(self) -> &'static str {
-        Self::ALL.iter().find(|(_, s)| *s == self).map(|(n, _)| *n).unwrap_or("none")
+        Self::ALL
+            .iter()
+            .find(|(_, s)| *s == self)
+            .map(|(n, _)| *n)
+            .unwrap_or("none")
     }
 }

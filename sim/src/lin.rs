@@ -24,9 +24,15 @@ pub enum OpKind {
     Set(Value),
     /// Check-and-set on ModifyIndex (0: only if absent). `fresh` is false when the value
     /// was read back from the key (a rewrite that must not move the index).
-    Cas { expect: u64, value: Value, fresh: bool },
+    Cas {
+        expect: u64,
+        value: Value,
+        fresh: bool,
+    },
     Delete,
-    DeleteCas { expect: u64 },
+    DeleteCas {
+        expect: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,7 +40,10 @@ pub enum Outcome {
     /// A read: the value and its ModifyIndex, or nothing.
     Read(Option<(Value, u64)>),
     /// A write's answer (`true`/`false`) and the Raft index it was applied at.
-    Write { ok: bool, index: u64 },
+    Write {
+        ok: bool,
+        index: u64,
+    },
     Unknown,
 }
 
@@ -97,7 +106,9 @@ impl Model<'_> {
             OpKind::Delete => known(true).then_some(None),
             OpKind::DeleteCas { expect } => match state {
                 None => known(true).then_some(None),
-                Some(_) if *expect != 0 && self.matches(state, *expect) => known(true).then_some(None),
+                Some(_) if *expect != 0 && self.matches(state, *expect) => {
+                    known(true).then_some(None)
+                }
                 Some(_) => known(false).then_some(state),
             },
         }
@@ -110,17 +121,24 @@ pub fn index_of_values(ops: &[&Op]) -> Result<BTreeMap<Value, u64>, String> {
     let mut index_of: BTreeMap<Value, u64> = BTreeMap::new();
     let mut learn = |v: Value, i: u64, how: &str| -> Result<(), String> {
         match index_of.insert(v, i) {
-            Some(prev) if prev != i => Err(format!("value {v:#x} seen with ModifyIndex {prev} and {i} ({how})")),
+            Some(prev) if prev != i => Err(format!(
+                "value {v:#x} seen with ModifyIndex {prev} and {i} ({how})"
+            )),
             _ => Ok(()),
         }
     };
     for op in ops {
         match (&op.kind, &op.outcome) {
             (OpKind::Get, Outcome::Read(Some((v, i)))) => learn(*v, *i, "read")?,
-            (OpKind::Set(v), Outcome::Write { ok: true, index }) if *index != 0 => learn(*v, *index, "write ack")?,
-            (OpKind::Cas { value, fresh: true, .. }, Outcome::Write { ok: true, index }) if *index != 0 => {
-                learn(*value, *index, "cas ack")?
+            (OpKind::Set(v), Outcome::Write { ok: true, index }) if *index != 0 => {
+                learn(*v, *index, "write ack")?
             }
+            (
+                OpKind::Cas {
+                    value, fresh: true, ..
+                },
+                Outcome::Write { ok: true, index },
+            ) if *index != 0 => learn(*value, *index, "cas ack")?,
             _ => {}
         }
     }
@@ -133,11 +151,15 @@ pub fn check_key(ops: &[&Op]) -> Verdict {
         Ok(m) => m,
         Err(e) => return Verdict::Violation(e),
     };
-    let model = Model { index_of: &index_of };
+    let model = Model {
+        index_of: &index_of,
+    };
     let n = ops.len();
     let words = n.div_ceil(64);
     // Unknown operations never need to be linearized.
-    let required: Vec<usize> = (0..n).filter(|&i| ops[i].outcome != Outcome::Unknown).collect();
+    let required: Vec<usize> = (0..n)
+        .filter(|&i| ops[i].outcome != Outcome::Unknown)
+        .collect();
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by_key(|&i| (ops[i].invoke, i));
 
@@ -158,7 +180,11 @@ pub fn check_key(ops: &[&Op]) -> Verdict {
             return Verdict::Inconclusive;
         }
         // The earliest completion among pending ops bounds what may go next.
-        let horizon = (0..n).filter(|&i| !is_done(i)).map(|i| ops[i].complete).min().unwrap_or(u64::MAX);
+        let horizon = (0..n)
+            .filter(|&i| !is_done(i))
+            .map(|i| ops[i].complete)
+            .min()
+            .unwrap_or(u64::MAX);
         for &i in order.iter().rev() {
             if is_done(i) || ops[i].invoke > horizon {
                 continue;
@@ -170,7 +196,10 @@ pub fn check_key(ops: &[&Op]) -> Verdict {
             }
         }
     }
-    Verdict::Violation(format!("no linearization: at most {best_done} of {} completed operations fit", required.len()))
+    Verdict::Violation(format!(
+        "no linearization: at most {best_done} of {} completed operations fit",
+        required.len()
+    ))
 }
 
 #[cfg(test)]
@@ -178,7 +207,13 @@ mod tests {
     use super::*;
 
     fn op(invoke: u64, complete: u64, kind: OpKind, outcome: Outcome) -> Op {
-        Op { client: 0, invoke, complete, kind, outcome }
+        Op {
+            client: 0,
+            invoke,
+            complete,
+            kind,
+            outcome,
+        }
     }
 
     fn w(ok: bool, index: u64) -> Outcome {
@@ -194,7 +229,16 @@ mod tests {
         let h = [
             op(0, 1, OpKind::Set(7), w(true, 5)),
             op(2, 3, OpKind::Get, Outcome::Read(Some((7, 5)))),
-            op(4, 5, OpKind::Cas { expect: 5, value: 8, fresh: true }, w(true, 9)),
+            op(
+                4,
+                5,
+                OpKind::Cas {
+                    expect: 5,
+                    value: 8,
+                    fresh: true,
+                },
+                w(true, 9),
+            ),
             op(6, 7, OpKind::Get, Outcome::Read(Some((8, 9)))),
             op(8, 9, OpKind::Delete, w(true, 10)),
             op(10, 11, OpKind::Get, Outcome::Read(None)),
@@ -230,10 +274,16 @@ mod tests {
             op(5, 6, OpKind::Get, Outcome::Read(Some((7, 3)))),
         ];
         assert_eq!(check(&took_effect), Verdict::Linearizable);
-        let never = [op(0, u64::MAX, OpKind::Set(7), Outcome::Unknown), op(5, 6, OpKind::Get, Outcome::Read(None))];
+        let never = [
+            op(0, u64::MAX, OpKind::Set(7), Outcome::Unknown),
+            op(5, 6, OpKind::Get, Outcome::Read(None)),
+        ];
         assert_eq!(check(&never), Verdict::Linearizable);
         // ... but not before it was invoked.
-        let too_early = [op(0, 1, OpKind::Get, Outcome::Read(Some((7, 3)))), op(5, u64::MAX, OpKind::Set(7), Outcome::Unknown)];
+        let too_early = [
+            op(0, 1, OpKind::Get, Outcome::Read(Some((7, 3)))),
+            op(5, u64::MAX, OpKind::Set(7), Outcome::Unknown),
+        ];
         assert!(matches!(check(&too_early), Verdict::Violation(_)));
     }
 
@@ -241,7 +291,16 @@ mod tests {
     fn failed_cas_that_took_effect_is_caught() {
         // A cas acknowledged false whose value is later visible: applied twice or lied.
         let h = [
-            op(0, 1, OpKind::Cas { expect: 0, value: 7, fresh: true }, w(false, 4)),
+            op(
+                0,
+                1,
+                OpKind::Cas {
+                    expect: 0,
+                    value: 7,
+                    fresh: true,
+                },
+                w(false, 4),
+            ),
             op(2, 3, OpKind::Get, Outcome::Read(Some((7, 4)))),
         ];
         assert!(matches!(check(&h), Verdict::Violation(_)));
@@ -275,7 +334,10 @@ mod tests {
             op(8, 9, OpKind::Get, Outcome::Read(None)),
         ];
         assert_eq!(check(&h), Verdict::Linearizable);
-        let wrong = [op(2, 3, OpKind::Set(7), w(true, 5)), op(4, 5, OpKind::DeleteCas { expect: 0 }, w(true, 6))];
+        let wrong = [
+            op(2, 3, OpKind::Set(7), w(true, 5)),
+            op(4, 5, OpKind::DeleteCas { expect: 0 }, w(true, 6)),
+        ];
         assert!(matches!(check(&wrong), Verdict::Violation(_)));
     }
 }

@@ -18,7 +18,8 @@ mod cli {
     use tribune_sim::harness::run_seed;
     use tribune_sim::Sabotage;
 
-    const USAGE: &str = "usage: ci/sim [--seeds N | --seed S] [--first F] [--sabotage NAME [--until-caught]] \
+    const USAGE: &str =
+        "usage: ci/sim [--seeds N | --seed S] [--first F] [--sabotage NAME [--until-caught]] \
 [--max-inconclusive SHARE] [--list-sabotages] [--verbose]
 
 With --sabotage, a seed catches the sabotage only if a check meant for it fails (see
@@ -45,7 +46,9 @@ an inconclusive linearizability verdict.";
         let mut it = args.iter();
         while let Some(a) = it.next() {
             let mut num = |name: &str| -> Result<u64, String> {
-                it.next().and_then(|v| v.parse().ok()).ok_or(format!("{name} needs a number"))
+                it.next()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or(format!("{name} needs a number"))
             };
             let r = match a.as_str() {
                 "--seeds" => num("--seeds").map(|n| seeds = Some(n)),
@@ -105,7 +108,10 @@ an inconclusive linearizability verdict.";
                 started.elapsed().as_millis()
             );
             for f in &r.failures {
-                println!("FAIL seed={seed} property=\"{f}\" repro: {}", repro(seed, sabotage));
+                println!(
+                    "FAIL seed={seed} property=\"{f}\" repro: {}",
+                    repro(seed, sabotage)
+                );
             }
             println!("trace {:016x}", r.trace);
             return if r.failures.is_empty() { 0 } else { 1 };
@@ -113,7 +119,8 @@ an inconclusive linearizability verdict.";
 
         let n = seeds.unwrap_or(300);
         let started = Instant::now();
-        let (mut failed, mut caught, mut ops, mut sim_ms, mut inconclusive, mut keys) = (0u64, 0u64, 0usize, 0u64, 0usize, 0usize);
+        let (mut failed, mut caught, mut ops, mut sim_ms, mut inconclusive, mut keys) =
+            (0u64, 0u64, 0usize, 0u64, 0usize, 0usize);
         let mut min_ops = usize::MAX;
         let mut ran = 0u64;
         let mut chunked = 0u64;
@@ -134,7 +141,10 @@ an inconclusive linearizability verdict.";
             }
             if let Some(f) = r.failures.first() {
                 failed += 1;
-                println!("FAIL seed={seed} property=\"{f}\" repro: {}", repro(seed, sabotage));
+                println!(
+                    "FAIL seed={seed} property=\"{f}\" repro: {}",
+                    repro(seed, sabotage)
+                );
             }
             if sabotage != Sabotage::None && sabotage.is_caught(&r.failures) {
                 caught += 1;
@@ -161,6 +171,10 @@ wall_seconds={wall:.1} sim_per_wall={:.0} seeds_per_min={:.0}",
             println!("FAIL inconclusive share {share:.4} exceeds {max_inconclusive} (ci/sim --seeds {n} --first {first})");
             return 1;
         }
-        if failed == 0 { 0 } else { 1 }
+        if failed == 0 {
+            0
+        } else {
+            1
+        }
     }
 }

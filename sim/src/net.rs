@@ -52,7 +52,9 @@ pub enum ClientMsg {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ClientReply {
     Written(Response),
-    Read { entry: Option<Entry> },
+    Read {
+        entry: Option<Entry>,
+    },
     /// Definitely not done (a read that failed, a write refused before Raft).
     Refused(String),
     /// The write may or may not have been applied.
@@ -78,7 +80,10 @@ impl Net {
         // Reply tags start at a random point: a restarted process must never take a late
         // reply meant for its previous incarnation as the answer to a new request.
         let base = (madsim::rand::random::<u64>() >> 2) | 1;
-        Ok(Arc::new(Net { ep: Endpoint::bind(addr).await?, next_tag: AtomicU64::new(base) }))
+        Ok(Arc::new(Net {
+            ep: Endpoint::bind(addr).await?,
+            next_tag: AtomicU64::new(base),
+        }))
     }
 
     /// Send `msg` to `dst` and wait at most `ttl` for the reply.
@@ -88,13 +93,19 @@ impl Net {
         // Server RPC may deliver a request twice (a retried frame); a client's HTTP request
         // is one request (a client that retries sends a new one).
         let duplicable = matches!(msg, Msg::Peer(_));
-        let copies = if duplicable && madsim::rand::random::<f64>() < crate::faults::dup_rate() { 2 } else { 1 };
+        let copies = if duplicable && madsim::rand::random::<f64>() < crate::faults::dup_rate() {
+            2
+        } else {
+            1
+        };
         for _ in 0..copies {
             self.ep.send_to_raw(dst, 0, Box::new(frame.clone())).await?;
         }
         match madsim::time::timeout(ttl, self.ep.recv_from_raw(tag)).await {
             Ok(Ok((payload, _))) => {
-                let bytes = payload.downcast::<Vec<u8>>().map_err(|_| io::Error::other("not bytes"))?;
+                let bytes = payload
+                    .downcast::<Vec<u8>>()
+                    .map_err(|_| io::Error::other("not bytes"))?;
                 decode(&bytes)
             }
             Ok(Err(e)) => Err(e),
@@ -106,7 +117,9 @@ impl Net {
     pub async fn next_request(&self) -> io::Result<(u64, Msg, SocketAddr)> {
         loop {
             let (payload, from) = self.ep.recv_from_raw(0).await?;
-            let Ok(bytes) = payload.downcast::<Vec<u8>>() else { continue };
+            let Ok(bytes) = payload.downcast::<Vec<u8>>() else {
+                continue;
+            };
             match decode::<(u64, Msg)>(&bytes) {
                 Ok((tag, msg)) => return Ok((tag, msg, from)),
                 Err(_) => continue,
@@ -126,11 +139,20 @@ pub struct SimPeers {
 }
 
 impl PeerTransport<SimTypes> for SimPeers {
-    async fn call(&self, addr: &str, rpc: PeerRpc<SimTypes>, ttl: Duration) -> io::Result<PeerReply<SimTypes>> {
-        let dst: SocketAddr = addr.parse().map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("bad address {addr}")))?;
+    async fn call(
+        &self,
+        addr: &str,
+        rpc: PeerRpc<SimTypes>,
+        ttl: Duration,
+    ) -> io::Result<PeerReply<SimTypes>> {
+        let dst: SocketAddr = addr.parse().map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("bad address {addr}"))
+        })?;
         match self.net.call(dst, &Msg::Peer(rpc), ttl).await? {
             Reply::Peer(r) => Ok(r),
-            Reply::Client(r) => Err(io::Error::other(format!("client reply to a server message: {r:?}"))),
+            Reply::Client(r) => Err(io::Error::other(format!(
+                "client reply to a server message: {r:?}"
+            ))),
         }
     }
 }

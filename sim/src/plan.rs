@@ -109,8 +109,16 @@ impl Plan {
             };
             let at_ms = t;
             // A quarter of the faults overlap the next one.
-            t += if rng.random_bool(0.25) { rng.random_range(100..=for_ms) } else { for_ms + rng.random_range(100..2_500) };
-            episodes.push(Episode { at_ms, fault, for_ms });
+            t += if rng.random_bool(0.25) {
+                rng.random_range(100..=for_ms)
+            } else {
+                for_ms + rng.random_range(100..2_500)
+            };
+            episodes.push(Episode {
+                at_ms,
+                fault,
+                for_ms,
+            });
         }
         // Drawn from a stream of their own, so the rest of the plan is as it was.
         let mut boot = SmallRng::seed_from_u64(seed ^ 0x626f_6f74_7374_7261);
@@ -119,7 +127,15 @@ impl Plan {
             _ if boot.random_bool(0.3) => (servers, 1_500),
             _ => (servers, 0),
         };
-        let start_ms = (0..servers).map(|_| if stagger_ms == 0 { 0 } else { boot.random_range(0..stagger_ms) }).collect();
+        let start_ms = (0..servers)
+            .map(|_| {
+                if stagger_ms == 0 {
+                    0
+                } else {
+                    boot.random_range(0..stagger_ms)
+                }
+            })
+            .collect();
         // A third of the kills are pauses instead (from another stream of their own).
         let mut pauses = SmallRng::seed_from_u64(seed ^ 0x7061_7573_6573_2121);
         for e in &mut episodes {

@@ -125,12 +125,24 @@ impl AsyncRuntime for MadsimRuntime {
         madsim::time::sleep_until(deadline.0)
     }
 
-    fn timeout<R, F: Future<Output = R> + OptionalSend>(duration: Duration, future: F) -> Self::Timeout<R, F> {
-        Timeout { future: Box::pin(future), sleep: Box::pin(madsim::time::sleep(duration)) }
+    fn timeout<R, F: Future<Output = R> + OptionalSend>(
+        duration: Duration,
+        future: F,
+    ) -> Self::Timeout<R, F> {
+        Timeout {
+            future: Box::pin(future),
+            sleep: Box::pin(madsim::time::sleep(duration)),
+        }
     }
 
-    fn timeout_at<R, F: Future<Output = R> + OptionalSend>(deadline: SimInstant, future: F) -> Self::Timeout<R, F> {
-        Timeout { future: Box::pin(future), sleep: Box::pin(madsim::time::sleep_until(deadline.0)) }
+    fn timeout_at<R, F: Future<Output = R> + OptionalSend>(
+        deadline: SimInstant,
+        future: F,
+    ) -> Self::Timeout<R, F> {
+        Timeout {
+            future: Box::pin(future),
+            sleep: Box::pin(madsim::time::sleep_until(deadline.0)),
+        }
     }
 
     fn is_panic(join_error: &Self::JoinError) -> bool {
@@ -151,7 +163,9 @@ impl AsyncRuntime for MadsimRuntime {
     }
 
     fn block_on<F, T>(&mut self, _future: F) -> T
-    where F: Future<Output = T> {
+    where
+        F: Future<Output = T>,
+    {
         panic!("the simulated runtime is entered through madsim::runtime::Runtime::block_on")
     }
 

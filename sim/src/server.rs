@@ -73,7 +73,14 @@ impl Lan {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        let member = MemberInfo { name: format!("server-{id}"), addr, state: MemberState::Alive, status: 1, tags, incarnation: 0 };
+        let member = MemberInfo {
+            name: format!("server-{id}"),
+            addr,
+            state: MemberState::Alive,
+            status: 1,
+            tags,
+            incarnation: 0,
+        };
         self.members.lock().unwrap().insert(id, member);
     }
 
@@ -179,7 +186,11 @@ impl ServerCtx {
     }
 
     pub fn live(&self) -> Option<(SimRaft, Store)> {
-        self.live.lock().unwrap().as_ref().map(|(e, s)| (e.raft.clone(), s.clone()))
+        self.live
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|(e, s)| (e.raft.clone(), s.clone()))
     }
 }
 
@@ -212,11 +223,14 @@ pub async fn run(ctx: Arc<ServerCtx>) {
     if let Some(at) = first_start {
         madsim::time::sleep_until(at).await;
         *ctx.start_at.lock().unwrap() = None;
-        ctx.lan.add(ctx.slot, SocketAddr::new(ctx.addr.ip(), 8301), ctx.expect);
+        ctx.lan
+            .add(ctx.slot, SocketAddr::new(ctx.addr.ip(), 8301), ctx.expect);
     }
     let net = Net::bind(ctx.addr).await.expect("bind");
     let backend = ctx.backend();
-    let claims = Box::new(tribune_core::cluster::bootstrap::BackendClaims(backend.clone()));
+    let claims = Box::new(tribune_core::cluster::bootstrap::BackendClaims(
+        backend.clone(),
+    ));
     let mut log = LogStore::new(backend.clone());
     log.skip_fsync = ctx.sabotage == Sabotage::SkipFsync;
     if ctx.sabotage == Sabotage::ShortLogReads {
@@ -231,22 +245,46 @@ pub async fn run(ctx: Arc<ServerCtx>) {
         noop_bumps_index: ctx.sabotage == Sabotage::NoopBumpsIndex,
         no_dedup: ctx.sabotage == Sabotage::NoDedup,
     };
-    let mut config = tribune_core::raft::config(tribune_core::raft::DEFAULT_RAFT_MULTIPLIER, SNAPSHOT_EVERY);
+    let mut config =
+        tribune_core::raft::config(tribune_core::raft::DEFAULT_RAFT_MULTIPLIER, SNAPSHOT_EVERY);
     if ctx.sabotage == Sabotage::LeaderRestore {
         config.enable_leader_restore = Some(true);
     }
     let config = Arc::new(config.validate().expect("raft config"));
     let peers = SimPeers { net: net.clone() };
-    let raft = match SimRaft::new(me, config, NetFactory { transport: peers.clone(), snapshot_chunk_bytes: SNAPSHOT_CHUNK_BYTES }, log, sm.clone()).await {
+    let raft = match SimRaft::new(
+        me,
+        config,
+        NetFactory {
+            transport: peers.clone(),
+            snapshot_chunk_bytes: SNAPSHOT_CHUNK_BYTES,
+        },
+        log,
+        sm.clone(),
+    )
+    .await
+    {
         Ok(raft) => raft,
         Err(e) => {
             // A server must always start again from what its store kept.
-            ctx.recorder.lock().unwrap().violate(format!("restart: server {} could not start from its store: {e}", ctx.slot));
+            ctx.recorder.lock().unwrap().violate(format!(
+                "restart: server {} could not start from its store: {e}",
+                ctx.slot
+            ));
             return;
         }
     };
-    let discovery = SimDiscovery { lan: ctx.lan.clone(), join: ctx.members.values().map(|a| a.to_string()).collect() };
-    let engine = Arc::new(Engine::new(raft.clone(), engine_config(&ctx), peers, discovery, claims));
+    let discovery = SimDiscovery {
+        lan: ctx.lan.clone(),
+        join: ctx.members.values().map(|a| a.to_string()).collect(),
+    };
+    let engine = Arc::new(Engine::new(
+        raft.clone(),
+        engine_config(&ctx),
+        peers,
+        discovery,
+        claims,
+    ));
     *ctx.live.lock().unwrap() = Some((engine.clone(), sm.clone()));
 
     // Production's forming and reconcile loops.
@@ -275,7 +313,9 @@ pub async fn run(ctx: Arc<ServerCtx>) {
     });
 
     loop {
-        let Ok((tag, msg, from)) = net.next_request().await else { return };
+        let Ok((tag, msg, from)) = net.next_request().await else {
+            return;
+        };
         let engine = engine.clone();
         let sm = sm.clone();
         let net = net.clone();
@@ -292,7 +332,12 @@ async fn handle(engine: &Engine, sm: &Store, msg: Msg) -> Reply {
         Msg::Client(ClientMsg::Write(cmd)) => Reply::Client(match engine.write(cmd).await {
             Ok(r) => {
                 if crate::debug() {
-                    eprintln!("t={:?} write on {} -> {:?}", madsim::time::Instant::now(), engine.id(), r);
+                    eprintln!(
+                        "t={:?} write on {} -> {:?}",
+                        madsim::time::Instant::now(),
+                        engine.id(),
+                        r
+                    );
                 }
                 ClientReply::Written(r)
             }

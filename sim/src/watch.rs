@@ -73,7 +73,10 @@ impl<T> Drop for Sender<T> {
 impl<T> Clone for Receiver<T> {
     fn clone(&self) -> Self {
         lock(&self.cell).receivers += 1;
-        Receiver { cell: self.cell.clone(), seen: self.seen }
+        Receiver {
+            cell: self.cell.clone(),
+            seen: self.seen,
+        }
     }
 }
 
@@ -89,7 +92,13 @@ impl Watch for SimWatch {
     type Ref<'a, T: OptionalSend + 'a> = Ref<'a, T>;
 
     fn channel<T: OptionalSend + OptionalSync>(init: T) -> (Sender<T>, Receiver<T>) {
-        let cell = Arc::new(Mutex::new(Shared { value: init, version: 0, senders: 1, receivers: 1, wakers: Vec::new() }));
+        let cell = Arc::new(Mutex::new(Shared {
+            value: init,
+            version: 0,
+            senders: 1,
+            receivers: 1,
+            wakers: Vec::new(),
+        }));
         (Sender(cell.clone()), Receiver { cell, seen: 0 })
     }
 }
@@ -110,7 +119,9 @@ impl<T: OptionalSend + OptionalSync> WatchSender<SimWatch, T> for Sender<T> {
     }
 
     fn send_if_modified<F>(&self, modify: F) -> bool
-    where F: FnOnce(&mut T) -> bool {
+    where
+        F: FnOnce(&mut T) -> bool,
+    {
         let wakers = {
             let mut s = lock(&self.0);
             if !modify(&mut s.value) {
@@ -132,7 +143,10 @@ impl<T: OptionalSend + OptionalSync> WatchSender<SimWatch, T> for Sender<T> {
         s.receivers += 1;
         let seen = s.version;
         drop(s);
-        Receiver { cell: self.0.clone(), seen }
+        Receiver {
+            cell: self.0.clone(),
+            seen,
+        }
     }
 }
 

@@ -96,11 +96,21 @@ impl Client {
         let mut target = self.leader.unwrap_or_else(|| self.pick_server());
         while madsim::time::Instant::now() < deadline {
             let msg = Msg::Client(ClientMsg::Write(cmd.clone()));
-            match self.net.call(self.cfg.servers[&target], &msg, ATTEMPT_TTL).await {
+            match self
+                .net
+                .call(self.cfg.servers[&target], &msg, ATTEMPT_TTL)
+                .await
+            {
                 Ok(Reply::Client(ClientReply::Written(Response::Kv { outcome, index }))) => {
                     self.leader = Some(target);
                     let acked = (index != 0).then(|| (index, cmd.clone()));
-                    return Some((Outcome::Write { ok: outcome.ok, index }, acked));
+                    return Some((
+                        Outcome::Write {
+                            ok: outcome.ok,
+                            index,
+                        },
+                        acked,
+                    ));
                 }
                 Ok(Reply::Client(ClientReply::Refused(_))) => {
                     madsim::time::sleep(Duration::from_millis(50)).await;
@@ -121,8 +131,14 @@ impl Client {
         // Reads go to any server: only the leader may answer them.
         let mut target = self.pick_server();
         while madsim::time::Instant::now() < deadline {
-            let msg = Msg::Client(ClientMsg::Read { key: key.to_string() });
-            match self.net.call(self.cfg.servers[&target], &msg, READ_ATTEMPT_TTL).await {
+            let msg = Msg::Client(ClientMsg::Read {
+                key: key.to_string(),
+            });
+            match self
+                .net
+                .call(self.cfg.servers[&target], &msg, READ_ATTEMPT_TTL)
+                .await
+            {
                 Ok(Reply::Client(ClientReply::Read { entry })) => {
                     let seen = entry.map(|e| (value_of(&e.value), e.modify_index));
                     self.last_read.insert(key.to_string(), seen);
@@ -148,34 +164,74 @@ impl Client {
             0..=34 => OpKind::Get,
             35..=59 => OpKind::Set(fresh(self)),
             60..=77 => {
-                let expect = if self.rng.random_bool(0.8) { known.map(|(_, i)| i).unwrap_or(0) } else { 0 };
-                OpKind::Cas { expect, value: fresh(self), fresh: true }
+                let expect = if self.rng.random_bool(0.8) {
+                    known.map(|(_, i)| i).unwrap_or(0)
+                } else {
+                    0
+                };
+                OpKind::Cas {
+                    expect,
+                    value: fresh(self),
+                    fresh: true,
+                }
             }
             78..=85 => match known {
                 // Write back what was read: an identical write must not move the index.
-                Some((v, i)) => OpKind::Cas { expect: i, value: v, fresh: false },
+                Some((v, i)) => OpKind::Cas {
+                    expect: i,
+                    value: v,
+                    fresh: false,
+                },
                 None => OpKind::Get,
             },
             86..=92 => OpKind::Delete,
-            _ => OpKind::DeleteCas { expect: known.map(|(_, i)| i).unwrap_or(0) },
+            _ => OpKind::DeleteCas {
+                expect: known.map(|(_, i)| i).unwrap_or(0),
+            },
         };
         let invoke = self.now();
         let done = match &kind {
             // A failed read has no effect: it is left out.
             OpKind::Get => self.read(&key).await.map(|o| (o, None)),
             OpKind::Set(v) => {
-                self.write(KvOp::Set { key: key.clone(), value: value_bytes(*v), flags: 0 }).await
+                self.write(KvOp::Set {
+                    key: key.clone(),
+                    value: value_bytes(*v),
+                    flags: 0,
+                })
+                .await
             }
             OpKind::Cas { expect, value, .. } => {
-                let op = KvOp::Cas { key: key.clone(), value: value_bytes(*value), flags: 0, index: *expect };
+                let op = KvOp::Cas {
+                    key: key.clone(),
+                    value: value_bytes(*value),
+                    flags: 0,
+                    index: *expect,
+                };
                 self.write(op).await
             }
             OpKind::Delete => self.write(KvOp::Delete { key: key.clone() }).await,
-            OpKind::DeleteCas { expect } => self.write(KvOp::DeleteCas { key: key.clone(), index: *expect }).await,
+            OpKind::DeleteCas { expect } => {
+                self.write(KvOp::DeleteCas {
+                    key: key.clone(),
+                    index: *expect,
+                })
+                .await
+            }
         };
         let Some((outcome, acked)) = done else { return };
-        let complete = if outcome == Outcome::Unknown { u64::MAX } else { self.now() };
-        let op = Op { client: self.cfg.id, invoke, complete, kind, outcome };
+        let complete = if outcome == Outcome::Unknown {
+            u64::MAX
+        } else {
+            self.now()
+        };
+        let op = Op {
+            client: self.cfg.id,
+            invoke,
+            complete,
+            kind,
+            outcome,
+        };
         let mut h = self.cfg.history.lock().unwrap();
         h.ops.push((key, op));
         if let Some(a) = acked {
@@ -187,7 +243,15 @@ impl Client {
 pub async fn run_client(cfg: ClientCfg, start: madsim::time::Instant) {
     let net = Net::bind(cfg.addr).await.expect("client bind");
     let rng = SmallRng::seed_from_u64(madsim::rand::random::<u64>());
-    let mut c = Client { cfg, net, rng, written: 0, leader: None, last_read: BTreeMap::new(), start };
+    let mut c = Client {
+        cfg,
+        net,
+        rng,
+        written: 0,
+        leader: None,
+        last_read: BTreeMap::new(),
+        start,
+    };
     while c.now() < c.cfg.until_ms * 1_000 {
         let pause = c.rng.random_range(0..=3 * c.cfg.think_ms / 2);
         madsim::time::sleep(Duration::from_millis(pause)).await;
@@ -200,9 +264,21 @@ pub async fn probe_write(cfg: ClientCfg) -> Option<u64> {
     let net = Net::bind(cfg.addr).await.expect("probe bind");
     let rng = SmallRng::seed_from_u64(madsim::rand::random::<u64>());
     let start = madsim::time::Instant::now();
-    let mut c = Client { cfg, net, rng, written: 0, leader: None, last_read: BTreeMap::new(), start };
+    let mut c = Client {
+        cfg,
+        net,
+        rng,
+        written: 0,
+        leader: None,
+        last_read: BTreeMap::new(),
+        start,
+    };
     for n in 1..=4u64 {
-        let op = KvOp::Set { key: "probe".into(), value: value_bytes(n), flags: 0 };
+        let op = KvOp::Set {
+            key: "probe".into(),
+            value: value_bytes(n),
+            flags: 0,
+        };
         if let Some((Outcome::Write { ok: true, index }, _)) = c.write(op).await {
             return Some(index);
         }

@@ -9,7 +9,11 @@ use tribune_sim::Sabotage;
 fn passes(seed: u64) {
     let r = run_seed(seed, Sabotage::None);
     assert!(r.failures.is_empty(), "seed {seed}: {:?}", r.failures);
-    assert!(r.ops >= tribune_sim::harness::OPS_MIN, "seed {seed} checked only {} operations", r.ops);
+    assert!(
+        r.ops >= tribune_sim::harness::OPS_MIN,
+        "seed {seed} checked only {} operations",
+        r.ops
+    );
 }
 
 /// openraft's advanced leader ids allow two leaders in one term (servers 4 and 5 in term
@@ -24,7 +28,12 @@ fn seed_44_one_leader_per_term() {
 fn pinned(seed: u64, bug: Sabotage) {
     passes(seed);
     let r = run_seed(seed, bug);
-    assert!(bug.is_caught(&r.failures), "seed {seed} no longer catches {}: {:?}", bug.name(), r.failures);
+    assert!(
+        bug.is_caught(&r.failures),
+        "seed {seed} no longer catches {}: {:?}",
+        bug.name(),
+        r.failures
+    );
 }
 
 /// A leader killed right after acknowledging a write restored its leadership on restart
@@ -100,7 +109,11 @@ fn same_seed_same_trace() {
 /// (ci/sim-ci gives each sabotage a larger budget).
 #[test]
 fn every_frequent_sabotage_is_caught() {
-    let rare = [Sabotage::LeaderRestore, Sabotage::UnguardedRemoval, Sabotage::NoClaim];
+    let rare = [
+        Sabotage::LeaderRestore,
+        Sabotage::UnguardedRemoval,
+        Sabotage::NoClaim,
+    ];
     for (name, s) in Sabotage::ALL.into_iter().filter(|(_, s)| !rare.contains(s)) {
         let caught = (1..=10).any(|seed| s.is_caught(&run_seed(seed, s).failures));
         assert!(caught, "sabotage {name} went unnoticed in 10 seeds");

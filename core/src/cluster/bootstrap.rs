@@ -41,7 +41,9 @@ impl<B: Backend> ClaimStore for BackendClaims<B> {
     fn holder(&self) -> io::Result<Option<NodeId>> {
         match self.0.get(Space::Meta, KEY_CLAIM)? {
             Some(v) => {
-                let bytes: [u8; 8] = v.as_slice().try_into().map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bootstrap claim is corrupt"))?;
+                let bytes: [u8; 8] = v.as_slice().try_into().map_err(|_| {
+                    io::Error::new(io::ErrorKind::InvalidData, "bootstrap claim is corrupt")
+                })?;
                 Ok(Some(u64::from_be_bytes(bytes)))
             }
             None => Ok(None),
@@ -49,6 +51,13 @@ impl<B: Backend> ClaimStore for BackendClaims<B> {
     }
 
     fn set_holder(&self, holder: Option<NodeId>) -> io::Result<()> {
-        self.0.write(vec![(Space::Meta, KEY_CLAIM.to_vec(), holder.map(|h| h.to_be_bytes().to_vec()))], true)
+        self.0.write(
+            vec![(
+                Space::Meta,
+                KEY_CLAIM.to_vec(),
+                holder.map(|h| h.to_be_bytes().to_vec()),
+            )],
+            true,
+        )
     }
 }

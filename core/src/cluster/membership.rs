@@ -52,7 +52,8 @@ pub enum MembershipError {
 
 /// Whether a gossip member is a server of datacenter `dc` (Consul's `role` and `dc` tags).
 pub fn is_server_of(m: &MemberInfo, dc: &str) -> bool {
-    m.tags.get("role").is_some_and(|r| r == "consul") && m.tags.get("dc").is_some_and(|d| d.eq_ignore_ascii_case(dc))
+    m.tags.get("role").is_some_and(|r| r == "consul")
+        && m.tags.get("dc").is_some_and(|d| d.eq_ignore_ascii_case(dc))
 }
 
 /// A server member's server-RPC address: its gossip IP and its `port` tag.
@@ -91,7 +92,12 @@ where
         let servers = self.lan_servers().filter(|_| expect > 0)?;
         servers
             .into_iter()
-            .find(|(m, _)| m.tags.get("expect").and_then(|e| e.parse::<u64>().ok()).is_some_and(|e| e != 0 && e != expect))
+            .find(|(m, _)| {
+                m.tags
+                    .get("expect")
+                    .and_then(|e| e.parse::<u64>().ok())
+                    .is_some_and(|e| e != 0 && e != expect)
+            })
             .map(|(m, _)| m.name)
     }
 
@@ -121,13 +127,18 @@ where
                     join.push(addr);
                 }
             }
-            let mut found: BTreeMap<NodeId, String> = BTreeMap::from([(self.cfg.id, self.cfg.rpc_addr.clone())]);
+            let mut found: BTreeMap<NodeId, String> =
+                BTreeMap::from([(self.cfg.id, self.cfg.rpc_addr.clone())]);
             let mut formed_peer = false;
             for addr in &join {
                 if *addr == self.cfg.rpc_addr {
                     continue;
                 }
-                if let Ok(PeerReply::Hello(h)) = self.transport.call(addr, PeerRpc::Hello, self.cfg.hello_ttl).await {
+                if let Ok(PeerReply::Hello(h)) = self
+                    .transport
+                    .call(addr, PeerRpc::Hello, self.cfg.hello_ttl)
+                    .await
+                {
                     if h.datacenter != self.cfg.datacenter {
                         continue;
                     }
@@ -138,7 +149,9 @@ where
             let lan_count = self.lan_servers().map(|s| s.len() as u64);
             if formed_peer {
                 if !told_formed {
-                    tracing::info!("raft: found a formed cluster; waiting for its leader to add this server");
+                    tracing::info!(
+                        "raft: found a formed cluster; waiting for its leader to add this server"
+                    );
                     told_formed = true;
                 }
             } else if let Some(name) = self.conflicting_expect(expect) {
@@ -146,17 +159,23 @@ where
                     member = %name,
                     "raft: Member {name} has a conflicting expect value. All nodes should expect the same number."
                 );
-            } else if expect > 0 && found.len() as u64 >= expect && lan_count.is_none_or(|n| n >= expect) {
+            } else if expect > 0
+                && found.len() as u64 >= expect
+                && lan_count.is_none_or(|n| n >= expect)
+            {
                 if self.sabotage().no_claim {
                     // Wrong on purpose: every server initializes with whatever it found.
-                    let members: BTreeMap<NodeId, BasicNode> =
-                        found.into_iter().map(|(id, addr)| (id, BasicNode { addr })).collect();
+                    let members: BTreeMap<NodeId, BasicNode> = found
+                        .into_iter()
+                        .map(|(id, addr)| (id, BasicNode { addr }))
+                        .collect();
                     if self.raft.initialize(members).await.is_ok() {
                         return;
                     }
                 } else {
                     // The first configuration: the `expect` lowest ids found.
-                    let first: BTreeMap<NodeId, String> = found.into_iter().take(expect as usize).collect();
+                    let first: BTreeMap<NodeId, String> =
+                        found.into_iter().take(expect as usize).collect();
                     let claimer = first.keys().next().copied().unwrap_or(self.cfg.id);
                     if claimer != self.cfg.id {
                         tracing::info!(claimer, "raft: bootstrap_expect reached; waiting for the lowest server to bootstrap");
@@ -166,19 +185,30 @@ where
                             self.release_all(first.values()).await;
                         }
                     } else if self.claim_all(&first).await {
-                        let members: BTreeMap<NodeId, BasicNode> =
-                            first.into_iter().map(|(id, addr)| (id, BasicNode { addr })).collect();
-                        tracing::info!(servers = members.len(), "raft: bootstrap_expect reached; bootstrapping the cluster");
+                        let members: BTreeMap<NodeId, BasicNode> = first
+                            .into_iter()
+                            .map(|(id, addr)| (id, BasicNode { addr }))
+                            .collect();
+                        tracing::info!(
+                            servers = members.len(),
+                            "raft: bootstrap_expect reached; bootstrapping the cluster"
+                        );
                         match self.raft.initialize(members).await {
                             Ok(()) => return,
-                            Err(e) => tracing::info!(error = %e, "raft: initialize refused (already formed elsewhere?)"),
+                            Err(e) => {
+                                tracing::info!(error = %e, "raft: initialize refused (already formed elsewhere?)")
+                            }
                         }
                     } else {
                         sleep::<C>(self.jitter(Duration::from_millis(1_000))).await;
                     }
                 }
             } else {
-                tracing::info!(found = found.len(), expect, "raft: waiting for servers to bootstrap");
+                tracing::info!(
+                    found = found.len(),
+                    expect,
+                    "raft: waiting for servers to bootstrap"
+                );
             }
             // Consul re-checks on every gossip join; a short poll does the same here.
             sleep::<C>(retry.min(Duration::from_millis(500))).await;
@@ -218,7 +248,9 @@ where
                 self.grant(me)
             } else {
                 matches!(
-                    self.transport.call(addr, PeerRpc::Claim { by: me }, self.cfg.hello_ttl).await,
+                    self.transport
+                        .call(addr, PeerRpc::Claim { by: me }, self.cfg.hello_ttl)
+                        .await,
                     Ok(PeerReply::Claim { granted: true })
                 )
             };
@@ -239,7 +271,14 @@ where
     async fn release_all<'a>(&self, addrs: impl IntoIterator<Item = &'a String>) {
         for addr in addrs {
             if *addr != self.cfg.rpc_addr {
-                let _ = self.transport.call(addr, PeerRpc::Release { by: self.cfg.id }, self.cfg.hello_ttl).await;
+                let _ = self
+                    .transport
+                    .call(
+                        addr,
+                        PeerRpc::Release { by: self.cfg.id },
+                        self.cfg.hello_ttl,
+                    )
+                    .await;
             }
         }
         self.release(self.cfg.id);
@@ -273,14 +312,23 @@ where
                 return self.change(ChangeMembers::ReplaceAllVoters(target)).await;
             }
         }
-        let Some(members) = self.discovery.lan_members() else { return Ok(()) };
-        for member in members.iter().filter(|m| is_server_of(m, &self.cfg.datacenter)) {
-            let Some(addr) = rpc_addr_of(member) else { continue };
+        let Some(members) = self.discovery.lan_members() else {
+            return Ok(());
+        };
+        for member in members
+            .iter()
+            .filter(|m| is_server_of(m, &self.cfg.datacenter))
+        {
+            let Some(addr) = rpc_addr_of(member) else {
+                continue;
+            };
             match member.state {
                 MemberState::Alive => self.reconcile_alive(member, &addr).await?,
                 MemberState::Left => {
                     let id = raft_id_of(member).or_else(|| self.node_at(&addr));
-                    if let Some(id) = id.filter(|id| *id != self.cfg.id && self.node_addr(*id).is_some()) {
+                    if let Some(id) =
+                        id.filter(|id| *id != self.cfg.id && self.node_addr(*id).is_some())
+                    {
                         if self.removal_keeps_quorum(id).await {
                             tracing::info!(server = %member.name, %addr, "raft: removing server that left");
                             self.remove_server(id).await?;
@@ -293,12 +341,20 @@ where
         Ok(())
     }
 
-    async fn reconcile_alive(&self, member: &MemberInfo, addr: &str) -> Result<(), MembershipError> {
+    async fn reconcile_alive(
+        &self,
+        member: &MemberInfo,
+        addr: &str,
+    ) -> Result<(), MembershipError> {
         let id = match raft_id_of(member) {
             Some(id) => id,
             // Without the tag, a hello tells the id (only for an address not yet known).
             None if self.node_at(addr).is_some() => return Ok(()),
-            None => match self.transport.call(addr, PeerRpc::Hello, self.cfg.hello_ttl).await {
+            None => match self
+                .transport
+                .call(addr, PeerRpc::Hello, self.cfg.hello_ttl)
+                .await
+            {
                 Ok(PeerReply::Hello(h)) if h.datacenter == self.cfg.datacenter => h.id,
                 _ => return Ok(()),
             },
@@ -309,7 +365,12 @@ where
         match self.node_addr(id) {
             Some(known) if known != addr => {
                 tracing::info!(server = %member.name, id, from = %known, to = %addr, "raft: server moved; updating its address");
-                let nodes = BTreeMap::from([(id, BasicNode { addr: addr.to_string() })]);
+                let nodes = BTreeMap::from([(
+                    id,
+                    BasicNode {
+                        addr: addr.to_string(),
+                    },
+                )]);
                 self.change(ChangeMembers::SetNodes(nodes)).await
             }
             Some(_) => self.maybe_promote(id).await,
@@ -323,7 +384,13 @@ where
                 }
                 tracing::info!(server = %member.name, id, %addr, "raft: adding server");
                 self.raft
-                    .add_learner(id, BasicNode { addr: addr.to_string() }, false)
+                    .add_learner(
+                        id,
+                        BasicNode {
+                            addr: addr.to_string(),
+                        },
+                        false,
+                    )
                     .await
                     .map(|_| ())
                     .map_err(|e| MembershipError::Raft(e.to_string()))
@@ -334,15 +401,24 @@ where
     /// Make learner `id` a voter once its log is close to the leader's.
     async fn maybe_promote(&self, id: NodeId) -> Result<(), MembershipError> {
         let m = self.metrics();
-        if m.membership_config.membership().voter_ids().any(|v| v == id) {
+        if m.membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == id)
+        {
             return Ok(());
         }
         let last = m.last_log_index.unwrap_or(0);
-        let matched = m.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten()).map(|l| l.index);
+        let matched = m
+            .replication
+            .as_ref()
+            .and_then(|r| r.get(&id).cloned().flatten())
+            .map(|l| l.index);
         match matched {
             Some(i) if i + PROMOTE_LAG_MAX >= last => {
                 tracing::info!(id, "raft: learner caught up; making it a voter");
-                self.change(ChangeMembers::AddVoterIds(BTreeSet::from([id]))).await
+                self.change(ChangeMembers::AddVoterIds(BTreeSet::from([id])))
+                    .await
             }
             _ => Ok(()),
         }
@@ -362,7 +438,15 @@ where
         let remaining: Vec<(NodeId, String)> = membership
             .voter_ids()
             .filter(|v| *v != id)
-            .map(|v| (v, membership.get_node(&v).map(|n| n.addr.clone()).unwrap_or_default()))
+            .map(|v| {
+                (
+                    v,
+                    membership
+                        .get_node(&v)
+                        .map(|n| n.addr.clone())
+                        .unwrap_or_default(),
+                )
+            })
             .collect();
         let mut healthy = 0;
         for (v, addr) in &remaining {
@@ -375,25 +459,45 @@ where
         }
         let keeps = healthy > remaining.len() / 2;
         if !keeps {
-            tracing::info!(id, healthy, voters = remaining.len(), "raft: not removing a server: the rest would lack a working majority");
+            tracing::info!(
+                id,
+                healthy,
+                voters = remaining.len(),
+                "raft: not removing a server: the rest would lack a working majority"
+            );
         }
         keeps
     }
 
-    async fn change(&self, change: ChangeMembers<NodeId, crate::raft::Node>) -> Result<(), MembershipError> {
-        self.raft.change_membership(change, false).await.map(|_| ()).map_err(|e| match e.forward_to_leader() {
-            Some(f) => MembershipError::NotLeader(f.leader_node.as_ref().map(|n| n.addr.clone())),
-            None => MembershipError::Raft(e.to_string()),
-        })
+    async fn change(
+        &self,
+        change: ChangeMembers<NodeId, crate::raft::Node>,
+    ) -> Result<(), MembershipError> {
+        self.raft
+            .change_membership(change, false)
+            .await
+            .map(|_| ())
+            .map_err(|e| match e.forward_to_leader() {
+                Some(f) => {
+                    MembershipError::NotLeader(f.leader_node.as_ref().map(|n| n.addr.clone()))
+                }
+                None => MembershipError::Raft(e.to_string()),
+            })
     }
 
     /// Remove server `id` (voter or learner) from the configuration, on the leader.
     pub async fn remove_server(&self, id: NodeId) -> Result<(), MembershipError> {
         let m = self.metrics();
-        if m.membership_config.membership().voter_ids().any(|v| v == id) {
-            self.change(ChangeMembers::RemoveVoters(BTreeSet::from([id]))).await
+        if m.membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == id)
+        {
+            self.change(ChangeMembers::RemoveVoters(BTreeSet::from([id])))
+                .await
         } else {
-            self.change(ChangeMembers::RemoveNodes(BTreeSet::from([id]))).await
+            self.change(ChangeMembers::RemoveNodes(BTreeSet::from([id])))
+                .await
         }
     }
 
@@ -416,14 +520,23 @@ where
     /// The server (voter or learner) whose RPC address is `addr`.
     fn node_at(&self, addr: &str) -> Option<NodeId> {
         let m = self.metrics();
-        let found = m.membership_config.membership().nodes().find(|(_, n)| n.addr == addr).map(|(id, _)| *id);
+        let found = m
+            .membership_config
+            .membership()
+            .nodes()
+            .find(|(_, n)| n.addr == addr)
+            .map(|(id, _)| *id);
         found
     }
 
     /// The RPC address the configuration holds for server `id`.
     fn node_addr(&self, id: NodeId) -> Option<String> {
         let m = self.metrics();
-        let addr = m.membership_config.membership().get_node(&id).map(|n| n.addr.clone());
+        let addr = m
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.addr.clone());
         addr
     }
 

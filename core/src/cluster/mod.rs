@@ -101,7 +101,13 @@ pub struct ServerConfig {
 
 impl ServerConfig {
     /// Production timing: writes and barriers within 10 s, forwarded calls within 3 s.
-    pub fn new(id: NodeId, rpc_addr: String, name: String, datacenter: String, first_client: u64) -> Self {
+    pub fn new(
+        id: NodeId,
+        rpc_addr: String,
+        name: String,
+        datacenter: String,
+        first_client: u64,
+    ) -> Self {
         Self {
             id,
             rpc_addr,
@@ -224,7 +230,14 @@ where
 
     /// Whether this server belongs to a formed cluster (it has a membership).
     pub fn is_formed(&self) -> bool {
-        self.raft.metrics().borrow_watched().membership_config.membership().voter_ids().next().is_some()
+        self.raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .next()
+            .is_some()
     }
 
     /// The leader's RPC address, read in place.
@@ -232,7 +245,10 @@ where
         let metrics = self.raft.metrics();
         let m = metrics.borrow_watched();
         let leader = m.current_leader?;
-        m.membership_config.membership().get_node(&leader).map(|n| n.addr.clone())
+        m.membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.addr.clone())
     }
 
     /// Snapshot chunks taken, and snapshots received in more than one chunk.
@@ -256,7 +272,10 @@ where
         match rpc {
             PeerRpc::Raft { to, rpc } => {
                 let check_target = !self.sabotage().ignore_target;
-                PeerReply::Raft(crate::raft::rpc::serve(&self.raft, to, rpc, check_target, &self.snapshot).await)
+                PeerReply::Raft(
+                    crate::raft::rpc::serve(&self.raft, to, rpc, check_target, &self.snapshot)
+                        .await,
+                )
             }
             PeerRpc::Write(req) => match self.raft.client_write(req).await {
                 Ok(r) => PeerReply::Written(r.data),
@@ -265,16 +284,24 @@ where
                     None => PeerReply::Failed(e.to_string()),
                 },
             },
-            PeerRpc::ReadIndex => match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
-                Ok(read) => PeerReply::ReadIndex(read.log_id().index),
-                Err(e) => match e.forward_to_leader() {
-                    Some(f) => PeerReply::NotLeader(f.leader_node.as_ref().map(|n| n.addr.clone())),
-                    None => PeerReply::Failed(e.to_string()),
-                },
-            },
+            PeerRpc::ReadIndex => {
+                match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+                    Ok(read) => PeerReply::ReadIndex(read.log_id().index),
+                    Err(e) => match e.forward_to_leader() {
+                        Some(f) => {
+                            PeerReply::NotLeader(f.leader_node.as_ref().map(|n| n.addr.clone()))
+                        }
+                        None => PeerReply::Failed(e.to_string()),
+                    },
+                }
+            }
             PeerRpc::Hello => PeerReply::Hello(self.hello()),
-            PeerRpc::Claim { by } => PeerReply::Claim { granted: self.grant(by) },
-            PeerRpc::Release { by } => PeerReply::Claim { granted: self.release(by) },
+            PeerRpc::Claim { by } => PeerReply::Claim {
+                granted: self.grant(by),
+            },
+            PeerRpc::Release { by } => PeerReply::Claim {
+                granted: self.release(by),
+            },
         }
     }
 
@@ -290,7 +317,11 @@ where
             let read_index = match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
                 Ok(_) => return Ok(()),
                 Err(e) => match e.forward_to_leader().and_then(|f| f.leader_node.clone()) {
-                    Some(leader) => match self.transport.call(&leader.addr, PeerRpc::ReadIndex, self.cfg.forward_ttl).await {
+                    Some(leader) => match self
+                        .transport
+                        .call(&leader.addr, PeerRpc::ReadIndex, self.cfg.forward_ttl)
+                        .await
+                    {
                         Ok(PeerReply::ReadIndex(i)) => Some(i),
                         _ => None,
                     },
@@ -300,7 +331,11 @@ where
             match read_index {
                 Some(i) => {
                     let wait = self.raft.wait(Some(self.cfg.forward_ttl));
-                    if wait.applied_index_at_least(Some(i), "read index").await.is_ok() {
+                    if wait
+                        .applied_index_at_least(Some(i), "read index")
+                        .await
+                        .is_ok()
+                    {
                         return Ok(());
                     }
                 }

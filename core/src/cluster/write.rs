@@ -58,7 +58,10 @@ where
     D: Discovery,
 {
     fn fresh_lane(&self) -> Lane {
-        Lane { client: self.next_client.fetch_add(1, Ordering::Relaxed), seq: 0 }
+        Lane {
+            client: self.next_client.fetch_add(1, Ordering::Relaxed),
+            seq: 0,
+        }
     }
 
     fn take_lane(&self) -> Lane {
@@ -69,14 +72,21 @@ where
     }
 
     fn return_lane(&self, lane: Lane) {
-        self.lanes.lock().unwrap_or_else(|e| e.into_inner()).push(lane);
+        self.lanes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(lane);
     }
 
     /// Apply `cmd` through the Raft log, from any server: the leader submits it, a
     /// follower forwards it to the leader. Returns the state machine's response.
     pub async fn write(&self, cmd: Command) -> Result<Response, WriteError> {
         let mut lane = self.take_lane();
-        let mut req = Request { client: lane.client, seq: lane.seq, cmd };
+        let mut req = Request {
+            client: lane.client,
+            seq: lane.seq,
+            cmd,
+        };
         let mut on_fresh_lane = false;
         loop {
             let (result, attempts) = self.submit(&req).await;
@@ -84,7 +94,9 @@ where
                 Ok(Response::Expired) if !self.sabotage().lane_poison => {
                     // The lane's client id is no longer in the dedup table: retire the lane.
                     if attempts > 1 || on_fresh_lane {
-                        return Err(WriteError::Indeterminate("the write's client id expired from the dedup table"));
+                        return Err(WriteError::Indeterminate(
+                            "the write's client id expired from the dedup table",
+                        ));
                     }
                     lane = self.fresh_lane();
                     lane.seq += 1;
@@ -114,7 +126,10 @@ where
                 None if self.sabotage().ack_before_commit && self.raft.is_leader() => {
                     // Wrong on purpose: acknowledge before the entry is committed.
                     let _ = self.raft.client_write_ff(req.clone(), None).await;
-                    let outcome = crate::kv::KvOutcome { ok: true, changed: true };
+                    let outcome = crate::kv::KvOutcome {
+                        ok: true,
+                        changed: true,
+                    };
                     return (Ok(Response::Kv { outcome, index: 0 }), attempts);
                 }
                 None => match self.raft.client_write(req.clone()).await {
@@ -124,7 +139,11 @@ where
                         None => return (Err(WriteError::Raft(e.to_string())), attempts),
                     },
                 },
-                Some(addr) => match self.transport.call(addr, PeerRpc::Write(req.clone()), self.cfg.forward_ttl).await {
+                Some(addr) => match self
+                    .transport
+                    .call(addr, PeerRpc::Write(req.clone()), self.cfg.forward_ttl)
+                    .await
+                {
                     Ok(PeerReply::Written(r)) => return (Ok(r), attempts),
                     Ok(PeerReply::NotLeader(l)) => l,
                     // No answer: retry the same request (applied at most once).

@@ -149,7 +149,10 @@ impl Keyring {
     /// Where the installed key `b64` stands in the ring.
     fn position(&self, b64: &str) -> Result<usize, KeyError> {
         let key = Key::parse(b64)?;
-        self.keys.iter().position(|k| k.raw == key.raw).ok_or(KeyError::NotInstalled)
+        self.keys
+            .iter()
+            .position(|k| k.raw == key.raw)
+            .ok_or(KeyError::NotInstalled)
     }
 
     /// Make an installed key the primary.

@@ -413,10 +413,15 @@ impl Harness {
         if self.incarnations.len() <= i {
             self.incarnations.resize(i + 1, 0);
         }
-        let result = g.check_invariants().and_then(|()| match inc < self.incarnations[i] {
-            true => Err(format!("own incarnation went down from {} to {inc}", self.incarnations[i])),
-            false => Ok(()),
-        });
+        let result = g
+            .check_invariants()
+            .and_then(|()| match inc < self.incarnations[i] {
+                true => Err(format!(
+                    "own incarnation went down from {} to {inc}",
+                    self.incarnations[i]
+                )),
+                false => Ok(()),
+            });
         self.incarnations[i] = inc;
         if let Err(e) = result {
             self.violation = Some(format!("t={}ms node {i}: {e}", self.now.0));

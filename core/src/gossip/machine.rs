@@ -322,7 +322,10 @@ impl Gossip {
     /// every running suspicion is of a member held suspect. The harnesses check them after
     /// every input.
     pub fn check_invariants(&self) -> Result<(), String> {
-        let me = self.members.get(&self.me).ok_or("this node is missing from its own member list")?;
+        let me = self
+            .members
+            .get(&self.me)
+            .ok_or("this node is missing from its own member list")?;
         if me.incarnation == 0 {
             return Err("this node's incarnation is 0".into());
         }
@@ -337,7 +340,9 @@ impl Gossip {
         for n in self.suspicions.keys() {
             match self.members.get(n) {
                 Some(m) if m.state == MemberState::Suspect => {}
-                Some(m) => return Err(format!("a suspicion of {n} runs while it is {:?}", m.state)),
+                Some(m) => {
+                    return Err(format!("a suspicion of {n} runs while it is {:?}", m.state))
+                }
                 None => return Err(format!("a suspicion of {n} runs, which is not a member")),
             }
         }

@@ -520,5 +520,10 @@ fn invariant_checker_catches_a_node_that_probes_a_stranger() {
     h.node_for_test(2).break_invariant_for_test();
     h.run_for(Millis::secs(5));
     let verdict = h.check_invariants();
-    assert!(verdict.as_ref().is_err_and(|e| e.contains("node 2") && e.contains("probe list names nobody")), "{verdict:?}");
+    assert!(
+        verdict
+            .as_ref()
+            .is_err_and(|e| e.contains("node 2") && e.contains("probe list names nobody")),
+        "{verdict:?}"
+    );
 }

@@ -28,7 +28,13 @@ pub trait Backend: Send + Sync + 'static {
     fn write(&self, ops: Vec<Op>, durable: bool) -> io::Result<()>;
     fn get(&self, space: Space, key: &[u8]) -> io::Result<Option<Vec<u8>>>;
     /// Entries with `from <= key < to`, in key order, at most `limit` of them.
-    fn range(&self, space: Space, from: &[u8], to: &[u8], limit: usize) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    fn range(
+        &self,
+        space: Space,
+        from: &[u8],
+        to: &[u8],
+        limit: usize,
+    ) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>>;
     /// The entry with the highest key in `space`.
     fn last(&self, space: Space) -> io::Result<Option<(Vec<u8>, Vec<u8>)>>;
 }
@@ -119,7 +125,13 @@ impl Backend for MemBackend {
         Ok(self.lock().visible.get(&(space, key.to_vec())).cloned())
     }
 
-    fn range(&self, space: Space, from: &[u8], to: &[u8], limit: usize) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    fn range(
+        &self,
+        space: Space,
+        from: &[u8],
+        to: &[u8],
+        limit: usize,
+    ) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let s = self.lock();
         Ok(s.visible
             .range((space, from.to_vec())..(space, to.to_vec()))
@@ -132,9 +144,18 @@ impl Backend for MemBackend {
         let s = self.lock();
         let next = match space {
             Space::Log => Space::Meta,
-            Space::Meta => return Ok(s.visible.range((space, Vec::new())..).next_back().map(|((_, k), v)| (k.clone(), v.clone()))),
+            Space::Meta => {
+                return Ok(s
+                    .visible
+                    .range((space, Vec::new())..)
+                    .next_back()
+                    .map(|((_, k), v)| (k.clone(), v.clone())))
+            }
         };
-        Ok(s.visible.range((space, Vec::new())..(next, Vec::new())).next_back().map(|((_, k), v)| (k.clone(), v.clone())))
+        Ok(s.visible
+            .range((space, Vec::new())..(next, Vec::new()))
+            .next_back()
+            .map(|((_, k), v)| (k.clone(), v.clone())))
     }
 }
 
@@ -143,7 +164,11 @@ mod tests {
     use super::*;
 
     fn put(k: &str, v: &str) -> Op {
-        (Space::Meta, k.as_bytes().to_vec(), Some(v.as_bytes().to_vec()))
+        (
+            Space::Meta,
+            k.as_bytes().to_vec(),
+            Some(v.as_bytes().to_vec()),
+        )
     }
 
     #[test]
@@ -156,7 +181,11 @@ mod tests {
         b.crash();
         assert_eq!(b.get(Space::Meta, b"a").unwrap(), Some(b"1".to_vec()));
         assert_eq!(b.get(Space::Meta, b"b").unwrap(), None);
-        assert_eq!(b.get(Space::Meta, b"c").unwrap(), None, "a batch is lost whole");
+        assert_eq!(
+            b.get(Space::Meta, b"c").unwrap(),
+            None,
+            "a batch is lost whole"
+        );
     }
 
     #[test]
@@ -168,6 +197,10 @@ mod tests {
         assert_eq!(b.get(Space::Meta, b"a").unwrap(), Some(b"1".to_vec()));
         let all = b.range(Space::Meta, b"", b"\xff", 10).unwrap();
         assert_eq!(all.len(), 2);
-        assert_eq!(b.range(Space::Log, b"", b"\xff", 10).unwrap().len(), 0, "spaces are apart");
+        assert_eq!(
+            b.range(Space::Log, b"", b"\xff", 10).unwrap().len(),
+            0,
+            "spaces are apart"
+        );
     }
 }

@@ -38,7 +38,13 @@ pub enum RaftRpc<C: Types> {
     PreVote(VoteRequest<C>),
     /// One chunk of a snapshot: bytes `offset..offset + data.len()` of `total`. Chunks are
     /// sent in order, one at a time; the last one installs the snapshot.
-    SnapshotChunk { vote: Vote, meta: SnapshotMeta, offset: u64, total: u64, data: Vec<u8> },
+    SnapshotChunk {
+        vote: Vote,
+        meta: SnapshotMeta,
+        offset: u64,
+        total: u64,
+        data: Vec<u8>,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -84,7 +90,9 @@ pub enum PeerReply<C: Types> {
     ReadIndex(u64),
     Hello(Hello),
     /// The answer to a claim (or a release: whether the grant was held by the caller).
-    Claim { granted: bool },
+    Claim {
+        granted: bool,
+    },
     /// The request failed; whether it took effect is unknown.
     Failed(String),
 }
@@ -103,7 +111,12 @@ pub struct Hello {
 /// `ttl` for its reply. An error means no reply: the request may or may not have been
 /// handled.
 pub trait PeerTransport<C: Types>: Clone + Send + Sync + 'static {
-    fn call(&self, addr: &str, rpc: PeerRpc<C>, ttl: Duration) -> impl Future<Output = io::Result<PeerReply<C>>> + Send;
+    fn call(
+        &self,
+        addr: &str,
+        rpc: PeerRpc<C>,
+        ttl: Duration,
+    ) -> impl Future<Output = io::Result<PeerReply<C>>> + Send;
 }
 
 /// The largest snapshot a server takes ([`SnapshotAssembly`] holds it in memory).
@@ -123,14 +136,25 @@ pub struct SnapshotAssembly {
 
 impl SnapshotAssembly {
     /// Take one chunk; the whole snapshot once its last chunk arrived.
-    fn take(&mut self, vote: Vote, meta: &SnapshotMeta, offset: u64, total: u64, data: Vec<u8>) -> Result<Option<Vec<u8>>, String> {
+    fn take(
+        &mut self,
+        vote: Vote,
+        meta: &SnapshotMeta,
+        offset: u64,
+        total: u64,
+        data: Vec<u8>,
+    ) -> Result<Option<Vec<u8>>, String> {
         if total > SNAPSHOT_BYTES_MAX {
-            return Err(format!("snapshot of {total} bytes exceeds {SNAPSHOT_BYTES_MAX}"));
+            return Err(format!(
+                "snapshot of {total} bytes exceeds {SNAPSHOT_BYTES_MAX}"
+            ));
         }
         if offset == 0 {
             self.current = Some((vote, meta.last_log_id, Vec::with_capacity(data.len())));
         }
-        let Some((v, id, buf)) = self.current.as_mut() else { return Err("snapshot chunk without its start".into()) };
+        let Some((v, id, buf)) = self.current.as_mut() else {
+            return Err("snapshot chunk without its start".into());
+        };
         if *v != vote || *id != meta.last_log_id || buf.len() as u64 != offset {
             self.current = None;
             return Err(format!("snapshot chunk at {offset} out of order"));
@@ -169,16 +193,40 @@ where
     }
     let failed = |e: &dyn std::fmt::Display| RaftRpcReply::Failed(e.to_string());
     match rpc {
-        RaftRpc::Append(r) => raft.append_entries(r).await.map_or_else(|e| failed(&e), RaftRpcReply::Append),
-        RaftRpc::Vote(r) => raft.vote(r).await.map_or_else(|e| failed(&e), RaftRpcReply::Vote),
-        RaftRpc::PreVote(r) => raft.pre_vote(r).await.map_or_else(|e| failed(&e), RaftRpcReply::Vote),
-        RaftRpc::SnapshotChunk { vote, meta, offset, total, data } => {
-            let taken = assembly.lock().unwrap_or_else(|e| e.into_inner()).take(vote, &meta, offset, total, data);
+        RaftRpc::Append(r) => raft
+            .append_entries(r)
+            .await
+            .map_or_else(|e| failed(&e), RaftRpcReply::Append),
+        RaftRpc::Vote(r) => raft
+            .vote(r)
+            .await
+            .map_or_else(|e| failed(&e), RaftRpcReply::Vote),
+        RaftRpc::PreVote(r) => raft
+            .pre_vote(r)
+            .await
+            .map_or_else(|e| failed(&e), RaftRpcReply::Vote),
+        RaftRpc::SnapshotChunk {
+            vote,
+            meta,
+            offset,
+            total,
+            data,
+        } => {
+            let taken = assembly
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(vote, &meta, offset, total, data);
             match taken {
                 Err(e) => RaftRpcReply::Failed(e),
                 Ok(None) => RaftRpcReply::ChunkTaken,
                 Ok(Some(data)) => raft
-                    .install_full_snapshot(vote, Snapshot { meta, snapshot: data })
+                    .install_full_snapshot(
+                        vote,
+                        Snapshot {
+                            meta,
+                            snapshot: data,
+                        },
+                    )
                     .await
                     .map_or_else(|e| failed(&e), RaftRpcReply::Snapshot),
             }
@@ -196,7 +244,10 @@ pub struct NetFactory<T> {
 
 impl<T> NetFactory<T> {
     pub fn new(transport: T) -> Self {
-        Self { transport, snapshot_chunk_bytes: SNAPSHOT_CHUNK_BYTES }
+        Self {
+            transport,
+            snapshot_chunk_bytes: SNAPSHOT_CHUNK_BYTES,
+        }
     }
 }
 
@@ -204,7 +255,12 @@ impl<C: Types, T: PeerTransport<C>> openraft::RaftNetworkFactory<C> for NetFacto
     type Network = Network<T>;
 
     async fn new_client(&mut self, target: NodeId, node: &super::Node) -> Network<T> {
-        Network { transport: self.transport.clone(), addr: node.addr.clone(), target, chunk: self.snapshot_chunk_bytes.max(1) }
+        Network {
+            transport: self.transport.clone(),
+            addr: node.addr.clone(),
+            target,
+            chunk: self.snapshot_chunk_bytes.max(1),
+        }
     }
 }
 
@@ -230,11 +286,20 @@ impl<T> Network<T> {
     where
         T: PeerTransport<C>,
     {
-        let msg = PeerRpc::Raft { to: self.target, rpc };
-        match self.transport.call(&self.addr, msg, option.hard_ttl()).await {
+        let msg = PeerRpc::Raft {
+            to: self.target,
+            rpc,
+        };
+        match self
+            .transport
+            .call(&self.addr, msg, option.hard_ttl())
+            .await
+        {
             Ok(PeerReply::Raft(RaftRpcReply::Failed(e))) => Err(unreachable(io::Error::other(e))),
             Ok(PeerReply::Raft(reply)) => Ok(reply),
-            Ok(other) => Err(unreachable(io::Error::other(format!("unexpected reply {other:?}")))),
+            Ok(other) => Err(unreachable(io::Error::other(format!(
+                "unexpected reply {other:?}"
+            )))),
             Err(e) => Err(unreachable(e)),
         }
     }
@@ -314,7 +379,10 @@ mod tests {
 
     fn meta(index: u64) -> SnapshotMeta {
         let log_id = crate::raft::LogId::new(crate::raft::CommittedLeaderId::new(1), index);
-        SnapshotMeta { last_log_id: Some(log_id), last_membership: Default::default() }
+        SnapshotMeta {
+            last_log_id: Some(log_id),
+            last_membership: Default::default(),
+        }
     }
 
     #[test]
@@ -322,7 +390,10 @@ mod tests {
         let (mut a, vote, m) = (SnapshotAssembly::default(), Vote::new(1, 1), meta(7));
         assert_eq!(a.take(vote, &m, 0, 5, b"ab".to_vec()), Ok(None));
         assert_eq!(a.take(vote, &m, 2, 5, b"cd".to_vec()), Ok(None));
-        assert_eq!(a.take(vote, &m, 4, 5, b"e".to_vec()), Ok(Some(b"abcde".to_vec())));
+        assert_eq!(
+            a.take(vote, &m, 4, 5, b"e".to_vec()),
+            Ok(Some(b"abcde".to_vec()))
+        );
         assert_eq!(a.multi_chunk_snapshots, 1);
     }
 
@@ -331,11 +402,21 @@ mod tests {
         let (mut a, vote, m) = (SnapshotAssembly::default(), Vote::new(1, 1), meta(7));
         assert!(a.take(vote, &m, 2, 5, b"cd".to_vec()).is_err(), "no start");
         a.take(vote, &m, 0, 5, b"ab".to_vec()).unwrap();
-        assert!(a.take(vote, &meta(8), 2, 5, b"cd".to_vec()).is_err(), "another snapshot");
+        assert!(
+            a.take(vote, &meta(8), 2, 5, b"cd".to_vec()).is_err(),
+            "another snapshot"
+        );
         a.take(vote, &m, 0, 5, b"ab".to_vec()).unwrap();
         assert!(a.take(vote, &m, 3, 5, b"d".to_vec()).is_err(), "a gap");
         a.take(vote, &m, 0, 5, b"ab".to_vec()).unwrap();
-        assert!(a.take(vote, &m, 2, 5, b"cdef".to_vec()).is_err(), "past the size");
-        assert!(a.take(vote, &m, 0, SNAPSHOT_BYTES_MAX + 1, b"a".to_vec()).is_err(), "too large");
+        assert!(
+            a.take(vote, &m, 2, 5, b"cdef".to_vec()).is_err(),
+            "past the size"
+        );
+        assert!(
+            a.take(vote, &m, 0, SNAPSHOT_BYTES_MAX + 1, b"a".to_vec())
+                .is_err(),
+            "too large"
+        );
     }
 }

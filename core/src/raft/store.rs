@@ -114,7 +114,10 @@ impl<C, B: Backend> LogStore<C, B> {
     }
 
     fn last_entry(&self) -> io::Result<Option<LogEntry>> {
-        self.backend.last(Space::Log)?.map(|(_, v)| decode(&v)).transpose()
+        self.backend
+            .last(Space::Log)?
+            .map(|(_, v)| decode(&v))
+            .transpose()
     }
 
     /// Every entry of `start..end` the log holds, as openraft requires: the whole range in
@@ -127,7 +130,9 @@ impl<C, B: Backend> LogStore<C, B> {
     fn read_range(&self, start: u64, end: u64) -> io::Result<Vec<LogEntry>> {
         let past = end.saturating_add(1);
         let limit = usize::try_from(past - start).unwrap_or(usize::MAX);
-        let rows = self.backend.range(Space::Log, &log_key(start), &log_key(past), limit)?;
+        let rows = self
+            .backend
+            .range(Space::Log, &log_key(start), &log_key(past), limit)?;
         let mut entries: Vec<LogEntry> = Vec::with_capacity(rows.len());
         let mut next = start;
         for (key, value) in &rows {
@@ -183,7 +188,9 @@ impl<C: Types, B: Backend> RaftLogReader<C> for LogStore<C, B> {
         }
         #[cfg(feature = "sabotage")]
         if let Some(cap) = self.short_reads {
-            let rows = self.backend.range(Space::Log, &log_key(start), &log_key(end), cap)?;
+            let rows = self
+                .backend
+                .range(Space::Log, &log_key(start), &log_key(end), cap)?;
             return rows.iter().map(|(_, v)| decode(v)).collect();
         }
         self.read_range(start, end)
@@ -200,7 +207,10 @@ impl<C: Types, B: Backend> RaftLogStorage<C> for LogStore<C, B> {
     async fn get_log_state(&mut self) -> Result<LogState<C>, io::Error> {
         let purged: Option<LogId> = get_meta(&*self.backend, KEY_PURGED)?;
         let last = self.last_entry()?.map(|e| e.log_id()).or(purged);
-        Ok(LogState { last_purged_log_id: purged, last_log_id: last })
+        Ok(LogState {
+            last_purged_log_id: purged,
+            last_log_id: last,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -208,13 +218,17 @@ impl<C: Types, B: Backend> RaftLogStorage<C> for LogStore<C, B> {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
-        self.backend.write(vec![(Space::Meta, KEY_VOTE.to_vec(), Some(encode(vote)?))], true)
+        self.backend.write(
+            vec![(Space::Meta, KEY_VOTE.to_vec(), Some(encode(vote)?))],
+            true,
+        )
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
         // Not synced: losing it only means re-applying from the last snapshot.
         let value = committed.map(|c| encode(&c)).transpose()?;
-        self.backend.write(vec![(Space::Meta, KEY_COMMITTED.to_vec(), value)], false)
+        self.backend
+            .write(vec![(Space::Meta, KEY_COMMITTED.to_vec(), value)], false)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
@@ -231,15 +245,23 @@ impl<C: Types, B: Backend> RaftLogStorage<C> for LogStore<C, B> {
             ops.push((Space::Log, log_key(e.index()).to_vec(), Some(encode(&e)?)));
         }
         let result = self.backend.write(ops, self.sync_appends());
-        let reply = result.as_ref().map(|_| ()).map_err(|e| io::Error::new(e.kind(), e.to_string()));
+        let reply = result
+            .as_ref()
+            .map(|_| ())
+            .map_err(|e| io::Error::new(e.kind(), e.to_string()));
         callback.io_completed(reply);
         result
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map(|l| l.index + 1).unwrap_or(0);
-        let rows = self.backend.range(Space::Log, &log_key(from), &log_key(u64::MAX), usize::MAX)?;
-        let ops: Vec<Op> = rows.into_iter().map(|(k, _)| (Space::Log, k, None)).collect();
+        let rows =
+            self.backend
+                .range(Space::Log, &log_key(from), &log_key(u64::MAX), usize::MAX)?;
+        let ops: Vec<Op> = rows
+            .into_iter()
+            .map(|(k, _)| (Space::Log, k, None))
+            .collect();
         if ops.is_empty() {
             return Ok(());
         }
@@ -247,8 +269,16 @@ impl<C: Types, B: Backend> RaftLogStorage<C> for LogStore<C, B> {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
-        let rows = self.backend.range(Space::Log, &log_key(0), &log_key(log_id.index + 1), usize::MAX)?;
-        let mut ops: Vec<Op> = rows.into_iter().map(|(k, _)| (Space::Log, k, None)).collect();
+        let rows = self.backend.range(
+            Space::Log,
+            &log_key(0),
+            &log_key(log_id.index + 1),
+            usize::MAX,
+        )?;
+        let mut ops: Vec<Op> = rows
+            .into_iter()
+            .map(|(k, _)| (Space::Log, k, None))
+            .collect();
         ops.push((Space::Meta, KEY_PURGED.to_vec(), Some(encode(&log_id)?)));
         self.backend.write(ops, true)
     }
@@ -318,7 +348,8 @@ impl<C, B: Backend> SmStore<C, B> {
     pub fn open(backend: Arc<B>) -> io::Result<Self> {
         let mut state = SmState::default();
         if let Some((meta, data)) = get_meta::<(SnapshotMeta, Vec<u8>)>(&*backend, KEY_SNAPSHOT)? {
-            state.sm = StateMachine::restore(&data).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            state.sm = StateMachine::restore(&data)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
             state.last_applied = meta.last_log_id;
             state.membership = meta.last_membership.clone();
             state.snapshot = Some((meta, data));
@@ -366,12 +397,25 @@ impl<C, B: Backend> SmStore<C, B> {
     fn current_snapshot(&self) -> io::Result<Snapshot> {
         let (meta, data) = {
             let s = self.lock();
-            let meta = SnapshotMeta { last_log_id: s.last_applied, last_membership: s.membership.clone() };
+            let meta = SnapshotMeta {
+                last_log_id: s.last_applied,
+                last_membership: s.membership.clone(),
+            };
             (meta, s.sm.snapshot())
         };
-        self.backend.write(vec![(Space::Meta, KEY_SNAPSHOT.to_vec(), Some(encode(&(&meta, &data))?))], true)?;
+        self.backend.write(
+            vec![(
+                Space::Meta,
+                KEY_SNAPSHOT.to_vec(),
+                Some(encode(&(&meta, &data))?),
+            )],
+            true,
+        )?;
         self.lock().snapshot = Some((meta.clone(), data.clone()));
-        Ok(Snapshot { meta, snapshot: data })
+        Ok(Snapshot {
+            meta,
+            snapshot: data,
+        })
     }
 }
 
@@ -393,7 +437,11 @@ impl<C: Types, B: Backend> RaftStateMachine<C> for SmStore<C, B> {
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
-    where Strm: futures_util::Stream<Item = Result<EntryResponder<C>, io::Error>> + Unpin + OptionalSend {
+    where
+        Strm: futures_util::Stream<Item = Result<EntryResponder<C>, io::Error>>
+            + Unpin
+            + OptionalSend,
+    {
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
             // openraft numbers its log from 0 (the initial membership entry); Consul's
@@ -424,7 +472,12 @@ impl<C: Types, B: Backend> RaftStateMachine<C> for SmStore<C, B> {
                 }
             };
             if let Some(observer) = &self.observer {
-                observer(&Applied { index, entry: &entry, response, violation });
+                observer(&Applied {
+                    index,
+                    entry: &entry,
+                    response,
+                    violation,
+                });
             }
             if let Some(responder) = responder {
                 responder.send(response);
@@ -437,9 +490,21 @@ impl<C: Types, B: Backend> RaftStateMachine<C> for SmStore<C, B> {
         self.clone()
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Vec<u8>) -> Result<(), io::Error> {
-        let sm = StateMachine::restore(&snapshot).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        self.backend.write(vec![(Space::Meta, KEY_SNAPSHOT.to_vec(), Some(encode(&(meta, &snapshot))?))], true)?;
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Vec<u8>,
+    ) -> Result<(), io::Error> {
+        let sm = StateMachine::restore(&snapshot)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        self.backend.write(
+            vec![(
+                Space::Meta,
+                KEY_SNAPSHOT.to_vec(),
+                Some(encode(&(meta, &snapshot))?),
+            )],
+            true,
+        )?;
         let index = {
             let mut s = self.lock();
             s.sm = sm;
@@ -456,7 +521,10 @@ impl<C: Types, B: Backend> RaftStateMachine<C> for SmStore<C, B> {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
         let s = self.lock();
-        Ok(s.snapshot.as_ref().map(|(meta, data)| Snapshot { meta: meta.clone(), snapshot: data.clone() }))
+        Ok(s.snapshot.as_ref().map(|(meta, data)| Snapshot {
+            meta: meta.clone(),
+            snapshot: data.clone(),
+        }))
     }
 }
 

@@ -37,7 +37,9 @@ fn log_of(n: u64) -> (Log, Arc<MemBackend>) {
     let mut next = 0;
     while next < n {
         let end = (next + 256).min(n);
-        let entries: Vec<LogEntry> = (next..end).map(|i| LogEntry::new_blank(log_id(i))).collect();
+        let entries: Vec<LogEntry> = (next..end)
+            .map(|i| LogEntry::new_blank(log_id(i)))
+            .collect();
         now(log.append(entries, IOFlushed::noop())).unwrap();
         next = end;
     }
@@ -71,18 +73,27 @@ fn a_read_returns_the_whole_range_however_long() {
     assert_exactly(&now(log.try_get_log_entries(..=4_999)).unwrap(), 0..5_000);
     assert_exactly(&now(log.try_get_log_entries(100..)).unwrap(), 100..5_000);
     // past the end: what the log has (openraft allows a short read at the end only)
-    assert_exactly(&now(log.try_get_log_entries(4_990..6_000)).unwrap(), 4_990..5_000);
+    assert_exactly(
+        &now(log.try_get_log_entries(4_990..6_000)).unwrap(),
+        4_990..5_000,
+    );
     assert!(now(log.try_get_log_entries(7..7)).unwrap().is_empty());
 }
 
 #[test]
 fn a_hole_inside_the_range_is_an_error() {
     let (mut log, backend) = log_of(100);
-    backend.write(vec![(Space::Log, log_key(50).to_vec(), None)], true).unwrap();
+    backend
+        .write(vec![(Space::Log, log_key(50).to_vec(), None)], true)
+        .unwrap();
     for range in [0..100, 40..60, 45..51, 50..51, 50..100] {
-        let err = now(log.try_get_log_entries(range.clone())).expect_err(&format!("{range:?} has a hole at 50"));
+        let err = now(log.try_get_log_entries(range.clone()))
+            .expect_err(&format!("{range:?} has a hole at 50"));
         assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
-        assert!(err.to_string().contains("50"), "the error names the missing entry: {err}");
+        assert!(
+            err.to_string().contains("50"),
+            "the error names the missing entry: {err}"
+        );
     }
     // ranges that do not cover the hole are read as usual
     assert_exactly(&now(log.try_get_log_entries(0..50)).unwrap(), 0..50);
@@ -94,11 +105,16 @@ fn only_purged_entries_may_be_missing_at_the_start() {
     let (mut log, _) = log_of(100);
     now(log.purge(log_id(9))).unwrap();
     assert_exactly(&now(log.try_get_log_entries(0..20)).unwrap(), 10..20);
-    assert!(now(log.try_get_log_entries(0..5)).unwrap().is_empty(), "all purged");
+    assert!(
+        now(log.try_get_log_entries(0..5)).unwrap().is_empty(),
+        "all purged"
+    );
     // an entry after the purged ones that is gone is a hole, wherever the range starts
     let (mut log, backend) = log_of(100);
     now(log.purge(log_id(9))).unwrap();
-    backend.write(vec![(Space::Log, log_key(10).to_vec(), None)], true).unwrap();
+    backend
+        .write(vec![(Space::Log, log_key(10).to_vec(), None)], true)
+        .unwrap();
     assert!(now(log.try_get_log_entries(0..20)).is_err());
     assert!(now(log.try_get_log_entries(10..20)).is_err());
 }
@@ -109,6 +125,12 @@ fn the_short_reads_sabotage_brings_back_the_capped_read() {
     let (mut log, backend) = log_of(5_000);
     log.short_reads = Some(super::LOG_READ_MAX);
     assert_exactly(&now(log.try_get_log_entries(0..5_000)).unwrap(), 0..4_096);
-    backend.write(vec![(Space::Log, log_key(50).to_vec(), None)], true).unwrap();
-    assert_eq!(now(log.try_get_log_entries(0..100)).unwrap().len(), 99, "a hole goes unnoticed");
+    backend
+        .write(vec![(Space::Log, log_key(50).to_vec(), None)], true)
+        .unwrap();
+    assert_eq!(
+        now(log.try_get_log_entries(0..100)).unwrap().len(),
+        99,
+        "a hole goes unnoticed"
+    );
 }

@@ -105,7 +105,10 @@ impl Journal {
         let mut newest = None;
         for entry in std::fs::read_dir(dir)? {
             let name = entry?.file_name();
-            let id = name.to_str().and_then(|n| n.strip_suffix(".jnl")).and_then(|n| n.parse::<u64>().ok());
+            let id = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".jnl"))
+                .and_then(|n| n.parse::<u64>().ok());
             newest = newest.max(id);
         }
         Ok(newest)
@@ -115,12 +118,18 @@ impl Journal {
     /// synced, false if the newest journal could not be found or opened (the caller then
     /// syncs through fjall). Only a failed fdatasync is an error.
     fn sync_newest(cached: &mut Option<Journal>, dir: &Path) -> io::Result<bool> {
-        let Ok(Some(id)) = Self::newest_id(dir) else { return Ok(false) };
+        let Ok(Some(id)) = Self::newest_id(dir) else {
+            return Ok(false);
+        };
         if cached.as_ref().is_none_or(|j| j.id != id) {
             // The old descriptor goes either way: a stale journal is never synced again.
-            *cached = File::open(Self::path(dir, id)).ok().map(|file| Journal { id, file });
+            *cached = File::open(Self::path(dir, id))
+                .ok()
+                .map(|file| Journal { id, file });
         }
-        let Some(journal) = cached else { return Ok(false) };
+        let Some(journal) = cached else {
+            return Ok(false);
+        };
         journal.file.sync_data()?;
         Ok(true)
     }
@@ -163,7 +172,11 @@ impl FjallBackend {
             log,
             meta,
             written: AtomicU64::new(0),
-            synced: Mutex::new(Synced { upto: 0, journal: None, lost: false }),
+            synced: Mutex::new(Synced {
+                upto: 0,
+                journal: None,
+                lost: false,
+            }),
             queue: Arc::default(),
             syncer: OnceLock::new(),
             dir: dir.to_path_buf(),
@@ -241,7 +254,8 @@ impl FjallBackend {
     /// Commit `ops` now and call `done` once a sync covers them (from the sync thread, or
     /// from a later synchronous durable write).
     pub fn write_then(self: &Arc<Self>, ops: Vec<Op>, done: OnDurable) -> io::Result<()> {
-        self.syncer.get_or_init(|| spawn_syncer(self.queue.clone(), Arc::downgrade(self)));
+        self.syncer
+            .get_or_init(|| spawn_syncer(self.queue.clone(), Arc::downgrade(self)));
         let mut w = self.queue.waiting.lock().unwrap_or_else(|e| e.into_inner());
         let mine = self.commit(ops)?;
         w.batches.push_back((mine, done));
@@ -292,7 +306,11 @@ fn spawn_syncer(queue: Arc<Queue>, backend: Weak<FjallBackend>) {
 
 impl Drop for FjallBackend {
     fn drop(&mut self) {
-        self.queue.waiting.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
+        self.queue
+            .waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .closed = true;
         self.queue.wake.notify_all();
     }
 }
@@ -307,10 +325,20 @@ impl Backend for FjallBackend {
     }
 
     fn get(&self, space: Space, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
-        Ok(self.space(space).get(key).map_err(io_err)?.map(|v| v.to_vec()))
+        Ok(self
+            .space(space)
+            .get(key)
+            .map_err(io_err)?
+            .map(|v| v.to_vec()))
     }
 
-    fn range(&self, space: Space, from: &[u8], to: &[u8], limit: usize) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    fn range(
+        &self,
+        space: Space,
+        from: &[u8],
+        to: &[u8],
+        limit: usize,
+    ) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut out = Vec::new();
         for guard in self.space(space).range(from..to).take(limit) {
             let (k, v) = guard.into_inner().map_err(io_err)?;
@@ -340,7 +368,10 @@ pub struct FjallLog {
 
 impl FjallLog {
     pub fn new(backend: Arc<FjallBackend>) -> Self {
-        Self { inner: LogStore::new(backend.clone()), backend }
+        Self {
+            inner: LogStore::new(backend.clone()),
+            backend,
+        }
     }
 }
 
@@ -378,7 +409,8 @@ impl RaftLogStorage<Types> for FjallLog {
             let bytes = postcard::to_allocvec(&e).map_err(io::Error::other)?;
             ops.push((Space::Log, e.index().to_be_bytes().to_vec(), Some(bytes)));
         }
-        self.backend.write_then(ops, Box::new(move |r| callback.io_completed(r)))
+        self.backend
+            .write_then(ops, Box::new(move |r| callback.io_completed(r)))
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
@@ -403,14 +435,25 @@ mod tests {
         let dir = tempdir();
         {
             let b = FjallBackend::open(&dir).unwrap();
-            b.write(vec![put(Space::Log, &1u64.to_be_bytes(), b"one"), put(Space::Meta, b"vote", b"v")], true).unwrap();
-            b.write(vec![put(Space::Log, &2u64.to_be_bytes(), b"two")], true).unwrap();
-            b.write(vec![(Space::Log, 1u64.to_be_bytes().to_vec(), None)], true).unwrap();
+            b.write(
+                vec![
+                    put(Space::Log, &1u64.to_be_bytes(), b"one"),
+                    put(Space::Meta, b"vote", b"v"),
+                ],
+                true,
+            )
+            .unwrap();
+            b.write(vec![put(Space::Log, &2u64.to_be_bytes(), b"two")], true)
+                .unwrap();
+            b.write(vec![(Space::Log, 1u64.to_be_bytes().to_vec(), None)], true)
+                .unwrap();
         }
         let b = FjallBackend::open(&dir).unwrap();
         assert_eq!(b.get(Space::Meta, b"vote").unwrap(), Some(b"v".to_vec()));
         assert_eq!(b.get(Space::Log, b"vote").unwrap(), None);
-        let rows = b.range(Space::Log, &0u64.to_be_bytes(), &u64::MAX.to_be_bytes(), 10).unwrap();
+        let rows = b
+            .range(Space::Log, &0u64.to_be_bytes(), &u64::MAX.to_be_bytes(), 10)
+            .unwrap();
         assert_eq!(rows, vec![(2u64.to_be_bytes().to_vec(), b"two".to_vec())]);
         assert_eq!(b.last(Space::Log).unwrap().unwrap().1, b"two".to_vec());
         assert_eq!(b.last(Space::Meta).unwrap().unwrap().0, b"vote".to_vec());
@@ -426,15 +469,30 @@ mod tests {
                 let b = b.clone();
                 std::thread::spawn(move || {
                     for i in 0..50u64 {
-                        b.write(vec![put(Space::Log, &(t * 1000 + i).to_be_bytes(), b"x")], true).unwrap();
+                        b.write(
+                            vec![put(Space::Log, &(t * 1000 + i).to_be_bytes(), b"x")],
+                            true,
+                        )
+                        .unwrap();
                     }
                 })
             })
             .collect();
         threads.into_iter().for_each(|t| t.join().unwrap());
-        assert_eq!(b.range(Space::Log, &[], &u64::MAX.to_be_bytes(), 1000).unwrap().len(), 400);
-        assert!(b.synced.lock().unwrap().upto >= 400, "every durable batch is covered by a sync");
-        assert!(b.synced.lock().unwrap().journal.is_some(), "fjall's journal file is found");
+        assert_eq!(
+            b.range(Space::Log, &[], &u64::MAX.to_be_bytes(), 1000)
+                .unwrap()
+                .len(),
+            400
+        );
+        assert!(
+            b.synced.lock().unwrap().upto >= 400,
+            "every durable batch is covered by a sync"
+        );
+        assert!(
+            b.synced.lock().unwrap().journal.is_some(),
+            "fjall's journal file is found"
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 
@@ -445,22 +503,39 @@ mod tests {
         let done = Arc::new(Mutex::new(Vec::new()));
         for i in 0..200u64 {
             let d = done.clone();
-            b.write_then(vec![put(Space::Log, &i.to_be_bytes(), b"e")], Box::new(move |r| {
-                r.unwrap();
-                d.lock().unwrap().push(i);
-            }))
+            b.write_then(
+                vec![put(Space::Log, &i.to_be_bytes(), b"e")],
+                Box::new(move |r| {
+                    r.unwrap();
+                    d.lock().unwrap().push(i);
+                }),
+            )
             .unwrap();
             // readable before it is durable
-            assert_eq!(b.get(Space::Log, &i.to_be_bytes()).unwrap(), Some(b"e".to_vec()));
+            assert_eq!(
+                b.get(Space::Log, &i.to_be_bytes()).unwrap(),
+                Some(b"e".to_vec())
+            );
         }
-        b.write(vec![put(Space::Meta, b"vote", b"v")], true).unwrap();
-        assert_eq!(*done.lock().unwrap(), (0..200).collect::<Vec<_>>(), "all released, in order");
-        let d = done.clone();
-        b.write_then(vec![put(Space::Log, &500u64.to_be_bytes(), b"e")], Box::new(move |_| d.lock().unwrap().push(500)))
+        b.write(vec![put(Space::Meta, b"vote", b"v")], true)
             .unwrap();
+        assert_eq!(
+            *done.lock().unwrap(),
+            (0..200).collect::<Vec<_>>(),
+            "all released, in order"
+        );
+        let d = done.clone();
+        b.write_then(
+            vec![put(Space::Log, &500u64.to_be_bytes(), b"e")],
+            Box::new(move |_| d.lock().unwrap().push(500)),
+        )
+        .unwrap();
         let t0 = std::time::Instant::now();
         while done.lock().unwrap().len() < 201 {
-            assert!(t0.elapsed() < std::time::Duration::from_secs(10), "the sync thread releases it");
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(10),
+                "the sync thread releases it"
+            );
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         drop(b);
@@ -474,7 +549,12 @@ mod tests {
                 Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
             }
         };
-        assert_eq!(b.range(Space::Log, &[], &u64::MAX.to_be_bytes(), 1000).unwrap().len(), 201);
+        assert_eq!(
+            b.range(Space::Log, &[], &u64::MAX.to_be_bytes(), 1000)
+                .unwrap()
+                .len(),
+            201
+        );
         drop(b);
         std::fs::remove_dir_all(&dir).ok();
     }
@@ -483,7 +563,14 @@ mod tests {
     fn journal_ids(dir: &Path) -> Vec<u64> {
         let mut ids: Vec<u64> = std::fs::read_dir(dir)
             .unwrap()
-            .filter_map(|e| e.unwrap().file_name().to_str()?.strip_suffix(".jnl")?.parse().ok())
+            .filter_map(|e| {
+                e.unwrap()
+                    .file_name()
+                    .to_str()?
+                    .strip_suffix(".jnl")?
+                    .parse()
+                    .ok()
+            })
             .collect();
         ids.sort();
         ids
@@ -498,7 +585,9 @@ mod tests {
     fn syncs_reach_fjall_s_newest_journal_across_rotations() {
         let dir = tempdir();
         let b = Arc::new(FjallBackend::open(&dir).unwrap());
-        let first = *journal_ids(&dir).last().expect("fjall starts with a journal");
+        let first = *journal_ids(&dir)
+            .last()
+            .expect("fjall starts with a journal");
         // fjall starts a new journal when a memtable flush runs (in its worker threads)
         // while the current one holds over 64 MB; then deletes the sealed ones once
         // flushed. Only not-durable writes here: no sync between the rotations.
@@ -506,26 +595,41 @@ mod tests {
         let t0 = std::time::Instant::now();
         let mut i = 0u64;
         loop {
-            b.write(vec![(Space::Log, i.to_be_bytes().to_vec(), Some(value.clone()))], false).unwrap();
+            b.write(
+                vec![(Space::Log, i.to_be_bytes().to_vec(), Some(value.clone()))],
+                false,
+            )
+            .unwrap();
             i += 1;
             let ids = journal_ids(&dir);
             if *ids.last().unwrap() >= first + 2 && !ids.contains(&(first + 1)) {
                 break;
             }
-            assert!(t0.elapsed() < std::time::Duration::from_secs(120), "fjall rotated its journal only to {ids:?}");
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(120),
+                "fjall rotated its journal only to {ids:?}"
+            );
         }
         // A durable write, with a marker to find in the journal. (A flush still running
         // may rotate once more: then the next durable write must follow.)
         for attempt in 0u64.. {
-            let marker = format!("durable-marker-{attempt}-{:016x}", super::super::random_u64());
+            let marker = format!(
+                "durable-marker-{attempt}-{:016x}",
+                super::super::random_u64()
+            );
             let newest = *journal_ids(&dir).last().unwrap();
-            b.write(vec![put(Space::Meta, b"marker", marker.as_bytes())], true).unwrap();
+            b.write(vec![put(Space::Meta, b"marker", marker.as_bytes())], true)
+                .unwrap();
             if *journal_ids(&dir).last().unwrap() != newest {
                 assert!(attempt < 5, "fjall keeps rotating");
                 continue;
             }
             let synced = b.synced.lock().unwrap().journal.as_ref().map(|j| j.id);
-            assert_eq!(synced, Some(newest), "the sync reached the newest journal, {newest}.jnl");
+            assert_eq!(
+                synced,
+                Some(newest),
+                "the sync reached the newest journal, {newest}.jnl"
+            );
             let bytes = std::fs::read(Journal::path(&dir, newest)).unwrap();
             assert!(
                 bytes.windows(marker.len()).any(|w| w == marker.as_bytes()),
@@ -541,7 +645,10 @@ mod tests {
     fn the_newest_journal_is_the_highest_id_and_a_missing_one_falls_back_to_fjall() {
         let dir = tempdir();
         let mut cached = None;
-        assert!(!Journal::sync_newest(&mut cached, &dir).unwrap(), "no journal: not synced here");
+        assert!(
+            !Journal::sync_newest(&mut cached, &dir).unwrap(),
+            "no journal: not synced here"
+        );
         for name in ["3.jnl", "12.jnl", "9.jnl", "40.jnl.tmp", "x.jnl", "7"] {
             std::fs::write(dir.join(name), b"").unwrap();
         }
@@ -549,17 +656,25 @@ mod tests {
         assert!(Journal::sync_newest(&mut cached, &dir).unwrap());
         assert_eq!(cached.as_ref().map(|j| j.id), Some(12));
         std::fs::remove_dir_all(&dir).unwrap();
-        assert!(!Journal::sync_newest(&mut cached, &dir).unwrap(), "unreadable directory: not synced here");
+        assert!(
+            !Journal::sync_newest(&mut cached, &dir).unwrap(),
+            "unreadable directory: not synced here"
+        );
 
         // The backend then syncs through fjall, and the write still succeeds.
         let dir = tempdir();
         let mut b = FjallBackend::open(&dir).unwrap();
         b.dir = dir.join("elsewhere");
-        b.write(vec![put(Space::Meta, b"vote", b"v")], true).unwrap();
-        assert!(b.synced.lock().unwrap().lost, "fell back to fjall's own sync");
+        b.write(vec![put(Space::Meta, b"vote", b"v")], true)
+            .unwrap();
+        assert!(
+            b.synced.lock().unwrap().lost,
+            "fell back to fjall's own sync"
+        );
         assert_eq!(b.synced.lock().unwrap().upto, 1);
         b.dir = dir.clone();
-        b.write(vec![put(Space::Meta, b"vote", b"w")], true).unwrap();
+        b.write(vec![put(Space::Meta, b"vote", b"w")], true)
+            .unwrap();
         assert!(!b.synced.lock().unwrap().lost, "found again");
         drop(b);
         std::fs::remove_dir_all(&dir).ok();
@@ -568,7 +683,8 @@ mod tests {
     fn tempdir() -> std::path::PathBuf {
         let mut bytes = [0u8; 8];
         getrandom::fill(&mut bytes).unwrap();
-        let dir = std::env::temp_dir().join(format!("tribune-fjall-{:016x}", u64::from_le_bytes(bytes)));
+        let dir =
+            std::env::temp_dir().join(format!("tribune-fjall-{:016x}", u64::from_le_bytes(bytes)));
         std::fs::create_dir_all(&dir).unwrap();
         dir
     }

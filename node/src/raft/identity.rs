@@ -30,7 +30,10 @@ pub fn node_id(data_dir: &Path, random: u64) -> io::Result<u64> {
             write_durably(data_dir, format!("{id}\n").as_bytes())?;
             Ok(id)
         }
-        Err(e) => Err(io::Error::new(e.kind(), format!("reading {}: {e}", path.display()))),
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("reading {}: {e}", path.display()),
+        )),
     }
 }
 
@@ -41,11 +44,14 @@ fn parse(path: &Path, bytes: &[u8]) -> io::Result<u64> {
             format!("{} {why}; this server's Raft id is lost: restore the file, or remove the data directory to start as a new server", path.display()),
         )
     };
-    let text = std::str::from_utf8(bytes).map_err(|_| corrupt("is not text".into()))?.trim();
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| corrupt("is not text".into()))?
+        .trim();
     if text.is_empty() {
         return Err(corrupt("is empty".into()));
     }
-    text.parse().map_err(|_| corrupt(format!("holds {text:?}, not a Raft id")))
+    text.parse()
+        .map_err(|_| corrupt(format!("holds {text:?}, not a Raft id")))
 }
 
 /// Put `contents` in `dir/raft-id` so that a crash at any point leaves either no file or
@@ -61,7 +67,9 @@ fn write_durably(dir: &Path, contents: &[u8]) -> io::Result<()> {
     crash_point("synced")?;
     std::fs::rename(&temp, &path).map_err(at("renaming into place", &path))?;
     crash_point("renamed")?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(at("syncing directory", dir))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(at("syncing directory", dir))
 }
 
 /// An error that says what was being done to which file.
@@ -98,7 +106,10 @@ mod tests {
         fn new() -> TempDir {
             let mut bytes = [0u8; 8];
             getrandom::fill(&mut bytes).unwrap();
-            let dir = std::env::temp_dir().join(format!("tribune-identity-{:016x}", u64::from_le_bytes(bytes)));
+            let dir = std::env::temp_dir().join(format!(
+                "tribune-identity-{:016x}",
+                u64::from_le_bytes(bytes)
+            ));
             std::fs::create_dir_all(&dir).unwrap();
             TempDir(dir)
         }
@@ -125,7 +136,11 @@ mod tests {
                 Ok(id) => assert!(id == 21 || id == 41, "after {step}: {id}"),
                 Err(e) => panic!("a crash after {step} left a raft-id the next start refuses: {e}"),
             }
-            assert_eq!(node_id(&dir.0, 120).unwrap(), node_id(&dir.0, 160).unwrap(), "after {step}: stable from then on");
+            assert_eq!(
+                node_id(&dir.0, 120).unwrap(),
+                node_id(&dir.0, 160).unwrap(),
+                "after {step}: stable from then on"
+            );
         }
     }
 
@@ -134,22 +149,44 @@ mod tests {
         let dir = TempDir::new();
         let id = node_id(&dir.0, 0xdead_beef_0000_0002).unwrap();
         assert_eq!(id, 0xdead_beef_0000_0002 >> 1 | 1);
-        assert_eq!(node_id(&dir.0, 7).unwrap(), id, "a restart keeps the id, whatever the new random number");
-        assert_eq!(std::fs::read_to_string(dir.0.join(FILE)).unwrap(), format!("{id}\n"));
-        assert!(!dir.0.join(TEMP).exists(), "the temp file was renamed into place");
+        assert_eq!(
+            node_id(&dir.0, 7).unwrap(),
+            id,
+            "a restart keeps the id, whatever the new random number"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.0.join(FILE)).unwrap(),
+            format!("{id}\n")
+        );
+        assert!(
+            !dir.0.join(TEMP).exists(),
+            "the temp file was renamed into place"
+        );
         assert_ne!(node_id(&TempDir::new().0, 0).unwrap(), 0, "never 0");
     }
 
     #[test]
     fn an_empty_or_corrupt_file_is_an_error_naming_it() {
-        for (contents, why) in [(&b""[..], "is empty"), (b" \n", "is empty"), (b"12ab", "not a Raft id"), (b"\xff\xfe", "not text")] {
+        for (contents, why) in [
+            (&b""[..], "is empty"),
+            (b" \n", "is empty"),
+            (b"12ab", "not a Raft id"),
+            (b"\xff\xfe", "not text"),
+        ] {
             let dir = TempDir::new();
             std::fs::write(dir.0.join(FILE), contents).unwrap();
             let err = node_id(&dir.0, 40).unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::InvalidData);
             let msg = err.to_string();
-            assert!(msg.contains(&dir.0.join(FILE).display().to_string()) && msg.contains(why), "{contents:?}: {msg}");
-            assert_eq!(std::fs::read(dir.0.join(FILE)).unwrap(), contents, "the file is left as it was");
+            assert!(
+                msg.contains(&dir.0.join(FILE).display().to_string()) && msg.contains(why),
+                "{contents:?}: {msg}"
+            );
+            assert_eq!(
+                std::fs::read(dir.0.join(FILE)).unwrap(),
+                contents,
+                "the file is left as it was"
+            );
         }
     }
 
@@ -159,7 +196,11 @@ mod tests {
         let dir = TempDir::new();
         std::fs::write(dir.0.join(TEMP), "99999999999999999999999999 garbage").unwrap();
         assert_eq!(node_id(&dir.0, 40).unwrap(), 21);
-        assert_eq!(std::fs::read_to_string(dir.0.join(FILE)).unwrap(), "21\n", "overwritten, not appended to");
+        assert_eq!(
+            std::fs::read_to_string(dir.0.join(FILE)).unwrap(),
+            "21\n",
+            "overwritten, not appended to"
+        );
         assert!(!dir.0.join(TEMP).exists());
         // with raft-id in place, a temp file is ignored
         std::fs::write(dir.0.join(TEMP), "7").unwrap();

@@ -59,16 +59,31 @@ pub struct Peers {
 }
 
 impl PeerTransport<Types> for Peers {
-    async fn call(&self, addr: &str, rpc: PeerRpc<Types>, ttl: Duration) -> io::Result<PeerReply<Types>> {
-        let peer: SocketAddr =
-            addr.parse().map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("bad server address {addr:?}")))?;
+    async fn call(
+        &self,
+        addr: &str,
+        rpc: PeerRpc<Types>,
+        ttl: Duration,
+    ) -> io::Result<PeerReply<Types>> {
+        let peer: SocketAddr = addr.parse().map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("bad server address {addr:?}"),
+            )
+        })?;
         let mux = matches!(rpc, PeerRpc::Write(_) | PeerRpc::ReadIndex);
         let rpc = Rpc::Peer(rpc);
-        let reply = if mux { self.pool.call_mux(peer, &rpc, ttl).await? } else { self.pool.call(peer, &rpc, ttl).await? };
+        let reply = if mux {
+            self.pool.call_mux(peer, &rpc, ttl).await?
+        } else {
+            self.pool.call(peer, &rpc, ttl).await?
+        };
         match reply {
             RpcReply::Peer(r) => Ok(r),
             RpcReply::Failed(e) => Ok(PeerReply::Failed(e)),
-            other => Err(io::Error::other(format!("unexpected reply from {addr}: {other:?}"))),
+            other => Err(io::Error::other(format!(
+                "unexpected reply from {addr}: {other:?}"
+            ))),
         }
     }
 }
@@ -87,7 +102,11 @@ impl Discovery for NodeDiscovery {
     }
 
     async fn join_addrs(&self) -> Vec<String> {
-        crate::serf::resolve_hosts(&self.join_hosts, self.rpc_port, false).await.into_iter().map(|a| a.to_string()).collect()
+        crate::serf::resolve_hosts(&self.join_hosts, self.rpc_port, false)
+            .await
+            .into_iter()
+            .map(|a| a.to_string())
+            .collect()
     }
 }
 
@@ -142,7 +161,9 @@ impl RaftStore {
         let sm = SmStore::open(backend.clone())?
             .without_checks()
             .with_observer(Arc::new(move |a| {
-                if let (openraft::EntryPayload::Normal(req), Response::Kv { outcome, index }) = (&a.entry.payload, a.response) {
+                if let (openraft::EntryPayload::Normal(req), Response::Kv { outcome, index }) =
+                    (&a.entry.payload, a.response)
+                {
                     if outcome.changed {
                         let Command::Kv(op) = &req.cmd;
                         publish.publish(index, &Touched::of(op));
@@ -151,16 +172,36 @@ impl RaftStore {
             }))
             // A snapshot replaces the whole state: every blocking query may have changed.
             .with_install_observer(Arc::new(move |index| reset.publish(index, &Touched::All)));
-        let claims = Box::new(tribune_core::cluster::bootstrap::BackendClaims(backend.clone()));
+        let claims = Box::new(tribune_core::cluster::bootstrap::BackendClaims(
+            backend.clone(),
+        ));
         let log = self::fjall::FjallLog::new(backend);
-        let config = tribune_core::raft::config(spec.raft_multiplier, 10_000).validate().map_err(io::Error::other)?;
-        let peers = Peers::default();
-        let raft = NodeRaft::new(id, Arc::new(config), NetFactory::new(peers.clone()), log, sm.clone())
-            .await
+        let config = tribune_core::raft::config(spec.raft_multiplier, 10_000)
+            .validate()
             .map_err(io::Error::other)?;
-        let mut cfg = ServerConfig::new(id, spec.rpc_addr.to_string(), spec.name, spec.datacenter, random_u64() >> 16);
+        let peers = Peers::default();
+        let raft = NodeRaft::new(
+            id,
+            Arc::new(config),
+            NetFactory::new(peers.clone()),
+            log,
+            sm.clone(),
+        )
+        .await
+        .map_err(io::Error::other)?;
+        let mut cfg = ServerConfig::new(
+            id,
+            spec.rpc_addr.to_string(),
+            spec.name,
+            spec.datacenter,
+            random_u64() >> 16,
+        );
         cfg.gossip = spec.gossip;
-        let discovery = NodeDiscovery { lan: OnceLock::new(), join_hosts: spec.join, rpc_port: spec.rpc_addr.port() };
+        let discovery = NodeDiscovery {
+            lan: OnceLock::new(),
+            join_hosts: spec.join,
+            rpc_port: spec.rpc_addr.port(),
+        };
         let engine = Arc::new(Engine::new(raft, cfg, peers.clone(), discovery, claims));
         let store = Arc::new(RaftStore {
             engine,
@@ -188,7 +229,13 @@ impl RaftStore {
     async fn handle_rpc(&self, rpc: Rpc) -> RpcReply {
         match rpc {
             Rpc::Peer(rpc) => {
-                if matches!(rpc, PeerRpc::Raft { rpc: RaftRpc::Append(_) | RaftRpc::SnapshotChunk { .. }, .. }) {
+                if matches!(
+                    rpc,
+                    PeerRpc::Raft {
+                        rpc: RaftRpc::Append(_) | RaftRpc::SnapshotChunk { .. },
+                        ..
+                    }
+                ) {
                     self.stats.contact();
                 }
                 RpcReply::Peer(self.engine.handle(rpc).await)
@@ -221,8 +268,12 @@ impl RaftStore {
     /// Ask the leader, over server RPC, to remove `peer` (the operator endpoint, forwarded
     /// as a client agent would forward it).
     async fn remove_on_leader(&self, leader: Option<String>, peer: &str) -> Result<(), StoreError> {
-        let leader: SocketAddr = leader.and_then(|l| l.parse().ok()).ok_or(StoreError::NoLeader)?;
-        let query: String = form_urlencoded::Serializer::new(String::new()).append_pair("address", peer).finish();
+        let leader: SocketAddr = leader
+            .and_then(|l| l.parse().ok())
+            .ok_or(StoreError::NoLeader)?;
+        let query: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("address", peer)
+            .finish();
         let call = Rpc::Http(crate::forward::HttpCall {
             method: "DELETE".into(),
             uri: format!("/v1/operator/raft/peer?{query}"),
@@ -231,7 +282,9 @@ impl RaftStore {
         });
         match self.pool.call(leader, &call, Duration::from_secs(10)).await {
             Ok(RpcReply::Http(r)) if r.status == 200 => Ok(()),
-            Ok(RpcReply::Http(r)) => Err(StoreError::Other(String::from_utf8_lossy(&r.body).into_owned())),
+            Ok(RpcReply::Http(r)) => Err(StoreError::Other(
+                String::from_utf8_lossy(&r.body).into_owned(),
+            )),
             Ok(other) => Err(StoreError::Other(format!("removing {peer}: {other:?}"))),
             Err(e) => Err(StoreError::Other(format!("removing {peer}: {e}"))),
         }
@@ -260,11 +313,17 @@ impl Store for RaftStore {
     fn read_barrier(&self, mode: Consistency) -> BoxFuture<'_, Result<ReadMeta, StoreError>> {
         Box::pin(async move {
             if mode != Consistency::Stale {
-                self.engine.read_barrier().await.map_err(|_| StoreError::NoLeader)?;
+                self.engine
+                    .read_barrier()
+                    .await
+                    .map_err(|_| StoreError::NoLeader)?;
             }
             use openraft::async_runtime::watch::WatchReceiver;
             let leader = self.raft().metrics().borrow_watched().current_leader;
-            Ok(ReadMeta { known_leader: leader.is_some(), last_contact_ms: self.stats.last_contact_ms(leader == Some(self.id)) })
+            Ok(ReadMeta {
+                known_leader: leader.is_some(),
+                last_contact_ms: self.stats.last_contact_ms(leader == Some(self.id)),
+            })
         })
     }
 
@@ -284,7 +343,9 @@ impl Store for RaftStore {
         Box::pin(async move {
             match self.engine.remove_peer(&peer).await {
                 Ok(()) => Ok(()),
-                Err(MembershipError::NotLeader(leader)) => self.remove_on_leader(leader, &peer).await,
+                Err(MembershipError::NotLeader(leader)) => {
+                    self.remove_on_leader(leader, &peer).await
+                }
                 Err(e) => Err(StoreError::Other(e.to_string())),
             }
         })
@@ -300,10 +361,26 @@ impl Store for RaftStore {
         vec![
             ("state", format!("{:?}", m.state)),
             ("term", m.current_term.to_string()),
-            ("commit_index", m.local_committed.map_or(0, |c| c.index + 1).to_string()),
-            ("last_log_index", m.last_log_index.map_or(0, |i| i + 1).to_string()),
-            ("last_snapshot_index", m.snapshot.map_or(0, |s| s.index + 1).to_string()),
-            ("last_contact", if leader { "0".to_string() } else { format!("{}ms", self.stats.last_contact_ms(false)) }),
+            (
+                "commit_index",
+                m.local_committed.map_or(0, |c| c.index + 1).to_string(),
+            ),
+            (
+                "last_log_index",
+                m.last_log_index.map_or(0, |i| i + 1).to_string(),
+            ),
+            (
+                "last_snapshot_index",
+                m.snapshot.map_or(0, |s| s.index + 1).to_string(),
+            ),
+            (
+                "last_contact",
+                if leader {
+                    "0".to_string()
+                } else {
+                    format!("{}ms", self.stats.last_contact_ms(false))
+                },
+            ),
             ("protocol_version", "3".to_string()),
         ]
     }
@@ -314,14 +391,21 @@ impl Store for RaftStore {
         let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
         membership
             .nodes()
-            .map(|(id, n)| crate::store::RaftServer { id: Some(*id), address: n.addr.clone(), voter: voters.contains(id) })
+            .map(|(id, n)| crate::store::RaftServer {
+                id: Some(*id),
+                address: n.addr.clone(),
+                voter: voters.contains(id),
+            })
             .collect()
     }
 
     fn peers(&self) -> Vec<String> {
         let m = self.engine.metrics();
         let membership = m.membership_config.membership();
-        membership.voter_ids().filter_map(|id| membership.get_node(&id).map(|n| n.addr.clone())).collect()
+        membership
+            .voter_ids()
+            .filter_map(|id| membership.get_node(&id).map(|n| n.addr.clone()))
+            .collect()
     }
 }
 
@@ -329,7 +413,9 @@ impl Store for RaftStore {
 /// is dropped or Raft stops.
 async fn watch_leadership(store: std::sync::Weak<RaftStore>) {
     use openraft::async_runtime::watch::WatchReceiver;
-    let Some(mut rx) = store.upgrade().map(|s| s.raft().metrics()) else { return };
+    let Some(mut rx) = store.upgrade().map(|s| s.raft().metrics()) else {
+        return;
+    };
     let (mut leader, mut leading) = (None, false);
     while rx.changed().await.is_ok() {
         let Some(store) = store.upgrade() else { return };

@@ -11,7 +11,9 @@ use std::time::Instant;
 use crate::store::Metric;
 
 /// Upper bounds (ms) of the commit-time buckets; one more bucket holds the rest.
-const BUCKETS_MS: [u64; 13] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000];
+const BUCKETS_MS: [u64; 13] = [
+    1, 2, 5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000,
+];
 
 /// A latency histogram: fixed buckets, a count and a sum, all lock-free.
 #[derive(Default)]
@@ -24,19 +26,30 @@ pub struct Histogram {
 impl Histogram {
     pub fn record(&self, d: Duration) {
         let ms = d.as_micros().div_ceil(1_000) as u64;
-        let i = BUCKETS_MS.iter().position(|&b| ms <= b).unwrap_or(BUCKETS_MS.len());
+        let i = BUCKETS_MS
+            .iter()
+            .position(|&b| ms <= b)
+            .unwrap_or(BUCKETS_MS.len());
         self.buckets[i].fetch_add(1, Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_us.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.sum_us
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// Prometheus-style cumulative buckets (`le` in ms), the count and the sum (µs).
-    pub fn metrics(&self, bucket: &'static str, count: &'static str, sum: &'static str) -> Vec<Metric> {
+    pub fn metrics(
+        &self,
+        bucket: &'static str,
+        count: &'static str,
+        sum: &'static str,
+    ) -> Vec<Metric> {
         let mut out = Vec::with_capacity(BUCKETS_MS.len() + 3);
         let mut cumulative = 0;
         for (i, b) in self.buckets.iter().enumerate() {
             cumulative += b.load(Ordering::Relaxed);
-            let le = BUCKETS_MS.get(i).map_or("+Inf".to_string(), |b| b.to_string());
+            let le = BUCKETS_MS
+                .get(i)
+                .map_or("+Inf".to_string(), |b| b.to_string());
             out.push((bucket, vec![("le", le)], cumulative));
         }
         out.push((count, vec![], self.count.load(Ordering::Relaxed)));
@@ -69,16 +82,35 @@ impl RaftStats {
         if is_leader {
             return 0;
         }
-        self.last_contact.lock().unwrap().map_or(u64::MAX >> 1, |t| t.elapsed().as_millis() as u64)
+        self.last_contact
+            .lock()
+            .unwrap()
+            .map_or(u64::MAX >> 1, |t| t.elapsed().as_millis() as u64)
     }
 
     pub fn metrics(&self, is_leader: bool) -> Vec<Metric> {
-        let mut out = self.commit.metrics("raft.commit_time_ms_bucket", "raft.commit_time_ms_count", "raft.commit_time_us_sum");
-        out.push(("raft.leader_changes", vec![], self.leader_changes.load(Ordering::Relaxed)));
-        out.push(("raft.state.leader", vec![], self.became_leader.load(Ordering::Relaxed)));
+        let mut out = self.commit.metrics(
+            "raft.commit_time_ms_bucket",
+            "raft.commit_time_ms_count",
+            "raft.commit_time_us_sum",
+        );
+        out.push((
+            "raft.leader_changes",
+            vec![],
+            self.leader_changes.load(Ordering::Relaxed),
+        ));
+        out.push((
+            "raft.state.leader",
+            vec![],
+            self.became_leader.load(Ordering::Relaxed),
+        ));
         out.push(("raft.is_leader", vec![], is_leader as u64));
         if !is_leader {
-            out.push(("raft.leader.last_contact_ms", vec![], self.last_contact_ms(false)));
+            out.push((
+                "raft.leader.last_contact_ms",
+                vec![],
+                self.last_contact_ms(false),
+            ));
         }
         out
     }
@@ -95,9 +127,20 @@ mod tests {
             h.record(Duration::from_millis(ms));
         }
         let m = h.metrics("t_bucket", "t_count", "t_sum");
-        let le = |b: &str| m.iter().find(|(n, l, _)| *n == "t_bucket" && l[0].1 == b).unwrap().2;
-        assert_eq!((le("1"), le("2"), le("5"), le("50"), le("10000"), le("+Inf")), (2, 2, 4, 5, 5, 6));
+        let le = |b: &str| {
+            m.iter()
+                .find(|(n, l, _)| *n == "t_bucket" && l[0].1 == b)
+                .unwrap()
+                .2
+        };
+        assert_eq!(
+            (le("1"), le("2"), le("5"), le("50"), le("10000"), le("+Inf")),
+            (2, 2, 4, 5, 5, 6)
+        );
         assert_eq!(m.iter().find(|(n, ..)| *n == "t_count").unwrap().2, 6);
-        assert_eq!(m.iter().find(|(n, ..)| *n == "t_sum").unwrap().2, 20_047_000);
+        assert_eq!(
+            m.iter().find(|(n, ..)| *n == "t_sum").unwrap().2,
+            20_047_000
+        );
     }
 }

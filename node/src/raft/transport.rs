@@ -113,7 +113,10 @@ fn encode_frame<T: Serialize>(msg: &T) -> io::Result<Vec<u8>> {
     let mut buf = postcard::to_extend(msg, vec![0u8; 4]).map_err(io::Error::other)?;
     let len = buf.len() - 4;
     if len > FRAME_BYTES_MAX {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "frame too large"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "frame too large",
+        ));
     }
     buf[..4].copy_from_slice(&(len as u32).to_be_bytes());
     Ok(buf)
@@ -149,14 +152,21 @@ pub async fn read_raw<S: AsyncRead + Unpin>(stream: &mut S, max: usize) -> io::R
 fn frame_len(header: [u8; 4], max: usize) -> io::Result<usize> {
     let len = u32::from_be_bytes(header) as usize;
     if len > max {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame of {len} bytes exceeds {max}")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes exceeds {max}"),
+        ));
     }
     Ok(len)
 }
 
 /// Read a frame's `len` bytes into `body`, growing it only as they arrive: at first by
 /// [`READ_STEP_BYTES`], then doubling, never past `len`.
-async fn read_body<S: AsyncRead + Unpin>(stream: &mut S, len: usize, body: &mut Vec<u8>) -> io::Result<()> {
+async fn read_body<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    len: usize,
+    body: &mut Vec<u8>,
+) -> io::Result<()> {
     while body.len() < len {
         if body.len() == body.capacity() {
             body.reserve_exact(body.capacity().max(READ_STEP_BYTES).min(len - body.len()));
@@ -183,7 +193,11 @@ fn too_slow(_: tokio::time::error::Elapsed) -> io::Error {
 /// Read one request frame on a served connection: wait up to `t.idle` for its first byte
 /// (and on while `busy()`: a request of this connection is still being served), then up
 /// to [`frame_allowance`] for the rest.
-async fn read_request<S: AsyncRead + Unpin>(stream: &mut S, t: &Timeouts, busy: impl Fn() -> bool) -> io::Result<Vec<u8>> {
+async fn read_request<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    t: &Timeouts,
+    busy: impl Fn() -> bool,
+) -> io::Result<Vec<u8>> {
     let mut header = [0u8; 4];
     loop {
         // `read` is cancel-safe: a timeout loses no byte.
@@ -196,18 +210,29 @@ async fn read_request<S: AsyncRead + Unpin>(stream: &mut S, t: &Timeouts, busy: 
         }
     }
     let started = tokio::time::Instant::now();
-    tokio::time::timeout_at(started + t.frame, stream.read_exact(&mut header[1..])).await.map_err(too_slow)??;
-    let len = frame_len(header, FRAME_BYTES_MAX)?;
-    let mut body = Vec::new();
-    tokio::time::timeout_at(started + frame_allowance(t.frame, len), read_body(stream, len, &mut body))
+    tokio::time::timeout_at(started + t.frame, stream.read_exact(&mut header[1..]))
         .await
         .map_err(too_slow)??;
+    let len = frame_len(header, FRAME_BYTES_MAX)?;
+    let mut body = Vec::new();
+    tokio::time::timeout_at(
+        started + frame_allowance(t.frame, len),
+        read_body(stream, len, &mut body),
+    )
+    .await
+    .map_err(too_slow)??;
     Ok(body)
 }
 
 /// Write `bytes` within [`frame_allowance`] (a peer that stops reading is let go).
-async fn write_timed<W: AsyncWrite + Unpin>(wr: &mut W, bytes: &[u8], base: Duration) -> io::Result<()> {
-    tokio::time::timeout(frame_allowance(base, bytes.len()), wr.write_all(bytes)).await.map_err(too_slow)?
+async fn write_timed<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    bytes: &[u8],
+    base: Duration,
+) -> io::Result<()> {
+    tokio::time::timeout(frame_allowance(base, bytes.len()), wr.write_all(bytes))
+        .await
+        .map_err(too_slow)?
 }
 
 /// Whether a pooled connection can carry a request: the peer has not closed it and nothing
@@ -216,7 +241,14 @@ fn idle_conn_usable(s: &TcpStream) -> bool {
     use std::os::fd::AsRawFd;
     let mut byte = 0u8;
     // SAFETY: a non-blocking peek of one byte into a local, on the descriptor `s` owns.
-    let n = unsafe { libc::recv(s.as_raw_fd(), (&raw mut byte).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    let n = unsafe {
+        libc::recv(
+            s.as_raw_fd(),
+            (&raw mut byte).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
     n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
 }
 
@@ -234,7 +266,11 @@ pub struct Pool {
 
 impl Default for Pool {
     fn default() -> Self {
-        Pool { idle: Arc::default(), mux: Arc::default(), idle_max: POOL_IDLE_MAX }
+        Pool {
+            idle: Arc::default(),
+            mux: Arc::default(),
+            idle_max: POOL_IDLE_MAX,
+        }
     }
 }
 
@@ -272,7 +308,11 @@ impl MuxConn {
         write_frame(&mut stream, &Rpc::Mux).await?;
         match read_frame(&mut stream).await? {
             RpcReply::Done => {}
-            other => return Err(io::Error::other(format!("{peer} refused a multiplexed connection: {other:?}"))),
+            other => {
+                return Err(io::Error::other(format!(
+                    "{peer} refused a multiplexed connection: {other:?}"
+                )))
+            }
         }
         let (mut rd, mut wr) = stream.into_split();
         let (frames, mut queued) = mpsc::channel::<Vec<u8>>(MUX_INFLIGHT_MAX);
@@ -288,7 +328,9 @@ impl MuxConn {
         let (w, d, used) = (waiting.clone(), dead.clone(), last_used.clone());
         tokio::spawn(async move {
             while let Ok(body) = read_raw(&mut rd, FRAME_BYTES_MAX).await {
-                let Ok((id, reply)) = postcard::from_bytes::<(u64, RpcReply)>(&body) else { break };
+                let Ok((id, reply)) = postcard::from_bytes::<(u64, RpcReply)>(&body) else {
+                    break;
+                };
                 *used.lock().unwrap() = Instant::now();
                 if let Some(tx) = w.lock().unwrap().remove(&id) {
                     let _ = tx.send(reply);
@@ -297,13 +339,20 @@ impl MuxConn {
             d.store(true, Ordering::SeqCst);
             w.lock().unwrap().clear();
         });
-        Ok(MuxConn { frames, waiting, next_id: AtomicU64::new(1), dead, last_used })
+        Ok(MuxConn {
+            frames,
+            waiting,
+            next_id: AtomicU64::new(1),
+            dead,
+            last_used,
+        })
     }
 
     /// Alive, and busy or used within `idle_max` (else the server may be closing it).
     fn usable(&self, idle_max: Duration) -> bool {
         !self.dead.load(Ordering::SeqCst)
-            && (!self.waiting.lock().unwrap().is_empty() || self.last_used.lock().unwrap().elapsed() < idle_max)
+            && (!self.waiting.lock().unwrap().is_empty()
+                || self.last_used.lock().unwrap().elapsed() < idle_max)
     }
 
     async fn call(&self, rpc: &Rpc) -> io::Result<RpcReply> {
@@ -314,9 +363,17 @@ impl MuxConn {
         *self.last_used.lock().unwrap() = Instant::now();
         let _forget = Forget(&self.waiting, id);
         if self.dead.load(Ordering::SeqCst) || self.frames.send(frame).await.is_err() {
-            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "multiplexed connection closed"));
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "multiplexed connection closed",
+            ));
         }
-        rx.await.map_err(|_| io::Error::new(io::ErrorKind::ConnectionAborted, "multiplexed connection closed"))
+        rx.await.map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "multiplexed connection closed",
+            )
+        })
     }
 }
 
@@ -349,7 +406,12 @@ impl Pool {
     /// Send `rpc` to `peer` over the peer's multiplexed connection (opened on first use,
     /// reopened after it fails) and wait at most `ttl` for the reply. A peer that refuses
     /// multiplexing is called over a pooled connection.
-    pub async fn call_mux(&self, peer: SocketAddr, rpc: &Rpc, ttl: Duration) -> io::Result<RpcReply> {
+    pub async fn call_mux(
+        &self,
+        peer: SocketAddr,
+        rpc: &Rpc,
+        ttl: Duration,
+    ) -> io::Result<RpcReply> {
         let work = async {
             let slot = self.mux.lock().unwrap().entry(peer).or_default().clone();
             let conn = {
@@ -376,7 +438,10 @@ impl Pool {
         };
         match tokio::time::timeout(ttl, work).await {
             Ok(r) => r,
-            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, format!("rpc to {peer} timed out"))),
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("rpc to {peer} timed out"),
+            )),
         }
     }
 
@@ -384,7 +449,10 @@ impl Pool {
     pub async fn call(&self, peer: SocketAddr, rpc: &Rpc, ttl: Duration) -> io::Result<RpcReply> {
         match tokio::time::timeout(ttl, self.call_inner(peer, rpc)).await {
             Ok(r) => r,
-            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, format!("rpc to {peer} timed out"))),
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("rpc to {peer} timed out"),
+            )),
         }
     }
 
@@ -447,7 +515,10 @@ pub struct Timeouts {
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Timeouts { idle: SERVER_IDLE_TIMEOUT, frame: FRAME_READ_TIMEOUT }
+        Timeouts {
+            idle: SERVER_IDLE_TIMEOUT,
+            frame: FRAME_READ_TIMEOUT,
+        }
     }
 }
 
@@ -468,28 +539,43 @@ where
 {
     let permits = Arc::new(tokio::sync::Semaphore::new(SERVER_CONNS_MAX));
     loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else { return };
-        let Ok((mut stream, _)) = listener.accept().await else { continue };
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let handle = handle.clone();
         tokio::spawn(async move {
             let _permit = permit;
             loop {
-                let rpc: Rpc = match read_request(&mut stream, &timeouts, || false).await.and_then(|b| decode(&b)) {
+                let rpc: Rpc = match read_request(&mut stream, &timeouts, || false)
+                    .await
+                    .and_then(|b| decode(&b))
+                {
                     Ok(r) => r,
                     Err(_) => return, // closed, idle, too slow, or garbage: drop the connection
                 };
                 if let Rpc::Mux = rpc {
                     let done = encode_frame(&RpcReply::Done).expect("a small frame");
-                    if write_timed(&mut stream, &done, timeouts.frame).await.is_ok() {
+                    if write_timed(&mut stream, &done, timeouts.frame)
+                        .await
+                        .is_ok()
+                    {
                         serve_mux(stream, timeouts, handle).await;
                     }
                     return;
                 }
                 let reply = handle(rpc).await;
                 // A reply too large to frame fails the call (the connection is dropped).
-                let Ok(frame) = encode_frame(&reply) else { return };
-                if write_timed(&mut stream, &frame, timeouts.frame).await.is_err() {
+                let Ok(frame) = encode_frame(&reply) else {
+                    return;
+                };
+                if write_timed(&mut stream, &frame, timeouts.frame)
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -506,18 +592,26 @@ where
 {
     let (mut rd, mut wr) = stream.into_split();
     let (replies, mut queued) = mpsc::channel::<Vec<u8>>(MUX_INFLIGHT_MAX);
-    let writer = tokio::spawn(async move { write_coalesced(&mut wr, &mut queued, Some(timeouts.frame)).await });
+    let writer =
+        tokio::spawn(
+            async move { write_coalesced(&mut wr, &mut queued, Some(timeouts.frame)).await },
+        );
     let inflight = Arc::new(tokio::sync::Semaphore::new(MUX_INFLIGHT_MAX));
     // Not idle while a request is being served (its permit is held until its reply is queued).
     let busy = || inflight.available_permits() < MUX_INFLIGHT_MAX;
     while let Ok(body) = read_request(&mut rd, &timeouts, busy).await {
-        let Ok((id, rpc)) = postcard::from_bytes::<(u64, Rpc)>(&body) else { break };
-        let Ok(permit) = inflight.clone().acquire_owned().await else { break };
+        let Ok((id, rpc)) = postcard::from_bytes::<(u64, Rpc)>(&body) else {
+            break;
+        };
+        let Ok(permit) = inflight.clone().acquire_owned().await else {
+            break;
+        };
         let (handle, replies) = (handle.clone(), replies.clone());
         tokio::spawn(async move {
             let reply = handle(rpc).await;
             // A reply too large to frame fails the call; the caller times out and retries.
-            let frame = encode_frame(&(id, reply)).or_else(|e| encode_frame(&(id, RpcReply::Failed(e.to_string()))));
+            let frame = encode_frame(&(id, reply))
+                .or_else(|e| encode_frame(&(id, RpcReply::Failed(e.to_string()))));
             if let Ok(frame) = frame {
                 let _ = replies.send(frame).await;
             }
@@ -537,14 +631,21 @@ mod tests {
     const HELLO: Rpc = Rpc::Peer(PeerRpc::Hello);
 
     fn numbered(i: u64) -> Rpc {
-        Rpc::Http(crate::forward::HttpCall { method: "GET".into(), uri: i.to_string(), headers: Vec::new(), body: Vec::new() })
+        Rpc::Http(crate::forward::HttpCall {
+            method: "GET".into(),
+            uri: i.to_string(),
+            headers: Vec::new(),
+            body: Vec::new(),
+        })
     }
 
     fn index(i: u64) -> RpcReply {
         RpcReply::Peer(PeerReply::ReadIndex(i))
     }
 
-    async fn futures_join_all<F: std::future::Future + Send + 'static>(fs: impl Iterator<Item = F>) -> Vec<F::Output>
+    async fn futures_join_all<F: std::future::Future + Send + 'static>(
+        fs: impl Iterator<Item = F>,
+    ) -> Vec<F::Output>
     where
         F::Output: Send + 'static,
     {
@@ -562,17 +663,27 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let pool = Pool::default();
         let p = pool.clone();
-        let call = tokio::spawn(async move { p.call_mux(addr, &HELLO, Duration::from_secs(5)).await });
+        let call =
+            tokio::spawn(async move { p.call_mux(addr, &HELLO, Duration::from_secs(5)).await });
         // a peer that accepts the multiplexed connection, reads one request and hangs up
         let (mut s, _) = listener.accept().await.unwrap();
         assert!(matches!(read_frame::<Rpc>(&mut s).await.unwrap(), Rpc::Mux));
         write_frame(&mut s, &RpcReply::Done).await.unwrap();
         read_raw(&mut s, FRAME_BYTES_MAX).await.unwrap();
         drop(s);
-        assert!(call.await.unwrap().is_err(), "the call fails with its connection, before its timeout");
+        assert!(
+            call.await.unwrap().is_err(),
+            "the call fails with its connection, before its timeout"
+        );
         tokio::spawn(serve(listener, |_| async { index(9) }));
-        let r = pool.call_mux(addr, &HELLO, Duration::from_secs(5)).await.unwrap();
-        assert!(matches!(r, RpcReply::Peer(PeerReply::ReadIndex(9))), "{r:?}");
+        let r = pool
+            .call_mux(addr, &HELLO, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(
+            matches!(r, RpcReply::Peer(PeerReply::ReadIndex(9))),
+            "{r:?}"
+        );
     }
 
     #[tokio::test]
@@ -581,12 +692,14 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         tokio::spawn(serve(listener, |rpc| async move {
             match rpc {
-                Rpc::Peer(PeerRpc::Hello) => RpcReply::Peer(PeerReply::Hello(tribune_core::raft::rpc::Hello {
-                    id: 7,
-                    name: "n".into(),
-                    datacenter: "dc1".into(),
-                    cluster_formed: false,
-                })),
+                Rpc::Peer(PeerRpc::Hello) => {
+                    RpcReply::Peer(PeerReply::Hello(tribune_core::raft::rpc::Hello {
+                        id: 7,
+                        name: "n".into(),
+                        datacenter: "dc1".into(),
+                        cluster_formed: false,
+                    }))
+                }
                 Rpc::Http(call) => {
                     let id: u64 = call.uri.parse().unwrap();
                     // later requests finish first
@@ -598,28 +711,53 @@ mod tests {
         }));
         let pool = Pool::default();
         for _ in 0..3 {
-            let r = pool.call(addr, &HELLO, Duration::from_secs(5)).await.unwrap();
+            let r = pool
+                .call(addr, &HELLO, Duration::from_secs(5))
+                .await
+                .unwrap();
             assert!(matches!(r, RpcReply::Peer(PeerReply::Hello(ref h)) if h.id == 7));
         }
-        assert_eq!(pool.idle.lock().unwrap()[&addr].len(), 1, "one connection reused");
+        assert_eq!(
+            pool.idle.lock().unwrap()[&addr].len(),
+            1,
+            "one connection reused"
+        );
 
         // Multiplexed: concurrent calls on one connection, each gets its own reply, in
         // whatever order the server finishes them.
         let replies = futures_join_all((0..200u64).map(|i| {
             let pool = pool.clone();
-            async move { (i, pool.call_mux(addr, &numbered(i), Duration::from_secs(5)).await.unwrap()) }
+            async move {
+                (
+                    i,
+                    pool.call_mux(addr, &numbered(i), Duration::from_secs(5))
+                        .await
+                        .unwrap(),
+                )
+            }
         }))
         .await;
         for (i, r) in replies {
-            assert!(matches!(r, RpcReply::Peer(PeerReply::ReadIndex(n)) if n == i), "{i}: {r:?}");
+            assert!(
+                matches!(r, RpcReply::Peer(PeerReply::ReadIndex(n)) if n == i),
+                "{i}: {r:?}"
+            );
         }
-        assert_eq!(pool.mux.lock().unwrap().len(), 1, "one multiplexed connection");
+        assert_eq!(
+            pool.mux.lock().unwrap().len(),
+            1,
+            "one multiplexed connection"
+        );
 
         // A peer announcing a huge frame is disconnected, not served.
         let mut s = TcpStream::connect(addr).await.unwrap();
         s.write_all(&(u32::MAX).to_be_bytes()).await.unwrap();
         let mut buf = [0u8; 1];
-        assert_eq!(s.read(&mut buf).await.unwrap(), 0, "server closed the connection");
+        assert_eq!(
+            s.read(&mut buf).await.unwrap(),
+            0,
+            "server closed the connection"
+        );
     }
 
     // ---- allocation tracking: the largest single allocation made on this thread ----
@@ -644,7 +782,12 @@ mod tests {
             note(layout.size());
             unsafe { std::alloc::System.alloc_zeroed(layout) }
         }
-        unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        unsafe fn realloc(
+            &self,
+            ptr: *mut u8,
+            layout: std::alloc::Layout,
+            new_size: usize,
+        ) -> *mut u8 {
             note(new_size);
             unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
         }
@@ -674,14 +817,20 @@ mod tests {
         drop(client);
         let (read, largest) = largest_allocation(read_raw(&mut server, FRAME_BYTES_MAX)).await;
         assert_eq!(read.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
-        assert!(largest <= 256 << 10, "a 64 MiB header and 10 bytes made a {largest}-byte allocation");
+        assert!(
+            largest <= 256 << 10,
+            "a 64 MiB header and 10 bytes made a {largest}-byte allocation"
+        );
 
         // a whole frame still arrives whole, in steps
         let (mut client, mut server) = tokio::io::duplex(1 << 16);
         let body: Vec<u8> = (0..(3 << 20) + 17).map(|i| i as u8).collect();
         let sent = body.clone();
         tokio::spawn(async move {
-            client.write_all(&(sent.len() as u32).to_be_bytes()).await.unwrap();
+            client
+                .write_all(&(sent.len() as u32).to_be_bytes())
+                .await
+                .unwrap();
             client.write_all(&sent).await.unwrap();
         });
         assert_eq!(read_raw(&mut server, FRAME_BYTES_MAX).await.unwrap(), body);
@@ -700,10 +849,16 @@ mod tests {
             s
         })
         .await;
-        assert!(largest <= 256 << 10, "the server made a {largest}-byte allocation for 14 bytes received");
+        assert!(
+            largest <= 256 << 10,
+            "the server made a {largest}-byte allocation for 14 bytes received"
+        );
     }
 
-    const QUICK: Timeouts = Timeouts { idle: Duration::from_millis(300), frame: Duration::from_millis(300) };
+    const QUICK: Timeouts = Timeouts {
+        idle: Duration::from_millis(300),
+        frame: Duration::from_millis(300),
+    };
 
     async fn quick_server(timeouts: Timeouts) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -727,7 +882,8 @@ mod tests {
         let t0 = std::time::Instant::now();
         let mut buf = [0u8; 64];
         loop {
-            match tokio::time::timeout(within.saturating_sub(t0.elapsed()), s.read(&mut buf)).await {
+            match tokio::time::timeout(within.saturating_sub(t0.elapsed()), s.read(&mut buf)).await
+            {
                 Ok(Ok(0)) | Ok(Err(_)) => return t0.elapsed(),
                 Ok(Ok(_)) => continue,
                 Err(_) => panic!("the server kept the connection open for {within:?}"),
@@ -740,19 +896,29 @@ mod tests {
         let addr = quick_server(QUICK).await;
         let mut s = TcpStream::connect(addr).await.unwrap();
         let took = closed_within(&mut s, Duration::from_secs(2)).await;
-        assert!(took >= Duration::from_millis(250), "closed after {took:?}, before the idle timeout");
+        assert!(
+            took >= Duration::from_millis(250),
+            "closed after {took:?}, before the idle timeout"
+        );
 
         // and one idle after a request, too
         let mut s = TcpStream::connect(addr).await.unwrap();
         write_frame(&mut s, &HELLO).await.unwrap();
-        assert!(matches!(read_frame(&mut s).await.unwrap(), RpcReply::Peer(PeerReply::ReadIndex(1))));
+        assert!(matches!(
+            read_frame(&mut s).await.unwrap(),
+            RpcReply::Peer(PeerReply::ReadIndex(1))
+        ));
         closed_within(&mut s, Duration::from_secs(2)).await;
     }
 
     #[tokio::test]
     async fn a_frame_trickling_in_is_cut_after_the_frame_timeout() {
         // idle timeout far off: only the frame timeout can end this
-        let addr = quick_server(Timeouts { idle: Duration::from_secs(30), frame: Duration::from_millis(300) }).await;
+        let addr = quick_server(Timeouts {
+            idle: Duration::from_secs(30),
+            frame: Duration::from_millis(300),
+        })
+        .await;
         let s = TcpStream::connect(addr).await.unwrap();
         let (mut rd, mut wr) = s.into_split();
         let trickle = tokio::spawn(async move {
@@ -766,8 +932,15 @@ mod tests {
         let t0 = std::time::Instant::now();
         let mut buf = [0u8; 8];
         let closed = tokio::time::timeout(Duration::from_secs(2), rd.read(&mut buf)).await;
-        assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "the slow frame is still being read after 2 s: {closed:?}");
-        assert!(t0.elapsed() >= Duration::from_millis(250), "cut after {:?}", t0.elapsed());
+        assert!(
+            matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+            "the slow frame is still being read after 2 s: {closed:?}"
+        );
+        assert!(
+            t0.elapsed() >= Duration::from_millis(250),
+            "cut after {:?}",
+            t0.elapsed()
+        );
         trickle.abort();
     }
 
@@ -782,7 +955,10 @@ mod tests {
         // the idle ones are dropped
         let pool = Pool::default();
         let r = pool.call(addr, &HELLO, Duration::from_secs(3)).await;
-        assert!(matches!(r, Ok(RpcReply::Peer(PeerReply::ReadIndex(1)))), "{r:?}");
+        assert!(
+            matches!(r, Ok(RpcReply::Peer(PeerReply::ReadIndex(1)))),
+            "{r:?}"
+        );
         drop(idle);
     }
 
@@ -796,8 +972,13 @@ mod tests {
 
         // a request running for three idle timeouts keeps its connection
         let pool = Pool::default();
-        let r = pool.call_mux(addr, &numbered(900), Duration::from_secs(5)).await;
-        assert!(matches!(r, Ok(RpcReply::Peer(PeerReply::ReadIndex(900)))), "{r:?}");
+        let r = pool
+            .call_mux(addr, &numbered(900), Duration::from_secs(5))
+            .await;
+        assert!(
+            matches!(r, Ok(RpcReply::Peer(PeerReply::ReadIndex(900)))),
+            "{r:?}"
+        );
     }
 
     #[tokio::test]
@@ -815,34 +996,83 @@ mod tests {
         });
         let pool = Pool::default();
         let r = pool.call(addr, &HELLO, Duration::from_secs(2)).await;
-        assert!(matches!(r, Ok(RpcReply::Peer(PeerReply::ReadIndex(1)))), "{r:?}");
+        assert!(
+            matches!(r, Ok(RpcReply::Peer(PeerReply::ReadIndex(1)))),
+            "{r:?}"
+        );
         assert_eq!(pool.idle.lock().unwrap()[&addr].len(), 1, "pooled");
         tokio::time::sleep(Duration::from_millis(100)).await;
         let r = pool.call(addr, &HELLO, Duration::from_secs(2)).await;
-        assert!(matches!(r, Ok(RpcReply::Peer(PeerReply::ReadIndex(2)))), "the call went to a fresh connection: {r:?}");
+        assert!(
+            matches!(r, Ok(RpcReply::Peer(PeerReply::ReadIndex(2)))),
+            "the call went to a fresh connection: {r:?}"
+        );
     }
 
     #[tokio::test]
     async fn connections_idle_past_the_pool_limit_are_not_reused() {
-        let addr = quick_server(Timeouts { idle: Duration::from_secs(30), frame: Duration::from_secs(5) }).await;
-        let pool = Pool { idle_max: Duration::from_millis(100), ..Pool::default() };
-        let port = |pool: &Pool| pool.idle.lock().unwrap()[&addr][0].0.local_addr().unwrap().port();
-        pool.call(addr, &HELLO, Duration::from_secs(2)).await.unwrap();
+        let addr = quick_server(Timeouts {
+            idle: Duration::from_secs(30),
+            frame: Duration::from_secs(5),
+        })
+        .await;
+        let pool = Pool {
+            idle_max: Duration::from_millis(100),
+            ..Pool::default()
+        };
+        let port = |pool: &Pool| {
+            pool.idle.lock().unwrap()[&addr][0]
+                .0
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        pool.call(addr, &HELLO, Duration::from_secs(2))
+            .await
+            .unwrap();
         let first = port(&pool);
-        pool.call(addr, &HELLO, Duration::from_secs(2)).await.unwrap();
+        pool.call(addr, &HELLO, Duration::from_secs(2))
+            .await
+            .unwrap();
         assert_eq!(port(&pool), first, "reused while fresh");
         tokio::time::sleep(Duration::from_millis(150)).await;
-        pool.call(addr, &HELLO, Duration::from_secs(2)).await.unwrap();
-        assert_ne!(port(&pool), first, "a new connection once the pooled one was idle too long");
-        assert_eq!(pool.idle.lock().unwrap()[&addr].len(), 1, "the stale one is gone");
+        pool.call(addr, &HELLO, Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert_ne!(
+            port(&pool),
+            first,
+            "a new connection once the pooled one was idle too long"
+        );
+        assert_eq!(
+            pool.idle.lock().unwrap()[&addr].len(),
+            1,
+            "the stale one is gone"
+        );
 
-        let conn = |pool: &Pool| pool.mux.lock().unwrap()[&addr].conn.try_lock().unwrap().clone().unwrap();
-        pool.call_mux(addr, &HELLO, Duration::from_secs(2)).await.unwrap();
+        let conn = |pool: &Pool| {
+            pool.mux.lock().unwrap()[&addr]
+                .conn
+                .try_lock()
+                .unwrap()
+                .clone()
+                .unwrap()
+        };
+        pool.call_mux(addr, &HELLO, Duration::from_secs(2))
+            .await
+            .unwrap();
         let first = conn(&pool);
-        pool.call_mux(addr, &HELLO, Duration::from_secs(2)).await.unwrap();
+        pool.call_mux(addr, &HELLO, Duration::from_secs(2))
+            .await
+            .unwrap();
         assert!(Arc::ptr_eq(&conn(&pool), &first), "reused while fresh");
         tokio::time::sleep(Duration::from_millis(150)).await;
-        pool.call_mux(addr, &HELLO, Duration::from_secs(2)).await.unwrap();
-        assert!(!Arc::ptr_eq(&conn(&pool), &first), "reopened once idle too long");
+        pool.call_mux(addr, &HELLO, Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert!(
+            !Arc::ptr_eq(&conn(&pool), &first),
+            "reopened once idle too long"
+        );
     }
 }

@@ -16,11 +16,19 @@ use std::time::Instant;
 pub const BIN: &str = env!("CARGO_BIN_EXE_tribune");
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("tribune-it-{name}-{}-{}", std::process::id(), free_port()));
+    let d = std::env::temp_dir().join(format!(
+        "tribune-it-{name}-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
@@ -37,7 +45,11 @@ impl Agent {
         let port = free_port();
         let mut cmd = Command::new(BIN);
         // DNS off unless `extra` turns it on: agents running side by side would all want 8600.
-        cmd.arg("agent").arg("-dev").arg(format!("-http-port={port}")).arg("-dns-port=-1").args(extra);
+        cmd.arg("agent")
+            .arg("-dev")
+            .arg(format!("-http-port={port}"))
+            .arg("-dns-port=-1")
+            .args(extra);
         cmd.stdout(Stdio::null()).stderr(Stdio::null());
         let child = cmd.spawn().expect("spawn tribune agent");
         let mut agent = Agent { child, port };
@@ -104,16 +116,23 @@ pub struct Resp {
 
 impl Resp {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
     pub fn index(&self) -> u64 {
-        self.header("X-Consul-Index").expect("X-Consul-Index").parse().unwrap()
+        self.header("X-Consul-Index")
+            .expect("X-Consul-Index")
+            .parse()
+            .unwrap()
     }
 }
 
@@ -124,7 +143,8 @@ pub fn try_http(port: u16, method: &str, path: &str, body: &[u8]) -> Result<Resp
 /// One HTTP/1.1 request to `addr` (`ip:port`; 2 s to connect, 60 s to answer).
 pub fn try_http_at(addr: &str, method: &str, path: &str, body: &[u8]) -> Result<Resp, String> {
     let sock: std::net::SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
-    let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    let mut s =
+        TcpStream::connect_timeout(&sock, Duration::from_secs(2)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let head = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n", body.len());
     // A server may answer (413, or 429 to a connection over its cap) and close before the
@@ -138,13 +158,30 @@ pub fn try_http_at(addr: &str, method: &str, path: &str, body: &[u8]) -> Result<
             return Err(e.to_string());
         }
     }
-    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").ok_or("no header end")?;
+    let end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no header end")?;
     let head = String::from_utf8_lossy(&buf[..end]).into_owned();
     let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
-    let headers: Vec<(String, String)> = lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
+    let status = lines
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
     let body = buf[end + 4..].to_vec();
-    Ok(Resp { status, headers, body })
+    Ok(Resp {
+        status,
+        headers,
+        body,
+    })
 }
 
 pub fn stdout(o: &Output) -> String {

@@ -40,7 +40,11 @@ pub struct Histogram<T = ()> {
 
 impl<T> Histogram<T> {
     pub fn new() -> Self {
-        Histogram { counts: Box::new([0; BUCKETS]), samples: 0, _t: PhantomData }
+        Histogram {
+            counts: Box::new([0; BUCKETS]),
+            samples: 0,
+            _t: PhantomData,
+        }
     }
 
     pub fn record(&mut self, value: u64) {
@@ -93,7 +97,11 @@ impl<T> Default for Histogram<T> {
 
 impl<T> Clone for Histogram<T> {
     fn clone(&self) -> Self {
-        Histogram { counts: self.counts.clone(), samples: self.samples, _t: PhantomData }
+        Histogram {
+            counts: self.counts.clone(),
+            samples: self.samples,
+            _t: PhantomData,
+        }
     }
 }
 
@@ -178,9 +186,17 @@ mod tests {
         for v in (0..5000u64).chain([u64::MAX / 3, u64::MAX - 1, u64::MAX]) {
             let b = bucket_of(v);
             assert!(b < BUCKETS && b >= prev, "{v} -> {b}");
-            assert!(lower_bound(b) <= v, "{v}: lower bound {} too high", lower_bound(b));
+            assert!(
+                lower_bound(b) <= v,
+                "{v}: lower bound {} too high",
+                lower_bound(b)
+            );
             if b + 1 < BUCKETS {
-                assert!(lower_bound(b + 1) > v, "{v}: next bucket starts at {}", lower_bound(b + 1));
+                assert!(
+                    lower_bound(b + 1) > v,
+                    "{v}: next bucket starts at {}",
+                    lower_bound(b + 1)
+                );
             }
             prev = b;
         }
@@ -196,9 +212,15 @@ mod tests {
         let s = h.percentile_stats();
         assert_eq!(s.samples, 1010);
         for (got, want) in [(s.p1, 11), (s.p50, 505), (s.p90, 909)] {
-            assert!(got <= want && got as f64 >= want as f64 * 0.875, "{got} vs {want}");
+            assert!(
+                got <= want && got as f64 >= want as f64 * 0.875,
+                "{got} vs {want}"
+            );
         }
         assert!(s.p99_9 >= 875_000 && s.p99_9 <= 1_000_000, "{}", s.p99_9);
-        assert_eq!(Histogram::<()>::new().percentile_stats(), PercentileStats::default());
+        assert_eq!(
+            Histogram::<()>::new().percentile_stats(),
+            PercentileStats::default()
+        );
     }
 }

@@ -55,7 +55,10 @@ fn main() -> ExitCode {
     );
     eprintln!("converge_ms={} sim_ms={}", ms(f.converge_ms), f.sim_ms);
     if let Some(v) = &f.invariant {
-        eprintln!("gossip-sim: {v} (repro: ci/gossip-sim --nodes {} --loss {} --seed {})", p.nodes, p.loss, p.seed);
+        eprintln!(
+            "gossip-sim: {v} (repro: ci/gossip-sim --nodes {} --loss {} --seed {})",
+            p.nodes, p.loss, p.seed
+        );
         return ExitCode::FAILURE;
     }
     if check {
