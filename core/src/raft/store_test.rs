@@ -134,3 +134,43 @@ fn the_short_reads_sabotage_brings_back_the_capped_read() {
         "a hole goes unnoticed"
     );
 }
+
+/// Blocking queries on a follower must wake when a snapshot replaces its state: the store
+/// tells its install observer the index the snapshot brought the state to.
+#[test]
+fn an_installed_snapshot_is_reported_with_its_index() {
+    use openraft::storage::RaftStateMachine;
+
+    let mut source = crate::fsm::StateMachine::new();
+    let set = crate::kv::KvOp::Set {
+        key: "a".into(),
+        value: b"1".to_vec(),
+        flags: 0,
+    };
+    let req = crate::fsm::Request {
+        client: 1,
+        seq: 1,
+        cmd: crate::fsm::Command::Kv(set),
+    };
+    source.apply(7, &req);
+    let meta = SnapshotMeta {
+        last_log_id: Some(log_id(6)),
+        last_membership: Default::default(),
+    };
+
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let mut sm: SmStore<TestTypes, MemBackend> = SmStore::open(Arc::new(MemBackend::new()))
+        .unwrap()
+        .with_install_observer(Arc::new(move |index| record.lock().unwrap().push(index)));
+    now(sm.install_snapshot(&meta, source.snapshot())).unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![7],
+        "one report, at the snapshot's Consul index"
+    );
+    assert!(
+        sm.read(|s| s.kv().get("a").is_some()),
+        "the snapshot's state is in place"
+    );
+}
