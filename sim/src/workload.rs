@@ -240,18 +240,26 @@ impl Client {
     }
 }
 
+impl Client {
+    /// A client on its own endpoint, with its own random stream, timing from `start`.
+    async fn bind(cfg: ClientCfg, start: Option<madsim::time::Instant>) -> Client {
+        let net = Net::bind(cfg.addr).await.expect("client bind");
+        let rng = SmallRng::seed_from_u64(madsim::rand::random::<u64>());
+        let start = start.unwrap_or_else(madsim::time::Instant::now);
+        Client {
+            cfg,
+            net,
+            rng,
+            written: 0,
+            leader: None,
+            last_read: BTreeMap::new(),
+            start,
+        }
+    }
+}
+
 pub async fn run_client(cfg: ClientCfg, start: madsim::time::Instant) {
-    let net = Net::bind(cfg.addr).await.expect("client bind");
-    let rng = SmallRng::seed_from_u64(madsim::rand::random::<u64>());
-    let mut c = Client {
-        cfg,
-        net,
-        rng,
-        written: 0,
-        leader: None,
-        last_read: BTreeMap::new(),
-        start,
-    };
+    let mut c = Client::bind(cfg, Some(start)).await;
     while c.now() < c.cfg.until_ms * 1_000 {
         let pause = c.rng.random_range(0..=3 * c.cfg.think_ms / 2);
         madsim::time::sleep(Duration::from_millis(pause)).await;
@@ -261,18 +269,7 @@ pub async fn run_client(cfg: ClientCfg, start: madsim::time::Instant) {
 
 /// The liveness probe: write one key until a write is acknowledged; returns its index.
 pub async fn probe_write(cfg: ClientCfg) -> Option<u64> {
-    let net = Net::bind(cfg.addr).await.expect("probe bind");
-    let rng = SmallRng::seed_from_u64(madsim::rand::random::<u64>());
-    let start = madsim::time::Instant::now();
-    let mut c = Client {
-        cfg,
-        net,
-        rng,
-        written: 0,
-        leader: None,
-        last_read: BTreeMap::new(),
-        start,
-    };
+    let mut c = Client::bind(cfg, None).await;
     for n in 1..=4u64 {
         let op = KvOp::Set {
             key: "probe".into(),
