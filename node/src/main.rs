@@ -1,19 +1,6 @@
 //! `tribune`: the agent and the CLI verbs, with Consul's names and flags.
 
-mod agent;
-mod cli;
-mod client;
-mod config;
-mod dns;
-mod durable;
-mod flags;
-mod forward;
-mod http;
-mod hub;
-mod raft;
-mod serf;
-mod store;
-mod watch;
+use tribune_node::{agent, cli};
 
 const USAGE: &str = "Usage: tribune [--version] [--help] <command> [<args>]
 
