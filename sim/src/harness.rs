@@ -125,8 +125,11 @@ impl Cluster {
         self.handle.kill(self.mid(slot));
         let ctx = &self.ctxs[&slot];
         *ctx.live.lock().unwrap() = None;
-        // kill -9: whatever was not synced is gone.
-        ctx.backend().crash();
+        // kill -9: whatever was not synced is gone, but for the first few unsynced batches,
+        // which the OS may have written back (the last one possibly torn, so lost whole).
+        let backend = ctx.backend();
+        let unsynced = backend.unsynced_batches();
+        backend.crash_keeping(madsim::rand::random::<usize>() % (unsynced + 1));
         true
     }
 
@@ -240,6 +243,17 @@ impl Cluster {
                 true => Box::new(move |c| c.restart(id)),
                 false => Box::new(|_| {}),
             },
+            Fault::FsyncError(id) => {
+                if self.down.lock().unwrap().contains(&id) {
+                    return Box::new(|_| {});
+                }
+                self.ctxs[&id].backend().fail_next_sync();
+                Box::new(move |c| {
+                    if c.kill(id) {
+                        c.restart(id);
+                    }
+                })
+            }
             Fault::Pause(id) => {
                 if self.down.lock().unwrap().contains(&id) {
                     return Box::new(|_| {});

@@ -58,10 +58,13 @@ pub enum Sabotage {
     UnguardedRemoval,
     /// Servers bootstrap without claims, each with the servers it found.
     NoClaim,
+    /// An append whose fsync failed is acknowledged, and the server writes on (the disk's
+    /// next sync succeeds without the lost batches).
+    IgnoreSyncErrors,
 }
 
 impl Sabotage {
-    pub const ALL: [(&'static str, Sabotage); 10] = [
+    pub const ALL: [(&'static str, Sabotage); 11] = [
         ("stale-read", Sabotage::StaleRead),
         ("ack-before-commit", Sabotage::AckBeforeCommit),
         ("skip-fsync", Sabotage::SkipFsync),
@@ -72,6 +75,7 @@ impl Sabotage {
         ("short-log-reads", Sabotage::ShortLogReads),
         ("unguarded-removal", Sabotage::UnguardedRemoval),
         ("no-claim", Sabotage::NoClaim),
+        ("ignore-sync-errors", Sabotage::IgnoreSyncErrors),
     ];
 
     /// The checks that must catch this sabotage: a seed counts as catching it only if one
@@ -105,11 +109,12 @@ impl Sabotage {
                 "servers ",
             ],
             Sabotage::AckBeforeCommit => &["linearizability", "acknowledged write lost"],
-            Sabotage::SkipFsync => &[
+            Sabotage::SkipFsync | Sabotage::IgnoreSyncErrors => &[
                 "acknowledged write lost",
                 "state machine safety",
                 "linearizability",
                 "servers ",
+                "restart",
             ],
             Sabotage::NoopBumpsIndex => &["index rule broken"],
             Sabotage::NoDedup => &["linearizability", "index rule broken"],

@@ -34,6 +34,10 @@ pub enum Fault {
     Amnesia,
     /// The server's process is frozen (SIGSTOP), then resumes with the state it had.
     Pause(u64),
+    /// The server's next fsync fails: its store takes no more writes and its Raft stops,
+    /// as the agent exits on a failed fsync; at the end of the episode it is killed (what
+    /// the failed sync did not write is lost) and restarted.
+    FsyncError(u64),
     /// Power loss: every server dies at once.
     KillAll,
     /// Remove a server from the voters (membership change), then add it back.
@@ -136,12 +140,16 @@ impl Plan {
                 }
             })
             .collect();
-        // A third of the kills are pauses instead (from another stream of their own).
+        // A third of the kills are pauses instead, and a fifth of the rest fsync errors (each
+        // from another stream of its own).
         let mut pauses = SmallRng::seed_from_u64(seed ^ 0x7061_7573_6573_2121);
+        let mut disk = SmallRng::seed_from_u64(seed ^ 0x6673_796e_6365_7272);
         for e in &mut episodes {
             if let Fault::Kill(n) = e.fault {
                 if pauses.random_bool(0.33) {
                     e.fault = Fault::Pause(n);
+                } else if disk.random_bool(0.2) {
+                    e.fault = Fault::FsyncError(n);
                 }
             }
         }
@@ -179,6 +187,6 @@ mod tests {
                 assert!(e.at_ms + 1 < 30_000);
             }
         }
-        assert_eq!(kinds.len(), 13);
+        assert_eq!(kinds.len(), 14);
     }
 }

@@ -54,6 +54,26 @@ pub const SNAPSHOT_EVERY: u64 = 50;
 /// How often the leader reconciles the LAN view into the Raft configuration.
 pub const RECONCILE_EVERY: Duration = Duration::from_millis(500);
 
+/// The simulated disk under a server's store: whenever batches wait for a sync, it syncs
+/// them after an fsync's latency (0.1 to 2 ms, and one in 50 a stall of 5 to 40 ms), all
+/// that arrived meanwhile with the same sync (group commit, as the agent's sync thread
+/// does). An append is durable, and acknowledged to openraft, only then. It runs as a task
+/// of the server's node, so a kill stops it and whatever it had not synced is lost.
+async fn simulated_disk(backend: Arc<MemBackend>) {
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let w = wake.clone();
+    backend.on_pending(Arc::new(move || w.notify_one()));
+    loop {
+        wake.notified().await;
+        let us = match madsim::rand::random::<u32>() % 50 {
+            0 => 5_000 + madsim::rand::random::<u64>() % 35_000,
+            _ => 100 + madsim::rand::random::<u64>() % 1_900,
+        };
+        madsim::time::sleep(Duration::from_micros(us)).await;
+        backend.sync();
+    }
+}
+
 /// The LAN pool as the simulated servers see it, owned by the harness: every server is a
 /// member, alive unless the harness made it leave.
 #[derive(Debug, Default)]
@@ -228,11 +248,13 @@ pub async fn run(ctx: Arc<ServerCtx>) {
     }
     let net = Net::bind(ctx.addr).await.expect("bind");
     let backend = ctx.backend();
+    madsim::task::spawn(simulated_disk(backend.clone()));
     let claims = Box::new(tribune_core::cluster::bootstrap::BackendClaims(
         backend.clone(),
     ));
     let mut log = LogStore::new(backend.clone());
     log.skip_fsync = ctx.sabotage == Sabotage::SkipFsync;
+    log.ignore_sync_errors = ctx.sabotage == Sabotage::IgnoreSyncErrors;
     if ctx.sabotage == Sabotage::ShortLogReads {
         log.short_reads = Some(SHORT_READ_ENTRIES);
     }

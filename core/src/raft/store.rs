@@ -5,6 +5,8 @@ use std::io;
 use std::marker::PhantomData;
 use std::ops::Bound;
 use std::ops::RangeBounds;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::MutexGuard;
@@ -24,6 +26,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::backend::Backend;
+use super::backend::OnDurable;
 use super::backend::Op;
 use super::backend::Space;
 use super::LogEntry;
@@ -77,6 +80,15 @@ pub struct LogStore<C, B> {
     /// with a gap (the bug reads had before they returned whole ranges).
     #[cfg(feature = "sabotage")]
     pub short_reads: Option<usize>,
+    /// Sabotage for the simulator: an append whose sync failed is acknowledged as durable
+    /// (the server carries on after an fsync error, on data the disk does not have).
+    #[cfg(feature = "sabotage")]
+    pub ignore_sync_errors: bool,
+    /// Set by the first failed sync: the store then refuses every write until the process
+    /// starts again from what the disk kept. A disk that failed an fsync may report the next
+    /// one as a success without the earlier data (the page cache dropped it), so writing on
+    /// would leave a hole in the log behind acknowledged entries.
+    poisoned: Arc<AtomicBool>,
     _c: PhantomData<fn() -> C>,
 }
 
@@ -88,6 +100,9 @@ impl<C, B> Clone for LogStore<C, B> {
             skip_fsync: self.skip_fsync,
             #[cfg(feature = "sabotage")]
             short_reads: self.short_reads,
+            #[cfg(feature = "sabotage")]
+            ignore_sync_errors: self.ignore_sync_errors,
+            poisoned: self.poisoned.clone(),
             _c: PhantomData,
         }
     }
@@ -101,6 +116,9 @@ impl<C, B: Backend> LogStore<C, B> {
             skip_fsync: false,
             #[cfg(feature = "sabotage")]
             short_reads: None,
+            #[cfg(feature = "sabotage")]
+            ignore_sync_errors: false,
+            poisoned: Arc::default(),
             _c: PhantomData,
         }
     }
@@ -111,6 +129,32 @@ impl<C, B: Backend> LogStore<C, B> {
             return false;
         }
         true
+    }
+
+    /// An error if an earlier sync failed (see `poisoned`).
+    fn writable(&self) -> io::Result<()> {
+        match self.poisoned.load(Ordering::SeqCst) {
+            true => Err(io::Error::other(
+                "an earlier sync of the raft store failed: no more writes until a restart",
+            )),
+            false => Ok(()),
+        }
+    }
+
+    /// `done`, told of the batch's sync; a failed sync poisons the store first, so that no
+    /// write after it reaches the backend.
+    pub fn on_durable(&self, done: impl FnOnce(io::Result<()>) + Send + 'static) -> OnDurable {
+        #[cfg(feature = "sabotage")]
+        if self.ignore_sync_errors {
+            return Box::new(move |_| done(Ok(())));
+        }
+        let poisoned = self.poisoned.clone();
+        Box::new(move |r: io::Result<()>| {
+            if r.is_err() {
+                poisoned.store(true, Ordering::SeqCst);
+            }
+            done(r)
+        })
     }
 
     fn last_entry(&self) -> io::Result<Option<LogEntry>> {
@@ -218,6 +262,7 @@ impl<C: Types, B: Backend> RaftLogStorage<C> for LogStore<C, B> {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        self.writable()?;
         self.backend.write(
             vec![(Space::Meta, KEY_VOTE.to_vec(), Some(encode(vote)?))],
             true,
@@ -244,16 +289,22 @@ impl<C: Types, B: Backend> RaftLogStorage<C> for LogStore<C, B> {
         for e in entries {
             ops.push((Space::Log, log_key(e.index()).to_vec(), Some(encode(&e)?)));
         }
-        let result = self.backend.write(ops, self.sync_appends());
-        let reply = result
-            .as_ref()
-            .map(|_| ())
-            .map_err(|e| io::Error::new(e.kind(), e.to_string()));
-        callback.io_completed(reply);
-        result
+        if !self.sync_appends() {
+            self.backend.write(ops, false)?;
+            callback.io_completed(Ok(()));
+            return Ok(());
+        }
+        // Readable at once (the leader replicates the entries while its own sync runs);
+        // openraft counts them as this server's only once the backend reports them durable.
+        // A failed sync goes to openraft, which stops this server's Raft: it must not go on
+        // as if the entries were on disk.
+        self.writable()?;
+        let done = self.on_durable(move |r| callback.io_completed(r));
+        self.backend.write_then(ops, done)
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        self.writable()?;
         let from = last_log_id.map(|l| l.index + 1).unwrap_or(0);
         let rows =
             self.backend
@@ -269,6 +320,7 @@ impl<C: Types, B: Backend> RaftLogStorage<C> for LogStore<C, B> {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        self.writable()?;
         let rows = self.backend.range(
             Space::Log,
             &log_key(0),

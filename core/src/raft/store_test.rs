@@ -174,3 +174,52 @@ fn an_installed_snapshot_is_reported_with_its_index() {
         "the snapshot's state is in place"
     );
 }
+
+/// An append is durable only once the backend syncs it, and after a failed sync the store
+/// takes no more writes: the next sync of a real disk may succeed without the lost data,
+/// and writing on would leave a hole behind acknowledged entries.
+#[test]
+fn a_failed_sync_stops_every_later_write() {
+    let backend = Arc::new(MemBackend::new());
+    let mut log = Log::new(backend.clone());
+    let append = |log: &mut Log, i: u64| {
+        now(log.append([LogEntry::new_blank(log_id(i))], IOFlushed::noop()))
+    };
+    append(&mut log, 0).unwrap();
+    assert_eq!(
+        backend.unsynced_batches(),
+        1,
+        "an append waits for its sync"
+    );
+    backend.sync();
+    append(&mut log, 1).unwrap();
+    backend.fail_next_sync();
+    backend.sync();
+    let refused = append(&mut log, 2).expect_err("an append after a failed sync");
+    assert!(refused.to_string().contains("earlier sync"), "{refused}");
+    assert!(
+        now(log.save_vote(&Vote::new(2, 1))).is_err(),
+        "a vote after a failed sync"
+    );
+    assert_eq!(
+        backend.unsynced_batches(),
+        0,
+        "nothing more reached the backend"
+    );
+    backend.crash();
+    assert_exactly(&now(log.try_get_log_entries(0..10)).unwrap(), 0..1);
+}
+
+/// The sabotage of the rule above: the failed sync is reported as a success and the store
+/// writes on.
+#[cfg(feature = "sabotage")]
+#[test]
+fn the_ignore_sync_errors_sabotage_writes_on() {
+    let backend = Arc::new(MemBackend::new());
+    let mut log = Log::new(backend.clone());
+    log.ignore_sync_errors = true;
+    now(log.append([LogEntry::new_blank(log_id(0))], IOFlushed::noop())).unwrap();
+    backend.fail_next_sync();
+    backend.sync();
+    now(log.append([LogEntry::new_blank(log_id(1))], IOFlushed::noop())).unwrap();
+}

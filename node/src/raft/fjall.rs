@@ -5,9 +5,11 @@
 //! concurrent durable writers share one sync (group commit): a writer whose batch was
 //! already covered by another writer's sync returns without syncing again.
 //!
-//! Log appends do not wait for their sync: [`FjallLog::append`] writes the entries (readable
-//! at once, so the leader replicates them while its own sync runs) and a sync thread calls
-//! openraft's completion callback once a sync covers them. Callbacks fire in append order,
+//! Log appends do not wait for their sync: the core's `LogStore` appends with
+//! [`Backend::write_then`], which commits the entries (readable at once, so the leader
+//! replicates them while its own sync runs), and a sync thread calls openraft's completion
+//! callback once a sync covers them: the same log store, over the simulator's disk, runs
+//! under every seed. Callbacks fire in append order,
 //! and every synchronous durable write (vote, truncation, purge, snapshot) fires the ones
 //! its sync covered before it returns, so no later write completes before an earlier one.
 
@@ -28,28 +30,15 @@ use fjall::Database;
 use fjall::Keyspace;
 use fjall::KeyspaceCreateOptions;
 use fjall::PersistMode;
-use openraft::entry::RaftEntry;
-use openraft::storage::IOFlushed;
-use openraft::storage::RaftLogStorage;
-use openraft::LogState;
-use openraft::OptionalSend;
+use tribune_core::raft::backend::OnDurable;
 use tribune_core::raft::backend::Op;
 use tribune_core::raft::Backend;
-use tribune_core::raft::LogEntry;
-use tribune_core::raft::LogId;
-use tribune_core::raft::LogStore;
 use tribune_core::raft::Space;
-use tribune_core::raft::Vote;
-
-use super::Types;
 
 /// fjall's block cache.
 pub const BLOCK_CACHE_BYTES: u64 = 4 << 20;
 /// Each keyspace's memtable is written out to disk at this size.
 pub const MEMTABLE_BYTES: u64 = 8 << 20;
-
-/// What to call once a batch is durable (or the sync failed).
-pub type OnDurable = Box<dyn FnOnce(io::Result<()>) + Send>;
 
 pub struct FjallBackend {
     db: Database,
@@ -250,19 +239,6 @@ impl FjallBackend {
             done(Ok(()));
         }
     }
-
-    /// Commit `ops` now and call `done` once a sync covers them (from the sync thread, or
-    /// from a later synchronous durable write).
-    pub fn write_then(self: &Arc<Self>, ops: Vec<Op>, done: OnDurable) -> io::Result<()> {
-        self.syncer
-            .get_or_init(|| spawn_syncer(self.queue.clone(), Arc::downgrade(self)));
-        let mut w = self.queue.waiting.lock().unwrap_or_else(|e| e.into_inner());
-        let mine = self.commit(ops)?;
-        w.batches.push_back((mine, done));
-        drop(w);
-        self.queue.wake.notify_one();
-        Ok(())
-    }
 }
 
 /// `TRIBUNE_TEST_SKIP_FSYNC=1`, for tests only: durable batches still reach the journal
@@ -324,6 +300,19 @@ impl Backend for FjallBackend {
         Ok(())
     }
 
+    /// Commit `ops` now and call `done` once a sync covers them (from the sync thread, or
+    /// from a later synchronous durable write).
+    fn write_then(self: &Arc<Self>, ops: Vec<Op>, done: OnDurable) -> io::Result<()> {
+        self.syncer
+            .get_or_init(|| spawn_syncer(self.queue.clone(), Arc::downgrade(self)));
+        let mut w = self.queue.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = self.commit(ops)?;
+        w.batches.push_back((mine, done));
+        drop(w);
+        self.queue.wake.notify_one();
+        Ok(())
+    }
+
     fn get(&self, space: Space, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
         Ok(self
             .space(space)
@@ -355,70 +344,6 @@ impl Backend for FjallBackend {
             }
             None => Ok(None),
         }
-    }
-}
-
-/// The Raft log store the agent runs: the core's [`LogStore`] over fjall, except that an
-/// append returns before its sync (see the module docs).
-#[derive(Clone)]
-pub struct FjallLog {
-    inner: LogStore<Types, FjallBackend>,
-    backend: Arc<FjallBackend>,
-}
-
-impl FjallLog {
-    pub fn new(backend: Arc<FjallBackend>) -> Self {
-        Self {
-            inner: LogStore::new(backend.clone()),
-            backend,
-        }
-    }
-}
-
-impl RaftLogStorage<Types> for FjallLog {
-    type LogReader = LogStore<Types, FjallBackend>;
-
-    async fn get_log_state(&mut self) -> Result<LogState<Types>, io::Error> {
-        self.inner.get_log_state().await
-    }
-
-    async fn get_log_reader(&mut self) -> Self::LogReader {
-        self.inner.get_log_reader().await
-    }
-
-    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
-        self.inner.save_vote(vote).await
-    }
-
-    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        self.inner.save_committed(committed).await
-    }
-
-    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
-        self.inner.read_committed().await
-    }
-
-    async fn append<I>(&mut self, entries: I, callback: IOFlushed<Types>) -> Result<(), io::Error>
-    where
-        I: IntoIterator<Item = LogEntry> + OptionalSend,
-        I::IntoIter: OptionalSend,
-    {
-        // The core's log layout: big-endian index -> postcard(entry).
-        let mut ops: Vec<Op> = Vec::new();
-        for e in entries {
-            let bytes = postcard::to_allocvec(&e).map_err(io::Error::other)?;
-            ops.push((Space::Log, e.index().to_be_bytes().to_vec(), Some(bytes)));
-        }
-        self.backend
-            .write_then(ops, Box::new(move |r| callback.io_completed(r)))
-    }
-
-    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
-        self.inner.truncate_after(last_log_id).await
-    }
-
-    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
-        self.inner.purge(log_id).await
     }
 }
 

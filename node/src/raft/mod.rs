@@ -175,7 +175,7 @@ impl RaftStore {
         let claims = Box::new(tribune_core::cluster::bootstrap::BackendClaims(
             backend.clone(),
         ));
-        let log = self::fjall::FjallLog::new(backend);
+        let log = tribune_core::raft::LogStore::<Types, _>::new(backend);
         let config = tribune_core::raft::config(spec.raft_multiplier, 10_000)
             .validate()
             .map_err(io::Error::other)?;
