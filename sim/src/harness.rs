@@ -306,6 +306,7 @@ pub fn run_seed(seed: u64, sabotage: Sabotage) -> SeedReport {
 
 async fn simulate(seed: u64, sabotage: Sabotage) -> SeedReport {
     let plan = Plan::from_seed(seed);
+    crate::runtime::reset_drifts();
     let handle = Handle::current();
     let start = madsim::time::Instant::now();
     let recorder = Arc::new(Mutex::new(Recorder::default()));
@@ -343,6 +344,10 @@ async fn simulate(seed: u64, sabotage: Sabotage) -> SeedReport {
             .ip(addr.ip())
             .init(move || server::run(c.clone()))
             .build();
+        let rate = plan.clock_rate[id as usize - 1];
+        if rate != 1.0 {
+            crate::runtime::set_drift(node.id(), rate);
+        }
         cluster.nodes.insert(id, node);
         cluster.ctxs.insert(id, ctx);
     }

@@ -62,6 +62,9 @@ pub struct Plan {
     pub expect: u64,
     /// When each server starts (ms), by server number from 1: staggered in some plans.
     pub start_ms: Vec<u64>,
+    /// Each server's clock rate, by server number from 1: in a third of the plans the
+    /// clocks drift apart (0.9 to 1.1 times true time; 1.0 elsewhere).
+    pub clock_rate: Vec<f64>,
     pub clients: u64,
     pub keys: u64,
     /// Faults happen in [0, safety_ms); then everything heals.
@@ -153,11 +156,21 @@ impl Plan {
                 }
             }
         }
+        // Clock drift (from a stream of its own).
+        let mut clocks = SmallRng::seed_from_u64(seed ^ 0x636c_6f63_6b64_7269);
+        let drifting = clocks.random_bool(0.33);
+        let clock_rate = (0..servers)
+            .map(|_| match drifting {
+                true => clocks.random_range(0.9..1.1),
+                false => 1.0,
+            })
+            .collect();
         Plan {
             seed,
             servers,
             expect,
             start_ms,
+            clock_rate,
             clients: rng.random_range(4..=6),
             keys: rng.random_range(1..=4),
             safety_ms,

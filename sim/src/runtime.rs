@@ -27,9 +27,71 @@ pub use crate::watch::SimWatch;
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct MadsimRuntime;
 
-/// Simulated time (madsim intercepts the clock inside the simulation).
+/// Simulated time as one server's clock reads it (madsim intercepts the clock inside the
+/// simulation). Each server's clock may run fast or slow ([`set_drift`]): everything that
+/// openraft and the core's cluster engine time (elections, heartbeats, leases, deadlines,
+/// retries) runs on it, while the network and the disk keep the simulation's true time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct SimInstant(madsim::time::Instant);
+
+/// Clock rates by madsim node (1.0 where none is set), and the instant all clocks agreed.
+#[derive(Default)]
+struct Clocks {
+    epoch: Option<madsim::time::Instant>,
+    rates: std::collections::HashMap<madsim::task::NodeId, f64>,
+}
+
+thread_local! {
+    static CLOCKS: std::cell::RefCell<Clocks> = std::cell::RefCell::default();
+}
+
+/// Forget every drift (call at the start of each seed, inside its runtime).
+pub fn reset_drifts() {
+    CLOCKS.with(|c| {
+        *c.borrow_mut() = Clocks {
+            epoch: Some(madsim::time::Instant::now()),
+            rates: Default::default(),
+        }
+    });
+}
+
+/// `node`'s clock runs at `rate` times true time from now on (1.1: 10% fast).
+pub fn set_drift(node: madsim::task::NodeId, rate: f64) {
+    CLOCKS.with(|c| c.borrow_mut().rates.insert(node, rate));
+}
+
+/// The current node's clock rate and the epoch it is measured from.
+fn drift() -> Option<(madsim::time::Instant, f64)> {
+    CLOCKS.with(|c| {
+        let c = c.borrow();
+        let rate = *c.rates.get(&madsim::plugin::node())?;
+        Some((c.epoch?, rate))
+    })
+}
+
+/// True time to this node's clock.
+fn to_local(t: madsim::time::Instant) -> madsim::time::Instant {
+    match drift() {
+        Some((epoch, rate)) => epoch + t.saturating_duration_since(epoch).mul_f64(rate),
+        None => t,
+    }
+}
+
+/// This node's clock reading to true time.
+fn to_true(t: madsim::time::Instant) -> madsim::time::Instant {
+    match drift() {
+        Some((epoch, rate)) => epoch + t.saturating_duration_since(epoch).div_f64(rate),
+        None => t,
+    }
+}
+
+/// A span of this node's clock in true time.
+fn true_span(d: Duration) -> Duration {
+    match drift() {
+        Some((_, rate)) => d.div_f64(rate),
+        None => d,
+    }
+}
 
 impl Add<Duration> for SimInstant {
     type Output = Self;
@@ -67,7 +129,7 @@ impl SubAssign<Duration> for SimInstant {
 
 impl openraft_rt::Instant for SimInstant {
     fn now() -> Self {
-        SimInstant(madsim::time::Instant::now())
+        SimInstant(to_local(madsim::time::Instant::now()))
     }
 }
 
@@ -118,11 +180,11 @@ impl AsyncRuntime for MadsimRuntime {
     }
 
     fn sleep(duration: Duration) -> Self::Sleep {
-        madsim::time::sleep(duration)
+        madsim::time::sleep(true_span(duration))
     }
 
     fn sleep_until(deadline: SimInstant) -> Self::Sleep {
-        madsim::time::sleep_until(deadline.0)
+        madsim::time::sleep_until(to_true(deadline.0))
     }
 
     fn timeout<R, F: Future<Output = R> + OptionalSend>(
@@ -131,7 +193,7 @@ impl AsyncRuntime for MadsimRuntime {
     ) -> Self::Timeout<R, F> {
         Timeout {
             future: Box::pin(future),
-            sleep: Box::pin(madsim::time::sleep(duration)),
+            sleep: Box::pin(madsim::time::sleep(true_span(duration))),
         }
     }
 
@@ -141,7 +203,7 @@ impl AsyncRuntime for MadsimRuntime {
     ) -> Self::Timeout<R, F> {
         Timeout {
             future: Box::pin(future),
-            sleep: Box::pin(madsim::time::sleep_until(deadline.0)),
+            sleep: Box::pin(madsim::time::sleep_until(to_true(deadline.0))),
         }
     }
 
@@ -177,5 +239,41 @@ impl AsyncRuntime for MadsimRuntime {
         // madsim refuses OS threads: run it inline, deterministically.
         let out = f();
         async move { Ok(out) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft_rt::Instant as _;
+
+    /// A server's clock set 10% fast: its 1 s sleeps last 1/1.1 s of true time, and its
+    /// clock reads 1.1 s after 1 s of true time. Other nodes keep true time.
+    #[madsim::test]
+    async fn a_drifting_clock_runs_its_own_rate_on_its_node_only() {
+        reset_drifts();
+        let handle = madsim::runtime::Handle::current();
+        let node = handle.create_node().name("fast").build();
+        set_drift(node.id(), 1.1);
+        let (slept, read) = node
+            .spawn(async {
+                let t0 = madsim::time::Instant::now();
+                MadsimRuntime::sleep(Duration::from_secs(1)).await;
+                let slept = t0.elapsed();
+                let local = SimInstant::now();
+                madsim::time::sleep(Duration::from_secs(1)).await;
+                (slept, SimInstant::now() - local)
+            })
+            .await
+            .unwrap();
+        assert_eq!(slept.as_millis(), 909, "true time slept");
+        assert_eq!(read.as_millis(), 1_100, "what the fast clock read over 1 s");
+        let t0 = SimInstant::now();
+        MadsimRuntime::sleep(Duration::from_secs(1)).await;
+        assert_eq!(
+            (SimInstant::now() - t0).as_millis(),
+            1_000,
+            "this node's clock is true"
+        );
     }
 }

@@ -48,8 +48,8 @@ fn seed_370_restarted_leader_must_not_serve_stale_reads() {
 }
 
 #[test]
-fn seed_587_restarted_leader_must_not_serve_stale_reads() {
-    pinned(587, Sabotage::LeaderRestore);
+fn seed_644_restarted_leader_must_not_serve_stale_reads() {
+    pinned(644, Sabotage::LeaderRestore);
 }
 
 #[test]
@@ -70,8 +70,8 @@ fn seed_5_a_wiped_server_must_not_answer_for_its_old_id() {
 /// configuration for good (no write committed again). Found when wipes and overlapping
 /// faults joined the plan; the reconcile now checks the rest keep a majority.
 #[test]
-fn seed_6_a_removal_must_leave_a_working_majority() {
-    pinned(6, Sabotage::UnguardedRemoval);
+fn seed_85_a_removal_must_leave_a_working_majority() {
+    pinned(85, Sabotage::UnguardedRemoval);
 }
 
 /// More servers than `bootstrap_expect`, started at different times: two servers that
