@@ -10,8 +10,15 @@
 //! client, for at most [`DEDUP_CLIENTS_MAX`] clients (the least recently seen is evicted).
 //! A client's first write has `seq == 1`; a write with a higher sequence number from a
 //! client the table does not know comes from an evicted client and is refused with
-//! [`Response::Expired`], never re-applied. (The one case left open: a retry of a client's
-//! very first write after that client was evicted.)
+//! [`Response::Expired`], never re-applied.
+//!
+//! A retry of a client's very first write after that client was evicted looks like a new
+//! client's first write. Each request therefore carries `opened_at`, the index its server
+//! had applied when it opened the client id (always below the index the first write gets),
+//! and the table keeps the eviction horizon: the highest index any evicted client last
+//! wrote at. A first write opened below the horizon may be such a retry and is refused with
+//! `Expired` (its submitter opens a fresh id and tries again, since a first attempt refused
+//! was not applied).
 
 use std::collections::BTreeMap;
 
@@ -32,6 +39,8 @@ pub struct Request {
     pub client: u64,
     /// Per-client sequence number, increasing with every new write of that client.
     pub seq: u64,
+    /// The index the submitting server had applied when it opened this client id.
+    pub opened_at: u64,
     pub cmd: Command,
 }
 
@@ -60,6 +69,9 @@ pub struct Sabotage {
     pub noop_bumps_index: bool,
     /// Forget the dedup table: retried writes are applied again.
     pub no_dedup: bool,
+    /// Take every unknown client's first write as new, ignoring the eviction horizon: a
+    /// retried first write of an evicted client is applied again.
+    pub no_eviction_horizon: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,9 +90,15 @@ pub struct StateMachine {
     clients: BTreeMap<u64, ClientRecord>,
     /// Eviction order of `clients`: last_index -> client.
     clients_by_index: BTreeMap<u64, u64>,
+    /// The highest index an evicted client last wrote at (see the module docs).
+    evicted_upto: u64,
     #[cfg(feature = "sabotage")]
     #[serde(skip)]
     pub sabotage: Sabotage,
+    /// The dedup table's size if not [`DEDUP_CLIENTS_MAX`]: the simulator's few clients
+    /// reach eviction only with a small one. Every server of a cluster must use the same.
+    #[serde(skip)]
+    pub dedup_clients_max: Option<usize>,
 }
 
 impl StateMachine {
@@ -122,7 +140,7 @@ impl StateMachine {
                 if req.seq < rec.seq {
                     return Response::Expired;
                 }
-            } else if req.seq > 1 {
+            } else if req.seq > 1 || req.opened_at < self.eviction_horizon() {
                 return Response::Expired;
             }
         }
@@ -167,6 +185,19 @@ impl StateMachine {
     }
 
     #[cfg(feature = "sabotage")]
+    fn eviction_horizon(&self) -> u64 {
+        match self.sabotage.no_eviction_horizon {
+            true => 0,
+            false => self.evicted_upto,
+        }
+    }
+
+    #[cfg(not(feature = "sabotage"))]
+    fn eviction_horizon(&self) -> u64 {
+        self.evicted_upto
+    }
+
+    #[cfg(feature = "sabotage")]
     fn dedup_disabled(&self) -> bool {
         self.sabotage.no_dedup
     }
@@ -188,11 +219,12 @@ impl StateMachine {
             self.clients_by_index.remove(&old.last_index);
         }
         self.clients_by_index.insert(index, client);
-        while self.clients.len() > DEDUP_CLIENTS_MAX {
-            let Some((_, oldest)) = self.clients_by_index.pop_first() else {
+        while self.clients.len() > self.dedup_clients_max.unwrap_or(DEDUP_CLIENTS_MAX) {
+            let Some((last_index, oldest)) = self.clients_by_index.pop_first() else {
                 break;
             };
             self.clients.remove(&oldest);
+            self.evicted_upto = self.evicted_upto.max(last_index);
         }
     }
 

@@ -6,6 +6,7 @@ fn put(client: u64, seq: u64, key: &str, value: &str) -> Request {
     Request {
         client,
         seq,
+        opened_at: 0,
         cmd: Command::Kv(KvOp::Set {
             key: key.into(),
             value: value.as_bytes().to_vec(),
@@ -18,6 +19,7 @@ fn cas(client: u64, seq: u64, key: &str, value: &str, index: u64) -> Request {
     Request {
         client,
         seq,
+        opened_at: 0,
         cmd: Command::Kv(KvOp::Cas {
             key: key.into(),
             value: value.as_bytes().to_vec(),
@@ -70,6 +72,35 @@ fn dedup_table_is_bounded() {
     // Client 1 was evicted: its retry is refused, never re-applied.
     assert_eq!(sm.apply(n + 2, &put(1, 2, "first", "b")), Response::Expired);
     assert_eq!(sm.kv().get("first").unwrap().modify_index, 2);
+    sm.check_invariants().unwrap();
+}
+
+/// A retry of an evicted client's very first write is refused, while a client opened after
+/// the eviction is served.
+#[test]
+fn a_retried_first_write_of_an_evicted_client_is_refused() {
+    let mut sm = StateMachine::new();
+    sm.dedup_clients_max = Some(2);
+    let first = |client, opened_at| Request {
+        opened_at,
+        ..put(client, 1, "k", &client.to_string())
+    };
+    // Client 1 opened with index 0 applied; its first write lands at 1.
+    assert!(matches!(
+        sm.apply(1, &first(1, 0)),
+        Response::Kv { index: 1, .. }
+    ));
+    sm.apply(2, &first(2, 1));
+    sm.apply(3, &first(3, 2));
+    assert_eq!(sm.clients.len(), 2, "client 1 was evicted");
+    assert_eq!(sm.apply(4, &first(1, 0)), Response::Expired, "the retry");
+    assert_eq!(sm.kv().get("k").unwrap().modify_index, 3);
+    // A client opened before the eviction's index is refused too; one opened after is not.
+    assert_eq!(sm.apply(5, &first(9, 0)), Response::Expired);
+    assert!(matches!(
+        sm.apply(6, &first(10, 5)),
+        Response::Kv { index: 6, .. }
+    ));
     sm.check_invariants().unwrap();
 }
 
@@ -129,6 +160,7 @@ fn arb_request() -> impl Strategy<Value = Request> {
         (0u64..20).prop_map(|up_to| KvOp::ReapTombstones { up_to }),
     ];
     (0u64..4, 1u64..6, op).prop_map(|(client, seq, op)| Request {
+        opened_at: 0,
         client,
         seq,
         cmd: Command::Kv(op),

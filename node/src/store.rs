@@ -198,6 +198,7 @@ impl DevStore {
                 &Request {
                     client: DEV_CLIENT,
                     seq: *seq,
+                    opened_at: 0,
                     cmd,
                 },
             )

@@ -327,7 +327,7 @@ async fn simulate(seed: u64, sabotage: Sabotage) -> SeedReport {
     let lan = Arc::new(Lan::default());
     for (&id, &addr) in &members {
         let start_at = start + Duration::from_millis(plan.start_ms[id as usize - 1]);
-        let ctx = Arc::new(ServerCtx::new(
+        let mut ctx = ServerCtx::new(
             id,
             addr,
             members.clone(),
@@ -336,7 +336,9 @@ async fn simulate(seed: u64, sabotage: Sabotage) -> SeedReport {
             lan.clone(),
             plan.expect,
             start_at,
-        ));
+        );
+        ctx.dedup_clients_max = plan.dedup_clients_max;
+        let ctx = Arc::new(ctx);
         let c = ctx.clone();
         let node = handle
             .create_node()

@@ -61,10 +61,16 @@ pub enum Sabotage {
     /// An append whose fsync failed is acknowledged, and the server writes on (the disk's
     /// next sync succeeds without the lost batches).
     IgnoreSyncErrors,
+    /// A write lane whose client id the dedup table evicted is kept: every later write on it
+    /// is answered Expired.
+    LanePoison,
+    /// The dedup table ignores its eviction horizon: a retried first write of an evicted
+    /// client is applied again.
+    NoEvictionHorizon,
 }
 
 impl Sabotage {
-    pub const ALL: [(&'static str, Sabotage); 11] = [
+    pub const ALL: [(&'static str, Sabotage); 13] = [
         ("stale-read", Sabotage::StaleRead),
         ("ack-before-commit", Sabotage::AckBeforeCommit),
         ("skip-fsync", Sabotage::SkipFsync),
@@ -76,6 +82,8 @@ impl Sabotage {
         ("unguarded-removal", Sabotage::UnguardedRemoval),
         ("no-claim", Sabotage::NoClaim),
         ("ignore-sync-errors", Sabotage::IgnoreSyncErrors),
+        ("lane-poison", Sabotage::LanePoison),
+        ("no-eviction-horizon", Sabotage::NoEvictionHorizon),
     ];
 
     /// The checks that must catch this sabotage: a seed counts as catching it only if one
@@ -117,7 +125,10 @@ impl Sabotage {
                 "restart",
             ],
             Sabotage::NoopBumpsIndex => &["index rule broken"],
-            Sabotage::NoDedup => &["linearizability", "index rule broken"],
+            Sabotage::LanePoison => &["expired"],
+            Sabotage::NoDedup | Sabotage::NoEvictionHorizon => {
+                &["linearizability", "index rule broken"]
+            }
         }
     }
 

@@ -65,6 +65,9 @@ pub struct Plan {
     /// Each server's clock rate, by server number from 1: in a third of the plans the
     /// clocks drift apart (0.9 to 1.1 times true time; 1.0 elsewhere).
     pub clock_rate: Vec<f64>,
+    /// The dedup table's size: in a quarter of the plans a few clients only (production:
+    /// 16,384), so that write lanes are evicted and retired.
+    pub dedup_clients_max: Option<usize>,
     pub clients: u64,
     pub keys: u64,
     /// Faults happen in [0, safety_ms); then everything heals.
@@ -165,12 +168,16 @@ impl Plan {
                 false => 1.0,
             })
             .collect();
+        // The dedup table's size (from a stream of its own).
+        let mut dedup = SmallRng::seed_from_u64(seed ^ 0x6465_6475_7074_6162);
+        let dedup_clients_max = dedup.random_bool(0.25).then(|| dedup.random_range(2..=6));
         Plan {
             seed,
             servers,
             expect,
             start_ms,
             clock_rate,
+            dedup_clients_max,
             clients: rng.random_range(4..=6),
             keys: rng.random_range(1..=4),
             safety_ms,

@@ -17,6 +17,7 @@ use openraft::ServerState;
 use openraft_rt::watch::WatchReceiver as _;
 use tribune_core::cluster::Discovery;
 use tribune_core::cluster::ServerConfig;
+use tribune_core::fsm::Response;
 use tribune_core::gossip::MemberInfo;
 use tribune_core::gossip::MemberState;
 use tribune_core::raft::rpc::NetFactory;
@@ -161,6 +162,8 @@ pub struct ServerCtx {
     pub start_at: Mutex<Option<madsim::time::Instant>>,
     /// The engine of the running incarnation, for the harness's final checks.
     pub live: Mutex<Option<(Arc<Engine>, Store)>>,
+    /// The state machine's dedup table size, if the plan makes it small.
+    pub dedup_clients_max: Option<usize>,
 }
 
 impl ServerCtx {
@@ -186,6 +189,7 @@ impl ServerCtx {
             expect,
             start_at: Mutex::new(Some(start_at)),
             live: Mutex::new(None),
+            dedup_clients_max: None,
         }
     }
 
@@ -232,7 +236,7 @@ fn engine_config(ctx: &ServerCtx) -> ServerConfig {
         ignore_target: ctx.sabotage == Sabotage::IgnoreTarget,
         unguarded_removal: ctx.sabotage == Sabotage::UnguardedRemoval,
         no_claim: ctx.sabotage == Sabotage::NoClaim,
-        ..Default::default()
+        lane_poison: ctx.sabotage == Sabotage::LanePoison,
     };
     cfg
 }
@@ -263,9 +267,11 @@ pub async fn run(ctx: Arc<ServerCtx>) {
     let mut sm = SmStore::open(backend)
         .expect("open state machine")
         .with_observer(Arc::new(move |a| recorder.lock().unwrap().applied(me, a)));
+    sm.dedup_clients_max = ctx.dedup_clients_max;
     sm.sabotage = tribune_core::fsm::Sabotage {
         noop_bumps_index: ctx.sabotage == Sabotage::NoopBumpsIndex,
         no_dedup: ctx.sabotage == Sabotage::NoDedup,
+        no_eviction_horizon: ctx.sabotage == Sabotage::NoEvictionHorizon,
     };
     let mut config =
         tribune_core::raft::config(tribune_core::raft::DEFAULT_RAFT_MULTIPLIER, SNAPSHOT_EVERY);
@@ -341,17 +347,28 @@ pub async fn run(ctx: Arc<ServerCtx>) {
         let engine = engine.clone();
         let sm = sm.clone();
         let net = net.clone();
+        let recorder = ctx.recorder.clone();
         madsim::task::spawn(async move {
-            let reply = handle(&engine, &sm, msg).await;
+            let reply = handle(&engine, &sm, msg, &recorder).await;
             net.reply(from, tag, &reply).await;
         });
     }
 }
 
-async fn handle(engine: &Engine, sm: &Store, msg: Msg) -> Reply {
+async fn handle(engine: &Engine, sm: &Store, msg: Msg, recorder: &Mutex<Recorder>) -> Reply {
     match msg {
         Msg::Peer(rpc) => Reply::Peer(engine.handle(rpc).await),
         Msg::Client(ClientMsg::Write(cmd)) => Reply::Client(match engine.write(cmd).await {
+            Ok(Response::Expired) => {
+                // The dedup table's verdict on a retired lane, which the write path must
+                // never pass on: a client would get an error for a write that could go in.
+                recorder.lock().unwrap().violate(format!(
+                    "expired: server {} answered a write with Expired (its lane's client id \
+                     was evicted from the dedup table)",
+                    engine.id()
+                ));
+                ClientReply::Written(Response::Expired)
+            }
             Ok(r) => {
                 if crate::debug() {
                     eprintln!(

@@ -9,11 +9,13 @@
 //! [`DEDUP_CLIENTS_MAX`](crate::fsm::DEDUP_CLIENTS_MAX) clients. A lane whose client id was
 //! evicted gets [`Response::Expired`] for every later write: such a lane is retired. When
 //! that answer comes to the first attempt of a write, the write was never applied and is
-//! submitted again on a fresh lane; after an earlier attempt whose answer was lost, it may
+//! submitted again on a fresh lane (a few times: a fresh lane opened below the table's
+//! eviction horizon is refused too); after an earlier attempt whose answer was lost, it may
 //! have been applied, and the caller is told the outcome is unknown.
 
 use std::sync::atomic::Ordering;
 
+use openraft::async_runtime::watch::WatchReceiver;
 use openraft::storage::RaftStateMachine;
 
 use super::now;
@@ -48,7 +50,12 @@ pub enum WriteError {
 pub(super) struct Lane {
     client: u64,
     seq: u64,
+    /// The index this server had applied when it opened the lane (see `fsm`).
+    opened_at: u64,
 }
+
+/// How many fresh lanes a write whose first attempts were refused as expired tries.
+const FRESH_LANES_MAX: u32 = 4;
 
 impl<C, SM, T, D> Server<C, SM, T, D>
 where
@@ -58,9 +65,12 @@ where
     D: Discovery,
 {
     fn fresh_lane(&self) -> Lane {
+        // Consul's indexes are openraft's plus one (see the state-machine store).
+        let applied = self.raft.metrics().borrow_watched().last_applied;
         Lane {
             client: self.next_client.fetch_add(1, Ordering::Relaxed),
             seq: 0,
+            opened_at: applied.map(|l| l.index + 1).unwrap_or(0),
         }
     }
 
@@ -85,24 +95,35 @@ where
         let mut req = Request {
             client: lane.client,
             seq: lane.seq,
+            opened_at: lane.opened_at,
             cmd,
         };
-        let mut on_fresh_lane = false;
+        let mut fresh_lanes = 0;
         loop {
             let (result, attempts) = self.submit(&req).await;
             match result {
                 Ok(Response::Expired) if !self.sabotage().lane_poison => {
                     // The lane's client id is no longer in the dedup table: retire the lane.
-                    if attempts > 1 || on_fresh_lane {
+                    // Refused at the first attempt, the write was not applied: try again on a
+                    // fresh lane. After a lost answer it may have been.
+                    if attempts > 1 {
                         return Err(WriteError::Indeterminate(
                             "the write's client id expired from the dedup table",
                         ));
                     }
+                    if fresh_lanes == FRESH_LANES_MAX {
+                        return Err(WriteError::Raft(
+                            "the write was refused: its client ids kept expiring from the \
+                             dedup table (not applied)"
+                                .into(),
+                        ));
+                    }
+                    fresh_lanes += 1;
                     lane = self.fresh_lane();
                     lane.seq += 1;
                     req.client = lane.client;
                     req.seq = lane.seq;
-                    on_fresh_lane = true;
+                    req.opened_at = lane.opened_at;
                 }
                 other => {
                     self.return_lane(lane);

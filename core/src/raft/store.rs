@@ -370,6 +370,9 @@ pub struct SmStore<C, B> {
     /// Sabotages for the simulator, applied to the state machine before every entry.
     #[cfg(feature = "sabotage")]
     pub sabotage: crate::fsm::Sabotage,
+    /// The state machine's dedup table size, if not the default (see
+    /// [`StateMachine::dedup_clients_max`]).
+    pub dedup_clients_max: Option<usize>,
     state: Arc<Mutex<SmState>>,
     backend: Arc<B>,
     observer: Option<ApplyObserver>,
@@ -385,6 +388,7 @@ impl<C, B> Clone for SmStore<C, B> {
         Self {
             #[cfg(feature = "sabotage")]
             sabotage: self.sabotage,
+            dedup_clients_max: self.dedup_clients_max,
             state: self.state.clone(),
             backend: self.backend.clone(),
             observer: self.observer.clone(),
@@ -409,6 +413,7 @@ impl<C, B: Backend> SmStore<C, B> {
         Ok(Self {
             #[cfg(feature = "sabotage")]
             sabotage: Default::default(),
+            dedup_clients_max: None,
             state: Arc::new(Mutex::new(state)),
             backend,
             observer: None,
@@ -505,6 +510,7 @@ impl<C: Types, B: Backend> RaftStateMachine<C> for SmStore<C, B> {
                 {
                     s.sm.sabotage = self.sabotage;
                 }
+                s.sm.dedup_clients_max = self.dedup_clients_max;
                 s.last_applied = Some(entry.log_id());
                 match &entry.payload {
                     EntryPayload::Blank => {

@@ -150,6 +150,7 @@ fn an_installed_snapshot_is_reported_with_its_index() {
     let req = crate::fsm::Request {
         client: 1,
         seq: 1,
+        opened_at: 0,
         cmd: crate::fsm::Command::Kv(set),
     };
     source.apply(7, &req);
