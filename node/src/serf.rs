@@ -78,10 +78,15 @@ impl Pool {
     /// Bind UDP and TCP on `bind`, advertise `identity.addr`, and run the pool.
     pub async fn start(
         bind: SocketAddr,
-        config: gossip::Config,
+        mut config: gossip::Config,
         identity: Identity,
         label: &'static str,
     ) -> std::io::Result<Pool> {
+        // Start above any incarnation an earlier run of this node reached (see
+        // `first_incarnation`): a restarted agent is seen with its new tags at once.
+        config.first_incarnation = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_millis() as u64);
         let udp = Arc::new(UdpSocket::bind(bind).await?);
         let tcp = TcpListener::bind(bind).await?;
         let mut seed = [0u8; 32];

@@ -9,6 +9,8 @@ pub mod plan;
 #[cfg(madsim)]
 pub mod faults;
 #[cfg(madsim)]
+pub mod gossip;
+#[cfg(madsim)]
 pub mod harness;
 #[cfg(madsim)]
 pub mod net;

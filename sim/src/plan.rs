@@ -181,7 +181,7 @@ impl Plan {
             clients: rng.random_range(4..=6),
             keys: rng.random_range(1..=4),
             safety_ms,
-            liveness_ms: 10_000,
+            liveness_ms: 15_000,
             episodes,
             think_ms: rng.random_range(150..300),
         }

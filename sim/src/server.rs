@@ -18,8 +18,9 @@ use openraft_rt::watch::WatchReceiver as _;
 use tribune_core::cluster::Discovery;
 use tribune_core::cluster::ServerConfig;
 use tribune_core::fsm::Response;
+use tribune_core::gossip::Identity;
 use tribune_core::gossip::MemberInfo;
-use tribune_core::gossip::MemberState;
+use tribune_core::gossip::Tags;
 use tribune_core::raft::rpc::NetFactory;
 use tribune_core::raft::LogStore;
 use tribune_core::raft::MemBackend;
@@ -27,6 +28,9 @@ use tribune_core::raft::NodeId;
 use tribune_core::raft::SmStore;
 
 use crate::check::Recorder;
+use crate::gossip;
+use crate::gossip::Pool;
+use crate::gossip::GOSSIP_PORT;
 use crate::net::ClientMsg;
 use crate::net::ClientReply;
 use crate::net::Msg;
@@ -60,81 +64,50 @@ pub const RECONCILE_EVERY: Duration = Duration::from_millis(500);
 /// that arrived meanwhile with the same sync (group commit, as the agent's sync thread
 /// does). An append is durable, and acknowledged to openraft, only then. It runs as a task
 /// of the server's node, so a kill stops it and whatever it had not synced is lost.
-async fn simulated_disk(backend: Arc<MemBackend>) {
+fn simulated_disk(backend: Arc<MemBackend>) {
+    // The wake-up is in place before the server writes anything (a write whose wake-up went
+    // to the previous incarnation's disk would wait for good), and a first round syncs what
+    // is pending already.
     let wake = Arc::new(tokio::sync::Notify::new());
     let w = wake.clone();
     backend.on_pending(Arc::new(move || w.notify_one()));
-    loop {
-        wake.notified().await;
-        let us = match madsim::rand::random::<u32>() % 50 {
-            0 => 5_000 + madsim::rand::random::<u64>() % 35_000,
-            _ => 100 + madsim::rand::random::<u64>() % 1_900,
-        };
-        madsim::time::sleep(Duration::from_micros(us)).await;
-        backend.sync();
-    }
-}
-
-/// The LAN pool as the simulated servers see it, owned by the harness: every server is a
-/// member, alive unless the harness made it leave.
-#[derive(Debug, Default)]
-pub struct Lan {
-    members: Mutex<BTreeMap<NodeId, MemberInfo>>,
-}
-
-impl Lan {
-    pub fn add(&self, id: NodeId, addr: SocketAddr, expect: u64) {
-        let tags = [
-            ("role", "consul".to_string()),
-            ("dc", DATACENTER.to_string()),
-            ("port", PORT.to_string()),
-            ("raft_id", id.to_string()),
-            ("expect", expect.to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-        let member = MemberInfo {
-            name: format!("server-{id}"),
-            addr,
-            state: MemberState::Alive,
-            status: 1,
-            tags,
-            incarnation: 0,
-        };
-        self.members.lock().unwrap().insert(id, member);
-    }
-
-    /// The server in slot `slot` now has Raft id `id` (its data dir was wiped).
-    pub fn set_raft_id(&self, slot: NodeId, id: NodeId) {
-        if let Some(m) = self.members.lock().unwrap().get_mut(&slot) {
-            m.tags.insert("raft_id".to_string(), id.to_string());
-            m.incarnation += 1;
+    wake.notify_one();
+    madsim::task::spawn(async move {
+        loop {
+            wake.notified().await;
+            let us = match madsim::rand::random::<u32>() % 50 {
+                0 => 5_000 + madsim::rand::random::<u64>() % 35_000,
+                _ => 100 + madsim::rand::random::<u64>() % 1_900,
+            };
+            madsim::time::sleep(Duration::from_micros(us)).await;
+            backend.sync();
         }
-    }
-
-    /// A graceful leave (`left`) or a return (`alive`).
-    pub fn set_state(&self, id: NodeId, state: MemberState) {
-        if let Some(m) = self.members.lock().unwrap().get_mut(&id) {
-            m.state = state;
-            m.incarnation += 1;
-        }
-    }
-
-    fn members(&self) -> Vec<MemberInfo> {
-        self.members.lock().unwrap().values().cloned().collect()
-    }
+    });
 }
 
-/// The engine's view of the world in the simulator.
+/// A server's gossip tags, as the agent sets them.
+fn server_tags(raft_id: NodeId, expect: u64) -> Tags {
+    [
+        ("role", "consul".to_string()),
+        ("dc", DATACENTER.to_string()),
+        ("port", PORT.to_string()),
+        ("raft_id", raft_id.to_string()),
+        ("expect", expect.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// The engine's view of the world in the simulator: its LAN pool.
 pub struct SimDiscovery {
-    lan: Arc<Lan>,
+    pool: Pool,
     join: Vec<String>,
 }
 
 impl Discovery for SimDiscovery {
     fn lan_members(&self) -> Option<Vec<MemberInfo>> {
-        Some(self.lan.members())
+        Some(self.pool.members())
     }
 
     async fn join_addrs(&self) -> Vec<String> {
@@ -155,7 +128,8 @@ pub struct ServerCtx {
     backend: Mutex<Arc<MemBackend>>,
     pub recorder: Arc<Mutex<Recorder>>,
     pub sabotage: Sabotage,
-    pub lan: Arc<Lan>,
+    /// The running incarnation's LAN pool (the harness makes it leave).
+    pub pool: Mutex<Option<Pool>>,
     /// `bootstrap_expect`.
     pub expect: u64,
     /// When the server first starts (it is not running, nor in the LAN pool, before).
@@ -173,7 +147,6 @@ impl ServerCtx {
         members: BTreeMap<NodeId, SocketAddr>,
         recorder: Arc<Mutex<Recorder>>,
         sabotage: Sabotage,
-        lan: Arc<Lan>,
         expect: u64,
         start_at: madsim::time::Instant,
     ) -> Self {
@@ -185,7 +158,7 @@ impl ServerCtx {
             backend: Mutex::new(Arc::new(MemBackend::new())),
             recorder,
             sabotage,
-            lan,
+            pool: Mutex::new(None),
             expect,
             start_at: Mutex::new(Some(start_at)),
             live: Mutex::new(None),
@@ -206,7 +179,6 @@ impl ServerCtx {
     pub fn wipe(&self, new_id: NodeId) {
         *self.backend.lock().unwrap() = Arc::new(MemBackend::new());
         self.id.store(new_id, Ordering::SeqCst);
-        self.lan.set_raft_id(self.slot, new_id);
     }
 
     pub fn live(&self) -> Option<(SimRaft, Store)> {
@@ -247,12 +219,27 @@ pub async fn run(ctx: Arc<ServerCtx>) {
     if let Some(at) = first_start {
         madsim::time::sleep_until(at).await;
         *ctx.start_at.lock().unwrap() = None;
-        ctx.lan
-            .add(ctx.slot, SocketAddr::new(ctx.addr.ip(), 8301), ctx.expect);
+        // (The server joins the LAN pool when it first starts.)
     }
     let net = Net::bind(ctx.addr).await.expect("bind");
+    let gossip_at = |addr: &SocketAddr| SocketAddr::new(addr.ip(), GOSSIP_PORT);
+    let identity = Identity {
+        name: format!("server-{}", ctx.slot),
+        addr: gossip_at(&ctx.addr),
+        tags: server_tags(ctx.id(), ctx.expect),
+    };
+    let join = ctx
+        .members
+        .values()
+        .filter(|a| **a != ctx.addr)
+        .map(gossip_at)
+        .collect();
+    let pool = gossip::start(identity, join, ctx.recorder.clone())
+        .await
+        .expect("gossip bind");
+    *ctx.pool.lock().unwrap() = Some(pool.clone());
     let backend = ctx.backend();
-    madsim::task::spawn(simulated_disk(backend.clone()));
+    simulated_disk(backend.clone());
     let claims = Box::new(tribune_core::cluster::bootstrap::BackendClaims(
         backend.clone(),
     ));
@@ -303,7 +290,7 @@ pub async fn run(ctx: Arc<ServerCtx>) {
         }
     };
     let discovery = SimDiscovery {
-        lan: ctx.lan.clone(),
+        pool: pool.clone(),
         join: ctx.members.values().map(|a| a.to_string()).collect(),
     };
     let engine = Arc::new(Engine::new(

@@ -43,26 +43,26 @@ fn pinned(seed: u64, bug: Sabotage) {
 /// 76 and 98 under an earlier workload; re-pinned whenever the workload or the fault plan
 /// changed).
 #[test]
-fn seed_370_restarted_leader_must_not_serve_stale_reads() {
-    pinned(370, Sabotage::LeaderRestore);
+fn seed_247_restarted_leader_must_not_serve_stale_reads() {
+    pinned(247, Sabotage::LeaderRestore);
 }
 
 #[test]
-fn seed_791_restarted_leader_must_not_serve_stale_reads() {
-    pinned(791, Sabotage::LeaderRestore);
+fn seed_789_restarted_leader_must_not_serve_stale_reads() {
+    pinned(789, Sabotage::LeaderRestore);
 }
 
 #[test]
-fn seed_496_restarted_leader_must_not_serve_stale_reads() {
-    pinned(496, Sabotage::LeaderRestore);
+fn seed_554_restarted_leader_must_not_serve_stale_reads() {
+    pinned(554, Sabotage::LeaderRestore);
 }
 
 /// Amnesia: a wiped server came back at its old address with an empty log; answering Raft
 /// messages meant for its old id, it let lagging servers elect a leader without writes it
 /// had acknowledged under that id. Raft messages now name their target id.
 #[test]
-fn seed_5_a_wiped_server_must_not_answer_for_its_old_id() {
-    pinned(5, Sabotage::IgnoreTarget);
+fn seed_4_a_wiped_server_must_not_answer_for_its_old_id() {
+    pinned(4, Sabotage::IgnoreTarget);
 }
 
 /// The leader removed a server that left while another voter's server had just been
@@ -70,8 +70,8 @@ fn seed_5_a_wiped_server_must_not_answer_for_its_old_id() {
 /// configuration for good (no write committed again). Found when wipes and overlapping
 /// faults joined the plan; the reconcile now checks the rest keep a majority.
 #[test]
-fn seed_85_a_removal_must_leave_a_working_majority() {
-    pinned(85, Sabotage::UnguardedRemoval);
+fn seed_69_a_removal_must_leave_a_working_majority() {
+    pinned(69, Sabotage::UnguardedRemoval);
 }
 
 /// More servers than `bootstrap_expect`, started at different times: two servers that
@@ -116,8 +116,8 @@ fn seed_62_a_retried_first_write_is_applied_once() {
 }
 
 #[test]
-fn seed_278_a_retried_first_write_is_applied_once() {
-    pinned(278, Sabotage::NoEvictionHorizon);
+fn seed_678_a_retried_first_write_is_applied_once() {
+    pinned(678, Sabotage::NoEvictionHorizon);
 }
 
 /// A lane whose client id was evicted from the dedup table answered Expired to every later

@@ -18,11 +18,13 @@ use std::time::Duration;
 
 use openraft::impls::BasicNode;
 use openraft::storage::RaftStateMachine;
+use openraft::AsyncRuntime;
 use openraft::ChangeMembers;
 
 use super::now;
 use super::sleep;
 use super::Discovery;
+use super::Rt;
 use super::Server;
 use crate::gossip::MemberInfo;
 use crate::gossip::MemberState;
@@ -35,6 +37,8 @@ use crate::raft::Types;
 /// A learner becomes a voter once its matched log index is at most this far behind the
 /// leader's last log index.
 pub const PROMOTE_LAG_MAX: u64 = 128;
+/// The longest one reconcile round may take.
+pub const RECONCILE_ROUND_MAX: Duration = Duration::from_secs(10);
 
 /// Why a membership change was not made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -285,11 +289,19 @@ where
     }
 
     /// The leader's side of Consul's serf–Raft coupling, every `every` until Raft stops.
+    /// A round that takes longer than [`RECONCILE_ROUND_MAX`] is given up (a configuration
+    /// change that waits on a quorum it lost) and the next round starts afresh.
     pub async fn reconcile(&self, every: Duration) {
         loop {
             sleep::<C>(every).await;
-            if let Err(e) = self.reconcile_once().await {
-                tracing::warn!(error = %e, "raft: reconciling the configuration failed");
+            match Rt::<C>::timeout(RECONCILE_ROUND_MAX, self.reconcile_once()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "raft: reconciling the configuration failed");
+                }
+                Err(_) => {
+                    tracing::warn!("raft: a reconcile round timed out; starting another");
+                }
             }
         }
     }

@@ -48,6 +48,12 @@ pub struct Config {
     pub leave_propagate_delay: Millis,
     /// Base64 keys (16, 24 or 32 bytes); the first is the primary. Empty: no encryption.
     pub keys: Vec<String>,
+    /// The incarnation this node starts at. A node that restarts without its state (a
+    /// wiped data dir, new tags) must start above every incarnation its earlier self
+    /// reached, or members that hold the old self at an equal or higher incarnation keep
+    /// its old tags until a push-pull; the agent passes the wall clock in milliseconds
+    /// (refutations add one each, so an earlier self is always below a later start).
+    pub first_incarnation: u64,
     /// Size and queue bounds.
     pub limits: Limits,
 }
@@ -120,6 +126,7 @@ impl Config {
             reap_interval: Millis::secs(15),
             leave_propagate_delay: Millis::secs(1),
             keys: Vec::new(),
+            first_incarnation: 1,
             limits: Limits::default(),
         }
     }

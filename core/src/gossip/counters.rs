@@ -44,6 +44,11 @@ pub struct Counters {
     pub events_too_old: u64,
     /// Times this node refuted a suspicion / death about itself.
     pub refutations: u64,
+    /// Times this node told a member that it holds other data for it at an incarnation
+    /// not below the one the member claimed (so that the member outbids it).
+    pub conflicts_told: u64,
+    /// Push-pulls started with a member held failed or left because it probed this node.
+    pub stale_resyncs: u64,
     /// Probes sent by this node.
     pub probes_sent: u64,
     /// Probes that got no ack (direct or indirect) by the end of the protocol period.

@@ -206,6 +206,9 @@ pub struct Gossip {
     event_clock: u64,
     events_seen: BTreeMap<u64, BTreeSet<(String, Vec<u8>)>>,
     events_seen_len: usize,
+    /// When this node last pushed its state to a member it holds failed or left that
+    /// pinged it (see `resync_stale_prober`); one entry per such member at most.
+    resyncs: BTreeMap<String, Millis>,
 }
 
 impl std::fmt::Debug for Gossip {
@@ -230,7 +233,7 @@ fn tags_len(tags: &Tags) -> usize {
 }
 
 impl Gossip {
-    /// A node that knows only itself (alive, incarnation 1). `seed` drives every random
+    /// A node that knows only itself (alive, at `config.first_incarnation`). `seed` drives every random
     /// choice and every nonce: pass fresh OS randomness in production (never reuse a seed
     /// with the same key), a fixed value in tests.
     pub fn new(
@@ -248,6 +251,7 @@ impl Gossip {
             return Err(CommandError::TagsTooLarge);
         }
         let me = identity.name.clone();
+        let first_incarnation = config.first_incarnation.max(1);
         let mut g = Gossip {
             broadcasts: BroadcastQueue::new(config.limits.broadcast_queue_max),
             config,
@@ -267,6 +271,7 @@ impl Gossip {
             event_clock: 0,
             events_seen: BTreeMap::new(),
             events_seen_len: 0,
+            resyncs: BTreeMap::new(),
         };
         g.members.insert(
             me.clone(),
@@ -274,7 +279,7 @@ impl Gossip {
                 name: me.clone(),
                 addr: identity.addr,
                 tags: identity.tags,
-                incarnation: 1,
+                incarnation: first_incarnation,
                 state: MemberState::Alive,
                 state_change: now,
             },
@@ -961,6 +966,7 @@ impl Gossip {
                     self.counters.misdirected_ping += 1;
                     return;
                 }
+                self.resync_stale_prober(now, from);
                 let ack = Message::Ack(Ack { seq: p.seq });
                 let me = &self.members[&self.me];
                 if p.incarnation < me.incarnation {
@@ -1087,6 +1093,32 @@ impl Gossip {
         }
     }
 
+    /// A member this node holds failed or left probes it: it is up (restarted, or back
+    /// from a partition) and this node missed its alive broadcast, which it will not send
+    /// again, and failed members are not probed. Push-pull with it now, at most once per
+    /// five probe intervals per member, rather than wait for a reconnect or push-pull round
+    /// (30 s each in the LAN profile; memberlist waits for them).
+    fn resync_stale_prober(&mut self, now: Millis, from: SocketAddr) {
+        let stale = self
+            .members
+            .values()
+            .find(|m| m.addr == from && m.name != self.me && !m.state.is_live())
+            .map(|m| m.name.clone());
+        let Some(name) = stale else { return };
+        let every = Millis(self.config.probe_interval.0.saturating_mul(5));
+        if self.resyncs.get(&name).is_some_and(|t| now < t.plus(every)) {
+            return;
+        }
+        // Forget members that are live again or gone: one entry per stale member at most.
+        let members = &self.members;
+        self.resyncs
+            .retain(|n, _| members.get(n).is_some_and(|m| !m.state.is_live()));
+        self.resyncs.insert(name, now);
+        self.counters.stale_resyncs += 1;
+        let bytes = self.push_pull_bytes(false, false);
+        self.send_stream(from, bytes);
+    }
+
     /// Someone says we are suspect / dead / alive-with-other-data at `inc`: outbid it.
     fn refute(&mut self, inc: u64) {
         let Some(m) = self.members.get_mut(&self.me) else {
@@ -1143,6 +1175,21 @@ impl Gossip {
                         && a.incarnation == m.incarnation
                     {
                         self.counters.stale_ignored += 1;
+                    }
+                    // The member claims other data (a restarted node with new tags, say)
+                    // at an incarnation not above the one we hold: tell it what we hold,
+                    // so that it outbids it now rather than at the next push-pull (which
+                    // may be 30 s away). memberlist leaves the two views apart until then.
+                    let conflict = m.state.is_live() && (m.addr != a.addr || m.tags != a.tags);
+                    if conflict {
+                        let ours = Message::Alive(Alive {
+                            name: m.name.clone(),
+                            addr: m.addr,
+                            tags: m.tags.clone(),
+                            incarnation: m.incarnation,
+                        });
+                        self.counters.conflicts_told += 1;
+                        self.send_message(a.addr, &ours);
                     }
                     return;
                 }

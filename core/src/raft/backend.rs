@@ -173,6 +173,15 @@ impl MemBackend {
         self.lock().on_pending = Some(wake);
     }
 
+    /// Number of batches written with [`Backend::write_then`] that wait for a sync.
+    pub fn waiting_batches(&self) -> usize {
+        self.lock()
+            .pending
+            .iter()
+            .filter(|(_, d)| d.is_some())
+            .count()
+    }
+
     /// Number of batches a crash would lose now.
     pub fn unsynced_batches(&self) -> usize {
         self.lock().pending.len()
