@@ -530,10 +530,9 @@ fn invariant_checker_catches_a_node_that_probes_a_stranger() {
 
 /// A member that claims other data at an incarnation a node already holds (a restarted
 /// server with new tags, whose old self reached that incarnation) is told what the node
-/// holds, and outbids it at once: the pool agrees within seconds, not at the next
-/// push-pull (30 s).
+/// holds, and outbids it.
 #[test]
-fn a_conflicting_claim_at_a_held_incarnation_is_settled_at_once() {
+fn a_member_claiming_other_data_at_a_held_incarnation_is_told() {
     let mut h = cluster(4, 9);
     let old_tags = h.node_ref(3).local().tags.clone();
     let mut new_tags = old_tags.clone();
@@ -570,4 +569,26 @@ fn a_conflicting_claim_at_a_held_incarnation_is_settled_at_once() {
         assert!(m.incarnation > inc, "node {i}: node 3 outbid the conflict");
     }
     assert!(h.node_ref(1).counters().conflicts_told >= 1);
+}
+
+/// A member that the others hold failed and that comes back probes them; they push-pull
+/// with it at once instead of waiting for a reconnect round (30 s), so it is alive again
+/// everywhere within seconds.
+#[test]
+fn a_member_held_failed_that_probes_is_resynced_at_once() {
+    let mut h = cluster(5, 11);
+    h.isolate(4);
+    h.run_for(Millis::secs(25));
+    assert_eq!(
+        h.node_ref(0).member(&node_name(4)).unwrap().state,
+        MemberState::Failed
+    );
+    h.heal();
+    h.run_for(Millis::secs(6));
+    for i in 0..4 {
+        let m = h.node_ref(i).member(&node_name(4)).unwrap();
+        assert!(m.state.is_live(), "node {i} holds node 4 {:?}", m.state);
+    }
+    let resyncs: u64 = (0..4).map(|i| h.node_ref(i).counters().stale_resyncs).sum();
+    assert!(resyncs >= 1);
 }
