@@ -4,7 +4,8 @@
 //!
 //! Push-pull streams are TCP on the same port: one length-prefixed frame each way
 //! ([`STREAM_BYTES_MAX`] at most). Commands arrive on a bounded channel
-//! ([`COMMANDS_MAX`]); the member list is published to readers after every step.
+//! ([`COMMANDS_MAX`]); the member list is published to readers after a step that changed it
+//! (the core's `members_version` moved), the counters after every step.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -143,6 +144,7 @@ impl Pool {
         });
 
         let published = members.clone();
+        let mut published_version = g.members_version();
         let published_counters = counters.clone();
         tokio::spawn(async move {
             loop {
@@ -213,7 +215,12 @@ impl Pool {
                         Output::Event(e) => log_event(label, &e),
                     }
                 }
-                *published.write().unwrap() = g.members();
+                // The member list is copied out only when it changed (a copy is O(members));
+                // the counters are a few words.
+                if g.members_version() != published_version {
+                    published_version = g.members_version();
+                    *published.write().unwrap() = g.members();
+                }
                 *published_counters.write().unwrap() = g.counters();
             }
         });

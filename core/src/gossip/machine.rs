@@ -206,6 +206,8 @@ pub struct Gossip {
     event_clock: u64,
     events_seen: BTreeMap<u64, BTreeSet<(String, Vec<u8>)>>,
     events_seen_len: usize,
+    /// Moves on every change to what [`Gossip::members`] returns.
+    members_version: u64,
 }
 
 impl std::fmt::Debug for Gossip {
@@ -267,6 +269,7 @@ impl Gossip {
             event_clock: 0,
             events_seen: BTreeMap::new(),
             events_seen_len: 0,
+            members_version: 0,
         };
         g.members.insert(
             me.clone(),
@@ -358,6 +361,13 @@ impl Gossip {
     /// Every known member (this node included), by name: for `tribune members`.
     pub fn members(&self) -> Vec<MemberInfo> {
         self.members.values().map(Member::info).collect()
+    }
+
+    /// A number that moves whenever what [`Gossip::members`] returns changes (a member
+    /// added, reaped, or with another state, incarnation, address or tags), and only then:
+    /// a shell that publishes the member list can copy it only when this moved.
+    pub fn members_version(&self) -> u64 {
+        self.members_version
     }
 
     /// One member.
@@ -588,6 +598,7 @@ impl Gossip {
         m.incarnation += 1;
         m.state_change = now;
         let info = m.info();
+        self.members_version += 1;
         self.emit(Event::MemberUpdated(info));
         self.broadcast_self_alive();
         Ok(())
@@ -1084,6 +1095,7 @@ impl Gossip {
         if let Some(m) = self.members.get_mut(&self.me) {
             m.state = state;
             m.state_change = now;
+            self.members_version += 1;
         }
     }
 
@@ -1093,6 +1105,7 @@ impl Gossip {
             return;
         };
         m.incarnation = m.incarnation.max(inc) + 1;
+        self.members_version += 1;
         self.counters.refutations += 1;
         self.adjust_health(1);
         self.broadcast_self_alive();
@@ -1134,6 +1147,7 @@ impl Gossip {
                 };
                 let info = m.info();
                 self.members.insert(a.name.clone(), m);
+                self.members_version += 1;
                 self.names.push(a.name.clone());
                 Some(Event::MemberJoined(info))
             }
@@ -1156,6 +1170,7 @@ impl Gossip {
                     m.state_change = now;
                 }
                 let info = m.info();
+                self.members_version += 1;
                 if matches!(
                     old,
                     MemberState::Failed | MemberState::Left | MemberState::Leaving
@@ -1218,6 +1233,7 @@ impl Gossip {
                 m.incarnation = s.incarnation;
                 m.state = MemberState::Suspect;
                 m.state_change = now;
+                self.members_version += 1;
                 let k = confirmations_wanted(self.config.suspicion_mult, n);
                 let (min, max) = suspicion_bounds(
                     self.config.suspicion_mult,
@@ -1271,6 +1287,7 @@ impl Gossip {
             m.state_change = now;
         }
         let info = m.info();
+        self.members_version += 1;
         if self.suspicions.remove(&d.name).is_some() {
             self.cancel(&Timer::Suspicion(d.name.clone()));
         }
@@ -1363,6 +1380,7 @@ impl Gossip {
                         continue;
                     }
                     self.names.push(e.name.clone());
+                    self.members_version += 1;
                     self.members.insert(
                         e.name.clone(),
                         Member {
@@ -1418,6 +1436,7 @@ impl Gossip {
         let Some(m) = self.members.remove(name) else {
             return;
         };
+        self.members_version += 1;
         self.names.retain(|n| n != name);
         if self.suspicions.remove(name).is_some() {
             self.cancel(&Timer::Suspicion(name.to_owned()));
