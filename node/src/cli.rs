@@ -9,6 +9,7 @@ use base64::Engine;
 use serde_json::Value;
 
 use crate::client;
+use crate::client::escape_key;
 use crate::client::HttpResponse;
 use crate::flags;
 use crate::flags::FlagError;
@@ -29,19 +30,6 @@ const HTTP_FLAGS: &[(&str, Kind)] = &[
 ];
 
 const TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Percent-escape a key for a URL path (keeps `/`).
-pub fn escape_key(k: &str) -> String {
-    let mut out = String::with_capacity(k.len());
-    for b in k.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
 
 fn err(msg: impl AsRef<str>) -> i32 {
     eprintln!("{}", msg.as_ref());
@@ -1013,15 +1001,6 @@ pub async fn watch(argv: &[String]) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn escapes_keys() {
-        assert_eq!(escape_key("a/b c?d"), "a/b%20c%3Fd");
-        assert_eq!(
-            escape_key("redis/config/connections"),
-            "redis/config/connections"
-        );
-    }
 
     #[test]
     fn columns_align_with_two_spaces() {

@@ -1,4 +1,5 @@
-//! A minimal HTTP/1.1 client (one request per connection) for the CLI and watch handlers.
+//! A minimal HTTP/1.1 client (one request per connection) for the CLI and watch handlers,
+//! and the path escaping both use to name keys.
 
 use std::time::Duration;
 
@@ -23,6 +24,19 @@ impl HttpResponse {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
+}
+
+/// Percent-escape a key for a URL path (keeps `/`).
+pub fn escape_key(k: &str) -> String {
+    let mut out = String::with_capacity(k.len());
+    for b in k.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Split `http://host:port/path` (or `host:port`) into (host:port, base path).
@@ -171,6 +185,15 @@ mod tests {
         );
         let r = parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap();
         assert_eq!(r.body, b"abcde");
+    }
+
+    #[test]
+    fn escapes_keys() {
+        assert_eq!(escape_key("a/b c?d"), "a/b%20c%3Fd");
+        assert_eq!(
+            escape_key("redis/config/connections"),
+            "redis/config/connections"
+        );
     }
 
     #[test]

@@ -256,10 +256,7 @@ impl Source {
                     WatchKind::Key(k) => (k, false),
                     WatchKind::KeyPrefix(p) => (p, true),
                 };
-                let mut path = format!(
-                    "/v1/kv/{}?index={index}&wait=5m",
-                    crate::cli::escape_key(key)
-                );
+                let mut path = format!("/v1/kv/{}?index={index}&wait=5m", client::escape_key(key));
                 if recurse {
                     path.push_str("&recurse");
                 }
