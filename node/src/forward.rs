@@ -3,7 +3,7 @@
 //! the request through its own HTTP API and sends the response back whole.
 //!
 //! Bounds: a forwarded request body is cut at [`BODY_BYTES_MAX`] (the server then refuses
-//! it as too large), a response at [`transport::FRAME_BYTES_MAX`]; a forwarded request waits
+//! it as too large), a response at [`FRAME_BYTES_MAX`]; a forwarded request waits
 //! at most the longest blocking query plus [`SLACK`]; a server runs at most
 //! [`FORWARDED_MAX`] forwarded requests at once (each holds one of its RPC connections, and
 //! Raft needs some too) and answers 429 beyond that.
@@ -20,13 +20,14 @@ use axum::http::HeaderValue;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::response::Response;
-use serde::Deserialize;
-use serde::Serialize;
 
 use crate::raft::transport;
-use crate::raft::transport::Rpc;
-use crate::raft::transport::RpcReply;
 use crate::store::BoxFuture;
+use crate::wire::HttpCall;
+use crate::wire::HttpReply;
+use crate::wire::Rpc;
+use crate::wire::RpcReply;
+use crate::wire::FRAME_BYTES_MAX;
 
 /// Largest request body a client agent forwards (a KV value's limit is 512 KiB; Consul's
 /// largest request, a transaction, 512 KiB too). A larger body is cut one byte past this.
@@ -36,24 +37,6 @@ pub const FORWARDED_MAX: usize = transport::SERVER_CONNS_MAX / 2;
 static FORWARDED: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(FORWARDED_MAX);
 /// Time a forwarded request may take beyond the longest blocking query (its jitter).
 const SLACK: Duration = Duration::from_secs(60);
-
-/// An HTTP request carried over server RPC.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct HttpCall {
-    pub method: String,
-    /// Path and query.
-    pub uri: String,
-    pub headers: Vec<(String, Vec<u8>)>,
-    pub body: Vec<u8>,
-}
-
-/// The server's response to an [`HttpCall`].
-#[derive(Debug, Serialize, Deserialize)]
-pub struct HttpReply {
-    pub status: u16,
-    pub headers: Vec<(String, Vec<u8>)>,
-    pub body: Vec<u8>,
-}
 
 /// How a server runs a forwarded request through its HTTP API.
 pub type Serve = Arc<dyn Fn(Request) -> BoxFuture<'static, Response> + Send + Sync>;
@@ -105,7 +88,7 @@ pub async fn serve(serve: &Serve, call: HttpCall) -> RpcReply {
         .iter()
         .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
         .collect();
-    match axum::body::to_bytes(resp.into_body(), transport::FRAME_BYTES_MAX - 4096).await {
+    match axum::body::to_bytes(resp.into_body(), FRAME_BYTES_MAX - 4096).await {
         Ok(body) => RpcReply::Http(HttpReply {
             status,
             headers,

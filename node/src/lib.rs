@@ -16,3 +16,4 @@ pub mod raft;
 pub mod serf;
 pub mod store;
 pub mod watch;
+pub mod wire;

@@ -2,8 +2,8 @@
 //! 8301, WAN on 8302), feeds it datagrams, push-pull streams, timer deadlines and commands,
 //! and carries out its outputs.
 //!
-//! Push-pull streams are TCP on the same port: one length-prefixed frame each way
-//! ([`STREAM_BYTES_MAX`] at most). Commands arrive on a bounded channel
+//! Push-pull streams are TCP on the same port: one frame each way, a 4-byte big-endian
+//! length and that many bytes ([`STREAM_BYTES_MAX`] at most, refused before it is read). Commands arrive on a bounded channel
 //! ([`COMMANDS_MAX`]); the member list is published to readers after a step that changed it
 //! (the core's `members_version` moved), the counters after every step.
 
@@ -16,6 +16,10 @@ use std::sync::RwLock;
 use std::time::Duration;
 use std::time::Instant;
 
+use tokio::io::AsyncRead;
+use tokio::io::AsyncReadExt;
+use tokio::io::AsyncWrite;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::net::TcpStream;
 use tokio::net::UdpSocket;
@@ -67,12 +71,43 @@ enum Wake {
     Deadline,
 }
 
-async fn read_frame(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
-    crate::raft::transport::read_raw(s, STREAM_BYTES_MAX).await
+/// Read one push-pull frame: a 4-byte big-endian length, then that many bytes. A length
+/// over [`STREAM_BYTES_MAX`] is refused before anything else is read, and the buffer grows
+/// with the bytes that arrive, not with what the length announces.
+async fn read_frame<S: AsyncRead + Unpin>(s: &mut S) -> std::io::Result<Vec<u8>> {
+    let len = s.read_u32().await? as usize;
+    if len > STREAM_BYTES_MAX {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("push-pull frame of {len} bytes exceeds {STREAM_BYTES_MAX}"),
+        ));
+    }
+    let mut body = Vec::new();
+    s.take(len as u64).read_to_end(&mut body).await?;
+    if body.len() < len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("push-pull frame cut short: {} of {len} bytes", body.len()),
+        ));
+    }
+    Ok(body)
 }
 
-async fn write_frame(s: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
-    crate::raft::transport::write_raw(s, bytes).await
+/// Write one push-pull frame (at most [`STREAM_BYTES_MAX`], as a peer reads it).
+async fn write_frame<S: AsyncWrite + Unpin>(s: &mut S, bytes: &[u8]) -> std::io::Result<()> {
+    if bytes.len() > STREAM_BYTES_MAX {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "push-pull frame of {} bytes exceeds {STREAM_BYTES_MAX}",
+                bytes.len()
+            ),
+        ));
+    }
+    let mut frame = Vec::with_capacity(4 + bytes.len());
+    frame.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    frame.extend_from_slice(bytes);
+    s.write_all(&frame).await
 }
 
 impl Pool {
@@ -544,4 +579,34 @@ pub fn tags_of(v: &serde_json::Value) -> gossip::Tags {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn push_pull_frames_are_bounded() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        write_frame(&mut a, b"hello").await.unwrap();
+        assert_eq!(read_frame(&mut b).await.unwrap(), b"hello");
+
+        // A length over the bound is refused at once, whatever follows.
+        a.write_all(&(STREAM_BYTES_MAX as u32 + 1).to_be_bytes())
+            .await
+            .unwrap();
+        let e = read_frame(&mut b).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+        let big = vec![0u8; STREAM_BYTES_MAX + 1];
+        let e = write_frame(&mut a, &big).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{e}");
+
+        // A frame cut short is an error, not a short frame.
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        a.write_all(&10u32.to_be_bytes()).await.unwrap();
+        a.write_all(b"abc").await.unwrap();
+        drop(a);
+        let e = read_frame(&mut b).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}");
+    }
 }

@@ -41,7 +41,7 @@ use tribune_core::raft::LogStore;
 use tribune_core::raft::Space;
 use tribune_core::raft::Vote;
 
-use super::Types;
+use crate::wire::Types;
 
 /// fjall's block cache.
 pub const BLOCK_CACHE_BYTES: u64 = 4 << 20;

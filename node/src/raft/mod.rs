@@ -34,8 +34,6 @@ use tribune_core::raft::SmStore;
 use self::fjall::FjallBackend;
 use self::stats::RaftStats;
 use self::transport::Pool;
-use self::transport::Rpc;
-use self::transport::RpcReply;
 use crate::hub::Hub;
 use crate::hub::Touched;
 use crate::store::BoxFuture;
@@ -43,8 +41,11 @@ use crate::store::Consistency;
 use crate::store::ReadMeta;
 use crate::store::Store;
 use crate::store::StoreError;
+use crate::wire::HttpCall;
+use crate::wire::Rpc;
+use crate::wire::RpcReply;
 
-tribune_core::declare_types!(pub Types, openraft_rt_tokio::TokioRuntime);
+pub use crate::wire::Types;
 
 pub type Sm = SmStore<Types, FjallBackend>;
 pub type NodeRaft = openraft::Raft<Types, Sm>;
@@ -274,7 +275,7 @@ impl RaftStore {
         let query: String = form_urlencoded::Serializer::new(String::new())
             .append_pair("address", peer)
             .finish();
-        let call = Rpc::Http(crate::forward::HttpCall {
+        let call = Rpc::Http(HttpCall {
             method: "DELETE".into(),
             uri: format!("/v1/operator/raft/peer?{query}"),
             headers: Vec::new(),
