@@ -15,8 +15,6 @@
 //! a query answered.
 
 use std::net::IpAddr;
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use std::time::SystemTime;
@@ -45,8 +43,7 @@ use tokio::sync::Semaphore;
 use crate::config::Config;
 use crate::config::DnsConfig;
 use crate::http::Api;
-use crate::http::Metrics;
-use crate::store::Metric;
+use crate::metrics::Metrics;
 
 /// Largest query read, on either transport; longer ones are dropped.
 pub const QUERY_BYTES_MAX: usize = 4096;
@@ -66,58 +63,6 @@ pub const TCP_CONNS_MAX: usize = 128;
 pub const TCP_IDLE: Duration = Duration::from_secs(8);
 /// Servers named in an NS answer.
 const NAMESERVERS_MAX: usize = 3;
-
-/// Response codes counted, with their names in the metrics.
-const RCODES: [(ResponseCode, &str); 6] = [
-    (ResponseCode::NoError, "NOERROR"),
-    (ResponseCode::FormErr, "FORMERR"),
-    (ResponseCode::ServFail, "SERVFAIL"),
-    (ResponseCode::NXDomain, "NXDOMAIN"),
-    (ResponseCode::NotImp, "NOTIMP"),
-    (ResponseCode::Refused, "REFUSED"),
-];
-
-/// Queries answered by response code, and packets dropped.
-#[derive(Default)]
-pub struct Counters {
-    answered: [AtomicU64; RCODES.len()],
-    malformed: AtomicU64,
-    oversize: AtomicU64,
-}
-
-impl Counters {
-    fn answered(&self, rcode: ResponseCode) {
-        if let Some(i) = RCODES.iter().position(|(r, _)| *r == rcode) {
-            self.answered[i].fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// (metric name, labels, value): queries by rcode and packets dropped by reason.
-    pub fn metrics(&self) -> Vec<Metric> {
-        let mut out: Vec<_> = RCODES
-            .iter()
-            .zip(&self.answered)
-            .map(|((_, name), n)| {
-                (
-                    "dns.queries",
-                    vec![("rcode", name.to_string())],
-                    n.load(Ordering::Relaxed),
-                )
-            })
-            .collect();
-        out.push((
-            "dns.dropped",
-            vec![("reason", "malformed".to_string())],
-            self.malformed.load(Ordering::Relaxed),
-        ));
-        out.push((
-            "dns.dropped",
-            vec![("reason", "oversize".to_string())],
-            self.oversize.load(Ordering::Relaxed),
-        ));
-        out
-    }
-}
 
 /// A node as DNS shows it.
 #[derive(Debug, Clone)]
@@ -494,13 +439,13 @@ impl Zone {
     fn handle(&self, packet: &[u8], udp: bool) -> Option<Vec<u8>> {
         let counters = &self.metrics.dns;
         if packet.len() > QUERY_BYTES_MAX {
-            counters.oversize.fetch_add(1, Ordering::Relaxed);
+            counters.oversize();
             return None;
         }
         let req = match Message::from_vec(packet) {
             Ok(m) if m.metadata.message_type == MessageType::Query => m,
             _ => {
-                counters.malformed.fetch_add(1, Ordering::Relaxed);
+                counters.malformed();
                 return None;
             }
         };

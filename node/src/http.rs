@@ -48,7 +48,7 @@ pub use self::agent::session_ttl_min;
 pub use self::blocking::blocking;
 pub use self::blocking::ReadOpts;
 pub use self::listener::serve;
-pub use self::metrics::Metrics;
+use crate::metrics::Metrics;
 use crate::store::Store;
 
 /// Tribune's own version.

@@ -12,6 +12,7 @@ pub mod flags;
 pub mod forward;
 pub mod http;
 pub mod hub;
+pub mod metrics;
 pub mod raft;
 pub mod serf;
 pub mod store;

@@ -291,7 +291,7 @@ impl Pool {
     }
 
     /// (metric name, labels, value): members by state and input dropped by reason.
-    pub fn metrics(&self) -> Vec<crate::store::Metric> {
+    pub fn metrics(&self) -> Vec<crate::metrics::Metric> {
         let mut out = Vec::new();
         let members = self.members();
         for state in ["alive", "suspect", "leaving", "left", "failed"] {

@@ -17,11 +17,9 @@ use tribune_core::fsm::StateMachine;
 
 use crate::hub::Hub;
 use crate::hub::Touched;
+use crate::metrics::Metric;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// One exported metric: name (dotted), labels, value.
-pub type Metric = (&'static str, Vec<(&'static str, String)>, u64);
 
 /// Consul's read consistency modes (`?consistent`, `?stale`, or neither).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -352,7 +352,7 @@ impl Store for RaftStore {
         })
     }
 
-    fn metrics(&self) -> Vec<crate::store::Metric> {
+    fn metrics(&self) -> Vec<crate::metrics::Metric> {
         self.stats.metrics(self.raft().is_leader())
     }
 
