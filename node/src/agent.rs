@@ -24,6 +24,8 @@ use crate::config;
 use crate::config::Config;
 use crate::config::LoadOptions;
 use crate::config::Source;
+use crate::directory::LanDirectory;
+use crate::directory::Node;
 use crate::flags;
 use crate::flags::FlagError;
 use crate::flags::Kind;
@@ -479,6 +481,23 @@ async fn start_gossip(
     Ok((lan, wan))
 }
 
+/// This agent as DNS shows it: its name, its advertise address and, on a server, its RPC
+/// port.
+fn own_node(agent: &AgentInfo) -> Result<Node, String> {
+    let ip = agent
+        .advertise_ip
+        .parse()
+        .map_err(|_| format!("invalid advertise address {}", agent.advertise_ip))?;
+    let server_port = u16::try_from(agent.server_port)
+        .ok()
+        .filter(|_| agent.server);
+    Ok(Node {
+        name: agent.node_name.clone(),
+        ip,
+        server_port,
+    })
+}
+
 /// A graceful leave: the gossip pools first (the leave intent needs a moment to spread, and
 /// then the leader will not add this server back), then a server leaves the Raft
 /// configuration.
@@ -626,7 +645,11 @@ pub async fn run(argv: &[String]) -> i32 {
             }
         }
     };
-    if let Err(e) = crate::dns::start(&cfg, &api).await {
+    let directory = match own_node(&api.agent) {
+        Ok(own) => Arc::new(LanDirectory::new(own, api.lan.clone())),
+        Err(e) => return startup_failed(&e),
+    };
+    if let Err(e) = crate::dns::start(&cfg, directory, api.metrics.clone()).await {
         return startup_failed(&e);
     }
     println!("==> Starting Tribune agent...");

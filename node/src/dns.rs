@@ -2,7 +2,8 @@
 //! (default `consul.`): `<node>.node[.<dc>].<domain>`, `consul.service[.<dc>].<domain>`
 //! (also RFC 2782 `_consul._tcp`), SOA and NS at the zone's apex.
 //!
-//! Answers come from this agent and the alive members of its LAN gossip pool, with TTL
+//! Answers come from a [`Directory`] of nodes (today this agent and the alive members of its
+//! LAN gossip pool: [`crate::directory::LanDirectory`]), with TTL
 //! `dns_config.node_ttl` / `service_ttl` (0 by default) and AA set. A name in the zone
 //! that does not exist gets NXDOMAIN, an existing name without records of the asked type
 //! NOERROR; both with the zone's SOA in the authority section. Names outside the zone are
@@ -42,7 +43,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::Config;
 use crate::config::DnsConfig;
-use crate::http::Api;
+use crate::directory::Directory;
 use crate::metrics::Metrics;
 
 /// Largest query read, on either transport; longer ones are dropped.
@@ -63,15 +64,6 @@ pub const TCP_CONNS_MAX: usize = 128;
 pub const TCP_IDLE: Duration = Duration::from_secs(8);
 /// Servers named in an NS answer.
 const NAMESERVERS_MAX: usize = 3;
-
-/// A node as DNS shows it.
-#[derive(Debug, Clone)]
-struct Node {
-    name: String,
-    ip: IpAddr,
-    /// The server RPC port, for servers (the `consul` service).
-    server_port: Option<u16>,
-}
 
 /// What a name below the zone's apex asks for.
 #[derive(Debug, PartialEq)]
@@ -134,8 +126,7 @@ struct Zone {
     mname: Name,
     rname: Name,
     datacenter: String,
-    own: Node,
-    lan: Option<crate::serf::Pool>,
+    directory: Arc<dyn Directory>,
     settings: DnsConfig,
     metrics: Arc<Metrics>,
 }
@@ -215,8 +206,7 @@ impl Zone {
     fn new(
         domain: &str,
         datacenter: &str,
-        own: Node,
-        lan: Option<crate::serf::Pool>,
+        directory: Arc<dyn Directory>,
         settings: DnsConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Zone, String> {
@@ -231,34 +221,10 @@ impl Zone {
             rname: name("hostmaster.")?,
             domain: domain.split('.').map(str::to_string).collect(),
             datacenter: datacenter.to_ascii_lowercase(),
-            own,
-            lan,
+            directory,
             settings,
             metrics,
         })
-    }
-
-    /// This node and the alive members of the LAN pool.
-    fn nodes(&self) -> Vec<Node> {
-        let mut out = vec![self.own.clone()];
-        for m in self.lan.iter().flat_map(|p| p.members()) {
-            // Consul's "alive" (status 1) includes suspect members.
-            if m.status != 1 || m.name == self.own.name {
-                continue;
-            }
-            let server = m.tags.get("role").is_some_and(|r| r == "consul");
-            let server_port = m
-                .tags
-                .get("port")
-                .and_then(|p| p.parse().ok())
-                .filter(|_| server);
-            out.push(Node {
-                name: m.name,
-                ip: m.addr.ip(),
-                server_port,
-            });
-        }
-        out
     }
 
     fn soa(&self) -> Record {
@@ -294,8 +260,8 @@ impl Zone {
     }
 
     /// NS records for up to [`NAMESERVERS_MAX`] servers, and their addresses.
-    fn nameservers(&self, nodes: &[Node]) -> (Vec<Record>, Vec<Record>) {
-        let mut servers: Vec<&Node> = nodes.iter().filter(|n| n.server_port.is_some()).collect();
+    fn nameservers(&self, dir: &dyn Directory) -> (Vec<Record>, Vec<Record>) {
+        let mut servers = dir.servers();
         shuffle(&mut servers);
         let (mut ns, mut glue) = (Vec::new(), Vec::new());
         for n in servers {
@@ -315,8 +281,8 @@ impl Zone {
         (ns, glue)
     }
 
-    /// The response to `req` for `nodes`, fitted to its transport.
-    fn respond(&self, req: &Message, nodes: &[Node], udp: bool) -> Message {
+    /// The response to `req` from `dir`, fitted to its transport.
+    fn respond(&self, req: &Message, dir: &dyn Directory, udp: bool) -> Message {
         let mut resp = Message::response(req.metadata.id, req.metadata.op_code);
         resp.metadata.recursion_desired = req.metadata.recursion_desired;
         resp.queries = req.queries.clone();
@@ -325,7 +291,7 @@ impl Zone {
             edns.set_max_payload(UDP_BYTES_MAX as u16);
             resp.set_edns(edns);
         }
-        resp.metadata.response_code = self.fill(req, nodes, &mut resp);
+        resp.metadata.response_code = self.fill(req, dir, &mut resp);
         if udp {
             let max = req.edns.as_ref().map_or(UDP_BYTES_PLAIN, |e| {
                 usize::from(e.max_payload()).clamp(UDP_BYTES_PLAIN, UDP_BYTES_MAX)
@@ -345,7 +311,7 @@ impl Zone {
     }
 
     /// Fill the sections of `resp` and return its response code.
-    fn fill(&self, req: &Message, nodes: &[Node], resp: &mut Message) -> ResponseCode {
+    fn fill(&self, req: &Message, dir: &dyn Directory, resp: &mut Message) -> ResponseCode {
         if req.metadata.op_code != OpCode::Query {
             return ResponseCode::NotImp;
         }
@@ -367,7 +333,7 @@ impl Zone {
         }
         match parse(labels, qtype == RecordType::SRV, &self.datacenter) {
             Lookup::Apex => {
-                let (ns, glue) = self.nameservers(nodes);
+                let (ns, glue) = self.nameservers(dir);
                 match qtype {
                     RecordType::SOA => {
                         resp.answers.push(self.soa());
@@ -384,7 +350,7 @@ impl Zone {
                 sync_additionals(resp);
             }
             Lookup::Node(name) => {
-                let Some(node) = nodes.iter().find(|n| n.name.eq_ignore_ascii_case(&name)) else {
+                let Some(node) = dir.node(&name) else {
                     resp.authorities.push(self.soa());
                     return ResponseCode::NXDomain;
                 };
@@ -397,8 +363,7 @@ impl Zone {
             }
             Lookup::Service { name, tag } => {
                 // Only servers' `consul` service exists, without tags.
-                let mut servers: Vec<&Node> =
-                    nodes.iter().filter(|n| n.server_port.is_some()).collect();
+                let mut servers = dir.servers();
                 if name != "consul" || tag.is_some() || servers.is_empty() {
                     resp.authorities.push(self.soa());
                     return ResponseCode::NXDomain;
@@ -449,7 +414,7 @@ impl Zone {
                 return None;
             }
         };
-        let resp = self.respond(&req, &self.nodes(), udp);
+        let resp = self.respond(&req, &*self.directory, udp);
         let (bytes, rcode) = match resp.to_vec() {
             Ok(b) => (b, resp.metadata.response_code),
             Err(e) => {
@@ -528,31 +493,22 @@ async fn serve_conn(mut s: TcpStream, zone: &Zone) -> std::io::Result<()> {
     }
 }
 
-/// Start the DNS server on every DNS address (UDP and TCP), unless `ports.dns` is -1.
-pub async fn start(cfg: &Config, api: &Api) -> Result<(), String> {
+/// Start the DNS server on every DNS address (UDP and TCP), unless `ports.dns` is -1,
+/// answering from `directory`.
+pub async fn start(
+    cfg: &Config,
+    directory: Arc<dyn Directory>,
+    metrics: Arc<Metrics>,
+) -> Result<(), String> {
     if cfg.dns_port < 0 {
         return Ok(());
     }
-    let ip = api
-        .agent
-        .advertise_ip
-        .parse()
-        .map_err(|_| format!("invalid advertise address {}", api.agent.advertise_ip))?;
-    let server_port = u16::try_from(api.agent.server_port)
-        .ok()
-        .filter(|_| api.agent.server);
-    let own = Node {
-        name: api.agent.node_name.clone(),
-        ip,
-        server_port,
-    };
     let zone = Zone::new(
         &cfg.domain,
-        &api.agent.datacenter,
-        own,
-        api.lan.clone(),
+        &cfg.datacenter,
+        directory,
         cfg.dns.clone(),
-        api.metrics.clone(),
+        metrics,
     )?;
     let zone = Arc::new(zone);
     for addr in cfg.dns_listen() {
@@ -573,6 +529,7 @@ pub async fn start(cfg: &Config, api: &Api) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::directory::Node;
     use hickory_proto::op::Query;
 
     fn labels(name: &str) -> Vec<String> {
@@ -652,7 +609,8 @@ mod tests {
             ip: "10.0.0.1".parse().unwrap(),
             server_port: Some(8300),
         };
-        Zone::new("Consul.", "dc1", own, None, settings, Arc::default()).unwrap()
+        let alone = Arc::new(vec![own]);
+        Zone::new("Consul.", "dc1", alone, settings, Arc::default()).unwrap()
     }
 
     fn servers(n: usize) -> Vec<Node> {

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod directory;
 pub mod dns;
 pub mod durable;
 pub mod flags;
