@@ -13,6 +13,7 @@
 
 mod agent;
 mod blocking;
+mod context;
 mod error;
 mod kv;
 mod listener;

@@ -9,10 +9,10 @@ use serde_json::json;
 use serde_json::Map;
 use serde_json::Value;
 
+use super::context::Ctx;
+use super::context::Reply;
 use super::error::ApiError;
 use super::percent_decode;
-use super::routes::Ctx;
-use super::routes::Reply;
 use super::text;
 use super::AgentInfo;
 use super::Api;

@@ -12,8 +12,8 @@ use axum::response::Response;
 use serde_json::json;
 use serde_json::Value;
 
+use super::context::Ctx;
 use super::error::ApiError;
-use super::routes::Ctx;
 use crate::metrics::Metric;
 
 /// `GET /v1/agent/metrics`.
