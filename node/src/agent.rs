@@ -629,7 +629,8 @@ pub async fn run(argv: &[String]) -> i32 {
         }),
     });
     if let Some(raft) = &raft {
-        let _ = raft.http.set(http::serve_forwarded(api.clone()));
+        let serve = http::serve_forwarded(api.clone());
+        let _ = raft.http.set(crate::forward::over_rpc(serve));
     }
 
     let listen = cfg.http_listen();

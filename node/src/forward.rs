@@ -49,8 +49,16 @@ pub fn is_forwarded(path: &str) -> bool {
             .any(|p| path.starts_with(p))
 }
 
+/// Server RPC's way to the HTTP API `serve`: each forwarded call is run through it.
+pub fn over_rpc(serve: Serve) -> crate::raft::ServeHttp {
+    Arc::new(move |call| {
+        let serve = serve.clone();
+        Box::pin(async move { run(&serve, call).await })
+    })
+}
+
 /// Run a forwarded call on this server.
-pub async fn serve(serve: &Serve, call: HttpCall) -> RpcReply {
+async fn run(serve: &Serve, call: HttpCall) -> RpcReply {
     let Ok(_permit) = FORWARDED.try_acquire() else {
         let body =
             format!("too many forwarded requests (more than {FORWARDED_MAX}) on this server")

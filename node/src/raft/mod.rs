@@ -111,6 +111,9 @@ impl Discovery for NodeDiscovery {
     }
 }
 
+/// A forwarded HTTP request served: what server RPC answers an [`Rpc::Http`] with.
+pub type ServeHttp = Arc<dyn Fn(HttpCall) -> BoxFuture<'static, RpcReply> + Send + Sync>;
+
 /// Where and as whom a server runs.
 pub struct ServerSpec<'a> {
     pub data_dir: &'a Path,
@@ -134,8 +137,9 @@ pub struct RaftStore {
     pool: Pool,
     pub id: u64,
     stats: RaftStats,
-    /// This server's HTTP API, for requests client agents forward.
-    pub http: OnceLock<crate::forward::Serve>,
+    /// How this server serves the HTTP requests client agents forward (set once its HTTP
+    /// API is up).
+    pub http: OnceLock<ServeHttp>,
 }
 
 fn random_u64() -> u64 {
@@ -242,7 +246,7 @@ impl RaftStore {
                 RpcReply::Peer(self.engine.handle(rpc).await)
             }
             Rpc::Http(call) => match self.http.get() {
-                Some(serve) => crate::forward::serve(serve, call).await,
+                Some(serve) => serve(call).await,
                 None => RpcReply::Failed("the HTTP API is not up yet".into()),
             },
             Rpc::Mux => RpcReply::Done, // answered by the transport itself
