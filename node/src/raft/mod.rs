@@ -285,13 +285,19 @@ impl RaftStore {
             headers: Vec::new(),
             body: Vec::new(),
         });
+        let unforwarded = |source| StoreError::Unforwarded {
+            peer: peer.to_string(),
+            source,
+        };
         match self.pool.call(leader, &call, Duration::from_secs(10)).await {
             Ok(RpcReply::Http(r)) if r.status == 200 => Ok(()),
-            Ok(RpcReply::Http(r)) => Err(StoreError::Other(
+            Ok(RpcReply::Http(r)) => Err(StoreError::Refused(
                 String::from_utf8_lossy(&r.body).into_owned(),
             )),
-            Ok(other) => Err(StoreError::Other(format!("removing {peer}: {other:?}"))),
-            Err(e) => Err(StoreError::Other(format!("removing {peer}: {e}"))),
+            Ok(other) => Err(unforwarded(io::Error::other(format!(
+                "unexpected reply {other:?}"
+            )))),
+            Err(e) => Err(unforwarded(e)),
         }
     }
 }
@@ -299,7 +305,8 @@ impl RaftStore {
 fn store_error(e: WriteError) -> StoreError {
     match e {
         WriteError::NoLeader => StoreError::NoLeader,
-        other => StoreError::Other(other.to_string()),
+        WriteError::Indeterminate(why) => StoreError::Indeterminate(why),
+        WriteError::Raft(e) => StoreError::Raft(e),
     }
 }
 
@@ -351,7 +358,8 @@ impl Store for RaftStore {
                 Err(MembershipError::NotLeader(leader)) => {
                     self.remove_on_leader(leader, &peer).await
                 }
-                Err(e) => Err(StoreError::Other(e.to_string())),
+                Err(MembershipError::NotFound(peer)) => Err(StoreError::NoSuchServer(peer)),
+                Err(MembershipError::Raft(e)) => Err(StoreError::Raft(e)),
             }
         })
     }
