@@ -26,6 +26,7 @@ use crate::store::BoxFuture;
 use crate::wire::HttpCall;
 use crate::wire::HttpReply;
 use crate::wire::Rpc;
+use crate::wire::RpcError;
 use crate::wire::RpcReply;
 use crate::wire::FRAME_BYTES_MAX;
 
@@ -72,14 +73,14 @@ async fn run(serve: &Serve, call: HttpCall) -> RpcReply {
     let mut req = Request::new(Body::from(call.body));
     *req.method_mut() = match call.method.parse() {
         Ok(m) => m,
-        Err(_) => return RpcReply::Failed(format!("bad method {}", call.method)),
+        Err(_) => return RpcReply::Failed(RpcError::BadMethod(call.method)),
     };
     *req.uri_mut() = match call.uri.parse::<axum::http::Uri>() {
         // Only what client agents forward: server RPC never serves the agent's own
         // endpoints (`/v1/agent/leave`, ...) to whoever connects.
         Ok(u) if is_forwarded(u.path()) => u,
-        Ok(u) => return RpcReply::Failed(format!("{} is not served over server RPC", u.path())),
-        Err(_) => return RpcReply::Failed(format!("bad uri {}", call.uri)),
+        Ok(u) => return RpcReply::Failed(RpcError::NotServed(u.path().to_string())),
+        Err(_) => return RpcReply::Failed(RpcError::BadUri(call.uri)),
     };
     for (k, v) in call.headers {
         if let (Ok(k), Ok(v)) = (
@@ -102,7 +103,7 @@ async fn run(serve: &Serve, call: HttpCall) -> RpcReply {
             headers,
             body: body.to_vec(),
         }),
-        Err(e) => RpcReply::Failed(format!("response too large: {e}")),
+        Err(e) => RpcReply::Failed(RpcError::TooLarge(e.to_string())),
     }
 }
 
@@ -168,6 +169,7 @@ impl Forwarder {
             let server = servers[current % servers.len()];
             match self.pool.call(server, &call, self.max_wait).await {
                 Ok(RpcReply::Http(r)) => return relay(r),
+                Ok(RpcReply::Failed(e)) => last = format!("rpc error from {server}: {e}"),
                 Ok(other) => last = format!("rpc error from {server}: {other:?}"),
                 Err(e) => last = format!("rpc error making call to {server}: {e}"),
             }

@@ -33,12 +33,35 @@ pub enum Rpc {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum RpcReply {
     Peer(PeerReply<Types>),
-    /// The request was not served (bad request, or the server is not ready).
-    Failed(String),
+    /// The request was not served, and why.
+    Failed(RpcError),
     /// The multiplexed connection is accepted.
     Done,
     /// The server's response to a forwarded HTTP request.
     Http(HttpReply),
+}
+
+/// Why a server did not serve a request (it answers [`RpcReply::Failed`]), by what the
+/// caller can do about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum RpcError {
+    /// A forwarded request whose method does not parse: do not send it again.
+    #[error("bad method {0}")]
+    BadMethod(String),
+    /// A forwarded request whose URI does not parse: do not send it again.
+    #[error("bad uri {0}")]
+    BadUri(String),
+    /// A path server RPC does not serve (only what client agents forward is): ask the
+    /// agent's own HTTP API instead.
+    #[error("{0} is not served over server RPC")]
+    NotServed(String),
+    /// The server is starting and cannot serve this yet: retry shortly, or another server.
+    #[error("the HTTP API is not up yet")]
+    NotReady,
+    /// The reply would not fit in one frame ([`FRAME_BYTES_MAX`]): it cannot be served over
+    /// server RPC; ask for less.
+    #[error("response too large: {0}")]
+    TooLarge(String),
 }
 
 /// An HTTP request carried over server RPC.
@@ -57,4 +80,30 @@ pub struct HttpReply {
     pub status: u16,
     pub headers: Vec<(String, Vec<u8>)>,
     pub body: Vec<u8>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_travels_with_its_reason() {
+        for e in [
+            RpcError::BadMethod("G T".into()),
+            RpcError::BadUri("::".into()),
+            RpcError::NotServed("/v1/agent/leave".into()),
+            RpcError::NotReady,
+            RpcError::TooLarge("frame too large".into()),
+        ] {
+            let bytes = postcard::to_stdvec(&RpcReply::Failed(e.clone())).unwrap();
+            match postcard::from_bytes::<RpcReply>(&bytes).unwrap() {
+                RpcReply::Failed(got) => assert_eq!(got, e),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(
+            RpcError::NotServed("/v1/agent/leave".into()).to_string(),
+            "/v1/agent/leave is not served over server RPC"
+        );
+    }
 }

@@ -43,6 +43,7 @@ use crate::store::Store;
 use crate::store::StoreError;
 use crate::wire::HttpCall;
 use crate::wire::Rpc;
+use crate::wire::RpcError;
 use crate::wire::RpcReply;
 
 pub use crate::wire::Types;
@@ -81,7 +82,7 @@ impl PeerTransport<Types> for Peers {
         };
         match reply {
             RpcReply::Peer(r) => Ok(r),
-            RpcReply::Failed(e) => Ok(PeerReply::Failed(e)),
+            RpcReply::Failed(e) => Ok(PeerReply::Failed(e.to_string())),
             other => Err(io::Error::other(format!(
                 "unexpected reply from {addr}: {other:?}"
             ))),
@@ -247,7 +248,7 @@ impl RaftStore {
             }
             Rpc::Http(call) => match self.http.get() {
                 Some(serve) => serve(call).await,
-                None => RpcReply::Failed("the HTTP API is not up yet".into()),
+                None => RpcReply::Failed(RpcError::NotReady),
             },
             Rpc::Mux => RpcReply::Done, // answered by the transport itself
         }
@@ -294,6 +295,7 @@ impl RaftStore {
             Ok(RpcReply::Http(r)) => Err(StoreError::Refused(
                 String::from_utf8_lossy(&r.body).into_owned(),
             )),
+            Ok(RpcReply::Failed(e)) => Err(unforwarded(io::Error::other(e))),
             Ok(other) => Err(unforwarded(io::Error::other(format!(
                 "unexpected reply {other:?}"
             )))),

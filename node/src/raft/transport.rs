@@ -58,6 +58,7 @@ use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 
 use crate::wire::Rpc;
+use crate::wire::RpcError;
 use crate::wire::RpcReply;
 use crate::wire::FRAME_BYTES_MAX;
 
@@ -576,8 +577,10 @@ where
         tokio::spawn(async move {
             let reply = handle(rpc).await;
             // A reply too large to frame fails the call; the caller times out and retries.
-            let frame = encode_frame(&(id, reply))
-                .or_else(|e| encode_frame(&(id, RpcReply::Failed(e.to_string()))));
+            let frame = encode_frame(&(id, reply)).or_else(|e| {
+                let failed = RpcReply::Failed(RpcError::TooLarge(e.to_string()));
+                encode_frame(&(id, failed))
+            });
             if let Ok(frame) = frame {
                 let _ = replies.send(frame).await;
             }
@@ -675,7 +678,7 @@ mod tests {
                     tokio::time::sleep(Duration::from_millis(200 - id)).await;
                     index(id)
                 }
-                _ => RpcReply::Failed("no".into()),
+                _ => RpcReply::Failed(RpcError::NotReady),
             }
         }));
         let pool = Pool::default();
