@@ -26,6 +26,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 use tribune_core::gossip;
+use tribune_core::gossip::CommandError;
 use tribune_core::gossip::Event;
 use tribune_core::gossip::Gossip;
 use tribune_core::gossip::Identity;
@@ -41,13 +42,48 @@ pub const COMMANDS_MAX: usize = 64;
 pub const STREAMS_MAX: usize = 64;
 const STREAM_TTL: Duration = Duration::from_secs(10);
 
+/// Why the pool did not do what it was asked, by what the caller can do about it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GossipError {
+    /// The pool's task has stopped (the agent is shutting down): nothing more can be asked.
+    #[error("gossip stopped")]
+    Stopped,
+    /// This node has left the pool, or is leaving it: only a restart joins again.
+    #[error("node has left")]
+    Left,
+    /// A join without an address: give one.
+    #[error("no addresses to join")]
+    NoAddresses,
+    /// No member has that name: nothing to force out.
+    #[error("unknown member")]
+    NoSuchMember,
+    /// A force-leave of this node itself: leave instead.
+    #[error("cannot force-leave self")]
+    IsSelf,
+    /// Anything else the core refused (tags too large, keyring changes).
+    #[error(transparent)]
+    Refused(CommandError),
+}
+
+impl From<CommandError> for GossipError {
+    fn from(e: CommandError) -> GossipError {
+        match e {
+            CommandError::NotRunning => GossipError::Left,
+            CommandError::NoAddresses => GossipError::NoAddresses,
+            CommandError::UnknownMember => GossipError::NoSuchMember,
+            CommandError::IsSelf => GossipError::IsSelf,
+            other => GossipError::Refused(other),
+        }
+    }
+}
+
 pub enum Command {
-    Join(Vec<SocketAddr>, oneshot::Sender<Result<usize, String>>),
-    Leave(oneshot::Sender<Result<(), String>>),
+    Join(Vec<SocketAddr>, oneshot::Sender<Result<usize, GossipError>>),
+    Leave(oneshot::Sender<Result<(), GossipError>>),
     ForceLeave {
         name: String,
         prune: bool,
-        done: oneshot::Sender<Result<(), String>>,
+        done: oneshot::Sender<Result<(), GossipError>>,
     },
 }
 
@@ -211,15 +247,15 @@ impl Pool {
                         let _ = done.send(
                             g.join(t, &addrs)
                                 .map(|_| addrs.len())
-                                .map_err(|e| e.to_string()),
+                                .map_err(GossipError::from),
                         );
                     }
                     Wake::Command(Command::Leave(done)) => {
-                        let _ = done.send(g.leave(t).map_err(|e| e.to_string()));
+                        let _ = done.send(g.leave(t).map_err(GossipError::from));
                     }
                     Wake::Command(Command::ForceLeave { name, prune, done }) => {
                         let _ =
-                            done.send(g.force_leave(t, &name, prune).map_err(|e| e.to_string()));
+                            done.send(g.force_leave(t, &name, prune).map_err(GossipError::from));
                     }
                 }
                 while let Some(out) = g.poll_output() {
@@ -275,14 +311,14 @@ impl Pool {
 
     async fn command<T>(
         &self,
-        make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Command,
-    ) -> Result<T, String> {
+        make: impl FnOnce(oneshot::Sender<Result<T, GossipError>>) -> Command,
+    ) -> Result<T, GossipError> {
         let (tx, rx) = oneshot::channel();
         self.commands
             .send(make(tx))
             .await
-            .map_err(|_| "gossip stopped".to_string())?;
-        rx.await.map_err(|_| "gossip stopped".to_string())?
+            .map_err(|_| GossipError::Stopped)?;
+        rx.await.map_err(|_| GossipError::Stopped)?
     }
 
     /// The pool's counters (dropped input by reason, traffic).
@@ -327,15 +363,15 @@ impl Pool {
         out
     }
 
-    pub async fn join(&self, addrs: Vec<SocketAddr>) -> Result<usize, String> {
+    pub async fn join(&self, addrs: Vec<SocketAddr>) -> Result<usize, GossipError> {
         self.command(|done| Command::Join(addrs, done)).await
     }
 
-    pub async fn leave(&self) -> Result<(), String> {
+    pub async fn leave(&self) -> Result<(), GossipError> {
         self.command(Command::Leave).await
     }
 
-    pub async fn force_leave(&self, name: String, prune: bool) -> Result<(), String> {
+    pub async fn force_leave(&self, name: String, prune: bool) -> Result<(), GossipError> {
         self.command(|done| Command::ForceLeave { name, prune, done })
             .await
     }
@@ -584,6 +620,26 @@ pub fn tags_of(v: &serde_json::Value) -> gossip::Tags {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn refusals_say_what_was_wrong() {
+        let identity = Identity {
+            name: "me".into(),
+            addr: "127.0.0.1:1".parse().unwrap(),
+            tags: gossip::Tags::new(),
+        };
+        let bind = "127.0.0.1:0".parse().unwrap();
+        let pool = Pool::start(bind, gossip::Config::lan(), identity, "lan")
+            .await
+            .unwrap();
+        let nobody = pool.force_leave("nobody".into(), false).await;
+        assert_eq!(nobody, Err(GossipError::NoSuchMember));
+        let me = pool.force_leave("me".into(), true).await;
+        assert_eq!(me, Err(GossipError::IsSelf));
+        assert_eq!(pool.join(Vec::new()).await, Err(GossipError::NoAddresses));
+        pool.leave().await.unwrap();
+        assert_eq!(pool.leave().await, Err(GossipError::Left));
+    }
 
     #[tokio::test]
     async fn push_pull_frames_are_bounded() {
