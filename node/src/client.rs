@@ -161,10 +161,12 @@ fn dechunk(mut raw: &[u8]) -> Result<Vec<u8>, String> {
         if size == 0 {
             return Ok(out);
         }
-        if raw.len() < size + 2 {
+        // A chunk and its CRLF must be in what arrived; a size no response can have (up
+        // to usize::MAX, from whatever a URL answers) is only a truncated chunk.
+        let Some(chunk) = raw.get(..size).filter(|_| raw.len() - size >= 2) else {
             return Err("truncated chunk".into());
-        }
-        out.extend_from_slice(&raw[..size]);
+        };
+        out.extend_from_slice(chunk);
         raw = &raw[size + 2..];
     }
 }
@@ -185,6 +187,23 @@ mod tests {
         );
         let r = parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap();
         assert_eq!(r.body, b"abcde");
+    }
+
+    #[test]
+    fn a_chunk_size_past_the_bytes_received_is_an_error() {
+        let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for chunks in [
+            &b"ffffffffffffffff\r\nabc\r\n0\r\n\r\n"[..],
+            b"fffffffffffffffe\r\nabc",
+            b"7fffffffffffffff\r\n",
+            b"3\r\nabc",
+            b"4\r\nabc\r\n",
+        ] {
+            let r = parse_response(&[&head[..], chunks].concat());
+            assert_eq!(r.unwrap_err(), "truncated chunk", "{chunks:?}");
+        }
+        let r = parse_response(&[&head[..], b"1ffffffffffffffff\r\n"].concat());
+        assert_eq!(r.unwrap_err(), "bad chunk size", "more than usize holds");
     }
 
     #[test]
