@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::client;
 use crate::client::escape_key;
+use crate::client::ClientError;
 use crate::client::HttpResponse;
 use crate::flags;
 use crate::flags::FlagError;
@@ -60,7 +61,7 @@ struct Http {
 }
 
 impl Http {
-    fn new(p: &Parsed) -> Result<Http, String> {
+    fn new(p: &Parsed) -> Result<Http, ClientError> {
         let url = p
             .get("http-addr")
             .map(str::to_string)
@@ -80,7 +81,12 @@ impl Http {
         })
     }
 
-    async fn call(&self, method: &str, path: &str, body: &[u8]) -> Result<HttpResponse, String> {
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> Result<HttpResponse, ClientError> {
         let mut path = path.to_string();
         let mut add = |kv: String| {
             path.push(if path.contains('?') { '&' } else { '?' });

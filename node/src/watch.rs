@@ -12,11 +12,13 @@ use tokio::io::AsyncWriteExt;
 use tribune_core::kv::Entry;
 
 use crate::client;
+use crate::client::ClientError;
 use crate::flags::parse_duration;
 use crate::http::Api;
 use crate::http::ReadOpts;
 use crate::hub::Topic;
 use crate::store::Consistency;
+use crate::store::StoreError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatchKind {
@@ -199,6 +201,58 @@ fn http_entry_to_watch(v: &Value) -> Value {
     })
 }
 
+/// Why a watch's query got no result (logged; the watch retries after a backoff).
+#[derive(Debug, thiserror::Error)]
+enum QueryError {
+    /// The local store could not serve the read (no leader, ...).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The agent's HTTP API did not answer.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// It answered 200 with a body that is not JSON.
+    #[error("bad response: {0}")]
+    BadBody(#[from] serde_json::Error),
+    /// It answered with an error.
+    #[error("Unexpected response code: {status} ({body})")]
+    Status { status: u16, body: String },
+}
+
+/// Why a handler failed (logged; the watch goes on).
+#[derive(Debug, thiserror::Error)]
+enum HandlerError {
+    /// The script could not be started.
+    #[error("failed to run {args:?}: {source}")]
+    Spawn {
+        args: Vec<String>,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Its output could not be collected.
+    #[error("handler {args:?}: {source}")]
+    Wait {
+        args: Vec<String>,
+        #[source]
+        source: std::io::Error,
+    },
+    /// It exited unsuccessfully.
+    #[error("handler {args:?} exited with {status}")]
+    Exit {
+        args: Vec<String>,
+        status: std::process::ExitStatus,
+    },
+    /// The HTTP handler's URL did not answer.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// It answered with a status outside 2xx.
+    #[error("{method} {url}: status {status}")]
+    Status {
+        method: String,
+        url: String,
+        status: u16,
+    },
+}
+
 /// Where a watch reads from.
 #[derive(Clone)]
 pub enum Source {
@@ -215,7 +269,7 @@ impl Source {
         kind: &WatchKind,
         stale: bool,
         index: u64,
-    ) -> Result<(Value, u64), String> {
+    ) -> Result<(Value, u64), QueryError> {
         match self {
             Source::Local(api) => {
                 let opts = ReadOpts {
@@ -247,8 +301,7 @@ impl Source {
                             )
                         }
                     })
-                    .await
-                    .map_err(|e| e.to_string())?;
+                    .await?;
                 Ok((v, idx.max(1)))
             }
             Source::Remote(addr) => {
@@ -279,8 +332,7 @@ impl Source {
                     .max(1);
                 let v = match r.status {
                     200 => {
-                        let arr: Value = serde_json::from_slice(&r.body)
-                            .map_err(|e| format!("bad response: {e}"))?;
+                        let arr: Value = serde_json::from_slice(&r.body)?;
                         let items: Vec<Value> = arr
                             .as_array()
                             .map(|a| a.iter().map(http_entry_to_watch).collect())
@@ -293,11 +345,11 @@ impl Source {
                     }
                     404 if recurse => Value::Array(vec![]),
                     404 => Value::Null,
-                    s => {
-                        return Err(format!(
-                            "Unexpected response code: {s} ({})",
-                            r.text().trim()
-                        ))
+                    status => {
+                        return Err(QueryError::Status {
+                            status,
+                            body: r.text().trim().to_string(),
+                        })
                     }
                 };
                 Ok((v, idx))
@@ -343,7 +395,7 @@ pub async fn run(spec: WatchSpec, source: Source) {
     }
 }
 
-async fn fire(handler: &Handler, index: u64, result: &Value) -> Result<(), String> {
+async fn fire(handler: &Handler, index: u64, result: &Value) -> Result<(), HandlerError> {
     match handler {
         Handler::Stdout => {
             println!("{}", serde_json::to_string_pretty(result).unwrap());
@@ -373,9 +425,10 @@ async fn fire(handler: &Handler, index: u64, result: &Value) -> Result<(), Strin
                 cmd.stdout(std::process::Stdio::piped())
                     .stderr(std::process::Stdio::piped());
             }
-            let mut child = cmd
-                .spawn()
-                .map_err(|e| format!("failed to run {args:?}: {e}"))?;
+            let mut child = cmd.spawn().map_err(|source| HandlerError::Spawn {
+                args: args.clone(),
+                source,
+            })?;
             let mut input = serde_json::to_vec(result).unwrap();
             input.push(b'\n');
             if let Some(mut stdin) = child.stdin.take() {
@@ -385,7 +438,10 @@ async fn fire(handler: &Handler, index: u64, result: &Value) -> Result<(), Strin
             let out = child
                 .wait_with_output()
                 .await
-                .map_err(|e| format!("handler {args:?}: {e}"))?;
+                .map_err(|source| HandlerError::Wait {
+                    args: args.clone(),
+                    source,
+                })?;
             if !*inherit_output {
                 const KEEP: usize = 64 * 1024;
                 let mut captured = out.stdout;
@@ -395,7 +451,10 @@ async fn fire(handler: &Handler, index: u64, result: &Value) -> Result<(), Strin
                 tracing::debug!(handler = ?args, "watch handler output (Captured {} of {} bytes): {}", captured.len(), total, String::from_utf8_lossy(&captured));
             }
             if !out.status.success() {
-                return Err(format!("handler {args:?} exited with {}", out.status));
+                return Err(HandlerError::Exit {
+                    args: args.clone(),
+                    status: out.status,
+                });
             }
             Ok(())
         }
@@ -417,7 +476,11 @@ async fn fire(handler: &Handler, index: u64, result: &Value) -> Result<(), Strin
             };
             let r = client::request(&addr, method, &path, &hs, &body, *timeout).await?;
             if !(200..300).contains(&r.status) {
-                return Err(format!("{method} {url}: status {}", r.status));
+                return Err(HandlerError::Status {
+                    method: method.clone(),
+                    url: url.clone(),
+                    status: r.status,
+                });
             }
             Ok(())
         }
