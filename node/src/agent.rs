@@ -327,20 +327,22 @@ fn raise_fd_limit() {
     }
 }
 
-fn compile_watches(cfg: &Config) -> Result<Vec<crate::watch::WatchSpec>, String> {
+fn compile_watches(cfg: &Config) -> Result<Vec<crate::watch_spec::WatchSpec>, String> {
     cfg.watches
         .iter()
-        .map(|w| crate::watch::parse_watch(w).map_err(|e| format!("Failed to compile watch: {e}")))
+        .map(|w| {
+            crate::watch_spec::parse_watch(w).map_err(|e| format!("Failed to compile watch: {e}"))
+        })
         .collect()
 }
 
 fn spawn_watches(
     api: &Arc<Api>,
     http_addr: &str,
-    specs: Vec<crate::watch::WatchSpec>,
+    specs: Vec<crate::watch_spec::WatchSpec>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     for s in &specs {
-        if let crate::watch::Handler::Http { url, .. } = &s.handler {
+        if let crate::watch_spec::Handler::Http { url, .. } = &s.handler {
             if let Err(e) = crate::client::split_url(url) {
                 tracing::warn!(watch = ?s.kind, "watch: http handler will fail: {e}");
             }

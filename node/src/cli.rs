@@ -965,11 +965,11 @@ pub async fn watch(argv: &[String]) -> i32 {
     let kind = match p.get("type") {
         None => return err(format!("Watch type must be specified\n\n{usage}")),
         Some("key") => match p.get("key") {
-            Some(k) => crate::watch::WatchKind::Key(k.to_string()),
+            Some(k) => crate::watch_spec::WatchKind::Key(k.to_string()),
             None => return err("Must specify a single key to watch"),
         },
         Some("keyprefix") => match p.get("prefix") {
-            Some(k) => crate::watch::WatchKind::KeyPrefix(k.to_string()),
+            Some(k) => crate::watch_spec::WatchKind::KeyPrefix(k.to_string()),
             None => return err("Must specify a single prefix to watch"),
         },
         Some(t @ ("services" | "nodes" | "service" | "checks" | "event")) => {
@@ -987,15 +987,15 @@ pub async fn watch(argv: &[String]) -> i32 {
         Err(e) => return err(format!("Error querying Consul agent: {e}")),
     }
     let handler = if p.args.is_empty() {
-        crate::watch::Handler::Stdout
+        crate::watch_spec::Handler::Stdout
     } else {
-        crate::watch::Handler::Script {
+        crate::watch_spec::Handler::Script {
             args: p.args.clone(),
             shell: p.get("shell") != Some("false"),
             inherit_output: true,
         }
     };
-    let spec = crate::watch::WatchSpec {
+    let spec = crate::watch_spec::WatchSpec {
         kind,
         handler,
         stale: http.stale,

@@ -18,4 +18,5 @@ pub mod raft;
 pub mod serf;
 pub mod store;
 pub mod watch;
+pub mod watch_spec;
 pub mod wire;

@@ -1,6 +1,7 @@
 //! Watches (`key`, `keyprefix`): Consul's plan loop over a blocking query, with script,
 //! HTTP or stdout handlers. Used by agent-config `watches` (reading the local store) and by
-//! `tribune watch` (reading an agent over HTTP).
+//! `tribune watch` (reading an agent over HTTP). What a watch is, and how a definition is
+//! parsed, is `watch_spec`'s.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -13,170 +14,14 @@ use tribune_core::kv::Entry;
 
 use crate::client;
 use crate::client::ClientError;
-use crate::flags::parse_duration;
 use crate::http::Api;
 use crate::http::ReadOpts;
 use crate::hub::Topic;
 use crate::store::Consistency;
 use crate::store::StoreError;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WatchKind {
-    Key(String),
-    KeyPrefix(String),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Handler {
-    /// Run `args` (through `$SHELL -c` when `shell`), JSON on stdin, CONSUL_INDEX in env.
-    Script {
-        args: Vec<String>,
-        shell: bool,
-        inherit_output: bool,
-    },
-    Http {
-        url: String,
-        method: String,
-        headers: Vec<(String, String)>,
-        timeout: Duration,
-    },
-    /// Print the JSON to stdout (`tribune watch` without a handler).
-    Stdout,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WatchSpec {
-    pub kind: WatchKind,
-    pub handler: Handler,
-    pub stale: bool,
-}
-
-/// Parse one entry of the agent config's `watches`.
-pub fn parse_watch(v: &Value) -> Result<WatchSpec, String> {
-    let obj = v.as_object().ok_or("a watch must be an object")?;
-    let ty = obj
-        .get("type")
-        .and_then(Value::as_str)
-        .ok_or("Watch type must be specified")?;
-    let common = [
-        "type",
-        "datacenter",
-        "token",
-        "args",
-        "handler",
-        "handler_type",
-        "http_handler_config",
-        "stale",
-    ];
-    let (kind, own): (WatchKind, &[&str]) = match ty {
-        "key" => (WatchKind::Key(str_param(obj, "key")?), &["key"]),
-        "keyprefix" => (WatchKind::KeyPrefix(str_param(obj, "prefix")?), &["prefix"]),
-        "services" | "nodes" | "service" | "checks" | "event" => {
-            return Err(format!("watch type {ty:?} is not supported yet"))
-        }
-        other => return Err(format!("Unsupported watch type: {other}")),
-    };
-    let unknown: Vec<&str> = obj
-        .keys()
-        .map(String::as_str)
-        .filter(|k| !common.contains(k) && !own.contains(k))
-        .collect();
-    if !unknown.is_empty() {
-        return Err(format!("Invalid parameters: {unknown:?}"));
-    }
-    let stale = obj.get("stale").and_then(Value::as_bool).unwrap_or(false);
-    let handler_type = obj.get("handler_type").and_then(Value::as_str);
-    let has_args = obj.contains_key("args");
-    let has_handler = obj.contains_key("handler");
-    let is_http = handler_type == Some("http");
-    if [has_args, has_handler, is_http]
-        .iter()
-        .filter(|b| **b)
-        .count()
-        > 1
-    {
-        return Err("Only one watch handler allowed".into());
-    }
-    let handler = if is_http {
-        let c = obj
-            .get("http_handler_config")
-            .and_then(Value::as_object)
-            .ok_or("http_handler_config is required for handler_type http")?;
-        let url = c
-            .get("path")
-            .and_then(Value::as_str)
-            .ok_or("http_handler_config.path is required")?
-            .to_string();
-        if url.is_empty() {
-            return Err("http_handler_config.path is required".into());
-        }
-        let method = c
-            .get("method")
-            .and_then(Value::as_str)
-            .unwrap_or("POST")
-            .to_uppercase();
-        let timeout = match c.get("timeout").and_then(Value::as_str) {
-            Some(t) => parse_duration(t)
-                .ok_or_else(|| format!("http_handler_config.timeout: invalid duration {t:?}"))?,
-            None => Duration::from_secs(10),
-        };
-        let mut headers = Vec::new();
-        if let Some(h) = c.get("header").and_then(Value::as_object) {
-            for (k, vs) in h {
-                for v in vs
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_str)
-                {
-                    headers.push((k.clone(), v.to_string()));
-                }
-            }
-        }
-        Handler::Http {
-            url,
-            method,
-            headers,
-            timeout,
-        }
-    } else if has_args {
-        let args: Vec<String> = obj["args"]
-            .as_array()
-            .ok_or("args must be a list of strings")?
-            .iter()
-            .filter_map(|a| a.as_str().map(str::to_string))
-            .collect();
-        if args.is_empty() {
-            return Err("Must define a watch handler".into());
-        }
-        Handler::Script {
-            args,
-            shell: false,
-            inherit_output: false,
-        }
-    } else if let Some(h) = obj.get("handler").and_then(Value::as_str) {
-        Handler::Script {
-            args: vec![h.to_string()],
-            shell: true,
-            inherit_output: false,
-        }
-    } else {
-        return Err("Must define a watch handler".into());
-    };
-    Ok(WatchSpec {
-        kind,
-        handler,
-        stale,
-    })
-}
-
-fn str_param(obj: &serde_json::Map<String, Value>, name: &str) -> Result<String, String> {
-    match obj.get(name) {
-        Some(Value::String(s)) => Ok(s.clone()),
-        Some(_) => Err(format!("{name} must be a string")),
-        None => Err(format!("Must specify a single {name} to watch")),
-    }
-}
+use crate::watch_spec::Handler;
+use crate::watch_spec::WatchKind;
+use crate::watch_spec::WatchSpec;
 
 /// An entry as the Go API client (and so watch handlers) shows it.
 pub fn entry_watch_json(e: &Entry) -> Value {
@@ -484,70 +329,5 @@ async fn fire(handler: &Handler, index: u64, result: &Value) -> Result<(), Handl
             }
             Ok(())
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_walkthrough_watches() {
-        let w = parse_watch(
-            &json!({ "type": "key", "key": "foo/bar/baz", "handler_type": "script",
-            "args": ["/usr/bin/my-service-handler.sh", "-redis"] }),
-        )
-        .unwrap();
-        assert_eq!(w.kind, WatchKind::Key("foo/bar/baz".into()));
-        assert!(
-            matches!(w.handler, Handler::Script { ref args, shell: false, .. } if args.len() == 2)
-        );
-        let w = parse_watch(
-            &json!({ "type": "keyprefix", "prefix": "foo/", "handler_type": "http",
-            "http_handler_config": { "path": "https://localhost:8000/watch", "method": "POST",
-              "header": {"x-foo": ["bar", "baz"]}, "timeout": "10s", "tls_skip_verify": false } }),
-        )
-        .unwrap();
-        match w.handler {
-            Handler::Http {
-                url,
-                method,
-                headers,
-                timeout,
-            } => {
-                assert_eq!(
-                    (url.as_str(), method.as_str(), timeout),
-                    (
-                        "https://localhost:8000/watch",
-                        "POST",
-                        Duration::from_secs(10)
-                    )
-                );
-                assert_eq!(headers.len(), 2);
-            }
-            h => panic!("{h:?}"),
-        }
-    }
-
-    #[test]
-    fn watch_errors() {
-        let err = |v: Value| parse_watch(&v).unwrap_err();
-        assert_eq!(
-            err(json!({"key": "k", "args": ["x"]})),
-            "Watch type must be specified"
-        );
-        assert_eq!(
-            err(json!({"type": "key", "key": "k"})),
-            "Must define a watch handler"
-        );
-        assert_eq!(
-            err(json!({"type": "key", "key": "k", "args": ["x"], "handler": "y"})),
-            "Only one watch handler allowed"
-        );
-        assert!(
-            err(json!({"type": "key", "key": "k", "args": ["x"], "bogus": 1}))
-                .starts_with("Invalid parameters")
-        );
-        assert!(err(json!({"type": "key", "args": ["x"]})).contains("key"));
     }
 }
