@@ -182,11 +182,11 @@ async fn kv_put(argv: &[String]) -> i32 {
     }
     let flags = match p.u64("flags") {
         Ok(f) => f.unwrap_or(0),
-        Err(e) => return err(e),
+        Err(e) => return err(e.to_string()),
     };
     let modify_index = match p.u64("modify-index") {
         Ok(m) => m,
-        Err(e) => return err(e),
+        Err(e) => return err(e.to_string()),
     };
     let http = match Http::new(&p) {
         Ok(h) => h,
@@ -422,7 +422,7 @@ async fn kv_delete(argv: &[String]) -> i32 {
         let mi = match p.u64("modify-index") {
             Ok(Some(m)) => m,
             Ok(None) => return err("Must specify -modify-index with -cas!"),
-            Err(e) => return err(e),
+            Err(e) => return err(e.to_string()),
         };
         path.push_str(&format!("?cas={mi}"));
     }

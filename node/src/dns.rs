@@ -65,6 +65,28 @@ pub const TCP_IDLE: Duration = Duration::from_secs(8);
 /// Servers named in an NS answer.
 const NAMESERVERS_MAX: usize = 3;
 
+/// Why the DNS interface did not start: fix the setting it names.
+#[derive(Debug, thiserror::Error)]
+pub enum DnsError {
+    /// `domain` does not make a DNS name.
+    #[error("invalid domain {domain:?}: {source}")]
+    BadDomain {
+        domain: String,
+        #[source]
+        source: hickory_proto::ProtoError,
+    },
+    /// A DNS address cannot be bound (in use, not local, not permitted): see
+    /// `addresses.dns` and `ports.dns`.
+    #[error("Error starting agent: Failed to start DNS server on {addr} ({net}): {source}")]
+    Bind {
+        addr: String,
+        /// `udp` or `tcp`.
+        net: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// What a name below the zone's apex asks for.
 #[derive(Debug, PartialEq)]
 enum Lookup {
@@ -209,11 +231,13 @@ impl Zone {
         directory: Arc<dyn Directory>,
         settings: DnsConfig,
         metrics: Arc<Metrics>,
-    ) -> Result<Zone, String> {
+    ) -> Result<Zone, DnsError> {
         let domain = domain.trim_matches('.').to_ascii_lowercase();
         let name = |prefix: &str| {
-            Name::from_ascii(format!("{prefix}{domain}."))
-                .map_err(|e| format!("invalid domain {domain:?}: {e}"))
+            Name::from_ascii(format!("{prefix}{domain}.")).map_err(|source| DnsError::BadDomain {
+                domain: domain.clone(),
+                source,
+            })
         };
         Ok(Zone {
             origin: name("")?,
@@ -499,7 +523,7 @@ pub async fn start(
     cfg: &Config,
     directory: Arc<dyn Directory>,
     metrics: Arc<Metrics>,
-) -> Result<(), String> {
+) -> Result<(), DnsError> {
     if cfg.dns_port < 0 {
         return Ok(());
     }
@@ -512,8 +536,10 @@ pub async fn start(
     )?;
     let zone = Arc::new(zone);
     for addr in cfg.dns_listen() {
-        let failed = |net: &str, e: std::io::Error| {
-            format!("Error starting agent: Failed to start DNS server on {addr} ({net}): {e}")
+        let failed = |net, source| DnsError::Bind {
+            addr: addr.clone(),
+            net,
+            source,
         };
         let udp = UdpSocket::bind(&addr).await.map_err(|e| failed("udp", e))?;
         let tcp = TcpListener::bind(&addr)

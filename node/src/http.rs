@@ -49,6 +49,7 @@ pub use self::agent::session_ttl_min;
 pub use self::blocking::blocking;
 pub use self::blocking::ReadOpts;
 pub use self::listener::serve;
+use crate::config::ConfigError;
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -89,7 +90,7 @@ pub struct AgentInfo {
 #[derive(Debug)]
 pub enum Control {
     Leave,
-    Reload(tokio::sync::oneshot::Sender<Result<(), String>>),
+    Reload(tokio::sync::oneshot::Sender<Result<(), ConfigError>>),
 }
 
 pub struct Api {
