@@ -58,7 +58,13 @@ pub type Engine = tribune_core::cluster::Server<Types, Sm, Peers, NodeDiscovery>
 #[derive(Clone, Default)]
 pub struct Peers {
     pool: Pool,
+    /// Server addresses that did not parse, each logged once (at most
+    /// [`BAD_ADDRS_LOGGED_MAX`] of them).
+    bad_addrs: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
 }
+
+/// Unparsable server addresses remembered so that each is logged once.
+const BAD_ADDRS_LOGGED_MAX: usize = 64;
 
 impl PeerTransport<Types> for Peers {
     async fn call(
@@ -67,12 +73,21 @@ impl PeerTransport<Types> for Peers {
         rpc: PeerRpc<Types>,
         ttl: Duration,
     ) -> io::Result<PeerReply<Types>> {
-        let peer: SocketAddr = addr.parse().map_err(|_| {
-            io::Error::new(
+        // An address that does not parse is an error for this call, never some other
+        // server's address: nothing is sent.
+        let Ok(peer) = addr.parse::<SocketAddr>() else {
+            let mut bad = self.bad_addrs.lock().unwrap();
+            if bad.len() < BAD_ADDRS_LOGGED_MAX && bad.insert(addr.to_string()) {
+                tracing::warn!(
+                    address = addr,
+                    "raft: a server's address does not parse; calls to it fail"
+                );
+            }
+            return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("bad server address {addr:?}"),
-            )
-        })?;
+            ));
+        };
         let mux = matches!(rpc, PeerRpc::Write(_) | PeerRpc::ReadIndex);
         let rpc = Rpc::Peer(rpc);
         let reply = if mux {
@@ -443,5 +458,23 @@ async fn watch_leadership(store: std::sync::Weak<RaftStore>) {
         }
         leading = now_leader == Some(id);
         leader = now_leader;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unparsable_server_address_fails_the_call() {
+        let peers = Peers::default();
+        for _ in 0..2 {
+            let r = peers
+                .call("no-such-server", PeerRpc::Hello, Duration::from_secs(1))
+                .await;
+            let e = r.map(|_| ()).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
+        }
+        assert_eq!(peers.bad_addrs.lock().unwrap().len(), 1, "logged once");
     }
 }
