@@ -22,8 +22,12 @@ use tracing_subscriber::Registry;
 
 use crate::config;
 use crate::config::Config;
+use crate::config::ConfigError;
 use crate::config::LoadOptions;
 use crate::config::Source;
+use crate::directory::LanDirectory;
+use crate::directory::Node;
+use crate::dns::DnsError;
 use crate::flags;
 use crate::flags::FlagError;
 use crate::flags::Kind;
@@ -250,26 +254,111 @@ fn init_logging(cfg: &Config) -> (LevelHandle, Option<String>) {
     (handle, warning)
 }
 
+/// Why the agent did not start, by what the operator can fix; each text is what it prints
+/// (after `==> `) before it exits 1.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The config did not load.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// `data_dir` cannot be created: check the path and its permissions.
+    #[error("Error creating data_dir {}: {source}", path.display())]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The data_dir's lock file cannot be opened: check its permissions.
+    #[error("Error opening lock file {}: {source}", path.display())]
+    LockFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another agent runs on this data_dir: stop it, or give this one another data_dir.
+    #[error(
+        "Error starting agent: data_dir {} is in use by another agent (could not lock {}: {source})",
+        dir.display(),
+        lock.display()
+    )]
+    DataDirInUse {
+        dir: PathBuf,
+        lock: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The node id cannot be kept in the data_dir: check its permissions and free space.
+    #[error("Error writing {}: {source}", path.display())]
+    NodeId {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A server without a data_dir: give it one.
+    #[error("data_dir is required to run a server")]
+    NoDataDir,
+    /// An address or port that does not parse: fix it in the config.
+    #[error("invalid {what} {value}")]
+    BadAddress { what: &'static str, value: String },
+    /// The Raft store did not open (a damaged or foreign data_dir, a port in use).
+    #[error("Error starting the Raft store in {}: {source}", dir.display())]
+    RaftStore {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A gossip pool did not start (its port is in use, a bad key).
+    #[error("Error starting agent: Failed to start {label} gossip on {ip}:{port}: {source}")]
+    Gossip {
+        label: &'static str,
+        ip: std::net::IpAddr,
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTTP API cannot listen where it is told to.
+    #[error("Error starting agent: Failed to start HTTP listener on {addr}: {source}")]
+    HttpListener {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The DNS interface did not start.
+    #[error(transparent)]
+    Dns(#[from] DnsError),
+}
+
+fn bad_address(what: &'static str, value: impl std::fmt::Display) -> StartError {
+    StartError::BadAddress {
+        what,
+        value: value.to_string(),
+    }
+}
+
 /// Hold an exclusive flock on `<data_dir>/tribune.lock` for the agent's lifetime.
-fn lock_data_dir(dir: &Path) -> Result<File, String> {
-    crate::durable::create_dir_all(dir)
-        .map_err(|e| format!("Error creating data_dir {}: {e}", dir.display()))?;
+fn lock_data_dir(dir: &Path) -> Result<File, StartError> {
+    crate::durable::create_dir_all(dir).map_err(|source| StartError::DataDir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let path = dir.join("tribune.lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(|e| format!("Error opening lock file {}: {e}", path.display()))?;
+        .map_err(|source| StartError::LockFile {
+            path: path.clone(),
+            source,
+        })?;
     // SAFETY: flock on a valid, open file descriptor.
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {
-        return Err(format!(
-            "Error starting agent: data_dir {} is in use by another agent (could not lock {}: {})",
-            dir.display(),
-            path.display(),
-            std::io::Error::last_os_error()
-        ));
+        return Err(StartError::DataDirInUse {
+            dir: dir.to_path_buf(),
+            lock: path,
+            source: std::io::Error::last_os_error(),
+        });
     }
     let mut f = &file;
     let _ = f.set_len(0);
@@ -291,7 +380,7 @@ fn random_uuid() -> String {
     )
 }
 
-fn node_id(cfg: &Config) -> Result<String, String> {
+fn node_id(cfg: &Config) -> Result<String, StartError> {
     if let Some(id) = &cfg.node_id {
         return Ok(id.clone());
     }
@@ -307,7 +396,7 @@ fn node_id(cfg: &Config) -> Result<String, String> {
     }
     let id = random_uuid();
     crate::durable::write_file(&path, id.as_bytes())
-        .map_err(|e| format!("Error writing {}: {e}", path.display()))?;
+        .map_err(|source| StartError::NodeId { path, source })?;
     Ok(id)
 }
 
@@ -325,20 +414,20 @@ fn raise_fd_limit() {
     }
 }
 
-fn compile_watches(cfg: &Config) -> Result<Vec<crate::watch::WatchSpec>, String> {
+fn compile_watches(cfg: &Config) -> Result<Vec<crate::watch_spec::WatchSpec>, ConfigError> {
     cfg.watches
         .iter()
-        .map(|w| crate::watch::parse_watch(w).map_err(|e| format!("Failed to compile watch: {e}")))
+        .map(|w| Ok(crate::watch_spec::parse_watch(w)?))
         .collect()
 }
 
 fn spawn_watches(
     api: &Arc<Api>,
     http_addr: &str,
-    specs: Vec<crate::watch::WatchSpec>,
+    specs: Vec<crate::watch_spec::WatchSpec>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     for s in &specs {
-        if let crate::watch::Handler::Http { url, .. } = &s.handler {
+        if let crate::watch_spec::Handler::Http { url, .. } = &s.handler {
             if let Err(e) = crate::client::split_url(url) {
                 tracing::warn!(watch = ?s.kind, "watch: http handler will fail: {e}");
             }
@@ -373,25 +462,22 @@ const TOMBSTONE_GRANULARITY: std::time::Duration = std::time::Duration::from_sec
 async fn open_store(
     cfg: &Config,
     rpc_addr: &str,
-) -> Result<(Arc<dyn Store>, Option<Arc<RaftStore>>), String> {
+) -> Result<(Arc<dyn Store>, Option<Arc<RaftStore>>), StartError> {
     if cfg.dev {
         return Ok((Arc::new(DevStore::new(rpc_addr.to_string())), None));
     }
     if !cfg.server {
         return Ok((Arc::new(DevStore::new(rpc_addr.to_string())), None));
     }
-    let data_dir = cfg
-        .data_dir
-        .clone()
-        .ok_or("data_dir is required to run a server")?;
-    let port = u16::try_from(cfg.server_port)
-        .map_err(|_| format!("invalid ports.server {}", cfg.server_port))?;
+    let data_dir = cfg.data_dir.clone().ok_or(StartError::NoDataDir)?;
+    let port =
+        u16::try_from(cfg.server_port).map_err(|_| bad_address("ports.server", cfg.server_port))?;
     let advertise: std::net::SocketAddr = rpc_addr
         .parse()
-        .map_err(|_| format!("invalid advertise address {rpc_addr}"))?;
+        .map_err(|_| bad_address("advertise address", rpc_addr))?;
     let bind: std::net::SocketAddr = format!("{}:{port}", cfg.bind_addr)
         .parse()
-        .map_err(|_| format!("invalid bind_addr {}", cfg.bind_addr))?;
+        .map_err(|_| bad_address("bind_addr", &cfg.bind_addr))?;
     let mut join = cfg.start_join.clone();
     join.extend(cfg.retry_join.iter().cloned());
     let spec = crate::raft::ServerSpec {
@@ -404,12 +490,13 @@ async fn open_store(
         join,
         gossip: cfg.serf_lan_port >= 0,
     };
-    let store = crate::raft::RaftStore::open(spec).await.map_err(|e| {
-        format!(
-            "Error starting the Raft store in {}: {e}",
-            data_dir.display()
-        )
-    })?;
+    let store =
+        crate::raft::RaftStore::open(spec)
+            .await
+            .map_err(|source| StartError::RaftStore {
+                dir: data_dir.clone(),
+                source,
+            })?;
     let expect = if cfg.bootstrap {
         1
     } else {
@@ -424,16 +511,16 @@ async fn open_store(
 async fn start_gossip(
     cfg: &Config,
     agent: &AgentInfo,
-) -> Result<(Option<crate::serf::Pool>, Option<crate::serf::Pool>), String> {
+) -> Result<(Option<crate::serf::Pool>, Option<crate::serf::Pool>), StartError> {
     use tribune_core::gossip;
     let ip: std::net::IpAddr = cfg
         .advertise_ip()
         .parse()
-        .map_err(|_| format!("invalid advertise address {}", cfg.advertise_ip()))?;
+        .map_err(|_| bad_address("advertise address", cfg.advertise_ip()))?;
     let bind_ip: std::net::IpAddr = cfg
         .bind_addr
         .parse()
-        .map_err(|_| format!("invalid bind_addr {}", cfg.bind_addr))?;
+        .map_err(|_| bad_address("bind_addr", &cfg.bind_addr))?;
     let keys: Vec<String> = cfg.encrypt.iter().cloned().collect();
     let start = |port: i64, wan: bool| {
         let keys = keys.clone();
@@ -441,7 +528,7 @@ async fn start_gossip(
             if port < 0 || (wan && !cfg.server) || cfg.dev {
                 return Ok(None);
             }
-            let port = u16::try_from(port).map_err(|_| format!("invalid gossip port {port}"))?;
+            let port = u16::try_from(port).map_err(|_| bad_address("gossip port", port))?;
             let mut config = if wan {
                 gossip::Config::wan()
             } else {
@@ -467,16 +554,34 @@ async fn start_gossip(
             )
             .await
             .map(Some)
-            .map_err(|e| {
-                format!(
-                    "Error starting agent: Failed to start {label} gossip on {bind_ip}:{port}: {e}"
-                )
+            .map_err(|source| StartError::Gossip {
+                label,
+                ip: bind_ip,
+                port,
+                source,
             })
         }
     };
     let lan = start(cfg.serf_lan_port, false).await?;
     let wan = start(cfg.serf_wan_port, true).await?;
     Ok((lan, wan))
+}
+
+/// This agent as DNS shows it: its name, its advertise address and, on a server, its RPC
+/// port.
+fn own_node(agent: &AgentInfo) -> Result<Node, StartError> {
+    let ip = agent
+        .advertise_ip
+        .parse()
+        .map_err(|_| bad_address("advertise address", &agent.advertise_ip))?;
+    let server_port = u16::try_from(agent.server_port)
+        .ok()
+        .filter(|_| agent.server);
+    Ok(Node {
+        name: agent.node_name.clone(),
+        ip,
+        server_port,
+    })
 }
 
 /// A graceful leave: the gossip pools first (the leave intent needs a moment to spread, and
@@ -498,7 +603,7 @@ async fn leave(api: &Api, raft: Option<&RaftStore>, snapshot: Option<&crate::ser
 }
 
 /// A startup error once logging is up: to the log and to the terminal; exit code 1.
-fn startup_failed(e: &str) -> i32 {
+fn startup_failed(e: &StartError) -> i32 {
     tracing::error!("{e}");
     eprintln!("==> {e}");
     1
@@ -610,7 +715,8 @@ pub async fn run(argv: &[String]) -> i32 {
         }),
     });
     if let Some(raft) = &raft {
-        let _ = raft.http.set(http::serve_forwarded(api.clone()));
+        let serve = http::serve_forwarded(api.clone());
+        let _ = raft.http.set(crate::forward::over_rpc(serve));
     }
 
     let listen = cfg.http_listen();
@@ -619,15 +725,20 @@ pub async fn run(argv: &[String]) -> i32 {
     } else {
         match tokio::net::TcpListener::bind(&listen).await {
             Ok(l) => Some(l),
-            Err(e) => {
-                return startup_failed(&format!(
-                    "Error starting agent: Failed to start HTTP listener on {listen}: {e}"
-                ))
+            Err(source) => {
+                return startup_failed(&StartError::HttpListener {
+                    addr: listen,
+                    source,
+                })
             }
         }
     };
-    if let Err(e) = crate::dns::start(&cfg, &api).await {
-        return startup_failed(&e);
+    let directory = match own_node(&api.agent) {
+        Ok(own) => Arc::new(LanDirectory::new(own, api.lan.clone())),
+        Err(e) => return startup_failed(&e),
+    };
+    if let Err(e) = crate::dns::start(&cfg, directory, api.metrics.clone()).await {
+        return startup_failed(&e.into());
     }
     println!("==> Starting Tribune agent...");
     println!("           Version: 'v{}'", http::VERSION);
@@ -840,7 +951,7 @@ mod tests {
     fn second_lock_on_data_dir_fails() {
         let d = std::env::temp_dir().join(format!("tribune-lock-{}", std::process::id()));
         let first = lock_data_dir(&d).unwrap();
-        let err = lock_data_dir(&d).unwrap_err();
+        let err = lock_data_dir(&d).unwrap_err().to_string();
         assert!(err.contains("in use by another agent"), "{err}");
         drop(first);
         lock_data_dir(&d).unwrap();

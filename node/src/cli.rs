@@ -9,6 +9,8 @@ use base64::Engine;
 use serde_json::Value;
 
 use crate::client;
+use crate::client::escape_key;
+use crate::client::ClientError;
 use crate::client::HttpResponse;
 use crate::flags;
 use crate::flags::FlagError;
@@ -29,19 +31,6 @@ const HTTP_FLAGS: &[(&str, Kind)] = &[
 ];
 
 const TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Percent-escape a key for a URL path (keeps `/`).
-pub fn escape_key(k: &str) -> String {
-    let mut out = String::with_capacity(k.len());
-    for b in k.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
 
 fn err(msg: impl AsRef<str>) -> i32 {
     eprintln!("{}", msg.as_ref());
@@ -72,7 +61,7 @@ struct Http {
 }
 
 impl Http {
-    fn new(p: &Parsed) -> Result<Http, String> {
+    fn new(p: &Parsed) -> Result<Http, ClientError> {
         let url = p
             .get("http-addr")
             .map(str::to_string)
@@ -92,7 +81,12 @@ impl Http {
         })
     }
 
-    async fn call(&self, method: &str, path: &str, body: &[u8]) -> Result<HttpResponse, String> {
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> Result<HttpResponse, ClientError> {
         let mut path = path.to_string();
         let mut add = |kv: String| {
             path.push(if path.contains('?') { '&' } else { '?' });
@@ -188,11 +182,11 @@ async fn kv_put(argv: &[String]) -> i32 {
     }
     let flags = match p.u64("flags") {
         Ok(f) => f.unwrap_or(0),
-        Err(e) => return err(e),
+        Err(e) => return err(e.to_string()),
     };
     let modify_index = match p.u64("modify-index") {
         Ok(m) => m,
-        Err(e) => return err(e),
+        Err(e) => return err(e.to_string()),
     };
     let http = match Http::new(&p) {
         Ok(h) => h,
@@ -428,7 +422,7 @@ async fn kv_delete(argv: &[String]) -> i32 {
         let mi = match p.u64("modify-index") {
             Ok(Some(m)) => m,
             Ok(None) => return err("Must specify -modify-index with -cas!"),
-            Err(e) => return err(e),
+            Err(e) => return err(e.to_string()),
         };
         path.push_str(&format!("?cas={mi}"));
     }
@@ -971,11 +965,11 @@ pub async fn watch(argv: &[String]) -> i32 {
     let kind = match p.get("type") {
         None => return err(format!("Watch type must be specified\n\n{usage}")),
         Some("key") => match p.get("key") {
-            Some(k) => crate::watch::WatchKind::Key(k.to_string()),
+            Some(k) => crate::watch_spec::WatchKind::Key(k.to_string()),
             None => return err("Must specify a single key to watch"),
         },
         Some("keyprefix") => match p.get("prefix") {
-            Some(k) => crate::watch::WatchKind::KeyPrefix(k.to_string()),
+            Some(k) => crate::watch_spec::WatchKind::KeyPrefix(k.to_string()),
             None => return err("Must specify a single prefix to watch"),
         },
         Some(t @ ("services" | "nodes" | "service" | "checks" | "event")) => {
@@ -993,15 +987,15 @@ pub async fn watch(argv: &[String]) -> i32 {
         Err(e) => return err(format!("Error querying Consul agent: {e}")),
     }
     let handler = if p.args.is_empty() {
-        crate::watch::Handler::Stdout
+        crate::watch_spec::Handler::Stdout
     } else {
-        crate::watch::Handler::Script {
+        crate::watch_spec::Handler::Script {
             args: p.args.clone(),
             shell: p.get("shell") != Some("false"),
             inherit_output: true,
         }
     };
-    let spec = crate::watch::WatchSpec {
+    let spec = crate::watch_spec::WatchSpec {
         kind,
         handler,
         stale: http.stale,
@@ -1013,15 +1007,6 @@ pub async fn watch(argv: &[String]) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn escapes_keys() {
-        assert_eq!(escape_key("a/b c?d"), "a/b%20c%3Fd");
-        assert_eq!(
-            escape_key("redis/config/connections"),
-            "redis/config/connections"
-        );
-    }
 
     #[test]
     fn columns_align_with_two_spaces() {

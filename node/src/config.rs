@@ -26,6 +26,7 @@ use serde_json::Map;
 use serde_json::Value;
 
 use crate::flags::parse_duration;
+use crate::watch_spec::WatchError;
 
 /// How a config value must look.
 #[derive(Debug, Clone, Copy)]
@@ -186,6 +187,53 @@ impl Format {
 
 const NOT_A_CONFIG_NAME: &str = "the name must end in .json or .hcl, or -config-format must be set";
 
+/// Why the config did not load, by what the operator can fix. The texts are what the
+/// agent prints (after `==> `) and what a failed reload reports.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A config file or directory cannot be read: check its path and permissions.
+    #[error("Error reading config {what} {}: {source}", path.display())]
+    Unreadable {
+        /// `file` or `directory`.
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file's name says neither JSON nor HCL: rename it, or give `-config-format`.
+    #[error("Error reading config file {}: {NOT_A_CONFIG_NAME}", path.display())]
+    UnknownFormat { path: PathBuf },
+    /// A source is not valid JSON or HCL, or its top level is not an object: fix its syntax.
+    #[error("Error parsing {source_name}: {reason}")]
+    Syntax { source_name: String, reason: String },
+    /// A setting has a value of the wrong kind or out of range: fix that value.
+    #[error("Error in {source_name}: {key}: {reason}")]
+    BadValue {
+        source_name: String,
+        key: String,
+        reason: String,
+    },
+    /// The merged settings are invalid (they contradict each other, a required one is
+    /// missing, a name is malformed): fix them.
+    #[error("{0}")]
+    Invalid(String),
+    /// A `watches` entry is not a watch this agent can run: fix or remove it.
+    #[error("Failed to compile watch: {0}")]
+    Watch(#[from] WatchError),
+}
+
+/// An HCL text that does not convert, with where (line and column) when known.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct HclError(String);
+
+impl HclError {
+    /// The same error, told at `place` (" at line L column C").
+    fn at(self, place: &str) -> HclError {
+        HclError(self.0 + place)
+    }
+}
+
 /// The merged, validated configuration.
 #[allow(dead_code)] // some keys are accepted and shown, not acted on yet
 #[derive(Debug, Clone)]
@@ -257,17 +305,14 @@ pub struct LoadOptions {
 }
 
 /// Load and validate. Returns the config and the warnings (unknown keys...).
-pub fn load(opts: &LoadOptions) -> Result<(Config, Vec<String>), String> {
+pub fn load(opts: &LoadOptions) -> Result<(Config, Vec<String>), ConfigError> {
     let mut warnings = Vec::new();
     let mut merged = Value::Object(Map::new());
     for src in &opts.sources {
         match src {
             Source::File(path) => {
                 let Some(format) = opts.format.or_else(|| Format::of_file(path)) else {
-                    let p = path.display();
-                    return Err(format!(
-                        "Error reading config file {p}: {NOT_A_CONFIG_NAME}"
-                    ));
+                    return Err(ConfigError::UnknownFormat { path: path.clone() });
                 };
                 let v = read_file(path, format)?;
                 check_source(&path.display().to_string(), &v, &mut warnings)?;
@@ -296,13 +341,16 @@ pub fn load(opts: &LoadOptions) -> Result<(Config, Vec<String>), String> {
 
 /// The files of a config directory in lexical order (no subdirectories); which of them are
 /// config is for the caller to say.
-pub fn dir_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
-    let rd = std::fs::read_dir(dir)
-        .map_err(|e| format!("Error reading config directory {}: {e}", dir.display()))?;
+pub fn dir_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let unreadable = |source| ConfigError::Unreadable {
+        what: "directory",
+        path: dir.to_path_buf(),
+        source,
+    };
+    let rd = std::fs::read_dir(dir).map_err(unreadable)?;
     let mut out = Vec::new();
     for entry in rd {
-        let entry =
-            entry.map_err(|e| format!("Error reading config directory {}: {e}", dir.display()))?;
+        let entry = entry.map_err(unreadable)?;
         let path = entry.path();
         let is_file = std::fs::metadata(&path)
             .map(|m| m.is_file())
@@ -315,29 +363,38 @@ pub fn dir_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(out)
 }
 
-fn read_file(path: &Path, format: Format) -> Result<Value, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("Error reading config file {}: {e}", path.display()))?;
+fn read_file(path: &Path, format: Format) -> Result<Value, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Unreadable {
+        what: "file",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let syntax = |reason: String| ConfigError::Syntax {
+        source_name: path.display().to_string(),
+        reason,
+    };
     // As in Consul, whose HCL reader takes JSON too: HCL text that opens with `{` is JSON.
     let v = match format {
-        Format::Hcl if !text.trim_start().starts_with('{') => hcl_to_json(&text),
-        _ => serde_json::from_str(&text).map_err(|e| e.to_string()),
+        Format::Hcl if !text.trim_start().starts_with('{') => {
+            hcl_to_json(&text).map_err(|e| syntax(e.to_string()))?
+        }
+        _ => serde_json::from_str(&text).map_err(|e| syntax(e.to_string()))?,
     };
-    let v = v.map_err(|e| format!("Error parsing {}: {e}", path.display()))?;
     if !v.is_object() {
-        return Err(format!(
-            "Error parsing {}: the top level must be a JSON object",
-            path.display()
-        ));
+        return Err(syntax(TOP_LEVEL.to_string()));
     }
     Ok(v)
 }
 
+/// Why a source whose top level is not an object is refused.
+const TOP_LEVEL: &str = "the top level must be a JSON object";
+
 /// Check one source against the schema.
-pub fn check_source(name: &str, v: &Value, warnings: &mut Vec<String>) -> Result<(), String> {
-    let obj = v
-        .as_object()
-        .ok_or_else(|| format!("Error parsing {name}: the top level must be a JSON object"))?;
+pub fn check_source(name: &str, v: &Value, warnings: &mut Vec<String>) -> Result<(), ConfigError> {
+    let obj = v.as_object().ok_or_else(|| ConfigError::Syntax {
+        source_name: name.to_string(),
+        reason: TOP_LEVEL.to_string(),
+    })?;
     check_obj(name, "", obj, SCHEMA, warnings)
 }
 
@@ -347,7 +404,7 @@ fn check_obj(
     obj: &Map<String, Value>,
     schema: &[(&str, Kind)],
     warnings: &mut Vec<String>,
-) -> Result<(), String> {
+) -> Result<(), ConfigError> {
     for (k, v) in obj {
         let full = if path.is_empty() {
             k.clone()
@@ -368,8 +425,13 @@ fn check_value(
     v: &Value,
     kind: Kind,
     warnings: &mut Vec<String>,
-) -> Result<(), String> {
-    let bad = |what: &str| Err(format!("Error in {src}: {key}: {what}, got {v}"));
+) -> Result<(), ConfigError> {
+    let refused = |reason: String| ConfigError::BadValue {
+        source_name: src.to_string(),
+        key: key.to_string(),
+        reason,
+    };
+    let bad = |what: &str| Err(refused(format!("{what}, got {v}")));
     match kind {
         Kind::Bool => {
             if !v.is_boolean() {
@@ -402,16 +464,12 @@ fn check_value(
             Some(s) => match base64::engine::general_purpose::STANDARD.decode(s) {
                 Ok(b) if matches!(b.len(), 16 | 24 | 32) => {}
                 Ok(b) => {
-                    return Err(format!(
-                        "Error in {src}: {key}: the key must be 16, 24 or 32 bytes, got {} bytes",
+                    return Err(refused(format!(
+                        "the key must be 16, 24 or 32 bytes, got {} bytes",
                         b.len()
-                    ))
+                    )))
                 }
-                Err(e) => {
-                    return Err(format!(
-                        "Error in {src}: {key}: the key is not valid base64: {e}"
-                    ))
-                }
+                Err(e) => return Err(refused(format!("the key is not valid base64: {e}"))),
             },
             None => return bad("expected a base64 string"),
         },
@@ -477,15 +535,15 @@ const HCL_ONE_OR_MANY_KEYS: &[&str] = &["check", "service", "service.check", "se
 /// Convert an HCL config file into the JSON tree the same settings take in a `.json` file.
 /// Block labels nest (`a "b" { ... }` is `a { b { ... } }`). As in Consul's HCL, `${...}` is not
 /// interpolated: a string keeps it as written. Errors end with the line and column.
-pub fn hcl_to_json(text: &str) -> Result<Value, String> {
+pub fn hcl_to_json(text: &str) -> Result<Value, HclError> {
     let body = hcl::edit::parser::parse_body(text).map_err(|e| {
         let at = e.location();
-        format!(
+        HclError(format!(
             "{} at line {} column {}",
             e.message(),
             at.line(),
             at.column()
-        )
+        ))
     })?;
     let mut out = Map::new();
     hcl_body(text, &body, "", &mut out)?;
@@ -516,7 +574,7 @@ fn hcl_body(
     body: &Body,
     path: &str,
     out: &mut Map<String, Value>,
-) -> Result<(), String> {
+) -> Result<(), HclError> {
     for s in body.iter() {
         let (key, v) = match s {
             Structure::Attribute(a) => {
@@ -537,14 +595,14 @@ fn hcl_body(
                 (key, v)
             }
         };
-        hcl_put(out, key, &key_path(path, key), v).map_err(|e| e + &at(text, s.span()))?;
+        hcl_put(out, key, &key_path(path, key), v).map_err(|e| e.at(&at(text, s.span())))?;
     }
     Ok(())
 }
 
 /// Add `key` (at `path`) to an object being built, by the rules of [`HCL_LIST_KEYS`] and
 /// [`HCL_ONE_OR_MANY_KEYS`].
-fn hcl_put(out: &mut Map<String, Value>, key: &str, path: &str, v: Value) -> Result<(), String> {
+fn hcl_put(out: &mut Map<String, Value>, key: &str, path: &str, v: Value) -> Result<(), HclError> {
     let list = HCL_LIST_KEYS.contains(&path);
     let one_or_many = HCL_ONE_OR_MANY_KEYS.contains(&path);
     let Some(old) = out.get_mut(key) else {
@@ -563,12 +621,12 @@ fn hcl_put(out: &mut Map<String, Value>, key: &str, path: &str, v: Value) -> Res
             *old = Value::Array(vec![old.take(), v]);
         }
         (old @ Value::Object(_), v @ Value::Object(_)) => merge(old, v),
-        _ => return Err(format!("{path}: set twice")),
+        _ => return Err(HclError(format!("{path}: set twice"))),
     }
     Ok(())
 }
 
-fn hcl_expr(text: &str, e: &Expression, path: &str) -> Result<Value, String> {
+fn hcl_expr(text: &str, e: &Expression, path: &str) -> Result<Value, HclError> {
     let v = match e {
         Expression::Null(_) => Value::Null,
         Expression::Bool(b) => Value::Bool(*b.value()),
@@ -596,12 +654,12 @@ fn hcl_expr(text: &str, e: &Expression, path: &str) -> Result<Value, String> {
                     ObjectKey::Expression(Expression::String(s)) => s.value().as_str(),
                     ObjectKey::Expression(x) => {
                         let what = "an object key must be a name or a quoted string";
-                        return Err(format!("{path}: {what}{}", at(text, x.span())));
+                        return Err(HclError(format!("{path}: {what}{}", at(text, x.span()))));
                     }
                 };
                 let p = key_path(path, key);
                 let value = hcl_expr(text, v.expr(), &p)?;
-                hcl_put(&mut out, key, &p, value).map_err(|e| e + &at(text, k.span()))?;
+                hcl_put(&mut out, key, &p, value).map_err(|e| e.at(&at(text, k.span())))?;
             }
             Value::Object(out)
         }
@@ -618,11 +676,11 @@ fn hcl_expr(text: &str, e: &Expression, path: &str) -> Result<Value, String> {
                 _ => None,
             };
             let what = "expected a number after '-'";
-            negated.ok_or_else(|| format!("{path}: {what}{}", at(text, e.span())))?
+            negated.ok_or_else(|| HclError(format!("{path}: {what}{}", at(text, e.span()))))?
         }
         _ => {
             let what = "expected a value (variables, functions and operators are not supported)";
-            return Err(format!("{path}: {what}{}", at(text, e.span())));
+            return Err(HclError(format!("{path}: {what}{}", at(text, e.span()))));
         }
     };
     Ok(v)
@@ -660,7 +718,8 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "localhost".to_string())
 }
 
-fn build(dev: bool, v: Value) -> Result<Config, String> {
+fn build(dev: bool, v: Value) -> Result<Config, ConfigError> {
+    let invalid = |msg: String| Err(ConfigError::Invalid(msg));
     let s = |path: &[&str]| -> Option<String> {
         lookup(&v, path).and_then(Value::as_str).map(str::to_string)
     };
@@ -686,14 +745,14 @@ fn build(dev: bool, v: Value) -> Result<Config, String> {
     let bootstrap = b(&["bootstrap"], false);
     let bootstrap_expect = i(&["bootstrap_expect"], 0) as u64;
     if bootstrap && bootstrap_expect > 0 {
-        return Err("'bootstrap_expect' and 'bootstrap' are mutually exclusive".into());
+        return invalid("'bootstrap_expect' and 'bootstrap' are mutually exclusive".into());
     }
     if bootstrap_expect > 0 && !server {
-        return Err("'bootstrap_expect' requires 'server' to be true".into());
+        return invalid("'bootstrap_expect' requires 'server' to be true".into());
     }
     let data_dir = s(&["data_dir"]).map(PathBuf::from);
     if !dev && data_dir.is_none() {
-        return Err(
+        return invalid(
             "data_dir cannot be empty (set \"data_dir\" in a config file or -data-dir)".into(),
         );
     }
@@ -703,7 +762,7 @@ fn build(dev: bool, v: Value) -> Result<Config, String> {
             .chars()
             .any(|c| c.is_whitespace() || c == '"' || c == '\'')
     {
-        return Err(format!(
+        return invalid(format!(
             "node_name {node_name:?} is not valid: no whitespace or quotes"
         ));
     }
@@ -718,7 +777,7 @@ fn build(dev: bool, v: Value) -> Result<Config, String> {
         match ttl.as_str().and_then(parse_duration) {
             Some(t) => service_ttl.push((name.to_lowercase(), t)),
             None => {
-                return Err(format!(
+                return invalid(format!(
                     "dns_config.service_ttl.{name}: expected a duration such as \"30s\", got {ttl}"
                 ))
             }
@@ -915,7 +974,7 @@ mod tests {
         assert_eq!(cfg.data_dir, Some(PathBuf::from("/tmp/x")));
     }
 
-    fn load_files(dev: bool, files: Vec<PathBuf>) -> Result<(Config, Vec<String>), String> {
+    fn load_files(dev: bool, files: Vec<PathBuf>) -> Result<(Config, Vec<String>), ConfigError> {
         let sources = files.into_iter().map(Source::File).collect();
         load(&LoadOptions {
             sources,
@@ -1158,7 +1217,7 @@ mod tests {
         ];
         for (text, place) in syntax {
             let p = write(&d, "bad.hcl", text);
-            let err = load_files(true, vec![p]).unwrap_err();
+            let err = load_files(true, vec![p]).unwrap_err().to_string();
             assert!(
                 err.starts_with("Error parsing ") && err.contains("bad.hcl"),
                 "{text}: {err}"
@@ -1183,7 +1242,7 @@ mod tests {
         ];
         for (text, key) in values {
             let p = write(&d, "wrong.hcl", text);
-            let err = load_files(true, vec![p]).unwrap_err();
+            let err = load_files(true, vec![p]).unwrap_err().to_string();
             assert!(
                 err.starts_with("Error in ") && err.contains("wrong.hcl"),
                 "{text}: {err}"
@@ -1207,14 +1266,18 @@ mod tests {
             ..Default::default()
         };
         // A file named neither .json nor .hcl needs -config-format, as in Consul.
-        let err = load(&opts(None, vec![Source::File(conf.clone())])).unwrap_err();
+        let err = load(&opts(None, vec![Source::File(conf.clone())]))
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("agent.conf") && err.contains("-config-format"),
             "{err}"
         );
         let (cfg, _) = load(&opts(Some(Format::Hcl), vec![Source::File(conf.clone())])).unwrap();
         assert_eq!(cfg.datacenter, "conf");
-        let err = load(&opts(Some(Format::Json), vec![Source::File(conf)])).unwrap_err();
+        let err = load(&opts(Some(Format::Json), vec![Source::File(conf)]))
+            .unwrap_err()
+            .to_string();
         assert!(
             err.starts_with("Error parsing ") && err.contains("agent.conf"),
             "{err}"
@@ -1232,7 +1295,7 @@ mod tests {
             ("from-json", "txt")
         );
         write(&sub, "c.json", "datacenter = \"hcl\"");
-        let err = load(&json_dir).unwrap_err();
+        let err = load(&json_dir).unwrap_err().to_string();
         assert!(err.contains("c.json"), "{err}");
         let (cfg, _) = load(&opts(Some(Format::Hcl), vec![Source::Dir(sub)])).unwrap();
         assert_eq!(cfg.datacenter, "hcl");
@@ -1285,7 +1348,8 @@ mod tests {
                 dev: true,
                 ..Default::default()
             })
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
             assert!(
                 err.contains("bad.json") && err.contains(key),
                 "{text}: {err}"
@@ -1297,14 +1361,16 @@ mod tests {
             dev: true,
             ..Default::default()
         })
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("syntax.json"), "{err}");
         let err = load(&LoadOptions {
             sources: vec![Source::Dir(d.join("missing"))],
             dev: true,
             ..Default::default()
         })
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("missing"), "{err}");
     }
 
@@ -1320,9 +1386,11 @@ mod tests {
             ..Default::default()
         })
         .unwrap_err()
+        .to_string()
         .contains("mutually exclusive"));
         assert!(load(&LoadOptions::default())
             .unwrap_err()
+            .to_string()
             .contains("data_dir"));
         let (dev, _) = load(&LoadOptions {
             dev: true,
@@ -1370,7 +1438,56 @@ mod tests {
             (cfg.dns_listen(), cfg.dns.enable_truncate),
             (vec!["127.0.0.2:53".to_string()], true)
         );
-        let err = dev(json!({"dns_config": {"service_ttl": {"web": "soon"}}})).unwrap_err();
+        let err = dev(json!({"dns_config": {"service_ttl": {"web": "soon"}}}))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("dns_config.service_ttl.web"), "{err}");
+    }
+
+    #[test]
+    fn errors_say_what_to_fix() {
+        let d = tmpdir("kinds");
+        let missing = load_files(true, vec![d.join("none.json")]);
+        assert!(
+            matches!(missing, Err(ConfigError::Unreadable { what: "file", .. })),
+            "{missing:?}"
+        );
+        let odd = load_files(true, vec![write(&d, "agent.conf", "{}")]);
+        assert!(
+            matches!(odd, Err(ConfigError::UnknownFormat { .. })),
+            "{odd:?}"
+        );
+        let syntax = load_files(true, vec![write(&d, "a.json", "{")]);
+        assert!(
+            matches!(syntax, Err(ConfigError::Syntax { .. })),
+            "{syntax:?}"
+        );
+        let bad = load_files(true, vec![write(&d, "b.json", r#"{"server": 1}"#)]);
+        assert!(
+            matches!(&bad, Err(ConfigError::BadValue { key, .. }) if key == "server"),
+            "{bad:?}"
+        );
+        let both = write(
+            &d,
+            "c.json",
+            r#"{"bootstrap": true, "bootstrap_expect": 3}"#,
+        );
+        let both = load_files(true, vec![both]);
+        assert!(matches!(both, Err(ConfigError::Invalid(_))), "{both:?}");
+        let dir = load(&LoadOptions {
+            sources: vec![Source::Dir(d.join("nope"))],
+            dev: true,
+            ..Default::default()
+        });
+        assert!(
+            matches!(
+                dir,
+                Err(ConfigError::Unreadable {
+                    what: "directory",
+                    ..
+                })
+            ),
+            "{dir:?}"
+        );
     }
 }

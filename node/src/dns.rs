@@ -2,7 +2,8 @@
 //! (default `consul.`): `<node>.node[.<dc>].<domain>`, `consul.service[.<dc>].<domain>`
 //! (also RFC 2782 `_consul._tcp`), SOA and NS at the zone's apex.
 //!
-//! Answers come from this agent and the alive members of its LAN gossip pool, with TTL
+//! Answers come from a [`Directory`] of nodes (today this agent and the alive members of its
+//! LAN gossip pool: [`crate::directory::LanDirectory`]), with TTL
 //! `dns_config.node_ttl` / `service_ttl` (0 by default) and AA set. A name in the zone
 //! that does not exist gets NXDOMAIN, an existing name without records of the asked type
 //! NOERROR; both with the zone's SOA in the authority section. Names outside the zone are
@@ -15,8 +16,6 @@
 //! a query answered.
 
 use std::net::IpAddr;
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use std::time::SystemTime;
@@ -44,9 +43,8 @@ use tokio::sync::Semaphore;
 
 use crate::config::Config;
 use crate::config::DnsConfig;
-use crate::http::Api;
-use crate::http::Metrics;
-use crate::store::Metric;
+use crate::directory::Directory;
+use crate::metrics::Metrics;
 
 /// Largest query read, on either transport; longer ones are dropped.
 pub const QUERY_BYTES_MAX: usize = 4096;
@@ -67,65 +65,26 @@ pub const TCP_IDLE: Duration = Duration::from_secs(8);
 /// Servers named in an NS answer.
 const NAMESERVERS_MAX: usize = 3;
 
-/// Response codes counted, with their names in the metrics.
-const RCODES: [(ResponseCode, &str); 6] = [
-    (ResponseCode::NoError, "NOERROR"),
-    (ResponseCode::FormErr, "FORMERR"),
-    (ResponseCode::ServFail, "SERVFAIL"),
-    (ResponseCode::NXDomain, "NXDOMAIN"),
-    (ResponseCode::NotImp, "NOTIMP"),
-    (ResponseCode::Refused, "REFUSED"),
-];
-
-/// Queries answered by response code, and packets dropped.
-#[derive(Default)]
-pub struct Counters {
-    answered: [AtomicU64; RCODES.len()],
-    malformed: AtomicU64,
-    oversize: AtomicU64,
-}
-
-impl Counters {
-    fn answered(&self, rcode: ResponseCode) {
-        if let Some(i) = RCODES.iter().position(|(r, _)| *r == rcode) {
-            self.answered[i].fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// (metric name, labels, value): queries by rcode and packets dropped by reason.
-    pub fn metrics(&self) -> Vec<Metric> {
-        let mut out: Vec<_> = RCODES
-            .iter()
-            .zip(&self.answered)
-            .map(|((_, name), n)| {
-                (
-                    "dns.queries",
-                    vec![("rcode", name.to_string())],
-                    n.load(Ordering::Relaxed),
-                )
-            })
-            .collect();
-        out.push((
-            "dns.dropped",
-            vec![("reason", "malformed".to_string())],
-            self.malformed.load(Ordering::Relaxed),
-        ));
-        out.push((
-            "dns.dropped",
-            vec![("reason", "oversize".to_string())],
-            self.oversize.load(Ordering::Relaxed),
-        ));
-        out
-    }
-}
-
-/// A node as DNS shows it.
-#[derive(Debug, Clone)]
-struct Node {
-    name: String,
-    ip: IpAddr,
-    /// The server RPC port, for servers (the `consul` service).
-    server_port: Option<u16>,
+/// Why the DNS interface did not start: fix the setting it names.
+#[derive(Debug, thiserror::Error)]
+pub enum DnsError {
+    /// `domain` does not make a DNS name.
+    #[error("invalid domain {domain:?}: {source}")]
+    BadDomain {
+        domain: String,
+        #[source]
+        source: hickory_proto::ProtoError,
+    },
+    /// A DNS address cannot be bound (in use, not local, not permitted): see
+    /// `addresses.dns` and `ports.dns`.
+    #[error("Error starting agent: Failed to start DNS server on {addr} ({net}): {source}")]
+    Bind {
+        addr: String,
+        /// `udp` or `tcp`.
+        net: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// What a name below the zone's apex asks for.
@@ -189,8 +148,7 @@ struct Zone {
     mname: Name,
     rname: Name,
     datacenter: String,
-    own: Node,
-    lan: Option<crate::serf::Pool>,
+    directory: Arc<dyn Directory>,
     settings: DnsConfig,
     metrics: Arc<Metrics>,
 }
@@ -270,15 +228,16 @@ impl Zone {
     fn new(
         domain: &str,
         datacenter: &str,
-        own: Node,
-        lan: Option<crate::serf::Pool>,
+        directory: Arc<dyn Directory>,
         settings: DnsConfig,
         metrics: Arc<Metrics>,
-    ) -> Result<Zone, String> {
+    ) -> Result<Zone, DnsError> {
         let domain = domain.trim_matches('.').to_ascii_lowercase();
         let name = |prefix: &str| {
-            Name::from_ascii(format!("{prefix}{domain}."))
-                .map_err(|e| format!("invalid domain {domain:?}: {e}"))
+            Name::from_ascii(format!("{prefix}{domain}.")).map_err(|source| DnsError::BadDomain {
+                domain: domain.clone(),
+                source,
+            })
         };
         Ok(Zone {
             origin: name("")?,
@@ -286,34 +245,10 @@ impl Zone {
             rname: name("hostmaster.")?,
             domain: domain.split('.').map(str::to_string).collect(),
             datacenter: datacenter.to_ascii_lowercase(),
-            own,
-            lan,
+            directory,
             settings,
             metrics,
         })
-    }
-
-    /// This node and the alive members of the LAN pool.
-    fn nodes(&self) -> Vec<Node> {
-        let mut out = vec![self.own.clone()];
-        for m in self.lan.iter().flat_map(|p| p.members()) {
-            // Consul's "alive" (status 1) includes suspect members.
-            if m.status != 1 || m.name == self.own.name {
-                continue;
-            }
-            let server = m.tags.get("role").is_some_and(|r| r == "consul");
-            let server_port = m
-                .tags
-                .get("port")
-                .and_then(|p| p.parse().ok())
-                .filter(|_| server);
-            out.push(Node {
-                name: m.name,
-                ip: m.addr.ip(),
-                server_port,
-            });
-        }
-        out
     }
 
     fn soa(&self) -> Record {
@@ -349,8 +284,8 @@ impl Zone {
     }
 
     /// NS records for up to [`NAMESERVERS_MAX`] servers, and their addresses.
-    fn nameservers(&self, nodes: &[Node]) -> (Vec<Record>, Vec<Record>) {
-        let mut servers: Vec<&Node> = nodes.iter().filter(|n| n.server_port.is_some()).collect();
+    fn nameservers(&self, dir: &dyn Directory) -> (Vec<Record>, Vec<Record>) {
+        let mut servers = dir.servers();
         shuffle(&mut servers);
         let (mut ns, mut glue) = (Vec::new(), Vec::new());
         for n in servers {
@@ -370,8 +305,8 @@ impl Zone {
         (ns, glue)
     }
 
-    /// The response to `req` for `nodes`, fitted to its transport.
-    fn respond(&self, req: &Message, nodes: &[Node], udp: bool) -> Message {
+    /// The response to `req` from `dir`, fitted to its transport.
+    fn respond(&self, req: &Message, dir: &dyn Directory, udp: bool) -> Message {
         let mut resp = Message::response(req.metadata.id, req.metadata.op_code);
         resp.metadata.recursion_desired = req.metadata.recursion_desired;
         resp.queries = req.queries.clone();
@@ -380,7 +315,7 @@ impl Zone {
             edns.set_max_payload(UDP_BYTES_MAX as u16);
             resp.set_edns(edns);
         }
-        resp.metadata.response_code = self.fill(req, nodes, &mut resp);
+        resp.metadata.response_code = self.fill(req, dir, &mut resp);
         if udp {
             let max = req.edns.as_ref().map_or(UDP_BYTES_PLAIN, |e| {
                 usize::from(e.max_payload()).clamp(UDP_BYTES_PLAIN, UDP_BYTES_MAX)
@@ -400,7 +335,7 @@ impl Zone {
     }
 
     /// Fill the sections of `resp` and return its response code.
-    fn fill(&self, req: &Message, nodes: &[Node], resp: &mut Message) -> ResponseCode {
+    fn fill(&self, req: &Message, dir: &dyn Directory, resp: &mut Message) -> ResponseCode {
         if req.metadata.op_code != OpCode::Query {
             return ResponseCode::NotImp;
         }
@@ -422,7 +357,7 @@ impl Zone {
         }
         match parse(labels, qtype == RecordType::SRV, &self.datacenter) {
             Lookup::Apex => {
-                let (ns, glue) = self.nameservers(nodes);
+                let (ns, glue) = self.nameservers(dir);
                 match qtype {
                     RecordType::SOA => {
                         resp.answers.push(self.soa());
@@ -439,7 +374,7 @@ impl Zone {
                 sync_additionals(resp);
             }
             Lookup::Node(name) => {
-                let Some(node) = nodes.iter().find(|n| n.name.eq_ignore_ascii_case(&name)) else {
+                let Some(node) = dir.node(&name) else {
                     resp.authorities.push(self.soa());
                     return ResponseCode::NXDomain;
                 };
@@ -452,8 +387,7 @@ impl Zone {
             }
             Lookup::Service { name, tag } => {
                 // Only servers' `consul` service exists, without tags.
-                let mut servers: Vec<&Node> =
-                    nodes.iter().filter(|n| n.server_port.is_some()).collect();
+                let mut servers = dir.servers();
                 if name != "consul" || tag.is_some() || servers.is_empty() {
                     resp.authorities.push(self.soa());
                     return ResponseCode::NXDomain;
@@ -494,17 +428,17 @@ impl Zone {
     fn handle(&self, packet: &[u8], udp: bool) -> Option<Vec<u8>> {
         let counters = &self.metrics.dns;
         if packet.len() > QUERY_BYTES_MAX {
-            counters.oversize.fetch_add(1, Ordering::Relaxed);
+            counters.oversize();
             return None;
         }
         let req = match Message::from_vec(packet) {
             Ok(m) if m.metadata.message_type == MessageType::Query => m,
             _ => {
-                counters.malformed.fetch_add(1, Ordering::Relaxed);
+                counters.malformed();
                 return None;
             }
         };
-        let resp = self.respond(&req, &self.nodes(), udp);
+        let resp = self.respond(&req, &*self.directory, udp);
         let (bytes, rcode) = match resp.to_vec() {
             Ok(b) => (b, resp.metadata.response_code),
             Err(e) => {
@@ -583,36 +517,29 @@ async fn serve_conn(mut s: TcpStream, zone: &Zone) -> std::io::Result<()> {
     }
 }
 
-/// Start the DNS server on every DNS address (UDP and TCP), unless `ports.dns` is -1.
-pub async fn start(cfg: &Config, api: &Api) -> Result<(), String> {
+/// Start the DNS server on every DNS address (UDP and TCP), unless `ports.dns` is -1,
+/// answering from `directory`.
+pub async fn start(
+    cfg: &Config,
+    directory: Arc<dyn Directory>,
+    metrics: Arc<Metrics>,
+) -> Result<(), DnsError> {
     if cfg.dns_port < 0 {
         return Ok(());
     }
-    let ip = api
-        .agent
-        .advertise_ip
-        .parse()
-        .map_err(|_| format!("invalid advertise address {}", api.agent.advertise_ip))?;
-    let server_port = u16::try_from(api.agent.server_port)
-        .ok()
-        .filter(|_| api.agent.server);
-    let own = Node {
-        name: api.agent.node_name.clone(),
-        ip,
-        server_port,
-    };
     let zone = Zone::new(
         &cfg.domain,
-        &api.agent.datacenter,
-        own,
-        api.lan.clone(),
+        &cfg.datacenter,
+        directory,
         cfg.dns.clone(),
-        api.metrics.clone(),
+        metrics,
     )?;
     let zone = Arc::new(zone);
     for addr in cfg.dns_listen() {
-        let failed = |net: &str, e: std::io::Error| {
-            format!("Error starting agent: Failed to start DNS server on {addr} ({net}): {e}")
+        let failed = |net, source| DnsError::Bind {
+            addr: addr.clone(),
+            net,
+            source,
         };
         let udp = UdpSocket::bind(&addr).await.map_err(|e| failed("udp", e))?;
         let tcp = TcpListener::bind(&addr)
@@ -628,6 +555,7 @@ pub async fn start(cfg: &Config, api: &Api) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::directory::Node;
     use hickory_proto::op::Query;
 
     fn labels(name: &str) -> Vec<String> {
@@ -707,7 +635,8 @@ mod tests {
             ip: "10.0.0.1".parse().unwrap(),
             server_port: Some(8300),
         };
-        Zone::new("Consul.", "dc1", own, None, settings, Arc::default()).unwrap()
+        let alone = Arc::new(vec![own]);
+        Zone::new("Consul.", "dc1", alone, settings, Arc::default()).unwrap()
     }
 
     fn servers(n: usize) -> Vec<Node> {

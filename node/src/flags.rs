@@ -114,11 +114,14 @@ impl Parsed {
         self.get(name).is_some()
     }
 
-    pub fn u64(&self, name: &str) -> Result<Option<u64>, String> {
+    /// The value of `name` as an unsigned integer, if given.
+    pub fn u64(&self, name: &str) -> Result<Option<u64>, FlagError> {
         match self.get(name) {
             None => Ok(None),
             Some(v) => v.parse().map(Some).map_err(|_| {
-                format!("invalid value {v:?} for -{name}: expected an unsigned integer")
+                FlagError::Bad(format!(
+                    "invalid value {v:?} for -{name}: expected an unsigned integer"
+                ))
             }),
         }
     }

@@ -3,7 +3,7 @@
 //! the request through its own HTTP API and sends the response back whole.
 //!
 //! Bounds: a forwarded request body is cut at [`BODY_BYTES_MAX`] (the server then refuses
-//! it as too large), a response at [`transport::FRAME_BYTES_MAX`]; a forwarded request waits
+//! it as too large), a response at [`FRAME_BYTES_MAX`]; a forwarded request waits
 //! at most the longest blocking query plus [`SLACK`]; a server runs at most
 //! [`FORWARDED_MAX`] forwarded requests at once (each holds one of its RPC connections, and
 //! Raft needs some too) and answers 429 beyond that.
@@ -20,13 +20,15 @@ use axum::http::HeaderValue;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::response::Response;
-use serde::Deserialize;
-use serde::Serialize;
 
 use crate::raft::transport;
-use crate::raft::transport::Rpc;
-use crate::raft::transport::RpcReply;
 use crate::store::BoxFuture;
+use crate::wire::HttpCall;
+use crate::wire::HttpReply;
+use crate::wire::Rpc;
+use crate::wire::RpcError;
+use crate::wire::RpcReply;
+use crate::wire::FRAME_BYTES_MAX;
 
 /// Largest request body a client agent forwards (a KV value's limit is 512 KiB; Consul's
 /// largest request, a transaction, 512 KiB too). A larger body is cut one byte past this.
@@ -36,24 +38,6 @@ pub const FORWARDED_MAX: usize = transport::SERVER_CONNS_MAX / 2;
 static FORWARDED: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(FORWARDED_MAX);
 /// Time a forwarded request may take beyond the longest blocking query (its jitter).
 const SLACK: Duration = Duration::from_secs(60);
-
-/// An HTTP request carried over server RPC.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct HttpCall {
-    pub method: String,
-    /// Path and query.
-    pub uri: String,
-    pub headers: Vec<(String, Vec<u8>)>,
-    pub body: Vec<u8>,
-}
-
-/// The server's response to an [`HttpCall`].
-#[derive(Debug, Serialize, Deserialize)]
-pub struct HttpReply {
-    pub status: u16,
-    pub headers: Vec<(String, Vec<u8>)>,
-    pub body: Vec<u8>,
-}
 
 /// How a server runs a forwarded request through its HTTP API.
 pub type Serve = Arc<dyn Fn(Request) -> BoxFuture<'static, Response> + Send + Sync>;
@@ -66,8 +50,16 @@ pub fn is_forwarded(path: &str) -> bool {
             .any(|p| path.starts_with(p))
 }
 
+/// Server RPC's way to the HTTP API `serve`: each forwarded call is run through it.
+pub fn over_rpc(serve: Serve) -> crate::raft::ServeHttp {
+    Arc::new(move |call| {
+        let serve = serve.clone();
+        Box::pin(async move { run(&serve, call).await })
+    })
+}
+
 /// Run a forwarded call on this server.
-pub async fn serve(serve: &Serve, call: HttpCall) -> RpcReply {
+async fn run(serve: &Serve, call: HttpCall) -> RpcReply {
     let Ok(_permit) = FORWARDED.try_acquire() else {
         let body =
             format!("too many forwarded requests (more than {FORWARDED_MAX}) on this server")
@@ -81,14 +73,14 @@ pub async fn serve(serve: &Serve, call: HttpCall) -> RpcReply {
     let mut req = Request::new(Body::from(call.body));
     *req.method_mut() = match call.method.parse() {
         Ok(m) => m,
-        Err(_) => return RpcReply::Failed(format!("bad method {}", call.method)),
+        Err(_) => return RpcReply::Failed(RpcError::BadMethod(call.method)),
     };
     *req.uri_mut() = match call.uri.parse::<axum::http::Uri>() {
         // Only what client agents forward: server RPC never serves the agent's own
         // endpoints (`/v1/agent/leave`, ...) to whoever connects.
         Ok(u) if is_forwarded(u.path()) => u,
-        Ok(u) => return RpcReply::Failed(format!("{} is not served over server RPC", u.path())),
-        Err(_) => return RpcReply::Failed(format!("bad uri {}", call.uri)),
+        Ok(u) => return RpcReply::Failed(RpcError::NotServed(u.path().to_string())),
+        Err(_) => return RpcReply::Failed(RpcError::BadUri(call.uri)),
     };
     for (k, v) in call.headers {
         if let (Ok(k), Ok(v)) = (
@@ -105,13 +97,13 @@ pub async fn serve(serve: &Serve, call: HttpCall) -> RpcReply {
         .iter()
         .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
         .collect();
-    match axum::body::to_bytes(resp.into_body(), transport::FRAME_BYTES_MAX - 4096).await {
+    match axum::body::to_bytes(resp.into_body(), FRAME_BYTES_MAX - 4096).await {
         Ok(body) => RpcReply::Http(HttpReply {
             status,
             headers,
             body: body.to_vec(),
         }),
-        Err(e) => RpcReply::Failed(format!("response too large: {e}")),
+        Err(e) => RpcReply::Failed(RpcError::TooLarge(e.to_string())),
     }
 }
 
@@ -177,6 +169,7 @@ impl Forwarder {
             let server = servers[current % servers.len()];
             match self.pool.call(server, &call, self.max_wait).await {
                 Ok(RpcReply::Http(r)) => return relay(r),
+                Ok(RpcReply::Failed(e)) => last = format!("rpc error from {server}: {e}"),
                 Ok(other) => last = format!("rpc error from {server}: {other:?}"),
                 Err(e) => last = format!("rpc error making call to {server}: {e}"),
             }

@@ -13,6 +13,7 @@
 
 mod agent;
 mod blocking;
+mod context;
 mod error;
 mod kv;
 mod listener;
@@ -48,7 +49,8 @@ pub use self::agent::session_ttl_min;
 pub use self::blocking::blocking;
 pub use self::blocking::ReadOpts;
 pub use self::listener::serve;
-pub use self::metrics::Metrics;
+use crate::config::ConfigError;
+use crate::metrics::Metrics;
 use crate::store::Store;
 
 /// Tribune's own version.
@@ -88,7 +90,7 @@ pub struct AgentInfo {
 #[derive(Debug)]
 pub enum Control {
     Leave,
-    Reload(tokio::sync::oneshot::Sender<Result<(), String>>),
+    Reload(tokio::sync::oneshot::Sender<Result<(), ConfigError>>),
 }
 
 pub struct Api {

@@ -2,9 +2,10 @@
 //! 8301, WAN on 8302), feeds it datagrams, push-pull streams, timer deadlines and commands,
 //! and carries out its outputs.
 //!
-//! Push-pull streams are TCP on the same port: one length-prefixed frame each way
-//! ([`STREAM_BYTES_MAX`] at most). Commands arrive on a bounded channel
-//! ([`COMMANDS_MAX`]); the member list is published to readers after every step.
+//! Push-pull streams are TCP on the same port: one frame each way, a 4-byte big-endian
+//! length and that many bytes ([`STREAM_BYTES_MAX`] at most, refused before it is read). Commands arrive on a bounded channel
+//! ([`COMMANDS_MAX`]); the member list is published to readers after a step that changed it
+//! (the core's `members_version` moved), the counters after every step.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,12 +16,17 @@ use std::sync::RwLock;
 use std::time::Duration;
 use std::time::Instant;
 
+use tokio::io::AsyncRead;
+use tokio::io::AsyncReadExt;
+use tokio::io::AsyncWrite;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::net::TcpStream;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 use tribune_core::gossip;
+use tribune_core::gossip::CommandError;
 use tribune_core::gossip::Event;
 use tribune_core::gossip::Gossip;
 use tribune_core::gossip::Identity;
@@ -36,13 +42,48 @@ pub const COMMANDS_MAX: usize = 64;
 pub const STREAMS_MAX: usize = 64;
 const STREAM_TTL: Duration = Duration::from_secs(10);
 
+/// Why the pool did not do what it was asked, by what the caller can do about it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GossipError {
+    /// The pool's task has stopped (the agent is shutting down): nothing more can be asked.
+    #[error("gossip stopped")]
+    Stopped,
+    /// This node has left the pool, or is leaving it: only a restart joins again.
+    #[error("node has left")]
+    Left,
+    /// A join without an address: give one.
+    #[error("no addresses to join")]
+    NoAddresses,
+    /// No member has that name: nothing to force out.
+    #[error("unknown member")]
+    NoSuchMember,
+    /// A force-leave of this node itself: leave instead.
+    #[error("cannot force-leave self")]
+    IsSelf,
+    /// Anything else the core refused (tags too large, keyring changes).
+    #[error(transparent)]
+    Refused(CommandError),
+}
+
+impl From<CommandError> for GossipError {
+    fn from(e: CommandError) -> GossipError {
+        match e {
+            CommandError::NotRunning => GossipError::Left,
+            CommandError::NoAddresses => GossipError::NoAddresses,
+            CommandError::UnknownMember => GossipError::NoSuchMember,
+            CommandError::IsSelf => GossipError::IsSelf,
+            other => GossipError::Refused(other),
+        }
+    }
+}
+
 pub enum Command {
-    Join(Vec<SocketAddr>, oneshot::Sender<Result<usize, String>>),
-    Leave(oneshot::Sender<Result<(), String>>),
+    Join(Vec<SocketAddr>, oneshot::Sender<Result<usize, GossipError>>),
+    Leave(oneshot::Sender<Result<(), GossipError>>),
     ForceLeave {
         name: String,
         prune: bool,
-        done: oneshot::Sender<Result<(), String>>,
+        done: oneshot::Sender<Result<(), GossipError>>,
     },
 }
 
@@ -66,12 +107,43 @@ enum Wake {
     Deadline,
 }
 
-async fn read_frame(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
-    crate::raft::transport::read_raw(s, STREAM_BYTES_MAX).await
+/// Read one push-pull frame: a 4-byte big-endian length, then that many bytes. A length
+/// over [`STREAM_BYTES_MAX`] is refused before anything else is read, and the buffer grows
+/// with the bytes that arrive, not with what the length announces.
+async fn read_frame<S: AsyncRead + Unpin>(s: &mut S) -> std::io::Result<Vec<u8>> {
+    let len = s.read_u32().await? as usize;
+    if len > STREAM_BYTES_MAX {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("push-pull frame of {len} bytes exceeds {STREAM_BYTES_MAX}"),
+        ));
+    }
+    let mut body = Vec::new();
+    s.take(len as u64).read_to_end(&mut body).await?;
+    if body.len() < len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("push-pull frame cut short: {} of {len} bytes", body.len()),
+        ));
+    }
+    Ok(body)
 }
 
-async fn write_frame(s: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
-    crate::raft::transport::write_raw(s, bytes).await
+/// Write one push-pull frame (at most [`STREAM_BYTES_MAX`], as a peer reads it).
+async fn write_frame<S: AsyncWrite + Unpin>(s: &mut S, bytes: &[u8]) -> std::io::Result<()> {
+    if bytes.len() > STREAM_BYTES_MAX {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "push-pull frame of {} bytes exceeds {STREAM_BYTES_MAX}",
+                bytes.len()
+            ),
+        ));
+    }
+    let mut frame = Vec::with_capacity(4 + bytes.len());
+    frame.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    frame.extend_from_slice(bytes);
+    s.write_all(&frame).await
 }
 
 impl Pool {
@@ -148,6 +220,7 @@ impl Pool {
         });
 
         let published = members.clone();
+        let mut published_version = g.members_version();
         let published_counters = counters.clone();
         tokio::spawn(async move {
             loop {
@@ -179,15 +252,15 @@ impl Pool {
                         let _ = done.send(
                             g.join(t, &addrs)
                                 .map(|_| addrs.len())
-                                .map_err(|e| e.to_string()),
+                                .map_err(GossipError::from),
                         );
                     }
                     Wake::Command(Command::Leave(done)) => {
-                        let _ = done.send(g.leave(t).map_err(|e| e.to_string()));
+                        let _ = done.send(g.leave(t).map_err(GossipError::from));
                     }
                     Wake::Command(Command::ForceLeave { name, prune, done }) => {
                         let _ =
-                            done.send(g.force_leave(t, &name, prune).map_err(|e| e.to_string()));
+                            done.send(g.force_leave(t, &name, prune).map_err(GossipError::from));
                     }
                 }
                 while let Some(out) = g.poll_output() {
@@ -218,7 +291,12 @@ impl Pool {
                         Output::Event(e) => log_event(label, &e),
                     }
                 }
-                *published.write().unwrap() = g.members();
+                // The member list is copied out only when it changed (a copy is O(members));
+                // the counters are a few words.
+                if g.members_version() != published_version {
+                    published_version = g.members_version();
+                    *published.write().unwrap() = g.members();
+                }
                 *published_counters.write().unwrap() = g.counters();
             }
         });
@@ -238,14 +316,14 @@ impl Pool {
 
     async fn command<T>(
         &self,
-        make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Command,
-    ) -> Result<T, String> {
+        make: impl FnOnce(oneshot::Sender<Result<T, GossipError>>) -> Command,
+    ) -> Result<T, GossipError> {
         let (tx, rx) = oneshot::channel();
         self.commands
             .send(make(tx))
             .await
-            .map_err(|_| "gossip stopped".to_string())?;
-        rx.await.map_err(|_| "gossip stopped".to_string())?
+            .map_err(|_| GossipError::Stopped)?;
+        rx.await.map_err(|_| GossipError::Stopped)?
     }
 
     /// The pool's counters (dropped input by reason, traffic).
@@ -254,7 +332,7 @@ impl Pool {
     }
 
     /// (metric name, labels, value): members by state and input dropped by reason.
-    pub fn metrics(&self) -> Vec<crate::store::Metric> {
+    pub fn metrics(&self) -> Vec<crate::metrics::Metric> {
         let mut out = Vec::new();
         let members = self.members();
         for state in ["alive", "suspect", "leaving", "left", "failed"] {
@@ -290,15 +368,15 @@ impl Pool {
         out
     }
 
-    pub async fn join(&self, addrs: Vec<SocketAddr>) -> Result<usize, String> {
+    pub async fn join(&self, addrs: Vec<SocketAddr>) -> Result<usize, GossipError> {
         self.command(|done| Command::Join(addrs, done)).await
     }
 
-    pub async fn leave(&self) -> Result<(), String> {
+    pub async fn leave(&self) -> Result<(), GossipError> {
         self.command(Command::Leave).await
     }
 
-    pub async fn force_leave(&self, name: String, prune: bool) -> Result<(), String> {
+    pub async fn force_leave(&self, name: String, prune: bool) -> Result<(), GossipError> {
         self.command(|done| Command::ForceLeave { name, prune, done })
             .await
     }
@@ -542,4 +620,54 @@ pub fn tags_of(v: &serde_json::Value) -> gossip::Tags {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn refusals_say_what_was_wrong() {
+        let identity = Identity {
+            name: "me".into(),
+            addr: "127.0.0.1:1".parse().unwrap(),
+            tags: gossip::Tags::new(),
+        };
+        let bind = "127.0.0.1:0".parse().unwrap();
+        let pool = Pool::start(bind, gossip::Config::lan(), identity, "lan")
+            .await
+            .unwrap();
+        let nobody = pool.force_leave("nobody".into(), false).await;
+        assert_eq!(nobody, Err(GossipError::NoSuchMember));
+        let me = pool.force_leave("me".into(), true).await;
+        assert_eq!(me, Err(GossipError::IsSelf));
+        assert_eq!(pool.join(Vec::new()).await, Err(GossipError::NoAddresses));
+        pool.leave().await.unwrap();
+        assert_eq!(pool.leave().await, Err(GossipError::Left));
+    }
+
+    #[tokio::test]
+    async fn push_pull_frames_are_bounded() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        write_frame(&mut a, b"hello").await.unwrap();
+        assert_eq!(read_frame(&mut b).await.unwrap(), b"hello");
+
+        // A length over the bound is refused at once, whatever follows.
+        a.write_all(&(STREAM_BYTES_MAX as u32 + 1).to_be_bytes())
+            .await
+            .unwrap();
+        let e = read_frame(&mut b).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+        let big = vec![0u8; STREAM_BYTES_MAX + 1];
+        let e = write_frame(&mut a, &big).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{e}");
+
+        // A frame cut short is an error, not a short frame.
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        a.write_all(&10u32.to_be_bytes()).await.unwrap();
+        a.write_all(b"abc").await.unwrap();
+        drop(a);
+        let e = read_frame(&mut b).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}");
+    }
 }

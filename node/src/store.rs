@@ -17,11 +17,9 @@ use tribune_core::fsm::StateMachine;
 
 use crate::hub::Hub;
 use crate::hub::Touched;
+use crate::metrics::Metric;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// One exported metric: name (dotted), labels, value.
-pub type Metric = (&'static str, Vec<(&'static str, String)>, u64);
 
 /// Consul's read consistency modes (`?consistent`, `?stale`, or neither).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,25 +47,40 @@ pub struct ReadMeta {
     pub last_contact_ms: u64,
 }
 
-#[allow(dead_code)] // constructed by the Raft store
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why the store did not do what it was asked, by what the caller can do about it. The
+/// HTTP API answers each with a 500 and this text (Consul's, where Consul has one).
+#[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// No leader is known (HTTP 500 "No cluster leader").
+    /// No leader is known: nothing was done; retry once one is elected.
+    #[error("No cluster leader")]
     NoLeader,
-    /// Anything else, with Consul-style text (HTTP 500).
-    Other(String),
+    /// A leader may have applied the write, and this server cannot find out: read the
+    /// state before writing it again.
+    #[error("the outcome of the write is unknown: {0}")]
+    Indeterminate(&'static str),
+    /// This server's Raft refused or failed the request (it is shutting down, or its
+    /// storage failed); for a write, nothing was applied: try another server.
+    #[error("{0}")]
+    Raft(String),
+    /// No server of the Raft configuration has that id or address: nothing to remove.
+    #[error("address {0:?} was not found in the Raft configuration")]
+    NoSuchServer(String),
+    /// A single-node agent has no Raft configuration to change.
+    #[error("no Raft server {0} on a single-node agent")]
+    SingleNode(String),
+    /// The leader refused a change this server forwarded to it; its text (Consul's) says
+    /// why.
+    #[error("{0}")]
+    Refused(String),
+    /// A change could not be forwarded to the leader (it is unreachable, or did not serve
+    /// the call): retry, perhaps once a new leader is known.
+    #[error("removing {peer}: {source}")]
+    Unforwarded {
+        peer: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
-
-impl std::fmt::Display for StoreError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StoreError::NoLeader => f.write_str("No cluster leader"),
-            StoreError::Other(s) => f.write_str(s),
-        }
-    }
-}
-
-impl std::error::Error for StoreError {}
 
 /// One server of the Raft configuration, as `/v1/operator/raft/configuration` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,11 +146,7 @@ pub trait Store: Send + Sync + 'static {
     /// Remove a server from the Raft configuration (`DELETE /v1/operator/raft/peer`),
     /// named by its RPC address (`ip:port`) or its Raft id.
     fn remove_peer(&self, peer: String) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async move {
-            Err(StoreError::Other(format!(
-                "no Raft server {peer} on a single-node agent"
-            )))
-        })
+        Box::pin(async move { Err(StoreError::SingleNode(peer)) })
     }
 }
 

@@ -1,6 +1,7 @@
 //! Watches (`key`, `keyprefix`): Consul's plan loop over a blocking query, with script,
 //! HTTP or stdout handlers. Used by agent-config `watches` (reading the local store) and by
-//! `tribune watch` (reading an agent over HTTP).
+//! `tribune watch` (reading an agent over HTTP). What a watch is, and how a definition is
+//! parsed, is `watch_spec`'s.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -12,169 +13,15 @@ use tokio::io::AsyncWriteExt;
 use tribune_core::kv::Entry;
 
 use crate::client;
-use crate::flags::parse_duration;
+use crate::client::ClientError;
 use crate::http::Api;
 use crate::http::ReadOpts;
 use crate::hub::Topic;
 use crate::store::Consistency;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WatchKind {
-    Key(String),
-    KeyPrefix(String),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Handler {
-    /// Run `args` (through `$SHELL -c` when `shell`), JSON on stdin, CONSUL_INDEX in env.
-    Script {
-        args: Vec<String>,
-        shell: bool,
-        inherit_output: bool,
-    },
-    Http {
-        url: String,
-        method: String,
-        headers: Vec<(String, String)>,
-        timeout: Duration,
-    },
-    /// Print the JSON to stdout (`tribune watch` without a handler).
-    Stdout,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WatchSpec {
-    pub kind: WatchKind,
-    pub handler: Handler,
-    pub stale: bool,
-}
-
-/// Parse one entry of the agent config's `watches`.
-pub fn parse_watch(v: &Value) -> Result<WatchSpec, String> {
-    let obj = v.as_object().ok_or("a watch must be an object")?;
-    let ty = obj
-        .get("type")
-        .and_then(Value::as_str)
-        .ok_or("Watch type must be specified")?;
-    let common = [
-        "type",
-        "datacenter",
-        "token",
-        "args",
-        "handler",
-        "handler_type",
-        "http_handler_config",
-        "stale",
-    ];
-    let (kind, own): (WatchKind, &[&str]) = match ty {
-        "key" => (WatchKind::Key(str_param(obj, "key")?), &["key"]),
-        "keyprefix" => (WatchKind::KeyPrefix(str_param(obj, "prefix")?), &["prefix"]),
-        "services" | "nodes" | "service" | "checks" | "event" => {
-            return Err(format!("watch type {ty:?} is not supported yet"))
-        }
-        other => return Err(format!("Unsupported watch type: {other}")),
-    };
-    let unknown: Vec<&str> = obj
-        .keys()
-        .map(String::as_str)
-        .filter(|k| !common.contains(k) && !own.contains(k))
-        .collect();
-    if !unknown.is_empty() {
-        return Err(format!("Invalid parameters: {unknown:?}"));
-    }
-    let stale = obj.get("stale").and_then(Value::as_bool).unwrap_or(false);
-    let handler_type = obj.get("handler_type").and_then(Value::as_str);
-    let has_args = obj.contains_key("args");
-    let has_handler = obj.contains_key("handler");
-    let is_http = handler_type == Some("http");
-    if [has_args, has_handler, is_http]
-        .iter()
-        .filter(|b| **b)
-        .count()
-        > 1
-    {
-        return Err("Only one watch handler allowed".into());
-    }
-    let handler = if is_http {
-        let c = obj
-            .get("http_handler_config")
-            .and_then(Value::as_object)
-            .ok_or("http_handler_config is required for handler_type http")?;
-        let url = c
-            .get("path")
-            .and_then(Value::as_str)
-            .ok_or("http_handler_config.path is required")?
-            .to_string();
-        if url.is_empty() {
-            return Err("http_handler_config.path is required".into());
-        }
-        let method = c
-            .get("method")
-            .and_then(Value::as_str)
-            .unwrap_or("POST")
-            .to_uppercase();
-        let timeout = match c.get("timeout").and_then(Value::as_str) {
-            Some(t) => parse_duration(t)
-                .ok_or_else(|| format!("http_handler_config.timeout: invalid duration {t:?}"))?,
-            None => Duration::from_secs(10),
-        };
-        let mut headers = Vec::new();
-        if let Some(h) = c.get("header").and_then(Value::as_object) {
-            for (k, vs) in h {
-                for v in vs
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_str)
-                {
-                    headers.push((k.clone(), v.to_string()));
-                }
-            }
-        }
-        Handler::Http {
-            url,
-            method,
-            headers,
-            timeout,
-        }
-    } else if has_args {
-        let args: Vec<String> = obj["args"]
-            .as_array()
-            .ok_or("args must be a list of strings")?
-            .iter()
-            .filter_map(|a| a.as_str().map(str::to_string))
-            .collect();
-        if args.is_empty() {
-            return Err("Must define a watch handler".into());
-        }
-        Handler::Script {
-            args,
-            shell: false,
-            inherit_output: false,
-        }
-    } else if let Some(h) = obj.get("handler").and_then(Value::as_str) {
-        Handler::Script {
-            args: vec![h.to_string()],
-            shell: true,
-            inherit_output: false,
-        }
-    } else {
-        return Err("Must define a watch handler".into());
-    };
-    Ok(WatchSpec {
-        kind,
-        handler,
-        stale,
-    })
-}
-
-fn str_param(obj: &serde_json::Map<String, Value>, name: &str) -> Result<String, String> {
-    match obj.get(name) {
-        Some(Value::String(s)) => Ok(s.clone()),
-        Some(_) => Err(format!("{name} must be a string")),
-        None => Err(format!("Must specify a single {name} to watch")),
-    }
-}
+use crate::store::StoreError;
+use crate::watch_spec::Handler;
+use crate::watch_spec::WatchKind;
+use crate::watch_spec::WatchSpec;
 
 /// An entry as the Go API client (and so watch handlers) shows it.
 pub fn entry_watch_json(e: &Entry) -> Value {
@@ -199,6 +46,58 @@ fn http_entry_to_watch(v: &Value) -> Value {
     })
 }
 
+/// Why a watch's query got no result (logged; the watch retries after a backoff).
+#[derive(Debug, thiserror::Error)]
+enum QueryError {
+    /// The local store could not serve the read (no leader, ...).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The agent's HTTP API did not answer.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// It answered 200 with a body that is not JSON.
+    #[error("bad response: {0}")]
+    BadBody(#[from] serde_json::Error),
+    /// It answered with an error.
+    #[error("Unexpected response code: {status} ({body})")]
+    Status { status: u16, body: String },
+}
+
+/// Why a handler failed (logged; the watch goes on).
+#[derive(Debug, thiserror::Error)]
+enum HandlerError {
+    /// The script could not be started.
+    #[error("failed to run {args:?}: {source}")]
+    Spawn {
+        args: Vec<String>,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Its output could not be collected.
+    #[error("handler {args:?}: {source}")]
+    Wait {
+        args: Vec<String>,
+        #[source]
+        source: std::io::Error,
+    },
+    /// It exited unsuccessfully.
+    #[error("handler {args:?} exited with {status}")]
+    Exit {
+        args: Vec<String>,
+        status: std::process::ExitStatus,
+    },
+    /// The HTTP handler's URL did not answer.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// It answered with a status outside 2xx.
+    #[error("{method} {url}: status {status}")]
+    Status {
+        method: String,
+        url: String,
+        status: u16,
+    },
+}
+
 /// Where a watch reads from.
 #[derive(Clone)]
 pub enum Source {
@@ -215,7 +114,7 @@ impl Source {
         kind: &WatchKind,
         stale: bool,
         index: u64,
-    ) -> Result<(Value, u64), String> {
+    ) -> Result<(Value, u64), QueryError> {
         match self {
             Source::Local(api) => {
                 let opts = ReadOpts {
@@ -247,8 +146,7 @@ impl Source {
                             )
                         }
                     })
-                    .await
-                    .map_err(|e| e.to_string())?;
+                    .await?;
                 Ok((v, idx.max(1)))
             }
             Source::Remote(addr) => {
@@ -256,10 +154,7 @@ impl Source {
                     WatchKind::Key(k) => (k, false),
                     WatchKind::KeyPrefix(p) => (p, true),
                 };
-                let mut path = format!(
-                    "/v1/kv/{}?index={index}&wait=5m",
-                    crate::cli::escape_key(key)
-                );
+                let mut path = format!("/v1/kv/{}?index={index}&wait=5m", client::escape_key(key));
                 if recurse {
                     path.push_str("&recurse");
                 }
@@ -282,8 +177,7 @@ impl Source {
                     .max(1);
                 let v = match r.status {
                     200 => {
-                        let arr: Value = serde_json::from_slice(&r.body)
-                            .map_err(|e| format!("bad response: {e}"))?;
+                        let arr: Value = serde_json::from_slice(&r.body)?;
                         let items: Vec<Value> = arr
                             .as_array()
                             .map(|a| a.iter().map(http_entry_to_watch).collect())
@@ -296,11 +190,11 @@ impl Source {
                     }
                     404 if recurse => Value::Array(vec![]),
                     404 => Value::Null,
-                    s => {
-                        return Err(format!(
-                            "Unexpected response code: {s} ({})",
-                            r.text().trim()
-                        ))
+                    status => {
+                        return Err(QueryError::Status {
+                            status,
+                            body: r.text().trim().to_string(),
+                        })
                     }
                 };
                 Ok((v, idx))
@@ -346,7 +240,7 @@ pub async fn run(spec: WatchSpec, source: Source) {
     }
 }
 
-async fn fire(handler: &Handler, index: u64, result: &Value) -> Result<(), String> {
+async fn fire(handler: &Handler, index: u64, result: &Value) -> Result<(), HandlerError> {
     match handler {
         Handler::Stdout => {
             println!("{}", serde_json::to_string_pretty(result).unwrap());
@@ -376,9 +270,10 @@ async fn fire(handler: &Handler, index: u64, result: &Value) -> Result<(), Strin
                 cmd.stdout(std::process::Stdio::piped())
                     .stderr(std::process::Stdio::piped());
             }
-            let mut child = cmd
-                .spawn()
-                .map_err(|e| format!("failed to run {args:?}: {e}"))?;
+            let mut child = cmd.spawn().map_err(|source| HandlerError::Spawn {
+                args: args.clone(),
+                source,
+            })?;
             let mut input = serde_json::to_vec(result).unwrap();
             input.push(b'\n');
             if let Some(mut stdin) = child.stdin.take() {
@@ -388,7 +283,10 @@ async fn fire(handler: &Handler, index: u64, result: &Value) -> Result<(), Strin
             let out = child
                 .wait_with_output()
                 .await
-                .map_err(|e| format!("handler {args:?}: {e}"))?;
+                .map_err(|source| HandlerError::Wait {
+                    args: args.clone(),
+                    source,
+                })?;
             if !*inherit_output {
                 const KEEP: usize = 64 * 1024;
                 let mut captured = out.stdout;
@@ -398,7 +296,10 @@ async fn fire(handler: &Handler, index: u64, result: &Value) -> Result<(), Strin
                 tracing::debug!(handler = ?args, "watch handler output (Captured {} of {} bytes): {}", captured.len(), total, String::from_utf8_lossy(&captured));
             }
             if !out.status.success() {
-                return Err(format!("handler {args:?} exited with {}", out.status));
+                return Err(HandlerError::Exit {
+                    args: args.clone(),
+                    status: out.status,
+                });
             }
             Ok(())
         }
@@ -420,74 +321,13 @@ async fn fire(handler: &Handler, index: u64, result: &Value) -> Result<(), Strin
             };
             let r = client::request(&addr, method, &path, &hs, &body, *timeout).await?;
             if !(200..300).contains(&r.status) {
-                return Err(format!("{method} {url}: status {}", r.status));
+                return Err(HandlerError::Status {
+                    method: method.clone(),
+                    url: url.clone(),
+                    status: r.status,
+                });
             }
             Ok(())
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_walkthrough_watches() {
-        let w = parse_watch(
-            &json!({ "type": "key", "key": "foo/bar/baz", "handler_type": "script",
-            "args": ["/usr/bin/my-service-handler.sh", "-redis"] }),
-        )
-        .unwrap();
-        assert_eq!(w.kind, WatchKind::Key("foo/bar/baz".into()));
-        assert!(
-            matches!(w.handler, Handler::Script { ref args, shell: false, .. } if args.len() == 2)
-        );
-        let w = parse_watch(
-            &json!({ "type": "keyprefix", "prefix": "foo/", "handler_type": "http",
-            "http_handler_config": { "path": "https://localhost:8000/watch", "method": "POST",
-              "header": {"x-foo": ["bar", "baz"]}, "timeout": "10s", "tls_skip_verify": false } }),
-        )
-        .unwrap();
-        match w.handler {
-            Handler::Http {
-                url,
-                method,
-                headers,
-                timeout,
-            } => {
-                assert_eq!(
-                    (url.as_str(), method.as_str(), timeout),
-                    (
-                        "https://localhost:8000/watch",
-                        "POST",
-                        Duration::from_secs(10)
-                    )
-                );
-                assert_eq!(headers.len(), 2);
-            }
-            h => panic!("{h:?}"),
-        }
-    }
-
-    #[test]
-    fn watch_errors() {
-        let err = |v: Value| parse_watch(&v).unwrap_err();
-        assert_eq!(
-            err(json!({"key": "k", "args": ["x"]})),
-            "Watch type must be specified"
-        );
-        assert_eq!(
-            err(json!({"type": "key", "key": "k"})),
-            "Must define a watch handler"
-        );
-        assert_eq!(
-            err(json!({"type": "key", "key": "k", "args": ["x"], "handler": "y"})),
-            "Only one watch handler allowed"
-        );
-        assert!(
-            err(json!({"type": "key", "key": "k", "args": ["x"], "bogus": 1}))
-                .starts_with("Invalid parameters")
-        );
-        assert!(err(json!({"type": "key", "args": ["x"]})).contains("key"));
     }
 }

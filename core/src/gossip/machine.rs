@@ -209,6 +209,8 @@ pub struct Gossip {
     /// When this node last pushed its state to a member it holds failed or left that
     /// pinged it (see `resync_stale_prober`); one entry per such member at most.
     resyncs: BTreeMap<String, Millis>,
+    /// Moves on every change to what [`Gossip::members`] returns.
+    members_version: u64,
 }
 
 impl std::fmt::Debug for Gossip {
@@ -272,6 +274,7 @@ impl Gossip {
             events_seen: BTreeMap::new(),
             events_seen_len: 0,
             resyncs: BTreeMap::new(),
+            members_version: 0,
         };
         g.members.insert(
             me.clone(),
@@ -363,6 +366,13 @@ impl Gossip {
     /// Every known member (this node included), by name: for `tribune members`.
     pub fn members(&self) -> Vec<MemberInfo> {
         self.members.values().map(Member::info).collect()
+    }
+
+    /// A number that moves whenever what [`Gossip::members`] returns changes (a member
+    /// added, reaped, or with another state, incarnation, address or tags), and only then:
+    /// a shell that publishes the member list can copy it only when this moved.
+    pub fn members_version(&self) -> u64 {
+        self.members_version
     }
 
     /// One member.
@@ -593,6 +603,7 @@ impl Gossip {
         m.incarnation += 1;
         m.state_change = now;
         let info = m.info();
+        self.members_version += 1;
         self.emit(Event::MemberUpdated(info));
         self.broadcast_self_alive();
         Ok(())
@@ -1090,6 +1101,7 @@ impl Gossip {
         if let Some(m) = self.members.get_mut(&self.me) {
             m.state = state;
             m.state_change = now;
+            self.members_version += 1;
         }
     }
 
@@ -1125,6 +1137,7 @@ impl Gossip {
             return;
         };
         m.incarnation = m.incarnation.max(inc) + 1;
+        self.members_version += 1;
         self.counters.refutations += 1;
         self.adjust_health(1);
         self.broadcast_self_alive();
@@ -1166,6 +1179,7 @@ impl Gossip {
                 };
                 let info = m.info();
                 self.members.insert(a.name.clone(), m);
+                self.members_version += 1;
                 self.names.push(a.name.clone());
                 Some(Event::MemberJoined(info))
             }
@@ -1203,6 +1217,7 @@ impl Gossip {
                     m.state_change = now;
                 }
                 let info = m.info();
+                self.members_version += 1;
                 if matches!(
                     old,
                     MemberState::Failed | MemberState::Left | MemberState::Leaving
@@ -1265,6 +1280,7 @@ impl Gossip {
                 m.incarnation = s.incarnation;
                 m.state = MemberState::Suspect;
                 m.state_change = now;
+                self.members_version += 1;
                 let k = confirmations_wanted(self.config.suspicion_mult, n);
                 let (min, max) = suspicion_bounds(
                     self.config.suspicion_mult,
@@ -1318,6 +1334,7 @@ impl Gossip {
             m.state_change = now;
         }
         let info = m.info();
+        self.members_version += 1;
         if self.suspicions.remove(&d.name).is_some() {
             self.cancel(&Timer::Suspicion(d.name.clone()));
         }
@@ -1410,6 +1427,7 @@ impl Gossip {
                         continue;
                     }
                     self.names.push(e.name.clone());
+                    self.members_version += 1;
                     self.members.insert(
                         e.name.clone(),
                         Member {
@@ -1465,6 +1483,7 @@ impl Gossip {
         let Some(m) = self.members.remove(name) else {
             return;
         };
+        self.members_version += 1;
         self.names.retain(|n| n != name);
         if self.suspicions.remove(name).is_some() {
             self.cancel(&Timer::Suspicion(name.to_owned()));

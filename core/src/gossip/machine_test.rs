@@ -592,3 +592,93 @@ fn a_member_held_failed_that_probes_is_resynced_at_once() {
     let resyncs: u64 = (0..4).map(|i| h.node_ref(i).counters().stale_resyncs).sum();
     assert!(resyncs >= 1);
 }
+
+/// Each node's member list and version, to compare against after a step.
+fn member_views(h: &Harness) -> Vec<(Vec<MemberInfo>, u64)> {
+    (0..h.len())
+        .map(|i| (h.node_ref(i).members(), h.node_ref(i).members_version()))
+        .collect()
+}
+
+#[test]
+fn members_version_moves_with_every_change_to_the_member_list() {
+    let mut h = cluster(8, 43);
+    let mut views = member_views(&h);
+    let mut moved = 0;
+    let mut step = |h: &mut Harness, d: Millis| {
+        h.run_for(d);
+        let now = member_views(h);
+        for (i, (before, after)) in views.iter().zip(&now).enumerate() {
+            if before.0 != after.0 {
+                assert_ne!(
+                    before.1, after.1,
+                    "node {i}: its members changed, its version not"
+                );
+                moved += 1;
+            }
+        }
+        views = now;
+    };
+    // Joins, a failure, a graceful leave, a tag change, a force-leave with prune.
+    let newcomer = h.add_node(Config::lan(), Tags::new());
+    h.join(newcomer, &[0]);
+    for _ in 0..100 {
+        step(&mut h, Millis(100));
+    }
+    h.kill(3);
+    for _ in 0..300 {
+        step(&mut h, Millis(100));
+    }
+    let now = h.now();
+    h.node(5).leave(now).unwrap();
+    h.pump(5);
+    let tags: Tags = [("role".to_string(), "node".to_string())].into();
+    h.node(1).set_tags(now, tags).unwrap();
+    h.pump(1);
+    for _ in 0..100 {
+        step(&mut h, Millis(100));
+    }
+    let now = h.now();
+    h.node(0).force_leave(now, &node_name(3), true).unwrap();
+    h.pump(0);
+    for _ in 0..100 {
+        step(&mut h, Millis(100));
+    }
+    assert!(moved > 20, "only {moved} changes seen");
+}
+
+#[test]
+fn members_version_stays_put_while_nothing_changes() {
+    let mut h = cluster(6, 44);
+    h.run_for(Millis::secs(20));
+    h.check_converged().unwrap();
+    let before: Vec<u64> = (0..6).map(|i| h.node_ref(i).members_version()).collect();
+    // Probes, acks, gossip rounds and push-pulls of a settled cluster change nothing.
+    h.run_for(Millis::secs(60));
+    let after: Vec<u64> = (0..6).map(|i| h.node_ref(i).members_version()).collect();
+    assert_eq!(before, after);
+
+    // Nor does news the node already has: an alive at the incarnation it knows.
+    let m = h.node_ref(0).member(&node_name(2)).unwrap();
+    let alive = Message::Alive(Alive {
+        name: m.name.clone(),
+        addr: m.addr,
+        tags: m.tags.clone(),
+        incarnation: m.incarnation,
+    });
+    let v = h.node_ref(0).members_version();
+    let now = h.now();
+    h.node(0).handle_packet(now, node_addr(2), &alive.encode());
+    h.node(0).handle_packet(now, node_addr(2), b"\x01garbage");
+    assert_eq!(h.node_ref(0).members_version(), v);
+
+    // A newer incarnation is news.
+    let newer = Message::Alive(Alive {
+        name: m.name,
+        addr: m.addr,
+        tags: m.tags,
+        incarnation: m.incarnation + 1,
+    });
+    h.node(0).handle_packet(now, node_addr(2), &newer.encode());
+    assert!(h.node_ref(0).members_version() > v);
+}

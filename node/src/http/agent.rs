@@ -9,10 +9,10 @@ use serde_json::json;
 use serde_json::Map;
 use serde_json::Value;
 
+use super::context::Ctx;
+use super::context::Reply;
 use super::error::ApiError;
 use super::percent_decode;
-use super::routes::Ctx;
-use super::routes::Reply;
 use super::text;
 use super::AgentInfo;
 use super::Api;
@@ -22,6 +22,7 @@ use super::REVISION;
 use super::VERSION;
 use crate::config::Config;
 use crate::flags::parse_duration;
+use crate::serf::GossipError;
 
 /// Consul's default `session_ttl_min`.
 const SESSION_TTL_MIN: Duration = Duration::from_secs(10);
@@ -212,19 +213,27 @@ pub async fn join(cx: Ctx) -> Reply {
     if addrs.is_empty() {
         return Err(failed(&format!("no address for {addr}")));
     }
-    pool.join(addrs).await.map_err(|e| failed(&e))?;
+    pool.join(addrs).await.map_err(|e| failed(&e.to_string()))?;
     Ok(text(StatusCode::OK, ""))
 }
 
-/// `PUT /v1/agent/force-leave/<node>[?prune]`.
+/// `PUT /v1/agent/force-leave/<node>[?prune]`: Consul's "No node found" for a name no
+/// member has (or with no gossip at all); any other refusal with its own text.
 pub async fn force_leave(cx: Ctx) -> Reply {
     let node = decoded(&cx.tail);
     let result = match &cx.api.lan {
         Some(pool) => pool.force_leave(node.clone(), cx.query.has("prune")).await,
-        None => Err("unknown member".into()),
+        None => Err(GossipError::NoSuchMember),
     };
-    result.map_err(|_| ApiError::internal(format!("agent: No node found with name '{node}'")))?;
-    Ok(text(StatusCode::OK, ""))
+    match result {
+        Ok(()) => Ok(text(StatusCode::OK, "")),
+        Err(GossipError::NoSuchMember) => Err(ApiError::internal(format!(
+            "agent: No node found with name '{node}'"
+        ))),
+        Err(e) => Err(ApiError::internal(format!(
+            "agent: Cannot force leave {node}: {e}"
+        ))),
+    }
 }
 
 /// `node_meta` from the config, values as strings (Consul's `Meta`).
@@ -409,6 +418,17 @@ mod tests {
     use crate::http::testing::api_with;
     use crate::http::testing::get_json;
     use crate::store::DevStore;
+
+    #[tokio::test]
+    async fn force_leave_without_gossip_finds_no_node() {
+        let api = crate::http::testing::dev_api();
+        let (status, _, body) =
+            crate::http::testing::call(&api, "PUT", "/v1/agent/force-leave/n9", b"").await;
+        assert_eq!(
+            (status, String::from_utf8(body).unwrap().as_str()),
+            (500, "agent: No node found with name 'n9'")
+        );
+    }
 
     #[test]
     fn go_durations() {

@@ -15,10 +15,10 @@ use axum::response::Response;
 use tribune_core::fsm::StateMachine;
 
 use super::error::ApiError;
-use super::metrics::Metrics;
 use super::query::QueryOptions;
 use super::Api;
 use crate::hub::Topic;
+use crate::metrics::Metrics;
 use crate::store;
 use crate::store::Consistency;
 use crate::store::ReadMeta;

@@ -13,11 +13,11 @@ use tribune_core::kv::KvOp;
 
 use super::b64;
 use super::blocking;
+use super::context::Ctx;
+use super::context::Reply;
 use super::error::ApiError;
 use super::json_response;
 use super::percent_decode;
-use super::routes::Ctx;
-use super::routes::Reply;
 use super::text;
 use crate::hub::Topic;
 use crate::store::StoreError;

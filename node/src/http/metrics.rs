@@ -1,12 +1,8 @@
-//! `/v1/agent/metrics`: the API's own counters, gossip, DNS and store metrics, as go-metrics
-//! JSON or (with `?format=prometheus` or an OpenMetrics `Accept`) Prometheus text.
+//! `/v1/agent/metrics`: the agent's counters (`crate::metrics`), gossip and store metrics, as
+//! go-metrics JSON or (with `?format=prometheus` or an OpenMetrics `Accept`) Prometheus text.
 
-use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::AtomicI64;
-use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
-use std::sync::Mutex;
 
 use axum::http::header;
 use axum::http::HeaderValue;
@@ -16,31 +12,14 @@ use axum::response::Response;
 use serde_json::json;
 use serde_json::Value;
 
+use super::context::Ctx;
 use super::error::ApiError;
-use super::routes::Ctx;
-use crate::store;
-
-#[derive(Default)]
-pub struct Metrics {
-    by_status: Mutex<BTreeMap<u16, u64>>,
-    pub blocking_open: AtomicI64,
-    /// Times a waiting blocking query was woken by a write (whether or not its result moved).
-    pub blocking_wakeups: AtomicU64,
-    pub watch_fires: AtomicU64,
-    pub dns: crate::dns::Counters,
-}
-
-impl Metrics {
-    /// Count a response by its status.
-    pub fn count(&self, status: u16) {
-        *self.by_status.lock().unwrap().entry(status).or_default() += 1;
-    }
-}
+use crate::metrics::Metric;
 
 /// `GET /v1/agent/metrics`.
 pub async fn agent_metrics(cx: Ctx) -> Result<Response, ApiError> {
     let api = &cx.api;
-    let by_status = api.metrics.by_status.lock().unwrap().clone();
+    let by_status = api.metrics.by_status();
     let open = api.metrics.blocking_open.load(Ordering::Relaxed);
     let fires = api.metrics.watch_fires.load(Ordering::Relaxed);
     let wakeups = api.metrics.blocking_wakeups.load(Ordering::Relaxed);
@@ -51,7 +30,7 @@ pub async fn agent_metrics(cx: Ctx) -> Result<Response, ApiError> {
     let prometheus = cx.query.get("format") == Some("prometheus")
         || accept.is_some_and(|a| a.contains("openmetrics-text"));
     let pools = [&api.lan, &api.wan].into_iter().flatten();
-    let others: Vec<store::Metric> = pools
+    let others: Vec<Metric> = pools
         .flat_map(|p| p.metrics())
         .chain(api.metrics.dns.metrics())
         .chain(api.store.metrics())

@@ -4,9 +4,9 @@ use serde_json::json;
 use serde_json::Value;
 use tribune_core::gossip::MemberInfo;
 
+use super::context::Ctx;
+use super::context::Reply;
 use super::error::ApiError;
-use super::routes::Ctx;
-use super::routes::Reply;
 use super::text;
 use super::AgentInfo;
 use crate::store::RaftServer;

@@ -12,34 +12,27 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
 use axum::extract::Request;
 use axum::http::header;
-use axum::http::HeaderMap;
 use axum::http::HeaderValue;
 use axum::http::Method;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::response::Response;
-use serde::Serialize;
 
 use super::agent;
+use super::context::Ctx;
+use super::context::Reply;
 use super::error::allow_header;
 use super::error::ApiError;
-use super::json_response;
 use super::kv;
 use super::metrics;
 use super::operator;
 use super::query::Query;
-use super::query::QueryOptions;
-use super::query::QueryTimes;
 use super::status;
 use super::text;
 use super::Api;
 use crate::store::BoxFuture;
-
-/// What a handler's future resolves to.
-pub type Reply = Result<Response, ApiError>;
 
 /// A handler, as the table holds it.
 pub type Handler = fn(Ctx) -> BoxFuture<'static, Reply>;
@@ -142,45 +135,6 @@ fn allowed(rows: &[&Route]) -> Vec<Method> {
         }
     }
     out
-}
-
-/// A request, as a handler gets it.
-pub struct Ctx {
-    pub api: Arc<Api>,
-    pub headers: HeaderMap,
-    pub query: Query,
-    /// Under a prefix row: the path after the prefix, still URL-escaped ("" for the bare
-    /// prefix). Empty under an exact row.
-    pub tail: String,
-    pub body: Body,
-}
-
-impl Ctx {
-    /// The read options of this request (400 for a malformed one).
-    pub fn read_options(&self) -> Result<QueryOptions, ApiError> {
-        let api = &self.api;
-        let times = QueryTimes {
-            default: api.default_query_time,
-            max: api.max_query_time,
-        };
-        QueryOptions::parse(&self.query, &self.headers, times, &api.agent.node_name)
-    }
-
-    /// Refuse a `?dc` other than this agent's ("No path to datacenter": there is no WAN
-    /// forwarding yet).
-    pub fn check_dc(&self) -> Result<(), ApiError> {
-        match self.query.get("dc") {
-            Some(dc) if !dc.is_empty() && !dc.eq_ignore_ascii_case(&self.api.agent.datacenter) => {
-                Err(ApiError::internal("No path to datacenter"))
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// `v` as JSON, indented with `?pretty`.
-    pub fn json(&self, v: &impl Serialize) -> Response {
-        json_response(v, self.query.has("pretty"))
-    }
 }
 
 /// Serve `req` from the table.

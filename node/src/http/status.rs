@@ -1,7 +1,7 @@
 //! `/v1/status`: the leader's and the voters' server RPC addresses.
 
-use super::routes::Ctx;
-use super::routes::Reply;
+use super::context::Ctx;
+use super::context::Reply;
 
 /// `GET /v1/status/leader`: `"ip:port"`, or `""` when no leader is known.
 pub async fn leader(cx: Ctx) -> Reply {

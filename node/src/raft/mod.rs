@@ -34,8 +34,6 @@ use tribune_core::raft::SmStore;
 use self::fjall::FjallBackend;
 use self::stats::RaftStats;
 use self::transport::Pool;
-use self::transport::Rpc;
-use self::transport::RpcReply;
 use crate::hub::Hub;
 use crate::hub::Touched;
 use crate::store::BoxFuture;
@@ -43,8 +41,12 @@ use crate::store::Consistency;
 use crate::store::ReadMeta;
 use crate::store::Store;
 use crate::store::StoreError;
+use crate::wire::HttpCall;
+use crate::wire::Rpc;
+use crate::wire::RpcError;
+use crate::wire::RpcReply;
 
-tribune_core::declare_types!(pub Types, openraft_rt_tokio::TokioRuntime);
+pub use crate::wire::Types;
 
 pub type Sm = SmStore<Types, FjallBackend>;
 pub type NodeRaft = openraft::Raft<Types, Sm>;
@@ -56,7 +58,13 @@ pub type Engine = tribune_core::cluster::Server<Types, Sm, Peers, NodeDiscovery>
 #[derive(Clone, Default)]
 pub struct Peers {
     pool: Pool,
+    /// Server addresses that did not parse, each logged once (at most
+    /// [`BAD_ADDRS_LOGGED_MAX`] of them).
+    bad_addrs: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
 }
+
+/// Unparsable server addresses remembered so that each is logged once.
+const BAD_ADDRS_LOGGED_MAX: usize = 64;
 
 impl PeerTransport<Types> for Peers {
     async fn call(
@@ -65,12 +73,21 @@ impl PeerTransport<Types> for Peers {
         rpc: PeerRpc<Types>,
         ttl: Duration,
     ) -> io::Result<PeerReply<Types>> {
-        let peer: SocketAddr = addr.parse().map_err(|_| {
-            io::Error::new(
+        // An address that does not parse is an error for this call, never some other
+        // server's address: nothing is sent.
+        let Ok(peer) = addr.parse::<SocketAddr>() else {
+            let mut bad = self.bad_addrs.lock().unwrap();
+            if bad.len() < BAD_ADDRS_LOGGED_MAX && bad.insert(addr.to_string()) {
+                tracing::warn!(
+                    address = addr,
+                    "raft: a server's address does not parse; calls to it fail"
+                );
+            }
+            return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("bad server address {addr:?}"),
-            )
-        })?;
+            ));
+        };
         let mux = matches!(rpc, PeerRpc::Write(_) | PeerRpc::ReadIndex);
         let rpc = Rpc::Peer(rpc);
         let reply = if mux {
@@ -80,7 +97,7 @@ impl PeerTransport<Types> for Peers {
         };
         match reply {
             RpcReply::Peer(r) => Ok(r),
-            RpcReply::Failed(e) => Ok(PeerReply::Failed(e)),
+            RpcReply::Failed(e) => Ok(PeerReply::Failed(e.to_string())),
             other => Err(io::Error::other(format!(
                 "unexpected reply from {addr}: {other:?}"
             ))),
@@ -110,6 +127,9 @@ impl Discovery for NodeDiscovery {
     }
 }
 
+/// A forwarded HTTP request served: what server RPC answers an [`Rpc::Http`] with.
+pub type ServeHttp = Arc<dyn Fn(HttpCall) -> BoxFuture<'static, RpcReply> + Send + Sync>;
+
 /// Where and as whom a server runs.
 pub struct ServerSpec<'a> {
     pub data_dir: &'a Path,
@@ -133,8 +153,9 @@ pub struct RaftStore {
     pool: Pool,
     pub id: u64,
     stats: RaftStats,
-    /// This server's HTTP API, for requests client agents forward.
-    pub http: OnceLock<crate::forward::Serve>,
+    /// How this server serves the HTTP requests client agents forward (set once its HTTP
+    /// API is up).
+    pub http: OnceLock<ServeHttp>,
 }
 
 fn random_u64() -> u64 {
@@ -241,8 +262,8 @@ impl RaftStore {
                 RpcReply::Peer(self.engine.handle(rpc).await)
             }
             Rpc::Http(call) => match self.http.get() {
-                Some(serve) => crate::forward::serve(serve, call).await,
-                None => RpcReply::Failed("the HTTP API is not up yet".into()),
+                Some(serve) => serve(call).await,
+                None => RpcReply::Failed(RpcError::NotReady),
             },
             Rpc::Mux => RpcReply::Done, // answered by the transport itself
         }
@@ -274,19 +295,26 @@ impl RaftStore {
         let query: String = form_urlencoded::Serializer::new(String::new())
             .append_pair("address", peer)
             .finish();
-        let call = Rpc::Http(crate::forward::HttpCall {
+        let call = Rpc::Http(HttpCall {
             method: "DELETE".into(),
             uri: format!("/v1/operator/raft/peer?{query}"),
             headers: Vec::new(),
             body: Vec::new(),
         });
+        let unforwarded = |source| StoreError::Unforwarded {
+            peer: peer.to_string(),
+            source,
+        };
         match self.pool.call(leader, &call, Duration::from_secs(10)).await {
             Ok(RpcReply::Http(r)) if r.status == 200 => Ok(()),
-            Ok(RpcReply::Http(r)) => Err(StoreError::Other(
+            Ok(RpcReply::Http(r)) => Err(StoreError::Refused(
                 String::from_utf8_lossy(&r.body).into_owned(),
             )),
-            Ok(other) => Err(StoreError::Other(format!("removing {peer}: {other:?}"))),
-            Err(e) => Err(StoreError::Other(format!("removing {peer}: {e}"))),
+            Ok(RpcReply::Failed(e)) => Err(unforwarded(io::Error::other(e))),
+            Ok(other) => Err(unforwarded(io::Error::other(format!(
+                "unexpected reply {other:?}"
+            )))),
+            Err(e) => Err(unforwarded(e)),
         }
     }
 }
@@ -294,7 +322,8 @@ impl RaftStore {
 fn store_error(e: WriteError) -> StoreError {
     match e {
         WriteError::NoLeader => StoreError::NoLeader,
-        other => StoreError::Other(other.to_string()),
+        WriteError::Indeterminate(why) => StoreError::Indeterminate(why),
+        WriteError::Raft(e) => StoreError::Raft(e),
     }
 }
 
@@ -346,12 +375,13 @@ impl Store for RaftStore {
                 Err(MembershipError::NotLeader(leader)) => {
                     self.remove_on_leader(leader, &peer).await
                 }
-                Err(e) => Err(StoreError::Other(e.to_string())),
+                Err(MembershipError::NotFound(peer)) => Err(StoreError::NoSuchServer(peer)),
+                Err(MembershipError::Raft(e)) => Err(StoreError::Raft(e)),
             }
         })
     }
 
-    fn metrics(&self) -> Vec<crate::store::Metric> {
+    fn metrics(&self) -> Vec<crate::metrics::Metric> {
         self.stats.metrics(self.raft().is_leader())
     }
 
@@ -428,5 +458,23 @@ async fn watch_leadership(store: std::sync::Weak<RaftStore>) {
         }
         leading = now_leader == Some(id);
         leader = now_leader;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unparsable_server_address_fails_the_call() {
+        let peers = Peers::default();
+        for _ in 0..2 {
+            let r = peers
+                .call("no-such-server", PeerRpc::Hello, Duration::from_secs(1))
+                .await;
+            let e = r.map(|_| ()).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
+        }
+        assert_eq!(peers.bad_addrs.lock().unwrap().len(), 1, "logged once");
     }
 }

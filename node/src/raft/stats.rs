@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 use std::time::Instant;
 
-use crate::store::Metric;
+use crate::metrics::Metric;
 
 /// Upper bounds (ms) of the commit-time buckets; one more bucket holds the rest.
 const BUCKETS_MS: [u64; 13] = [

@@ -1,4 +1,5 @@
-//! Server RPC on port 8300: length-prefixed postcard frames over TCP.
+//! Server RPC on port 8300: length-prefixed postcard frames of [`crate::wire`]'s messages
+//! over TCP.
 //!
 //! A frame is a 4-byte big-endian length and that many bytes of postcard. A connection
 //! carries one request, then its reply, then the next request: callers keep a small pool of
@@ -46,7 +47,6 @@ use std::time::Duration;
 use std::time::Instant;
 
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
 use serde::Serialize;
 use tokio::io::AsyncRead;
 use tokio::io::AsyncReadExt;
@@ -56,13 +56,12 @@ use tokio::net::TcpListener;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
-use tribune_core::raft::rpc::PeerReply;
-use tribune_core::raft::rpc::PeerRpc;
 
-use super::Types;
+use crate::wire::Rpc;
+use crate::wire::RpcError;
+use crate::wire::RpcReply;
+use crate::wire::FRAME_BYTES_MAX;
 
-/// Largest frame accepted (a whole snapshot travels in one frame).
-pub const FRAME_BYTES_MAX: usize = 64 << 20;
 /// Idle connections kept per peer.
 pub const IDLE_CONNS_PER_PEER_MAX: usize = 64;
 /// Connections the RPC server serves at once; more wait in the listen backlog.
@@ -79,30 +78,6 @@ pub const SERVER_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const FRAME_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// A pooled or multiplexed client connection idle this long is not used again.
 pub const POOL_IDLE_MAX: Duration = Duration::from_secs(30);
-
-/// Everything said on 8300.
-#[derive(Debug, Serialize, Deserialize)]
-pub enum Rpc {
-    /// From another server: Raft, forwarded writes and read-index requests, hellos (served
-    /// by the cluster engine).
-    Peer(PeerRpc<Types>),
-    /// An HTTP request a client agent forwards to a server (only the paths client agents
-    /// forward are served: `forward::is_forwarded`).
-    Http(crate::forward::HttpCall),
-    /// First frame of a multiplexed connection (see the module docs); answered `Done`.
-    Mux,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub enum RpcReply {
-    Peer(PeerReply<Types>),
-    /// The request was not served (bad request, or the server is not ready).
-    Failed(String),
-    /// The multiplexed connection is accepted.
-    Done,
-    /// The server's response to a forwarded HTTP request.
-    Http(crate::forward::HttpReply),
-}
 
 pub async fn write_frame<T: Serialize>(stream: &mut TcpStream, msg: &T) -> io::Result<()> {
     stream.write_all(&encode_frame(msg)?).await
@@ -130,17 +105,9 @@ fn decode<T: DeserializeOwned>(body: &[u8]) -> io::Result<T> {
     postcard::from_bytes(body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
-/// Write one frame: a 4-byte big-endian length, then the bytes.
-pub async fn write_raw(stream: &mut TcpStream, body: &[u8]) -> io::Result<()> {
-    let mut buf = Vec::with_capacity(4 + body.len());
-    buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    buf.extend_from_slice(body);
-    stream.write_all(&buf).await
-}
-
 /// Read one frame of at most `max` bytes; a longer one is refused before it is read, and
 /// memory is taken as the bytes arrive (see the module docs).
-pub async fn read_raw<S: AsyncRead + Unpin>(stream: &mut S, max: usize) -> io::Result<Vec<u8>> {
+async fn read_raw<S: AsyncRead + Unpin>(stream: &mut S, max: usize) -> io::Result<Vec<u8>> {
     let mut header = [0u8; 4];
     stream.read_exact(&mut header).await?;
     let len = frame_len(header, max)?;
@@ -610,8 +577,10 @@ where
         tokio::spawn(async move {
             let reply = handle(rpc).await;
             // A reply too large to frame fails the call; the caller times out and retries.
-            let frame = encode_frame(&(id, reply))
-                .or_else(|e| encode_frame(&(id, RpcReply::Failed(e.to_string()))));
+            let frame = encode_frame(&(id, reply)).or_else(|e| {
+                let failed = RpcReply::Failed(RpcError::TooLarge(e.to_string()));
+                encode_frame(&(id, failed))
+            });
             if let Ok(frame) = frame {
                 let _ = replies.send(frame).await;
             }
@@ -626,12 +595,15 @@ where
 
 #[cfg(test)]
 mod tests {
+    use tribune_core::raft::rpc::PeerReply;
+    use tribune_core::raft::rpc::PeerRpc;
+
     use super::*;
 
     const HELLO: Rpc = Rpc::Peer(PeerRpc::Hello);
 
     fn numbered(i: u64) -> Rpc {
-        Rpc::Http(crate::forward::HttpCall {
+        Rpc::Http(crate::wire::HttpCall {
             method: "GET".into(),
             uri: i.to_string(),
             headers: Vec::new(),
@@ -706,7 +678,7 @@ mod tests {
                     tokio::time::sleep(Duration::from_millis(200 - id)).await;
                     index(id)
                 }
-                _ => RpcReply::Failed("no".into()),
+                _ => RpcReply::Failed(RpcError::NotReady),
             }
         }));
         let pool = Pool::default();
