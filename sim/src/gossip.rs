@@ -120,6 +120,7 @@ pub async fn start(
     let published = members.clone();
     madsim::task::spawn(async move {
         let _ = g.join(now(), &join);
+        let mut version = g.members_version();
         loop {
             let wake = match g.next_deadline() {
                 Some(d) => {
@@ -179,7 +180,11 @@ pub async fn start(
                     .unwrap()
                     .violate(format!("gossip invariant broken on {me}: {e}"));
             }
-            *published.lock().unwrap() = g.members();
+            // Copied out only when it changed, as the agent's shell does.
+            if g.members_version() != version {
+                version = g.members_version();
+                *published.lock().unwrap() = g.members();
+            }
         }
     });
     Ok(Pool {

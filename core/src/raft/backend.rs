@@ -144,16 +144,8 @@ impl MemBackend {
         let (done, n, failed) = {
             let mut s = self.lock();
             let failed = std::mem::take(&mut s.fail_next_sync);
-            let pending = std::mem::take(&mut s.pending);
-            let n = pending.len();
-            let mut done = Vec::new();
-            for (batch, d) in pending {
-                if !failed {
-                    apply(&mut s.durable, batch);
-                }
-                done.extend(d);
-            }
-            (done, n, failed)
+            let n = s.pending.len();
+            (s.drain_pending(!failed), n, failed)
         };
         let result = match failed {
             true => Err(io::Error::other("simulated fsync error")),
@@ -188,6 +180,21 @@ impl MemBackend {
     }
 }
 
+impl MemState {
+    /// Take every pending batch, making it durable if `synced` (a failed sync loses it),
+    /// and return the callbacks to run, in write order.
+    fn drain_pending(&mut self, synced: bool) -> Vec<OnDurable> {
+        let mut done = Vec::new();
+        for (batch, d) in std::mem::take(&mut self.pending) {
+            if synced {
+                apply(&mut self.durable, batch);
+            }
+            done.extend(d);
+        }
+        done
+    }
+}
+
 fn apply(map: &mut Map, ops: Vec<Op>) {
     for (space, key, value) in ops {
         match value {
@@ -208,12 +215,7 @@ impl Backend for MemBackend {
             apply(&mut s.visible, ops.clone());
             if durable {
                 // A sync writes everything before it too.
-                let pending = std::mem::take(&mut s.pending);
-                let mut done = Vec::new();
-                for (batch, d) in pending {
-                    apply(&mut s.durable, batch);
-                    done.extend(d);
-                }
+                let done = s.drain_pending(true);
                 apply(&mut s.durable, ops);
                 done
             } else {
