@@ -243,7 +243,8 @@ mod tests {
 
     #[test]
     fn content_length_response_and_pipelined_rest() {
-        let raw = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\ncontent-length: 5\r\n\r\ntrue\nHTTP/1.1 404";
+        let raw = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\ncontent-length: 5\r\n\r\n\
+                    true\nHTTP/1.1 404";
         let (r, used) = parse_response(raw).unwrap().unwrap();
         assert_eq!(
             r,
@@ -267,7 +268,9 @@ mod tests {
 
     #[test]
     fn chunked_body_with_extension_and_trailer() {
-        let raw = b"HTTP/1.1 500 Internal Server Error\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n4;x=y\r\nNo c\r\nb\r\nluster lead\r\n0\r\nX-T: 1\r\n\r\nextra";
+        let raw = b"HTTP/1.1 500 Internal Server Error\r\nTransfer-Encoding: chunked\r\n\
+                    Connection: close\r\n\r\n\
+                    4;x=y\r\nNo c\r\nb\r\nluster lead\r\n0\r\nX-T: 1\r\n\r\nextra";
         let (r, used) = parse_response(raw).unwrap().unwrap();
         assert_eq!(r.status, 500);
         assert_eq!(r.body, b"No cluster lead");

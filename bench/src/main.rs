@@ -56,8 +56,9 @@ struct Args {
 }
 
 fn usage() -> String {
-    "usage: tribune-bench --target tribune|etcd --endpoints HOST:PORT[,...] --op put|get|fill|failover \
-     [--clients N] [--duration-secs S] [--max-requests M] [--value-bytes B] [--keys K] [--scenario NAME] [--since-ns T]"
+    "usage: tribune-bench --target tribune|etcd --endpoints HOST:PORT[,...] \
+     --op put|get|fill|failover [--clients N] [--duration-secs S] [--max-requests M] \
+     [--value-bytes B] [--keys K] [--scenario NAME] [--since-ns T]"
         .to_string()
 }
 
@@ -330,7 +331,8 @@ async fn run_load(a: &Args) -> ExitCode {
         .clone()
         .unwrap_or_else(|| format!("{:?}", a.op).to_lowercase());
     println!(
-        "RESULT system={} scenario={} clients={} n={} rps={:.0} p50_ms={} p99_ms={} p999_ms={} max_ms={} errors={} elapsed_s={:.2}",
+        "RESULT system={} scenario={} clients={} n={} rps={:.0} p50_ms={} p99_ms={} p999_ms={} \
+        max_ms={} errors={} elapsed_s={:.2}",
         system_name(a.target),
         scenario,
         a.clients,
@@ -413,7 +415,8 @@ async fn run_failover(a: &Args) -> ExitCode {
                     in_flight += 1;
                     let (req, target) = (request.clone(), a.target);
                     tasks.spawn(async move {
-                        match tokio::time::timeout(Duration::from_secs(10), failover_attempt(target, addr.clone(), req)).await {
+                        let attempt = failover_attempt(target, addr.clone(), req);
+                        match tokio::time::timeout(Duration::from_secs(10), attempt).await {
                             Ok(r) => r,
                             Err(_) => Err(format!("{addr}: timed out after 10s")),
                         }
@@ -426,11 +429,15 @@ async fn run_failover(a: &Args) -> ExitCode {
                     Ok(addr) => {
                         let ms = now_ns().saturating_sub(since) as f64 / 1e6;
                         println!(
-                            "RESULT system={} scenario=failover failover_ms={ms:.0} attempts={attempts} via={addr}",
+                            "RESULT system={} scenario=failover failover_ms={ms:.0} \
+                            attempts={attempts} via={addr}",
                             system_name(a.target)
                         );
                         if !last_err.is_empty() {
-                            eprintln!("# {} failover: last error before success: {last_err}", system_name(a.target));
+                            eprintln!(
+                                "# {} failover: last error before success: {last_err}",
+                                system_name(a.target),
+                            );
                         }
                         return ExitCode::SUCCESS;
                     }
@@ -488,7 +495,8 @@ mod tests {
     #[test]
     fn args_parse() {
         let v: Vec<String> =
-            "--target etcd --endpoints http://127.0.0.1:1,127.0.0.1:2 --op get --clients=64 --duration-secs 1.5"
+            "--target etcd --endpoints http://127.0.0.1:1,127.0.0.1:2 --op get --clients=64 \
+            --duration-secs 1.5"
                 .split(' ')
                 .map(String::from)
                 .collect();

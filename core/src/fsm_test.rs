@@ -193,7 +193,9 @@ proptest! {
     }
 
     #[test]
-    fn arbitrary_bytes_never_panic_the_decoders(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+    fn arbitrary_bytes_never_panic_the_decoders(
+        bytes in prop::collection::vec(any::<u8>(), 0..64),
+    ) {
         let _ = postcard::from_bytes::<Request>(&bytes);
         let _ = StateMachine::restore(&bytes);
     }

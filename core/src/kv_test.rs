@@ -349,7 +349,10 @@ proptest! {
             prop_assert!(s.check_invariants(index).is_ok(), "{:?}", s.check_invariants(index));
             // contents equal the model
             let live: Vec<(String, Vec<u8>, u64, u64, u64)> = s.iter()
-                .map(|e| (e.key.clone(), e.value.clone(), e.flags, e.create_index, e.modify_index)).collect();
+                .map(|e| {
+                    (e.key.clone(), e.value.clone(), e.flags, e.create_index, e.modify_index)
+                })
+                .collect();
             let model: Vec<(String, Vec<u8>, u64, u64, u64)> = m.iter()
                 .map(|(k, e)| (k.clone(), e.value.clone(), e.flags, e.create, e.modify)).collect();
             prop_assert_eq!(live, model);
@@ -357,8 +360,16 @@ proptest! {
             for p in probes {
                 let ki = s.key_index(p);
                 let pi = s.prefix_index(p);
-                prop_assert!(ki >= *last_key_idx.get(p).unwrap_or(&0), "key index of {:?} went back", p);
-                prop_assert!(pi >= *last_prefix_idx.get(p).unwrap_or(&0), "prefix index of {:?} went back", p);
+                prop_assert!(
+                    ki >= *last_key_idx.get(p).unwrap_or(&0),
+                    "key index of {:?} went back",
+                    p,
+                );
+                prop_assert!(
+                    pi >= *last_prefix_idx.get(p).unwrap_or(&0),
+                    "prefix index of {:?} went back",
+                    p,
+                );
                 last_key_idx.insert(p, ki);
                 last_prefix_idx.insert(p, pi);
                 let (list, li) = s.list(p);

@@ -5,6 +5,8 @@
 //! (`kv`), the replicated state machine (`fsm`), the Raft glue (`raft`), gossip (`gossip`)
 //! and the cluster engine every server runs around Raft (`cluster`).
 
+#![forbid(unsafe_code)]
+
 pub mod cluster;
 pub mod fsm;
 pub mod gossip;

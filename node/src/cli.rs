@@ -116,7 +116,12 @@ fn unexpected(r: &HttpResponse) -> String {
 }
 
 pub async fn kv(argv: &[String]) -> i32 {
-    let usage = "Usage: tribune kv <subcommand> [options] [args]\n\n  get     Retrieve or list data\n  put     Set or update data\n  delete  Remove data\n  export  Exports a tree as JSON\n  import  Imports a tree stored as JSON";
+    let usage = "Usage: tribune kv <subcommand> [options] [args]\n\n\
+                 \x20 get     Retrieve or list data\n\
+                 \x20 put     Set or update data\n\
+                 \x20 delete  Remove data\n\
+                 \x20 export  Exports a tree as JSON\n\
+                 \x20 import  Imports a tree stored as JSON";
     match argv.first().map(String::as_str) {
         Some("put") => kv_put(&argv[1..]).await,
         Some("get") => kv_get(&argv[1..]).await,
@@ -133,7 +138,9 @@ pub async fn kv(argv: &[String]) -> i32 {
 }
 
 async fn kv_put(argv: &[String]) -> i32 {
-    let usage = "Usage: tribune kv put [options] KEY [DATA]\n\n  DATA may be @file, - (stdin) or a literal; -base64 decodes it.\n  -flags=N  -cas -modify-index=N  -acquire -release -session=ID  -base64";
+    let usage = "Usage: tribune kv put [options] KEY [DATA]\n\n\
+                 \x20 DATA may be @file, - (stdin) or a literal; -base64 decodes it.\n\
+                 \x20 -flags=N  -cas -modify-index=N  -acquire -release -session=ID  -base64";
     let specs = [
         ("flags", Kind::Value),
         ("cas", Kind::Bool),
@@ -233,7 +240,8 @@ fn entry_value(e: &Value) -> Vec<u8> {
 }
 
 async fn kv_get(argv: &[String]) -> i32 {
-    let usage = "Usage: tribune kv get [options] [KEY_OR_PREFIX]\n\n  -recurse  -keys  -separator=S  -detailed  -base64";
+    let usage = "Usage: tribune kv get [options] [KEY_OR_PREFIX]\n\n\
+                 \x20 -recurse  -keys  -separator=S  -detailed  -base64";
     let specs = [
         ("recurse", Kind::Bool),
         ("keys", Kind::Bool),
@@ -471,14 +479,22 @@ async fn kv_export(argv: &[String]) -> i32 {
     };
     let out: Vec<Value> = list
         .iter()
-        .map(|e| serde_json::json!({"key": e["Key"], "flags": e["Flags"], "value": e.get("Value").and_then(Value::as_str).unwrap_or("")}))
+        .map(|e| {
+            let value = e.get("Value").and_then(Value::as_str).unwrap_or("");
+            serde_json::json!({"key": e["Key"], "flags": e["Flags"], "value": value})
+        })
         .collect();
-    println!("{}", serde_json::to_string_pretty(&out).unwrap());
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&out).expect("JSON values serialize")
+    );
     0
 }
 
 async fn kv_import(argv: &[String]) -> i32 {
-    let p = match parse_or_exit(&[("prefix", Kind::Value)], argv, "Usage: tribune kv import [options] [DATA]\n\n  DATA is @file, - (stdin) or literal JSON from `kv export`") {
+    let usage = "Usage: tribune kv import [options] [DATA]\n\n\
+                 \x20 DATA is @file, - (stdin) or literal JSON from `kv export`";
+    let p = match parse_or_exit(&[("prefix", Kind::Value)], argv, usage) {
         Ok(p) => p,
         Err(c) => return c,
     };
@@ -554,13 +570,21 @@ pub fn version(argv: &[String]) -> i32 {
     };
     let v = crate::http::VERSION;
     if p.get("format") == Some("json") {
-        let j = serde_json::json!({"Version": v, "Revision": crate::http::REVISION, "Prerelease": "", "BuildDate": "",
-            "RPC": {"Default": 2, "Min": 2, "Max": 3}});
-        println!("{}", serde_json::to_string_pretty(&j).unwrap());
+        let j = serde_json::json!({
+            "Version": v, "Revision": crate::http::REVISION, "Prerelease": "", "BuildDate": "",
+            "RPC": {"Default": 2, "Min": 2, "Max": 3}
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&j).expect("JSON values serialize")
+        );
     } else {
         println!("Tribune v{v}");
         println!("Revision {}", crate::http::REVISION);
-        println!("Protocol 2 spoken by default, understands 2 to 3 (agent will automatically use protocol >2 when speaking to compatible agents)");
+        println!(
+            "Protocol 2 spoken by default, understands 2 to 3 (agent will automatically use \
+            protocol >2 when speaking to compatible agents)",
+        );
     }
     0
 }
@@ -945,7 +969,8 @@ pub async fn operator(argv: &[String]) -> i32 {
 }
 
 pub async fn watch(argv: &[String]) -> i32 {
-    let usage = "Usage: tribune watch [options] [child...]\n\n  -type=key|keyprefix  -key=KEY  -prefix=PREFIX  -shell=true  -stale";
+    let usage = "Usage: tribune watch [options] [child...]\n\n\
+                 \x20 -type=key|keyprefix  -key=KEY  -prefix=PREFIX  -shell=true  -stale";
     let specs = [
         ("type", Kind::Value),
         ("key", Kind::Value),

@@ -159,7 +159,11 @@ async fn exchange(
         source,
     };
     let mut stream = TcpStream::connect(addr).await.map_err(err)?;
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: tribune\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: tribune\r\nConnection: \
+        close\r\nContent-Length: {}\r\n",
+        body.len(),
+    );
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -253,7 +257,11 @@ mod tests {
             (r.status, r.body.as_slice(), r.header("x-consul-index")),
             (404, &b"hi"[..], Some("7"))
         );
-        let r = parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap();
+        let r = parse_response(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+              3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+        )
+        .unwrap();
         assert_eq!(r.body, b"abcde");
     }
 

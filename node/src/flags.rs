@@ -233,9 +233,10 @@ mod tests {
                 "flag provided but not defined: -nope".into()
             ))
         );
-        assert!(
-            matches!(parse(SPECS, &argv(&["-node"])), Err(FlagError::Bad(m)) if m.contains("needs an argument"))
-        );
+        assert!(matches!(
+            parse(SPECS, &argv(&["-node"])),
+            Err(FlagError::Bad(m)) if m.contains("needs an argument"),
+        ));
         assert!(matches!(
             parse(SPECS, &argv(&["-dev=maybe"])),
             Err(FlagError::Bad(_))

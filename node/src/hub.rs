@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::PoisonError;
 
 use tokio::sync::watch;
 
@@ -91,7 +92,11 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        let mut maps = self.hub.inner.lock().unwrap();
+        let mut maps = self
+            .hub
+            .inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         drop(self.rx.take());
         let (map, name) = maps.map(&self.topic);
         if let Some(tx) = map.get(name) {
@@ -108,7 +113,7 @@ impl Hub {
     }
 
     pub fn subscribe(&self, topic: Topic) -> Subscription {
-        let mut maps = self.inner.lock().unwrap();
+        let mut maps = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let (map, name) = maps.map(&topic);
         let rx = match map.get(name) {
             Some(tx) => tx.subscribe(),
@@ -128,13 +133,13 @@ impl Hub {
 
     /// Number of distinct topics being watched (keys, prefixes).
     pub fn topics(&self) -> (usize, usize) {
-        let maps = self.inner.lock().unwrap();
+        let maps = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         (maps.keys.len(), maps.prefixes.len())
     }
 
     /// Wake the watchers a write at `index` that touched `touched` could affect.
     pub fn publish(&self, index: u64, touched: &Touched) {
-        let maps = self.inner.lock().unwrap();
+        let maps = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let wake = |tx: &watch::Sender<u64>| {
             tx.send_replace(index);
         };

@@ -8,6 +8,7 @@ use std::sync::atomic::AtomicI64;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
+use std::sync::PoisonError;
 
 use hickory_proto::op::ResponseCode;
 
@@ -28,12 +29,20 @@ pub struct Metrics {
 impl Metrics {
     /// Count an HTTP response by its status.
     pub fn count(&self, status: u16) {
-        *self.by_status.lock().unwrap().entry(status).or_default() += 1;
+        *self
+            .by_status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(status)
+            .or_default() += 1;
     }
 
     /// HTTP responses so far, by status.
     pub fn by_status(&self) -> BTreeMap<u16, u64> {
-        self.by_status.lock().unwrap().clone()
+        self.by_status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 

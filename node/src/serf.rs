@@ -3,15 +3,17 @@
 //! and carries out its outputs.
 //!
 //! Push-pull streams are TCP on the same port: one frame each way, a 4-byte big-endian
-//! length and that many bytes ([`STREAM_BYTES_MAX`] at most, refused before it is read). Commands arrive on a bounded channel
-//! ([`COMMANDS_MAX`]); the member list is published to readers after a step that changed it
-//! (the core's `members_version` moved), the counters after every step.
+//! length and that many bytes ([`STREAM_BYTES_MAX`] at most, refused before it is read).
+//! Commands arrive on a bounded channel ([`COMMANDS_MAX`]); the member list is published to
+//! readers after a step that changed it (the core's `members_version` moved), the counters
+//! after every step.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::PoisonError;
 use std::sync::RwLock;
 use std::time::Duration;
 use std::time::Instant;
@@ -295,9 +297,11 @@ impl Pool {
                 // the counters are a few words.
                 if g.members_version() != published_version {
                     published_version = g.members_version();
-                    *published.write().unwrap() = g.members();
+                    *published.write().unwrap_or_else(PoisonError::into_inner) = g.members();
                 }
-                *published_counters.write().unwrap() = g.counters();
+                *published_counters
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner) = g.counters();
             }
         });
         Ok(Pool {
@@ -311,7 +315,10 @@ impl Pool {
 
     /// The members as this node sees them.
     pub fn members(&self) -> Vec<MemberInfo> {
-        self.members.read().unwrap().clone()
+        self.members
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     async fn command<T>(
@@ -328,7 +335,10 @@ impl Pool {
 
     /// The pool's counters (dropped input by reason, traffic).
     pub fn counters(&self) -> gossip::Counters {
-        self.counters.read().unwrap().clone()
+        self.counters
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// (metric name, labels, value): members by state and input dropped by reason.
@@ -495,7 +505,11 @@ impl Snapshot {
             std::fs::rename(&tmp, &self.path)
         };
         if let Err(e) = write() {
-            tracing::warn!(path = %self.path.display(), error = %e, "serf: cannot write the snapshot");
+            tracing::warn!(
+                path = %self.path.display(),
+                error = %e,
+                "serf: cannot write the snapshot",
+            );
         }
     }
 

@@ -8,6 +8,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;
+use std::sync::PoisonError;
 use std::sync::RwLock;
 
 use tribune_core::fsm::Command;
@@ -198,8 +199,8 @@ impl DevStore {
             Command::Kv(op) => Touched::of(op),
         };
         let response = {
-            let mut seq = self.seq.lock().unwrap();
-            let mut sm = self.sm.write().unwrap();
+            let mut seq = self.seq.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut sm = self.sm.write().unwrap_or_else(PoisonError::into_inner);
             *seq += 1;
             let index = sm.last_applied() + 1;
             sm.apply(
@@ -237,7 +238,7 @@ impl Store for DevStore {
     }
 
     fn with_state(&self, f: &mut dyn FnMut(&StateMachine)) {
-        f(&self.sm.read().unwrap());
+        f(&self.sm.read().unwrap_or_else(PoisonError::into_inner));
     }
 
     fn hub(&self) -> &Hub {

@@ -28,7 +28,11 @@ pub fn entry_watch_json(e: &Entry) -> Value {
     json!({
         "Key": e.key, "CreateIndex": e.create_index, "ModifyIndex": e.modify_index,
         "LockIndex": e.lock_index, "Flags": e.flags,
-        "Value": if e.value.is_empty() { Value::Null } else { Value::String(crate::http::b64(&e.value)) },
+        "Value": if e.value.is_empty() {
+            Value::Null
+        } else {
+            Value::String(crate::http::b64(&e.value))
+        },
         "Session": e.session.clone().unwrap_or_default(),
     })
 }
@@ -216,7 +220,12 @@ pub async fn run(spec: WatchSpec, source: Source) {
                 failures += 1;
                 let backoff = (Duration::from_secs(5) * failures.saturating_mul(failures))
                     .min(Duration::from_secs(180));
-                tracing::error!(watch = ?spec.kind, error = %e, retry_in = ?backoff, "watch: query failed");
+                tracing::error!(
+                    watch = ?spec.kind,
+                    error = %e,
+                    retry_in = ?backoff,
+                    "watch: query failed",
+                );
                 tokio::time::sleep(backoff).await;
                 continue;
             }
@@ -243,7 +252,10 @@ pub async fn run(spec: WatchSpec, source: Source) {
 async fn fire(handler: &Handler, index: u64, result: &Value) -> Result<(), HandlerError> {
     match handler {
         Handler::Stdout => {
-            println!("{}", serde_json::to_string_pretty(result).unwrap());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(result).expect("JSON values serialize")
+            );
             Ok(())
         }
         Handler::Script {
@@ -274,7 +286,7 @@ async fn fire(handler: &Handler, index: u64, result: &Value) -> Result<(), Handl
                 args: args.clone(),
                 source,
             })?;
-            let mut input = serde_json::to_vec(result).unwrap();
+            let mut input = serde_json::to_vec(result).expect("JSON values serialize");
             input.push(b'\n');
             if let Some(mut stdin) = child.stdin.take() {
                 // A handler that does not read its input is not an error.
@@ -293,7 +305,13 @@ async fn fire(handler: &Handler, index: u64, result: &Value) -> Result<(), Handl
                 captured.extend_from_slice(&out.stderr);
                 let total = captured.len();
                 captured.truncate(KEEP);
-                tracing::debug!(handler = ?args, "watch handler output (Captured {} of {} bytes): {}", captured.len(), total, String::from_utf8_lossy(&captured));
+                tracing::debug!(
+                    handler = ?args,
+                    "watch handler output (Captured {} of {} bytes): {}",
+                    captured.len(),
+                    total,
+                    String::from_utf8_lossy(&captured),
+                );
             }
             if !out.status.success() {
                 return Err(HandlerError::Exit {
@@ -313,7 +331,7 @@ async fn fire(handler: &Handler, index: u64, result: &Value) -> Result<(), Handl
             let mut hs = headers.clone();
             hs.push(("Content-Type".into(), "application/json".into()));
             hs.push(("X-Consul-Index".into(), index.to_string()));
-            let body = serde_json::to_vec(result).unwrap();
+            let body = serde_json::to_vec(result).expect("JSON values serialize");
             let path = if path.is_empty() {
                 "/".to_string()
             } else {

@@ -24,7 +24,11 @@ fn put_get_flags_raw_and_entry_shape() {
     assert_eq!(
         r.text(),
         format!(
-            r#"[{{"LockIndex":0,"Key":"app/config","Flags":42,"Value":"aGVsbG8=","CreateIndex":{idx},"ModifyIndex":{idx}}}]"#
+            concat!(
+                r#"[{{"LockIndex":0,"Key":"app/config","Flags":42,"Value":"aGVsbG8=","#,
+                r#""CreateIndex":{idx},"ModifyIndex":{idx}}}]"#
+            ),
+            idx = idx
         )
     );
     let raw = a.http("GET", "/v1/kv/app/config?raw", b"");
@@ -222,7 +226,8 @@ fn errors_and_limits() {
     assert_eq!(r.status, 413);
     assert_eq!(
         r.text(),
-        "Request body(524289 bytes) too large, max size: 524288 bytes. See https://developer.hashicorp.com/docs/agent/config/config-files#kv_max_value_size."
+        "Request body(524289 bytes) too large, max size: 524288 bytes. See \
+        https://developer.hashicorp.com/docs/agent/config/config-files#kv_max_value_size."
     );
     assert_eq!(a.http("GET", "/v1/kv/big2", b"").status, 404);
     assert_eq!(a.http("POST", "/v1/status/leader", b"").status, 405);

@@ -190,7 +190,10 @@ fn leader_seen_by(i: usize) -> Option<String> {
 }
 
 fn put(i: usize, key: &str, value: &str) -> bool {
-    matches!(http(i, "PUT", &format!("/v1/kv/{key}"), value.as_bytes()), Some((200, b)) if b.trim() == "true")
+    matches!(
+        http(i, "PUT", &format!("/v1/kv/{key}"), value.as_bytes()),
+        Some((200, b)) if b.trim() == "true",
+    )
 }
 
 fn netns_available() -> bool {

@@ -224,7 +224,10 @@ struct Outcome {
 }
 
 fn put(addr: &str, key: &str, value: &str) -> bool {
-    matches!(common::try_http_at(addr, "PUT", &format!("/v1/kv/{key}"), value.as_bytes()), Ok(r) if r.status == 200 && r.text().trim() == "true")
+    matches!(
+        common::try_http_at(addr, "PUT", &format!("/v1/kv/{key}"), value.as_bytes()),
+        Ok(r) if r.status == 200 && r.text().trim() == "true",
+    )
 }
 
 /// Every key under `pc/` with its value, by one consistent read (None: no answer).
@@ -418,7 +421,8 @@ fn acknowledged_writes_survive_a_power_cut() {
     }
     let o = run("fsync", 31, false);
     eprintln!(
-        "power cut, with fsync: {} acknowledged, {} lost; the cut discarded {} bytes ({} of Raft journals; {} unsynced write bytes, {} inodes, {} entries); {:.1?}",
+        "power cut, with fsync: {} acknowledged, {} lost; the cut discarded {} bytes ({} of Raft \
+        journals; {} unsynced write bytes, {} inodes, {} entries); {:.1?}",
         o.acked.len(),
         o.lost.len(),
         o.report.bytes_discarded,
@@ -453,12 +457,17 @@ fn with_fsync_skipped_a_power_cut_loses_acknowledged_writes() {
     }
     let o = run("nofsync", 32, true);
     eprintln!(
-        "power cut, fsync skipped: {} acknowledged, {} lost; the cut discarded {} bytes ({} of Raft journals); {:.1?}",
+        "power cut, fsync skipped: {} acknowledged, {} lost; the cut discarded {} bytes ({} of \
+        Raft journals); {:.1?}",
         o.acked.len(),
         o.lost.len(),
         o.report.bytes_discarded,
         o.journal_bytes_discarded,
         o.took
     );
-    assert!(!o.lost.is_empty(), "with the fsync skipped no acknowledged write was lost: the test cannot see a missing fsync");
+    assert!(
+        !o.lost.is_empty(),
+        "with the fsync skipped no acknowledged write was lost: the test cannot see a missing \
+        fsync",
+    );
 }

@@ -67,7 +67,11 @@ impl Recorder {
         }
         match self.committed.get(&a.index) {
             Some((d, _, first)) if *d != digest => {
-                let msg = format!("state machine safety: servers {first} and {node} applied different entries at index {}", a.index);
+                let msg = format!(
+                    "state machine safety: servers {first} and {node} applied different entries \
+                    at index {}",
+                    a.index,
+                );
                 self.violate(msg);
             }
             Some(_) => {}

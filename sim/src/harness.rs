@@ -463,7 +463,8 @@ async fn simulate(seed: u64, sabotage: Sabotage) -> SeedReport {
                 if let Some((raft, _)) = ctx.live() {
                     let m = raft.metrics().borrow_watched().clone();
                     eprintln!(
-                        "server {slot} (id {}, {} unsynced, {} waiting): {:?} term {} leader {:?} last log {:?} applied {:?} replication {:?} membership {:?}",
+                        "server {slot} (id {}, {} unsynced, {} waiting): {:?} term {} leader {:?} \
+                        last log {:?} applied {:?} replication {:?} membership {:?}",
                         ctx.id(),
                         ctx.backend().unsynced_batches(),
                         ctx.backend().waiting_batches(),
@@ -472,7 +473,10 @@ async fn simulate(seed: u64, sabotage: Sabotage) -> SeedReport {
                         m.current_leader,
                         m.last_log_index,
                         m.last_applied.map(|l| l.index),
-                        m.replication.as_ref().map(|r| r.iter().map(|(k, v)| (*k, v.map(|l| l.index))).collect::<Vec<_>>()),
+                        m.replication.as_ref().map(|r| r
+                            .iter()
+                            .map(|(k, v)| (*k, v.map(|l| l.index)))
+                            .collect::<Vec<_>>()),
                         m.membership_config
                     );
                 }

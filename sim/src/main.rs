@@ -98,7 +98,8 @@ an inconclusive linearizability verdict.";
             let started = Instant::now();
             let r = run_seed(seed, sabotage);
             println!(
-                "seed {seed}: ops={} unknown={} terms={} membership_changes={} chunked_snapshots={} sim_ms={} wall_ms={}",
+                "seed {seed}: ops={} unknown={} terms={} membership_changes={} \
+                chunked_snapshots={} sim_ms={} wall_ms={}",
                 r.ops,
                 r.unknown,
                 r.leader_terms,
@@ -135,8 +136,14 @@ an inconclusive linearizability verdict.";
             chunked += r.chunked_snapshots;
             if verbose {
                 println!(
-                    "seed {seed}: ops={} unknown={} terms={} membership_changes={} chunked_snapshots={} trace {:016x}",
-                    r.ops, r.unknown, r.leader_terms, r.membership_changes, r.chunked_snapshots, r.trace
+                    "seed {seed}: ops={} unknown={} terms={} membership_changes={} \
+                    chunked_snapshots={} trace {:016x}",
+                    r.ops,
+                    r.unknown,
+                    r.leader_terms,
+                    r.membership_changes,
+                    r.chunked_snapshots,
+                    r.trace
                 );
             }
             if let Some(f) = r.failures.first() {
@@ -156,9 +163,10 @@ an inconclusive linearizability verdict.";
         let wall = started.elapsed().as_secs_f64();
         let share = inconclusive as f64 / keys.max(1) as f64;
         println!(
-            "summary: sabotage={} seeds={ran} failures={failed} caught={caught} ops_checked={ops} min_ops_per_seed={min_ops} \
-inconclusive_keys={inconclusive} keys_checked={keys} inconclusive_share={share:.4} chunked_snapshots={chunked} sim_seconds={:.0} \
-wall_seconds={wall:.1} sim_per_wall={:.0} seeds_per_min={:.0}",
+            "summary: sabotage={} seeds={ran} failures={failed} caught={caught} ops_checked={ops} \
+             min_ops_per_seed={min_ops} inconclusive_keys={inconclusive} keys_checked={keys} \
+             inconclusive_share={share:.4} chunked_snapshots={chunked} sim_seconds={:.0} \
+             wall_seconds={wall:.1} sim_per_wall={:.0} seeds_per_min={:.0}",
             sabotage.name(),
             sim_ms as f64 / 1000.0,
             sim_ms as f64 / 1000.0 / wall.max(1e-9),
@@ -168,7 +176,10 @@ wall_seconds={wall:.1} sim_per_wall={:.0} seeds_per_min={:.0}",
             return if caught > 0 { 1 } else { 0 };
         }
         if share > max_inconclusive {
-            println!("FAIL inconclusive share {share:.4} exceeds {max_inconclusive} (ci/sim --seeds {n} --first {first})");
+            println!(
+                "FAIL inconclusive share {share:.4} exceeds {max_inconclusive} (ci/sim --seeds \
+                {n} --first {first})",
+            );
             return 1;
         }
         if failed == 0 {

@@ -161,7 +161,8 @@ where
             } else if let Some(name) = self.conflicting_expect(expect) {
                 tracing::error!(
                     member = %name,
-                    "raft: Member {name} has a conflicting expect value. All nodes should expect the same number."
+                    "raft: Member {name} has a conflicting expect value. All nodes should expect \
+                    the same number."
                 );
             } else if expect > 0
                 && found.len() as u64 >= expect
@@ -182,7 +183,11 @@ where
                         found.into_iter().take(expect as usize).collect();
                     let claimer = first.keys().next().copied().unwrap_or(self.cfg.id);
                     if claimer != self.cfg.id {
-                        tracing::info!(claimer, "raft: bootstrap_expect reached; waiting for the lowest server to bootstrap");
+                        tracing::info!(
+                            claimer,
+                            "raft: bootstrap_expect reached; waiting for the lowest server to \
+                            bootstrap",
+                        );
                         // A claim of ours from before a lower server appeared must not
                         // block that server's.
                         if self.claims.holder().ok().flatten() == Some(self.cfg.id) {
@@ -200,7 +205,10 @@ where
                         match self.raft.initialize(members).await {
                             Ok(()) => return,
                             Err(e) => {
-                                tracing::info!(error = %e, "raft: initialize refused (already formed elsewhere?)")
+                                tracing::info!(
+                                    error = %e,
+                                    "raft: initialize refused (already formed elsewhere?)",
+                                )
                             }
                         }
                     } else {
@@ -342,7 +350,11 @@ where
                         id.filter(|id| *id != self.cfg.id && self.node_addr(*id).is_some())
                     {
                         if self.removal_keeps_quorum(id).await {
-                            tracing::info!(server = %member.name, %addr, "raft: removing server that left");
+                            tracing::info!(
+                                server = %member.name,
+                                %addr,
+                                "raft: removing server that left",
+                            );
                             self.remove_server(id).await?;
                         }
                     }
@@ -376,7 +388,13 @@ where
         }
         match self.node_addr(id) {
             Some(known) if known != addr => {
-                tracing::info!(server = %member.name, id, from = %known, to = %addr, "raft: server moved; updating its address");
+                tracing::info!(
+                    server = %member.name,
+                    id,
+                    from = %known,
+                    to = %addr,
+                    "raft: server moved; updating its address",
+                );
                 let nodes = BTreeMap::from([(
                     id,
                     BasicNode {
@@ -391,7 +409,13 @@ where
                     if !self.removal_keeps_quorum(old).await {
                         return Ok(());
                     }
-                    tracing::info!(server = %member.name, old, new = id, %addr, "raft: a new server took the address of an old one; removing the old id");
+                    tracing::info!(
+                        server = %member.name,
+                        old,
+                        new = id,
+                        %addr,
+                        "raft: a new server took the address of an old one; removing the old id",
+                    );
                     self.remove_server(old).await?;
                 }
                 tracing::info!(server = %member.name, id, %addr, "raft: adding server");
@@ -574,6 +598,9 @@ where
             }
             sleep::<C>(Duration::from_millis(200)).await;
         }
-        tracing::warn!("raft: still in the Raft configuration after {within:?}; the leader removes a server that left");
+        tracing::warn!(
+            "raft: still in the Raft configuration after {within:?}; the leader removes a server \
+            that left",
+        );
     }
 }

@@ -335,7 +335,8 @@ fn exact<T: DeserializeOwned + Serialize>(bytes: &[u8]) -> Result<T, CodecError>
         let mut buf = [0u8; 1025];
         matches!(postcard::to_slice(&v, &mut buf), Ok(again) if again == bytes)
     } else {
-        matches!(postcard::to_extend(&v, Vec::with_capacity(bytes.len())), Ok(again) if again == bytes)
+        let again = postcard::to_extend(&v, Vec::with_capacity(bytes.len()));
+        matches!(again, Ok(again) if again == bytes)
     };
     if same {
         Ok(v)

@@ -133,14 +133,20 @@ proptest! {
     }
 
     #[test]
-    fn any_bytes_decode_to_error_or_canonical_message(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+    fn any_bytes_decode_to_error_or_canonical_message(
+        bytes in proptest::collection::vec(any::<u8>(), 0..64),
+    ) {
         if let Ok(m) = Message::decode(&bytes) {
             prop_assert_eq!(m.encode(), bytes);
         }
     }
 
     #[test]
-    fn mutated_messages_decode_to_error_or_canonical(m in message(), i in any::<usize>(), b in any::<u8>()) {
+    fn mutated_messages_decode_to_error_or_canonical(
+        m in message(),
+        i in any::<usize>(),
+        b in any::<u8>(),
+    ) {
         let mut bytes = m.encode();
         let len = bytes.len();
         bytes[i % len] = b;

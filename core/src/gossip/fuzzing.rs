@@ -108,8 +108,8 @@ pub fn seed_files() -> Vec<Vec<u8>> {
     out
 }
 
-/// What the fuzz target does with one input (`[mode, bytes...]`) (shared so the corpus replays identically):
-/// feed it to a live node as a packet and as a stream, check invariants.
+/// What the fuzz target does with one input (`[mode, bytes...]`) (shared so the corpus
+/// replays identically): feed it to a live node as a packet and as a stream, check invariants.
 pub fn exercise(data: &[u8]) {
     let Some((&mode, bytes)) = data.split_first() else {
         return;

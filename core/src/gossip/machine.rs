@@ -235,9 +235,9 @@ fn tags_len(tags: &Tags) -> usize {
 }
 
 impl Gossip {
-    /// A node that knows only itself (alive, at `config.first_incarnation`). `seed` drives every random
-    /// choice and every nonce: pass fresh OS randomness in production (never reuse a seed
-    /// with the same key), a fixed value in tests.
+    /// A node that knows only itself (alive, at `config.first_incarnation`). `seed` drives
+    /// every random choice and every nonce: pass fresh OS randomness in production (never
+    /// reuse a seed with the same key), a fixed value in tests.
     pub fn new(
         now: Millis,
         config: Config,

@@ -199,7 +199,10 @@ impl<C, B: Backend> LogStore<C, B> {
                 if first_kept < index {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
-                        format!("raft log entry {first_kept} is missing (reading entries {start}..{end}): the log has a hole"),
+                        format!(
+                            "raft log entry {first_kept} is missing (reading entries \
+                             {start}..{end}): the log has a hole"
+                        ),
                     ));
                 }
             }

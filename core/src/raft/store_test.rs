@@ -57,7 +57,8 @@ fn assert_exactly(entries: &[LogEntry], want: std::ops::Range<u64>) {
     let first_wrong = got.iter().zip(want.clone()).position(|(g, w)| *g != w);
     assert!(
         got.len() as u64 == want.end - want.start && first_wrong.is_none(),
-        "want entries {want:?}, got {} of them, {:?}..={:?}, first wrong at position {first_wrong:?}",
+        "want entries {want:?}, got {} of them, {:?}..={:?}, first wrong at position \
+        {first_wrong:?}",
         got.len(),
         got.first(),
         got.last(),

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::PoisonError;
 use std::time::Duration;
 
 use axum::Router;
@@ -32,7 +33,7 @@ pub async fn serve(listener: TcpListener, router: Router, max_per_client: u64, m
         };
         let ip = peer.ip();
         let admitted = {
-            let mut m = per_client.lock().unwrap();
+            let mut m = per_client.lock().unwrap_or_else(PoisonError::into_inner);
             let n = m.entry(ip).or_default();
             if *n >= max_per_client {
                 false
@@ -63,7 +64,7 @@ pub async fn serve(listener: TcpListener, router: Router, max_per_client: u64, m
             let io = hyper_util::rt::TokioIo::new(stream);
             let mut conn = hyper::server::conn::http1::Builder::new();
             let _ = conn.keep_alive(true).serve_connection(io, svc).await;
-            let mut m = per_client.lock().unwrap();
+            let mut m = per_client.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(n) = m.get_mut(&ip) {
                 *n -= 1;
                 if *n == 0 {

@@ -201,22 +201,30 @@ impl FjallBackend {
             // fjall's buffer into the file (under fjall's lock, brief), then the fsync of
             // the newest journal outside it; through fjall if that journal is not found.
             // Test only: into the file, no fsync (see `skip_fsync_for_tests`).
-            let result = self.db.persist(PersistMode::Buffer).map_err(io_err).and_then(|()| {
-                if skip_fsync_for_tests() {
-                    return Ok(());
-                }
-                let s = &mut *synced;
-                match Journal::sync_newest(&mut s.journal, &self.dir)? {
-                    true => s.lost = false,
-                    false => {
-                        if !std::mem::replace(&mut s.lost, true) {
-                            tracing::warn!(dir = %self.dir.display(), "raft store: fjall's newest journal not found; syncing through fjall (holds its journal lock)");
-                        }
-                        self.db.persist(PersistMode::SyncData).map_err(io_err)?;
+            let result = self
+                .db
+                .persist(PersistMode::Buffer)
+                .map_err(io_err)
+                .and_then(|()| {
+                    if skip_fsync_for_tests() {
+                        return Ok(());
                     }
-                }
-                Ok(())
-            });
+                    let s = &mut *synced;
+                    match Journal::sync_newest(&mut s.journal, &self.dir)? {
+                        true => s.lost = false,
+                        false => {
+                            if !std::mem::replace(&mut s.lost, true) {
+                                tracing::warn!(
+                                    dir = %self.dir.display(),
+                                    "raft store: fjall's newest journal not found; syncing through \
+                                    fjall (holds its journal lock)",
+                                );
+                            }
+                            self.db.persist(PersistMode::SyncData).map_err(io_err)?;
+                        }
+                    }
+                    Ok(())
+                });
             if let Err(e) = result {
                 // A failed fsync leaves the journal in an unknown state; continuing could
                 // acknowledge writes that are not on disk.
@@ -250,7 +258,10 @@ fn skip_fsync_for_tests() -> bool {
     *SKIP.get_or_init(|| {
         let skip = std::env::var_os("TRIBUNE_TEST_SKIP_FSYNC").is_some_and(|v| v == "1");
         if skip {
-            eprintln!("tribune: TRIBUNE_TEST_SKIP_FSYNC=1: the raft store does not fsync (a test setting: writes are not durable)");
+            eprintln!(
+                "tribune: TRIBUNE_TEST_SKIP_FSYNC=1: the raft store does not fsync (a test \
+                setting: writes are not durable)",
+            );
         }
         skip
     })

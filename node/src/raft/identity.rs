@@ -41,7 +41,11 @@ fn parse(path: &Path, bytes: &[u8]) -> io::Result<u64> {
     let corrupt = |why: String| {
         io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("{} {why}; this server's Raft id is lost: restore the file, or remove the data directory to start as a new server", path.display()),
+            format!(
+                "{} {why}; this server's Raft id is lost: restore the file, or remove the data \
+                 directory to start as a new server",
+                path.display()
+            ),
         )
     };
     let text = std::str::from_utf8(bytes)

@@ -14,6 +14,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::sync::OnceLock;
+use std::sync::PoisonError;
 use std::time::Duration;
 
 use tribune_core::cluster::Discovery;
@@ -76,7 +77,10 @@ impl PeerTransport<Types> for Peers {
         // An address that does not parse is an error for this call, never some other
         // server's address: nothing is sent.
         let Ok(peer) = addr.parse::<SocketAddr>() else {
-            let mut bad = self.bad_addrs.lock().unwrap();
+            let mut bad = self
+                .bad_addrs
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             if bad.len() < BAD_ADDRS_LOGGED_MAX && bad.insert(addr.to_string()) {
                 tracing::warn!(
                     address = addr,
@@ -475,6 +479,14 @@ mod tests {
             let e = r.map(|_| ()).unwrap_err();
             assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
         }
-        assert_eq!(peers.bad_addrs.lock().unwrap().len(), 1, "logged once");
+        assert_eq!(
+            peers
+                .bad_addrs
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .len(),
+            1,
+            "logged once"
+        );
     }
 }

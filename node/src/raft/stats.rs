@@ -5,6 +5,7 @@
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
+use std::sync::PoisonError;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -73,7 +74,10 @@ pub struct RaftStats {
 
 impl RaftStats {
     pub fn contact(&self) {
-        *self.last_contact.lock().unwrap() = Some(Instant::now());
+        *self
+            .last_contact
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
     }
 
     /// Milliseconds since the leader last replicated to this server (0 on the leader);
@@ -84,7 +88,7 @@ impl RaftStats {
         }
         self.last_contact
             .lock()
-            .unwrap()
+            .unwrap_or_else(PoisonError::into_inner)
             .map_or(u64::MAX >> 1, |t| t.elapsed().as_millis() as u64)
     }
 

@@ -43,6 +43,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::PoisonError;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -264,7 +265,10 @@ struct Forget<'a>(&'a Waiters, u64);
 
 impl Drop for Forget<'_> {
     fn drop(&mut self) {
-        self.0.lock().unwrap().remove(&self.1);
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.1);
     }
 }
 
@@ -289,7 +293,7 @@ impl MuxConn {
         tokio::spawn(async move {
             let _ = write_coalesced(&mut wr, &mut queued, None).await;
             d.store(true, Ordering::SeqCst);
-            w.lock().unwrap().clear();
+            w.lock().unwrap_or_else(PoisonError::into_inner).clear();
         });
         let last_used = Arc::new(Mutex::new(Instant::now()));
         let (w, d, used) = (waiting.clone(), dead.clone(), last_used.clone());
@@ -298,13 +302,13 @@ impl MuxConn {
                 let Ok((id, reply)) = postcard::from_bytes::<(u64, RpcReply)>(&body) else {
                     break;
                 };
-                *used.lock().unwrap() = Instant::now();
-                if let Some(tx) = w.lock().unwrap().remove(&id) {
+                *used.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+                if let Some(tx) = w.lock().unwrap_or_else(PoisonError::into_inner).remove(&id) {
                     let _ = tx.send(reply);
                 }
             }
             d.store(true, Ordering::SeqCst);
-            w.lock().unwrap().clear();
+            w.lock().unwrap_or_else(PoisonError::into_inner).clear();
         });
         Ok(MuxConn {
             frames,
@@ -318,16 +322,31 @@ impl MuxConn {
     /// Alive, and busy or used within `idle_max` (else the server may be closing it).
     fn usable(&self, idle_max: Duration) -> bool {
         !self.dead.load(Ordering::SeqCst)
-            && (!self.waiting.lock().unwrap().is_empty()
-                || self.last_used.lock().unwrap().elapsed() < idle_max)
+            && (!self
+                .waiting
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_empty()
+                || self
+                    .last_used
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .elapsed()
+                    < idle_max)
     }
 
     async fn call(&self, rpc: &Rpc) -> io::Result<RpcReply> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = encode_frame(&(id, rpc))?;
         let (tx, rx) = oneshot::channel();
-        self.waiting.lock().unwrap().insert(id, tx);
-        *self.last_used.lock().unwrap() = Instant::now();
+        self.waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, tx);
+        *self
+            .last_used
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Instant::now();
         let _forget = Forget(&self.waiting, id);
         if self.dead.load(Ordering::SeqCst) || self.frames.send(frame).await.is_err() {
             return Err(io::Error::new(
@@ -380,7 +399,13 @@ impl Pool {
         ttl: Duration,
     ) -> io::Result<RpcReply> {
         let work = async {
-            let slot = self.mux.lock().unwrap().entry(peer).or_default().clone();
+            let slot = self
+                .mux
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(peer)
+                .or_default()
+                .clone();
             let conn = {
                 let mut c = slot.conn.lock().await;
                 match &*c {
@@ -450,7 +475,7 @@ impl Pool {
     /// The most recently used idle connection to `peer` that is still usable; the stale
     /// and closed ones met on the way are dropped.
     fn take_idle(&self, peer: SocketAddr) -> Option<TcpStream> {
-        let mut idle = self.idle.lock().unwrap();
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let conns = idle.get_mut(&peer)?;
         while let Some((s, since)) = conns.pop() {
             if since.elapsed() < self.idle_max && idle_conn_usable(&s) {
@@ -461,7 +486,7 @@ impl Pool {
     }
 
     fn put_idle(&self, peer: SocketAddr, stream: TcpStream) {
-        let mut idle = self.idle.lock().unwrap();
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let conns = idle.entry(peer).or_default();
         conns.retain(|(_, since)| since.elapsed() < self.idle_max);
         if conns.len() < IDLE_CONNS_PER_PEER_MAX {
@@ -690,7 +715,7 @@ mod tests {
             assert!(matches!(r, RpcReply::Peer(PeerReply::Hello(ref h)) if h.id == 7));
         }
         assert_eq!(
-            pool.idle.lock().unwrap()[&addr].len(),
+            pool.idle.lock().unwrap_or_else(PoisonError::into_inner)[&addr].len(),
             1,
             "one connection reused"
         );
@@ -716,7 +741,10 @@ mod tests {
             );
         }
         assert_eq!(
-            pool.mux.lock().unwrap().len(),
+            pool.mux
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .len(),
             1,
             "one multiplexed connection"
         );
@@ -972,7 +1000,11 @@ mod tests {
             matches!(r, Ok(RpcReply::Peer(PeerReply::ReadIndex(1)))),
             "{r:?}"
         );
-        assert_eq!(pool.idle.lock().unwrap()[&addr].len(), 1, "pooled");
+        assert_eq!(
+            pool.idle.lock().unwrap_or_else(PoisonError::into_inner)[&addr].len(),
+            1,
+            "pooled"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
         let r = pool.call(addr, &HELLO, Duration::from_secs(2)).await;
         assert!(
@@ -993,7 +1025,7 @@ mod tests {
             ..Pool::default()
         };
         let port = |pool: &Pool| {
-            pool.idle.lock().unwrap()[&addr][0]
+            pool.idle.lock().unwrap_or_else(PoisonError::into_inner)[&addr][0]
                 .0
                 .local_addr()
                 .unwrap()
@@ -1017,13 +1049,13 @@ mod tests {
             "a new connection once the pooled one was idle too long"
         );
         assert_eq!(
-            pool.idle.lock().unwrap()[&addr].len(),
+            pool.idle.lock().unwrap_or_else(PoisonError::into_inner)[&addr].len(),
             1,
             "the stale one is gone"
         );
 
         let conn = |pool: &Pool| {
-            pool.mux.lock().unwrap()[&addr]
+            pool.mux.lock().unwrap_or_else(PoisonError::into_inner)[&addr]
                 .conn
                 .try_lock()
                 .unwrap()

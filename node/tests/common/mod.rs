@@ -146,7 +146,11 @@ pub fn try_http_at(addr: &str, method: &str, path: &str, body: &[u8]) -> Result<
     let mut s =
         TcpStream::connect_timeout(&sock, Duration::from_secs(2)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let head = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n", body.len());
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: \
+        {}\r\n\r\n",
+        body.len(),
+    );
     // A server may answer (413, or 429 to a connection over its cap) and close before the
     // request is sent: write what it takes, then read the answer anyway. A reset after the
     // answer arrived still leaves the answer in `buf`.

@@ -31,7 +31,10 @@ fn main() -> ExitCode {
             "--check" => check = true,
             "--sabotage-mute" => p.sabotage_mute = true,
             _ => {
-                eprintln!("usage: tribune-gossip-sim [--nodes N] [--loss P] [--seed S] [--minutes M] [--check]");
+                eprintln!(
+                    "usage: tribune-gossip-sim [--nodes N] [--loss P] [--seed S] [--minutes M] \
+                    [--check]",
+                );
                 return ExitCode::from(2);
             }
         }

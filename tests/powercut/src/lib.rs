@@ -173,6 +173,7 @@ impl Mount {
         }
     }
 
+    #[allow(unsafe_code)] // umount2: std has no unmount
     fn unmount_now(&mut self) -> io::Result<()> {
         let Some(session) = self.session.take() else {
             return Ok(());
