@@ -526,6 +526,69 @@ fn agent_startup_errors() {
     assert!(s.contains("no_such_key"), "{s}");
 }
 
+/// Every way the agent fails to start prints the same way, as Consul's agent does: one
+/// `==> ` line on stderr with what failed and why, and exit code 1.
+#[test]
+fn agent_startup_failures_print_one_way() {
+    let dir = temp_dir("oneway");
+    let not_a_dir = dir.join("file");
+    std::fs::write(&not_a_dir, "").unwrap();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_port = busy.local_addr().unwrap().port();
+    let cases: Vec<(Vec<String>, String)> = vec![
+        (
+            vec!["-dev".into(), "-encrypt=not-base64".into()],
+            "==> Error in command-line flags: encrypt: the key is not valid base64".into(),
+        ),
+        (
+            vec![
+                "-server".into(),
+                "-bootstrap".into(),
+                format!("-data-dir={}", not_a_dir.join("data").display()),
+            ],
+            format!(
+                "==> Error creating data_dir {}: ",
+                not_a_dir.join("data").display()
+            ),
+        ),
+        (
+            vec![
+                "-dev".into(),
+                format!("-pid-file={}", not_a_dir.join("agent.pid").display()),
+            ],
+            format!(
+                "==> Error writing pid file {}: ",
+                not_a_dir.join("agent.pid").display()
+            ),
+        ),
+        (
+            vec![
+                "-dev".into(),
+                "-dns-port=-1".into(),
+                format!("-http-port={busy_port}"),
+            ],
+            format!(
+                "==> Error starting agent: Failed to start HTTP listener on \
+                 127.0.0.1:{busy_port}: "
+            ),
+        ),
+    ];
+    for (args, want) in cases {
+        let o = Command::new(BIN).arg("agent").args(&args).output().unwrap();
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{args:?}: one line on stderr: {err}");
+        assert!(lines[0].starts_with(&want), "{args:?}: {err}");
+        assert!(
+            !stdout(&o).contains("==> Tribune agent running!"),
+            "{args:?}: {}",
+            stdout(&o)
+        );
+    }
+    drop(busy);
+}
+
 #[test]
 fn kv_export_import_round_trip() {
     let a = Agent::dev(&[]);
