@@ -141,7 +141,7 @@ fn parse(labels: &[String], srv: bool, datacenter: &str) -> Lookup {
 }
 
 /// The zone and where its answers come from.
-struct Zone {
+pub(crate) struct Zone {
     /// The domain's labels, lowercase (`["consul"]`).
     domain: Vec<String>,
     origin: Name,
@@ -225,7 +225,7 @@ fn trim(resp: &mut Message, max: usize, answers_max: usize) -> bool {
 }
 
 impl Zone {
-    fn new(
+    pub(crate) fn new(
         domain: &str,
         datacenter: &str,
         directory: Arc<dyn Directory>,
@@ -425,7 +425,7 @@ impl Zone {
     }
 
     /// Answer one query packet; `None` drops it (malformed or oversize, counted).
-    fn handle(&self, packet: &[u8], udp: bool) -> Option<Vec<u8>> {
+    pub(crate) fn handle(&self, packet: &[u8], udp: bool) -> Option<Vec<u8>> {
         let counters = &self.metrics.dns;
         if packet.len() > QUERY_BYTES_MAX {
             counters.oversize();

@@ -19,7 +19,7 @@ mod kv;
 mod listener;
 mod metrics;
 mod operator;
-mod query;
+pub(crate) mod query;
 mod routes;
 mod status;
 #[cfg(test)]

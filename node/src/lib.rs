@@ -23,6 +23,7 @@ pub mod dns;
 pub mod durable;
 pub mod flags;
 pub mod forward;
+pub mod fuzzing;
 pub mod http;
 pub mod hub;
 pub mod metrics;

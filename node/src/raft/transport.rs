@@ -85,7 +85,7 @@ pub async fn write_frame<T: Serialize>(stream: &mut TcpStream, msg: &T) -> io::R
 }
 
 /// One frame, length prefix included.
-fn encode_frame<T: Serialize>(msg: &T) -> io::Result<Vec<u8>> {
+pub(crate) fn encode_frame<T: Serialize>(msg: &T) -> io::Result<Vec<u8>> {
     let mut buf = postcard::to_extend(msg, vec![0u8; 4]).map_err(io::Error::other)?;
     let len = buf.len() - 4;
     if len > FRAME_BYTES_MAX {
@@ -102,7 +102,7 @@ pub async fn read_frame<T: DeserializeOwned>(stream: &mut TcpStream) -> io::Resu
     decode(&read_raw(stream, FRAME_BYTES_MAX).await?)
 }
 
-fn decode<T: DeserializeOwned>(body: &[u8]) -> io::Result<T> {
+pub(crate) fn decode<T: DeserializeOwned>(body: &[u8]) -> io::Result<T> {
     postcard::from_bytes(body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
@@ -161,7 +161,7 @@ fn too_slow(_: tokio::time::error::Elapsed) -> io::Error {
 /// Read one request frame on a served connection: wait up to `t.idle` for its first byte
 /// (and on while `busy()`: a request of this connection is still being served), then up
 /// to [`frame_allowance`] for the rest.
-async fn read_request<S: AsyncRead + Unpin>(
+pub(crate) async fn read_request<S: AsyncRead + Unpin>(
     stream: &mut S,
     t: &Timeouts,
     busy: impl Fn() -> bool,
