@@ -1,4 +1,5 @@
-//! A config source as JSON and as HCL text through the loader's checks and the build of a Config (see `tribune_node::fuzzing::config_loader`).
+//! A config source as JSON and as HCL text through the loader's checks and the build of a Config
+//! (see `tribune_node::fuzzing::config_loader`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

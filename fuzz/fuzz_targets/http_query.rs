@@ -1,4 +1,5 @@
-//! A query string parsed into the read options every read takes, then sent with a KV read through the API (see `tribune_node::fuzzing::http_query`).
+//! A query string parsed into the read options every read takes, then sent with a KV read through
+//! the API (see `tribune_node::fuzzing::http_query`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

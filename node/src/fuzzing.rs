@@ -17,6 +17,9 @@
 //! Async code runs on one current-thread runtime per thread, built once. Every call that
 //! needs an API gets a fresh dev store whose blocking queries never wait (query times of 0).
 
+// A fuzz harness: an expectation that fails must panic, so the fuzzer reports it.
+#![allow(clippy::unwrap_used)]
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;

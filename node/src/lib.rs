@@ -14,6 +14,10 @@
 //! 4. the faces: `forward` (client agents to servers), `dns`, `http`, then `watch`, and on
 //!    top `cli` and `agent`, which wires everything together.
 
+// Network input never unwraps: a failure there is an error answered, not a panic. Tests may
+// unwrap (clippy.toml).
+#![deny(clippy::unwrap_used)]
+
 pub mod agent;
 pub mod cli;
 pub mod client;

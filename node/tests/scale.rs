@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use common::*;
 
+#[allow(unsafe_code)] // getrlimit/setrlimit: std has no wrapper
 fn raise_fd_limit() -> u64 {
     let mut lim = libc::rlimit {
         rlim_cur: 0,

@@ -30,6 +30,7 @@ fn lock_data_dir(dir: &Path) -> Result<File, StartError> {
             source,
         })?;
     // SAFETY: flock on a valid, open file descriptor.
+    #[allow(unsafe_code)] // flock: std's File::try_lock needs a newer toolchain than 1.85
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {
         return Err(StartError::DataDirInUse {

@@ -28,7 +28,8 @@ pub enum StartError {
     },
     /// Another agent runs on this data_dir: stop it, or give this one another data_dir.
     #[error(
-        "Error starting agent: data_dir {} is in use by another agent (could not lock {}: {source})",
+        "Error starting agent: data_dir {} is in use by another agent \
+         (could not lock {}: {source})",
         dir.display(),
         lock.display()
     )]

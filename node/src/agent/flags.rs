@@ -178,11 +178,13 @@ mod tests {
         );
         assert_eq!(
             Value::Object(o.flags),
-            json!({"node_name": "n1", "ports": {"http": 9001}, "retry_join": ["a", "b"], "server": true})
+            json!({
+                "node_name": "n1", "ports": {"http": 9001}, "retry_join": ["a", "b"],
+                "server": true
+            })
         );
-        assert!(
-            matches!(parse_args(&argv(&["-http-port=x"])), Err(FlagError::Bad(m)) if m.contains("http-port"))
-        );
+        let bad = parse_args(&argv(&["-http-port=x"]));
+        assert!(matches!(bad, Err(FlagError::Bad(m)) if m.contains("http-port")));
         assert!(matches!(
             parse_args(&argv(&["-bogus"])),
             Err(FlagError::Bad(_))

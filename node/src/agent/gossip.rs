@@ -110,7 +110,10 @@ pub fn join(
         if let Some(snapshot) = &snapshot {
             match snapshot.load() {
                 Some(prev) if prev.left && !cfg.rejoin_after_leave => {
-                    tracing::info!("serf: Ignoring previous nodes: this node left gracefully (rejoin_after_leave is off)")
+                    tracing::info!(
+                        "serf: Ignoring previous nodes: this node left gracefully \
+                        (rejoin_after_leave is off)",
+                    )
                 }
                 Some(prev) if !prev.peers.is_empty() => {
                     tracing::info!(

@@ -19,6 +19,7 @@ pub fn write_pid_file(path: Option<&Path>) -> Result<(), StartError> {
 }
 
 /// Raise the soft limit on open files to the hard limit.
+#[allow(unsafe_code)] // getrlimit/setrlimit: std has no wrapper
 pub fn raise_fd_limit() {
     let mut lim = libc::rlimit {
         rlim_cur: 0,

@@ -205,6 +205,7 @@ async fn write_timed<W: AsyncWrite + Unpin>(
 
 /// Whether a pooled connection can carry a request: the peer has not closed it and nothing
 /// unread waits on it (between a reply and the next request there never is).
+#[allow(unsafe_code)] // a non-blocking MSG_PEEK recv: tokio offers no synchronous peek
 fn idle_conn_usable(s: &TcpStream) -> bool {
     use std::os::fd::AsRawFd;
     let mut byte = 0u8;
@@ -773,6 +774,7 @@ mod tests {
     }
 
     // SAFETY: every call is passed on to the system allocator unchanged.
+    #[allow(unsafe_code)] // a counting allocator, in this test only
     unsafe impl std::alloc::GlobalAlloc for Tracking {
         unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
             note(layout.size());
