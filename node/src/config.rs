@@ -44,6 +44,8 @@ pub enum Kind {
     Obj(&'static [(&'static str, Kind)]),
     /// A list of objects (watches, services...), checked where they are used.
     ObjList,
+    /// An object, or a list of them (`service`, `check`: one block, or repeated blocks).
+    OneOrMany,
     /// Free-form object (node_meta, telemetry...).
     AnyObj,
 }
@@ -108,6 +110,8 @@ pub const SCHEMA: &[(&str, Kind)] = &[
     ("bind_addr", Kind::Str),
     ("bootstrap", Kind::Bool),
     ("bootstrap_expect", Kind::Int(0, 1024)),
+    ("check", Kind::OneOrMany),
+    ("checks", Kind::ObjList),
     ("client_addr", Kind::Str),
     ("data_dir", Kind::Str),
     ("datacenter", Kind::Datacenter),
@@ -138,6 +142,8 @@ pub const SCHEMA: &[(&str, Kind)] = &[
     ("retry_join", Kind::StrList),
     ("retry_max", Kind::Int(0, i64::MAX)),
     ("server", Kind::Bool),
+    ("service", Kind::OneOrMany),
+    ("services", Kind::ObjList),
     ("session_ttl_min", Kind::Duration),
     ("skip_leave_on_interrupt", Kind::Bool),
     ("start_join", Kind::StrList),
@@ -146,6 +152,50 @@ pub const SCHEMA: &[(&str, Kind)] = &[
     ("ui", Kind::Bool),
     ("ui_config", Kind::AnyObj),
     ("watches", Kind::ObjList),
+];
+
+/// Keys (paths joined with `.`) that are checked and then do nothing yet: the agent reads
+/// them nowhere (a few are only shown back in `/v1/agent/self`'s DebugConfig). Each is
+/// warned about, as an unknown key is, so no one counts on a setting that is not acted on.
+pub const NO_EFFECT_YET: &[&str] = &[
+    "addresses.grpc",
+    "addresses.https",
+    "advertise_addr_wan",
+    "check",
+    "checks",
+    "disable_keyring_file",
+    "dns_config.a_record_limit",
+    "dns_config.allow_stale",
+    "dns_config.cache_max_age",
+    "dns_config.disable_compression",
+    "dns_config.enable_additional_node_meta_txt",
+    "dns_config.max_stale",
+    "dns_config.only_passing",
+    "dns_config.recursor_strategy",
+    "dns_config.recursor_timeout",
+    "dns_config.soa",
+    "dns_config.use_cache",
+    "enable_local_script_checks",
+    "enable_script_checks",
+    "encrypt_verify_incoming",
+    "encrypt_verify_outgoing",
+    "limits.rpc_max_burst",
+    "limits.rpc_rate",
+    "limits.txn_max_req_len",
+    "performance.leave_drain_time",
+    "performance.rpc_hold_timeout",
+    "ports.grpc",
+    "ports.grpc_tls",
+    "ports.https",
+    "reconnect_timeout",
+    "recursors",
+    "retry_max",
+    "service",
+    "services",
+    "syslog_facility",
+    "telemetry",
+    "ui",
+    "ui_config",
 ];
 
 /// One configuration source, in command-line order.
@@ -413,7 +463,16 @@ fn check_obj(
         };
         match schema.iter().find(|(n, _)| n == k) {
             None => warnings.push(format!("{src}: unknown config key {full:?} (ignored)")),
-            Some((_, kind)) => check_value(src, &full, v, *kind, warnings)?,
+            Some((_, kind)) => {
+                check_value(src, &full, v, *kind, warnings)?;
+                // A listener this agent does not have, turned off: just what it does.
+                let off = full.starts_with("ports.") && v.as_i64() == Some(-1);
+                if NO_EFFECT_YET.contains(&full.as_str()) && !off {
+                    warnings.push(format!(
+                        "{src}: config key {full:?} is accepted but has no effect yet (ignored)"
+                    ));
+                }
+            }
         }
     }
     Ok(())
@@ -487,6 +546,11 @@ fn check_value(
         Kind::ObjList => match v.as_array() {
             Some(a) if a.iter().all(Value::is_object) => {}
             _ => return bad("expected a list of objects"),
+        },
+        Kind::OneOrMany => match v {
+            Value::Object(_) => {}
+            Value::Array(a) if a.iter().all(Value::is_object) => {}
+            _ => return bad("expected an object or a list of objects"),
         },
         Kind::AnyObj => {
             if !v.is_object() {
@@ -924,17 +988,97 @@ mod tests {
               "start_join": ["consul01", "consul02", "consul03"], "ui": true }"#,
         );
         let (cfg, warnings) = load(&LoadOptions {
-            sources: vec![Source::Dir(d)],
+            sources: vec![Source::Dir(d.clone())],
             ..Default::default()
         })
         .unwrap();
-        assert!(warnings.is_empty(), "{warnings:?}");
+        // Three of the walkthrough's keys are not acted on yet: warned about, and it starts.
+        let src = d.join("config.json").display().to_string();
+        let no_effect = |k: &str| {
+            format!("{src}: config key {k:?} is accepted but has no effect yet (ignored)")
+        };
+        assert_eq!(
+            warnings,
+            ["enable_script_checks", "dns_config.only_passing", "ui"].map(no_effect),
+        );
         assert_eq!(cfg.datacenter, "ke-dc");
         assert_eq!(cfg.bootstrap_expect, 3);
         assert!(cfg.server && cfg.enable_syslog && cfg.ui);
         assert_eq!(cfg.retry_join.len(), 3);
         assert_eq!(cfg.log_level, "info");
         assert_eq!(cfg.http_listen(), "0.0.0.0:8500");
+    }
+
+    /// A key that is checked but not acted on yet is warned about, as an unknown key is;
+    /// one the agent acts on (node_meta: `/v1/agent/self`'s Meta) is not.
+    #[test]
+    fn keys_with_no_effect_yet_are_warned() {
+        let d = tmpdir("noeffect");
+        let p = write(
+            &d,
+            "a.json",
+            r#"{"node_meta": {"rack": "r1"}, "recursors": ["8.8.8.8"],
+                "ui_config": {"enabled": true}, "telemetry": {"disable_hostname": true},
+                "service": {"name": "web", "port": 80}, "services": [{"name": "db"}],
+                "check": [{"id": "c1", "ttl": "30s"}], "checks": [{"id": "c2", "ttl": "5s"}],
+                "dns_config": {"enable_truncate": true, "only_passing": true},
+                "ports": {"http": 8500, "grpc": -1, "https": 8501}, "no_such_key": 1}"#,
+        );
+        let (_, warnings) = load_files(true, vec![p.clone()]).unwrap();
+        let src = p.display();
+        let no_effect = |k: &str| {
+            format!("{src}: config key {k:?} is accepted but has no effect yet (ignored)")
+        };
+        let mut want: Vec<String> = [
+            "check",
+            "checks",
+            "dns_config.only_passing",
+            "ports.https",
+            "recursors",
+            "service",
+            "services",
+            "telemetry",
+            "ui_config",
+        ]
+        .map(no_effect)
+        .to_vec();
+        want.push(format!(
+            "{src}: unknown config key \"no_such_key\" (ignored)"
+        ));
+        want.sort();
+        let mut got = warnings.clone();
+        got.sort();
+        assert_eq!(got, want);
+        // A flag is a source too; a bad value of such a key is still refused.
+        let mut flags = Map::new();
+        flags.insert("ui".into(), json!(true));
+        let opts = LoadOptions {
+            dev: true,
+            flags,
+            ..Default::default()
+        };
+        let (_, warnings) = load(&opts).unwrap();
+        assert_eq!(warnings, [no_effect_in("command-line flags", "ui")]);
+        let p = write(&d, "b.json", r#"{"service": "web"}"#);
+        let err = load_files(true, vec![p]).unwrap_err().to_string();
+        assert!(err.contains(": service: expected an object"), "{err}");
+        // Every key listed is one the schema knows.
+        for key in NO_EFFECT_YET {
+            let mut schema = SCHEMA;
+            let mut parts = key.split('.').peekable();
+            while let Some(part) = parts.next() {
+                let kind = schema.iter().find(|(n, _)| *n == part).map(|(_, k)| *k);
+                match (kind, parts.peek()) {
+                    (Some(_), None) => {}
+                    (Some(Kind::Obj(inner)), Some(_)) => schema = inner,
+                    _ => panic!("{key} is not in the schema"),
+                }
+            }
+        }
+    }
+
+    fn no_effect_in(src: &str, key: &str) -> String {
+        format!("{src}: config key {key:?} is accepted but has no effect yet (ignored)")
     }
 
     #[test]
