@@ -389,8 +389,8 @@ fn agent_config_watches_script_and_http_handlers() {
             {"type": "key", "key": "cfg/k", "handler_type": "script",
              "args": ["/bin/sh", "-c", format!("cat > {0}.tmp && mv {0}.tmp {0}", out.display())]},
             {"type": "keyprefix", "prefix": "cfg/", "handler_type": "http",
-             "http_handler_config": {"path": format!("http://127.0.0.1:{hport}/hook"), "method": "POST",
-               "header": {"x-foo": ["bar"]}, "timeout": "5s"}}
+             "http_handler_config": {"path": format!("http://127.0.0.1:{hport}/hook"),
+               "method": "POST", "header": {"x-foo": ["bar"]}, "timeout": "5s"}}
         ]
     });
     std::fs::write(dir.join("watches.json"), cfg.to_string()).unwrap();
@@ -599,7 +599,10 @@ fn kv_export_import_round_trip() {
     let exported: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(
         exported,
-        json!([{"key": "ex/a", "flags": 5, "value": "b25l"}, {"key": "ex/b", "flags": 0, "value": "AAEC"}])
+        json!([
+            {"key": "ex/a", "flags": 5, "value": "b25l"},
+            {"key": "ex/b", "flags": 0, "value": "AAEC"}
+        ])
     );
     let o = a.cli_stdin(&["kv", "import", "-prefix=copy/", "-"], &o.stdout);
     assert_eq!(stdout(&o), "Imported: copy/ex/a\nImported: copy/ex/b\n");
@@ -627,10 +630,14 @@ fn walkthrough_config_dir_starts_an_agent() {
         "datacenter": "KE-DC", "data_dir": data, "domain": "consul",
         "enable_script_checks": true, "dns_config": {"enable_truncate": true, "only_passing": true},
         "enable_syslog": true, "encrypt": key, "leave_on_terminate": true, "log_level": "INFO",
-        "rejoin_after_leave": true, "retry_join": ["consul01", "consul02", "consul03"], "server": true,
+        "rejoin_after_leave": true, "retry_join": ["consul01", "consul02", "consul03"],
+        "server": true,
         "start_join": ["consul01", "consul02", "consul03"], "ui": true,
         // Not the default server/gossip ports: other tests run real clusters on them.
-        "ports": {"http": port, "server": server_port, "serf_lan": serf_port, "serf_wan": free_port(), "dns": -1},
+        "ports": {
+            "http": port, "server": server_port, "serf_lan": serf_port,
+            "serf_wan": free_port(), "dns": -1
+        },
         "watches": [{"type": "key", "key": "foo/bar/baz", "handler_type": "http",
             "http_handler_config": {"path": "https://localhost:8000/watch", "method": "POST",
               "header": {"x-foo": ["bar", "baz"]}, "timeout": "10s", "tls_skip_verify": false}}]

@@ -182,7 +182,8 @@ fn wait_leader(servers: &[Server], within: Duration) -> String {
 }
 
 fn put(s: &Server, key: &str, value: &str) -> bool {
-    matches!(s.http("PUT", &format!("/v1/kv/{key}"), value.as_bytes()), Some((200, b)) if b.trim() == "true")
+    let reply = s.http("PUT", &format!("/v1/kv/{key}"), value.as_bytes());
+    matches!(reply, Some((200, b)) if b.trim() == "true")
 }
 
 fn get_raw(s: &Server, key: &str, stale: bool) -> Option<String> {
@@ -640,13 +641,14 @@ fn a_client_agent_forwards_to_the_servers() {
     std::fs::create_dir_all(dir.join("config")).unwrap();
     let fired = dir.join("fired.json");
     let key = gossip_key(&servers[0]);
+    let handler = format!("cat > {f}.tmp && mv {f}.tmp {f}", f = fired.display());
     let config = serde_json::json!({
         "bind_addr": "127.0.6.4", "client_addr": "127.0.6.4", "datacenter": "KE-DC",
         "data_dir": dir.join("data"), "encrypt": key, "server": false,
         "retry_join": [servers[0].ip.clone()], "ports": { "dns": -1 },
         "limits": { "http_max_conns_per_client": 1000 },
         "watches": [{"type": "key", "key": "via/watched", "handler_type": "script",
-                     "args": ["sh", "-c", format!("cat > {}.tmp && mv {}.tmp {}", fired.display(), fired.display(), fired.display())]}],
+                     "args": ["sh", "-c", handler]}],
     });
     std::fs::write(dir.join("config/config.json"), config.to_string()).unwrap();
     let mut client = Server {
