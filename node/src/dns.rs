@@ -309,7 +309,9 @@ impl Zone {
     fn respond(&self, req: &Message, dir: &dyn Directory, udp: bool) -> Message {
         let mut resp = Message::response(req.metadata.id, req.metadata.op_code);
         resp.metadata.recursion_desired = req.metadata.recursion_desired;
-        resp.queries = req.queries.clone();
+        // One question at most is echoed: a FORMERR for many questions must still fit in
+        // a plain UDP reply, and no client sends more than one.
+        resp.queries = req.queries.iter().take(1).cloned().collect();
         if req.edns.is_some() {
             let mut edns = Edns::new();
             edns.set_max_payload(UDP_BYTES_MAX as u16);
@@ -782,6 +784,23 @@ mod tests {
             true,
         );
         assert_eq!((r.answers.len(), r.metadata.truncation), (3, false));
+    }
+
+    #[test]
+    fn a_query_of_many_questions_gets_a_formerr_that_fits() {
+        let z = zone(settings());
+        let mut m = Message::query();
+        for i in 0..40 {
+            let name = format!("question-{i}-with-a-long-label-to-fill-the-packet.node.consul.");
+            m.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+        }
+        let packet = m.to_vec().unwrap();
+        assert!(packet.len() > UDP_BYTES_PLAIN && packet.len() <= QUERY_BYTES_MAX);
+        let bytes = z.handle(&packet, true).expect("an answer");
+        assert!(bytes.len() <= UDP_BYTES_PLAIN, "{} bytes", bytes.len());
+        let r = Message::from_vec(&bytes).unwrap();
+        assert_eq!(r.metadata.response_code, ResponseCode::FormErr);
+        assert_eq!(r.queries.len(), 1);
     }
 
     #[test]
