@@ -600,6 +600,7 @@ const HCL_ONE_OR_MANY_KEYS: &[&str] = &["check", "service", "service.check", "se
 /// Block labels nest (`a "b" { ... }` is `a { b { ... } }`). As in Consul's HCL, `${...}` is not
 /// interpolated: a string keeps it as written. Errors end with the line and column.
 pub fn hcl_to_json(text: &str) -> Result<Value, HclError> {
+    hcl_nesting_within(text, HCL_NESTING_MAX)?;
     let body = hcl::edit::parser::parse_body(text).map_err(|e| {
         let at = e.location();
         HclError(format!(
@@ -612,6 +613,104 @@ pub fn hcl_to_json(text: &str) -> Result<Value, HclError> {
     let mut out = Map::new();
     hcl_body(text, &body, "", &mut out)?;
     Ok(Value::Object(out))
+}
+
+/// How deep brackets, braces, parentheses, strings and `${...}` may nest in an HCL file. Real
+/// configs nest a few levels. The parser stops at 64, but its time on some unclosed forms
+/// grows steeply with depth (the config fuzz target found a file of about 300 bytes, nested
+/// objects under expression keys, that took over 10 s), so deeper text is refused before it
+/// is parsed.
+pub const HCL_NESTING_MAX: usize = 24;
+
+/// Refuse `text` if its nesting goes deeper than `max`, saying where. A lexical scan: it knows
+/// strings, templates, comments and heredocs, and leaves every other error to the parser.
+fn hcl_nesting_within(text: &str, max: usize) -> Result<(), HclError> {
+    #[derive(PartialEq)]
+    enum Open {
+        Code(u8),
+        Str,
+    }
+    let b = text.as_bytes();
+    let mut stack: Vec<Open> = Vec::new();
+    let mut i = 0;
+    let too_deep = |i: usize| {
+        let place = at(text, Some(i..i));
+        HclError(format!("nesting deeper than {max} levels{place}"))
+    };
+    while i < b.len() {
+        let c = b[i];
+        let next = b.get(i + 1).copied();
+        if stack.last() == Some(&Open::Str) {
+            match (c, next) {
+                (b'\\', _) | (b'$', Some(b'$')) | (b'%', Some(b'%')) => i += 1,
+                (b'"', _) => {
+                    stack.pop();
+                }
+                (b'$' | b'%', Some(b'{')) => {
+                    stack.push(Open::Code(b'}'));
+                    i += 1;
+                }
+                _ => {}
+            }
+        } else {
+            match (c, next) {
+                (b'#', _) | (b'/', Some(b'/')) => {
+                    i = b[i..]
+                        .iter()
+                        .position(|&x| x == b'\n')
+                        .map_or(b.len(), |p| i + p);
+                }
+                (b'/', Some(b'*')) => {
+                    i = text[i + 2..].find("*/").map_or(b.len(), |p| i + 2 + p + 1);
+                }
+                (b'<', Some(b'<')) => i = heredoc_end(text, i),
+                (b'"', _) => stack.push(Open::Str),
+                (b'{', _) => stack.push(Open::Code(b'}')),
+                (b'[', _) => stack.push(Open::Code(b']')),
+                (b'(', _) => stack.push(Open::Code(b')')),
+                (b'}' | b']' | b')', _) => {
+                    if stack.pop() != Some(Open::Code(c)) {
+                        return Ok(()); // unbalanced: the parser says where
+                    }
+                }
+                _ => {}
+            }
+        }
+        if stack.len() > max {
+            return Err(too_deep(i));
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+/// Where the scan goes on after `<<` at `start`: past the heredoc's closing line when it is
+/// one (`<<ID` or `<<-ID` and a newline), else just past the `<<`.
+fn heredoc_end(text: &str, start: usize) -> usize {
+    let rest = &text[start + 2..];
+    let rest = rest.strip_prefix('-').unwrap_or(rest);
+    let id_len = rest
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+        .unwrap_or(rest.len());
+    let (id, after) = rest.split_at(id_len);
+    let Some(body) = after
+        .strip_prefix('\n')
+        .or_else(|| after.strip_prefix("\r\n"))
+    else {
+        return start + 1;
+    };
+    if id.is_empty() {
+        return start + 1;
+    }
+    let body_at = text.len() - body.len();
+    let mut line_at = body_at;
+    for line in body.split_inclusive('\n') {
+        line_at += line.len();
+        if line.trim() == id {
+            return line_at - 1;
+        }
+    }
+    text.len()
 }
 
 fn key_path(path: &str, key: &str) -> String {
@@ -981,7 +1080,8 @@ mod tests {
             "config.json",
             r#"{ "bootstrap_expect": 3, "client_addr": "0.0.0.0", "bind_addr": "192.168.122.150",
               "datacenter": "KE-DC", "data_dir": "/var/lib/consul", "domain": "consul",
-              "enable_script_checks": true, "dns_config": { "enable_truncate": true, "only_passing": true },
+              "enable_script_checks": true,
+              "dns_config": { "enable_truncate": true, "only_passing": true },
               "enable_syslog": true, "encrypt": "pUqJrVyVRj5jsiYEkM/tFQYfWyJIv4s3XkvDwy7Cu5s=",
               "leave_on_terminate": true, "log_level": "INFO", "rejoin_after_leave": true,
               "retry_join": ["consul01", "consul02", "consul03"], "server": true,
@@ -1125,6 +1225,46 @@ mod tests {
             dev,
             ..Default::default()
         })
+    }
+
+    /// Text nested past [`HCL_NESTING_MAX`] is refused before the parser sees it, with the
+    /// place; nesting within it, and braces in strings, comments and heredocs, are not.
+    #[test]
+    fn hcl_nesting_is_bounded_before_parsing() {
+        // Unclosed objects under parenthesised keys: the parser's worst case.
+        let deep = |n: usize| format!("a = {}", "{(b) = ".repeat(n));
+        let started = std::time::Instant::now();
+        let e = hcl_to_json(&deep(HCL_NESTING_MAX)).unwrap_err().to_string();
+        assert!(
+            e.contains("nesting deeper than 24 levels at line 1 column"),
+            "{e}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        let e = hcl_to_json(&format!("x = {}", "[".repeat(100)))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nesting deeper"), "{e}");
+        // A long, valid nesting within the bound still parses.
+        let n = HCL_NESTING_MAX / 2 - 1;
+        let ok = format!("a = {}1{}", "{b = ".repeat(n), "}".repeat(n));
+        let v = hcl_to_json(&ok).unwrap();
+        let mut at = &v["a"];
+        for _ in 0..n {
+            at = &at["b"];
+        }
+        assert_eq!(at, &Value::from(1));
+        // Braces that are text do not count.
+        let many = "{".repeat(40);
+        let text = format!(
+            "# {many}\n/* {many} */\nx = \"{many}\"\n\
+             y = <<EOT\n{many}\nEOT\nz = <<-EOT\n  {many}\n  EOT\n"
+        );
+        let v = hcl_to_json(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        assert_eq!(v["x"], Value::from(many.clone()));
+        assert_eq!(v["z"], Value::from(format!("{many}\n")));
+        // Templates nest: `${` opens code inside a string.
+        let e = hcl_to_json(&format!("x = \"{}\"", "${\"".repeat(30))).unwrap_err();
+        assert!(e.to_string().contains("nesting deeper"), "{e}");
     }
 
     /// Each HCL form and its JSON equivalent: the same merged config, the same warnings.
@@ -1560,7 +1700,11 @@ mod tests {
             })
             .map(|(c, _)| c)
         };
-        let cfg = dev(json!({"client_addr": "127.0.0.1 ::1", "dns_config": {"node_ttl": "10s", "service_ttl": {"*": "5s", "Web": "1m"}}})).unwrap();
+        let cfg = dev(json!({
+            "client_addr": "127.0.0.1 ::1",
+            "dns_config": {"node_ttl": "10s", "service_ttl": {"*": "5s", "Web": "1m"}}
+        }))
+        .unwrap();
         assert_eq!(cfg.dns_listen(), vec!["127.0.0.1:8600", "[::1]:8600"]);
         assert_eq!(
             (
@@ -1577,7 +1721,11 @@ mod tests {
                 ("web".to_string(), Duration::from_secs(60))
             ]
         );
-        let cfg = dev(json!({"addresses": {"dns": "127.0.0.2"}, "ports": {"dns": 53}, "dns_config": {"enable_truncate": true}})).unwrap();
+        let cfg = dev(json!({
+            "addresses": {"dns": "127.0.0.2"}, "ports": {"dns": 53},
+            "dns_config": {"enable_truncate": true}
+        }))
+        .unwrap();
         assert_eq!(
             (cfg.dns_listen(), cfg.dns.enable_truncate),
             (vec!["127.0.0.2:53".to_string()], true)
