@@ -135,6 +135,7 @@ pub const SCHEMA: &[(&str, Kind)] = &[
     ("node_name", Kind::Str),
     ("performance", Kind::Obj(PERFORMANCE)),
     ("ports", Kind::Obj(PORTS)),
+    ("raft_snapshot_threshold", Kind::Int(1, 1 << 40)),
     ("reconnect_timeout", Kind::Duration),
     ("recursors", Kind::StrList),
     ("rejoin_after_leave", Kind::Bool),
@@ -317,6 +318,8 @@ pub struct Config {
     pub retry_join: Vec<String>,
     pub retry_interval: Duration,
     pub raft_multiplier: u64,
+    /// Log entries between two Raft snapshots (Consul's `raft_snapshot_threshold`).
+    pub raft_snapshot_threshold: u64,
     pub kv_max_value_size: u64,
     pub http_max_conns_per_client: u64,
     pub default_query_time: Duration,
@@ -669,7 +672,8 @@ fn hcl_nesting_within(text: &str, max: usize) -> Result<(), HclError> {
                 (b'[', _) => stack.push(Open::Code(b']')),
                 (b'(', _) => stack.push(Open::Code(b')')),
                 (b'}' | b']' | b')', _) => {
-                    if stack.pop() != Some(Open::Code(c)) {
+                    let matched = stack.pop() == Some(Open::Code(c));
+                    if !matched {
                         return Ok(()); // unbalanced: the parser says where
                     }
                 }
@@ -988,6 +992,7 @@ fn build(dev: bool, v: Value) -> Result<Config, ConfigError> {
         retry_join: list(&["retry_join"]),
         retry_interval: d(&["retry_interval"], Duration::from_secs(30)),
         raft_multiplier: i(&["performance", "raft_multiplier"], 5) as u64,
+        raft_snapshot_threshold: i(&["raft_snapshot_threshold"], 16_384) as u64,
         kv_max_value_size: i(&["limits", "kv_max_value_size"], 512 * 1024) as u64,
         http_max_conns_per_client: i(&["limits", "http_max_conns_per_client"], 200) as u64,
         default_query_time,
