@@ -17,6 +17,8 @@ use openraft::storage::EntryResponder;
 use openraft::storage::IOFlushed;
 use openraft::storage::RaftLogStorage;
 use openraft::storage::RaftStateMachine;
+use openraft::type_config::OneshotSender;
+use openraft::type_config::TypeConfigExt;
 use openraft::EntryPayload;
 use openraft::LogState;
 use openraft::OptionalSend;
@@ -335,7 +337,11 @@ impl<C: Types, B: Backend> RaftLogStorage<C> for LogStore<C, B> {
             .map(|(k, _)| (Space::Log, k, None))
             .collect();
         ops.push((Space::Meta, KEY_PURGED.to_vec(), Some(encode(&log_id)?)));
-        self.backend.write(ops, true)
+        // Not synced here: the entries are in a durable snapshot already, so a purge lost in
+        // a crash leaves them readable again, which is harmless (the batch is atomic, so
+        // `purged` never runs ahead of the entries). The next sync makes it durable. A
+        // synchronous sync here stalled appends every `purge_batch_size` entries.
+        self.backend.write(ops, false)
     }
 }
 
@@ -453,8 +459,14 @@ impl<C, B: Backend> SmStore<C, B> {
     pub fn read<R>(&self, f: impl FnOnce(&StateMachine) -> R) -> R {
         f(&self.lock().sm)
     }
+}
 
-    fn current_snapshot(&self) -> io::Result<Snapshot> {
+impl<C: Types, B: Backend> SmStore<C, B> {
+    /// Take a snapshot of the applied state and store it durably. The state is encoded
+    /// under the lock (applies wait for that, not for the disk); the write then waits for
+    /// the backend's sync without blocking a runtime thread, so a snapshot of a large state
+    /// stalls neither applies nor the runtime for the length of an fsync.
+    async fn current_snapshot(&self) -> io::Result<Snapshot> {
         let (meta, data) = {
             let s = self.lock();
             let meta = SnapshotMeta {
@@ -463,14 +475,24 @@ impl<C, B: Backend> SmStore<C, B> {
             };
             (meta, s.sm.snapshot())
         };
-        self.backend.write(
+        let (tx, rx) = C::oneshot::<io::Result<()>>();
+        let done: OnDurable = Box::new(move |r| {
+            let _ = tx.send(r);
+        });
+        self.backend.write_then(
             vec![(
                 Space::Meta,
                 KEY_SNAPSHOT.to_vec(),
                 Some(encode(&(&meta, &data))?),
             )],
-            true,
+            done,
         )?;
+        rx.await.map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::Interrupted,
+                "the snapshot's sync was dropped",
+            )
+        })??;
         self.lock().snapshot = Some((meta.clone(), data.clone()));
         Ok(Snapshot {
             meta,
@@ -483,7 +505,7 @@ impl<C: Types, B: Backend> RaftSnapshotBuilder<C> for SmStore<C, B> {
     type SnapshotData = Vec<u8>;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        self.current_snapshot()
+        self.current_snapshot().await
     }
 }
 

@@ -46,6 +46,7 @@ pub async fn open(
         name: cfg.node_name.clone(),
         datacenter: cfg.datacenter.clone(),
         raft_multiplier: cfg.raft_multiplier,
+        snapshot_threshold: cfg.raft_snapshot_threshold,
         join,
         gossip: cfg.serf_lan_port >= 0,
     };

@@ -5,13 +5,13 @@
 //! concurrent durable writers share one sync (group commit): a writer whose batch was
 //! already covered by another writer's sync returns without syncing again.
 //!
-//! Log appends do not wait for their sync: the core's `LogStore` appends with
-//! [`Backend::write_then`], which commits the entries (readable at once, so the leader
-//! replicates them while its own sync runs), and a sync thread calls openraft's completion
-//! callback once a sync covers them: the same log store, over the simulator's disk, runs
-//! under every seed. Callbacks fire in append order,
-//! and every synchronous durable write (vote, truncation, purge, snapshot) fires the ones
-//! its sync covered before it returns, so no later write completes before an earlier one.
+//! Log appends and snapshots do not wait for their sync: the core's stores write them with
+//! [`Backend::write_then`], which commits the batch (readable at once, so the leader
+//! replicates entries while its own sync runs), and a sync thread calls the completion
+//! callback once a sync covers it: the same stores, over the simulator's disk, run under
+//! every seed. Callbacks fire in write order, and every synchronous durable write (vote,
+//! truncation, installed snapshot) fires the ones its sync covered before it returns, so no
+//! later write completes before an earlier one. A purge is not synced by itself.
 
 use std::collections::VecDeque;
 use std::fs::File;

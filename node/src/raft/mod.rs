@@ -144,6 +144,8 @@ pub struct ServerSpec<'a> {
     pub name: String,
     pub datacenter: String,
     pub raft_multiplier: u64,
+    /// Log entries between two snapshots.
+    pub snapshot_threshold: u64,
     /// `start_join` and `retry_join` hosts.
     pub join: Vec<String>,
     /// Whether the agent runs LAN gossip.
@@ -201,7 +203,7 @@ impl RaftStore {
             backend.clone(),
         ));
         let log = tribune_core::raft::LogStore::<Types, _>::new(backend);
-        let config = tribune_core::raft::config(spec.raft_multiplier, 10_000)
+        let config = tribune_core::raft::config(spec.raft_multiplier, spec.snapshot_threshold)
             .validate()
             .map_err(io::Error::other)?;
         let peers = Peers::default();
