@@ -1269,11 +1269,9 @@ mod tests {
         let v = hcl_to_json(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
         assert_eq!(v["x"], Value::from(many.clone()));
         assert_eq!(v["z"], Value::from(format!("{many}\n")));
-        // The fuzz target's second slow file: 21 unclosed objects under comparisons.
-        let slow = "c=yt-%{oyp>{d>s+tyttyt>{dp>s+tytyp>{dp>pytyyp>{dp>s+tytyp>{dp>pytys+t-s+ty-\
-                    tyttytyp>{dp>s+tytyp>{d>s+tyttyt>{dp>s+tytyp>{dp>pytys+t-s+ty-tyttytyp>{dp>\
-                    s+tytyp>{d>s+tyttytyp>{dp>s+tytyp>{dp>pytyp%{os+t-s+ty>{dp>p>yp>{dp>s+tytyp>\
-                    {dp>pytyp%{os+t-s+ty>{dp>p>{\":";
+        // The fuzz target's second slow file (in its corpus): 21 unclosed objects under
+        // comparisons.
+        let slow = include_str!("../../fuzz/corpus/config_loader/slow-unclosed-comparisons");
         let started = std::time::Instant::now();
         let e = hcl_to_json(slow).unwrap_err().to_string();
         assert!(e.contains("nesting deeper than 16 levels"), "{e}");
