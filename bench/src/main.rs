@@ -4,11 +4,15 @@
 //!   tribune-bench --target tribune|etcd --endpoints A,B,C --op put|get|fill|failover
 //!                 [--clients N] [--duration-secs S] [--max-requests M]
 //!                 [--value-bytes 128] [--keys 10000] [--scenario NAME] [--since-ns T]
+//!                 [--slow-ms MS]
 //!
 //! put/get: N clients (one TCP connection each, round-robin over the endpoints) issue
 //! requests back to back on random keys bench/0000.. until S seconds or M requests.
 //! fill: writes every key once (for read scenarios). failover: PUTs until one succeeds
 //! and reports the time since --since-ns (the wall clock, ns, when the leader was killed).
+//! --slow-ms: every request slower than MS is printed to stderr as `# slow` with the wall
+//! clock (ms since the epoch) it ended at, its endpoint and latency, to line up a latency
+//! tail with what the servers did at that moment.
 
 mod hist;
 mod http;
@@ -53,12 +57,13 @@ struct Args {
     keys: usize,
     scenario: Option<String>,
     since_ns: Option<u128>,
+    slow_ms: Option<u64>,
 }
 
 fn usage() -> String {
     "usage: tribune-bench --target tribune|etcd --endpoints HOST:PORT[,...] \
      --op put|get|fill|failover [--clients N] [--duration-secs S] [--max-requests M] \
-     [--value-bytes B] [--keys K] [--scenario NAME] [--since-ns T]"
+     [--value-bytes B] [--keys K] [--scenario NAME] [--since-ns T] [--slow-ms MS]"
         .to_string()
 }
 
@@ -74,6 +79,7 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
         keys: 10_000,
         scenario: None,
         since_ns: None,
+        slow_ms: None,
     };
     let mut it = argv.iter();
     while let Some(flag) = it.next() {
@@ -129,6 +135,7 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
             "--keys" => a.keys = num(&v)?.max(1) as usize,
             "--scenario" => a.scenario = Some(v),
             "--since-ns" => a.since_ns = Some(v.parse().map_err(|_| format!("{name}: {v}"))?),
+            "--slow-ms" => a.slow_ms = Some(num(&v)?),
             _ => return Err(format!("unknown flag {name}\n{}", usage())),
         }
     }
@@ -217,6 +224,7 @@ struct Shared {
     issued: AtomicU64,
     max_requests: u64,
     deadline: Instant,
+    slow_us: Option<u64>,
 }
 
 async fn client(id: usize, s: Arc<Shared>) -> ClientStats {
@@ -250,7 +258,18 @@ async fn client(id: usize, s: Arc<Shared>) -> ClientStats {
         .await;
         let err = match res {
             Ok(Ok(r)) if accepted(s.target, s.op, &r) => {
-                st.hist.record(t0.elapsed().as_micros() as u64);
+                let us = t0.elapsed().as_micros() as u64;
+                st.hist.record(us);
+                if s.slow_us.is_some_and(|slow| us > slow) {
+                    let wall = SystemTime::now()
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .unwrap_or_default();
+                    eprintln!(
+                        "# slow at_ms={} endpoint={addr} ms={:.1}",
+                        wall.as_millis(),
+                        us as f64 / 1e3
+                    );
+                }
                 continue;
             }
             Ok(Ok(r)) => {
@@ -309,6 +328,7 @@ async fn run_load(a: &Args) -> ExitCode {
         issued: AtomicU64::new(0),
         max_requests,
         deadline: start + a.duration,
+        slow_us: a.slow_ms.map(|ms| ms * 1000),
     });
     let tasks: Vec<_> = (0..a.clients)
         .map(|id| tokio::spawn(client(id, shared.clone())))

@@ -136,6 +136,7 @@ pub const SCHEMA: &[(&str, Kind)] = &[
     ("performance", Kind::Obj(PERFORMANCE)),
     ("ports", Kind::Obj(PORTS)),
     ("raft_snapshot_threshold", Kind::Int(1, 1 << 40)),
+    ("raft_snapshot_interval", Kind::Duration),
     ("reconnect_timeout", Kind::Duration),
     ("recursors", Kind::StrList),
     ("rejoin_after_leave", Kind::Bool),
@@ -320,6 +321,9 @@ pub struct Config {
     pub raft_multiplier: u64,
     /// Log entries between two Raft snapshots (Consul's `raft_snapshot_threshold`).
     pub raft_snapshot_threshold: u64,
+    /// How often a server checks whether a snapshot is due, staggered by up to as long
+    /// again (Consul's `raft_snapshot_interval`).
+    pub raft_snapshot_interval: Duration,
     pub kv_max_value_size: u64,
     pub http_max_conns_per_client: u64,
     pub default_query_time: Duration,
@@ -995,6 +999,7 @@ fn build(dev: bool, v: Value) -> Result<Config, ConfigError> {
         retry_interval: d(&["retry_interval"], Duration::from_secs(30)),
         raft_multiplier: i(&["performance", "raft_multiplier"], 5) as u64,
         raft_snapshot_threshold: i(&["raft_snapshot_threshold"], 16_384) as u64,
+        raft_snapshot_interval: d(&["raft_snapshot_interval"], Duration::from_secs(30)),
         kv_max_value_size: i(&["limits", "kv_max_value_size"], 512 * 1024) as u64,
         http_max_conns_per_client: i(&["limits", "http_max_conns_per_client"], 200) as u64,
         default_query_time,

@@ -233,11 +233,24 @@ fn leader_index(servers: &[Server], leader: &str) -> usize {
         .expect("leader is one of ours")
 }
 
+/// A number in `Stats.raft` of `/v1/agent/self`.
+fn raft_stat(s: &Server, key: &str) -> u64 {
+    let (_, body) = s.http("GET", "/v1/agent/self", b"").unwrap();
+    let me: serde_json::Value = serde_json::from_str(&body).unwrap();
+    me["Stats"]["raft"][key]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{key} in {me}"))
+}
+
 #[test]
 fn three_servers_elect_replicate_survive_kill9_and_catch_up() {
     // Snapshots every 16 entries (8 kept behind): they are built, written and restored
     // from fjall in this test, and the restarted server is further behind than the log.
-    let mut servers = cluster_with("kill", 1, |_, c| c["raft_snapshot_threshold"] = 16.into());
+    let mut servers = cluster_with("kill", 1, |_, c| {
+        c["raft_snapshot_threshold"] = 16.into();
+        c["raft_snapshot_interval"] = "100ms".into();
+    });
     let leader = wait_leader(&servers, Duration::from_secs(20));
     assert!(
         leader.ends_with(":8300"),
@@ -395,8 +408,19 @@ fn three_servers_elect_replicate_survive_kill9_and_catch_up() {
         metric(&servers[ni], "consul_raft_leader_changes") >= 2,
         "the new leader saw two leaders"
     );
-    for i in 0..20 {
+    // Writes go on until the new leader's snapshot is more than the 8 kept entries past
+    // what the killed server had (its log is purged behind the snapshot), so the restarted
+    // server is further behind than the log.
+    let behind = raft_stat(&servers[ni], "applied_index");
+    let start = Instant::now();
+    let mut i = 0;
+    while i < 20 || raft_stat(&servers[ni], "last_snapshot_index") <= behind + 8 {
         assert!(put(&servers[other], &format!("during/{i}"), "x"));
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the new leader took no snapshot past {behind}"
+        );
+        i += 1;
     }
 
     // The killed server restarts from its data dir and catches up.
@@ -414,14 +438,17 @@ fn three_servers_elect_replicate_survive_kill9_and_catch_up() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Every server takes snapshots on its schedule (every 100-200 ms here).
     for s in servers.iter() {
-        let (_, body) = s.http("GET", "/v1/agent/self", b"").unwrap();
-        let me: serde_json::Value = serde_json::from_str(&body).unwrap();
-        let at: u64 = me["Stats"]["raft"]["last_snapshot_index"]
-            .as_str()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{me}"));
-        assert!(at >= 16, "{}: snapshot at {at}", s.ip);
+        let start = Instant::now();
+        while raft_stat(s, "last_snapshot_index") < 16 {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{}: no snapshot past 16",
+                s.ip
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     // Operator removal of a dead server (a live one would be added back by the leader, as

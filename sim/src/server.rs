@@ -53,9 +53,12 @@ pub const SHORT_READ_ENTRIES: usize = 8;
 /// Snapshots go in small chunks here, so that every snapshot the simulator sends is several
 /// messages (production's are 1 MiB).
 pub const SNAPSHOT_CHUNK_BYTES: usize = 64;
-/// A snapshot every this many entries (production: 10,000), so that servers that were
+/// A snapshot every this many entries (production: 16,384), so that servers that were
 /// down or cut off often catch up from a snapshot.
 pub const SNAPSHOT_EVERY: u64 = 50;
+/// How often a server checks whether a snapshot is due (production's schedule, Consul's
+/// `raft_snapshot_interval`, shortened so that runs of a few seconds take many snapshots).
+pub const SNAPSHOT_INTERVAL: Duration = Duration::from_millis(100);
 /// How often the leader reconciles the LAN view into the Raft configuration.
 pub const RECONCILE_EVERY: Duration = Duration::from_millis(500);
 
@@ -308,6 +311,8 @@ pub async fn run(ctx: Arc<ServerCtx>) {
     madsim::task::spawn(async move { e.form_cluster(expect, Duration::from_millis(500)).await });
     let e = engine.clone();
     madsim::task::spawn(async move { e.reconcile(RECONCILE_EVERY).await });
+    let e = engine.clone();
+    madsim::task::spawn(async move { e.snapshots(SNAPSHOT_INTERVAL, SNAPSHOT_EVERY).await });
 
     // Record who leads in which term (at most one leader per term).
     let mut metrics = raft.metrics();

@@ -93,7 +93,11 @@ pub const DEFAULT_RAFT_MULTIPLIER: u64 = 5;
 /// `performance.raft_multiplier` (1 = fastest, 5 = default). At the default: heartbeat every
 /// 100 ms, election timeout 300-600 ms; a follower also refuses votes while its leader's
 /// lease (the maximum election timeout) runs, so a dead leader is replaced in about 1 s.
-pub fn config(raft_multiplier: u64, snapshot_every: u64) -> openraft::Config {
+///
+/// openraft takes no snapshot by itself: [`Server::snapshots`](crate::cluster::Server::snapshots)
+/// asks for one on Consul's schedule. After a snapshot the log keeps `snapshot_threshold / 2`
+/// entries behind it for followers that lag.
+pub fn config(raft_multiplier: u64, snapshot_threshold: u64) -> openraft::Config {
     let m = raft_multiplier.max(1);
     openraft::Config {
         cluster_name: "tribune".into(),
@@ -107,8 +111,8 @@ pub fn config(raft_multiplier: u64, snapshot_every: u64) -> openraft::Config {
         // ReadIndex reads from the commit index it recovered, which can be older than
         // writes it acknowledged before the crash (found by simulation seed 76).
         enable_leader_restore: Some(false),
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_every),
-        max_in_snapshot_log_to_keep: snapshot_every / 2,
+        snapshot_policy: openraft::SnapshotPolicy::Never,
+        max_in_snapshot_log_to_keep: snapshot_threshold / 2,
         purge_batch_size: 64,
         max_payload_entries: 256,
         ..Default::default()

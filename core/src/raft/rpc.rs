@@ -305,6 +305,14 @@ impl<T> Network<T> {
     }
 }
 
+/// The least time an AppendEntries call may take. openraft gives one a heartbeat interval
+/// (100 ms by default) and, when it runs out, takes the follower for unreachable and waits
+/// 200 ms before it sends again. A follower whose fsync stalls for a little longer than a
+/// heartbeat (a busy disk) then held every write up for about 300 ms; with this much time
+/// the append is answered as soon as the disk is back. A dead peer's connection fails at
+/// once, and a silent one is given up on after this long.
+pub const APPEND_TTL_MIN: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn unexpected<C: Types>(r: RaftRpcReply<C>) -> openraft::error::Unreachable<C> {
     unreachable(io::Error::other(format!("unexpected reply {r:?}")))
 }
@@ -317,6 +325,8 @@ impl<C: Types, T: PeerTransport<C>> openraft::RaftNetworkV2<C> for Network<T> {
         rpc: AppendEntriesRequest<C>,
         option: openraft::network::RPCOption,
     ) -> Result<AppendEntriesResponse<C>, openraft::error::RPCError<C>> {
+        let ttl = option.hard_ttl().max(APPEND_TTL_MIN);
+        let option = openraft::network::RPCOption::new(ttl);
         match self.rpc(RaftRpc::Append(rpc), &option).await? {
             RaftRpcReply::Append(r) => Ok(r),
             r => Err(unexpected(r).into()),

@@ -47,6 +47,7 @@ pub async fn open(
         datacenter: cfg.datacenter.clone(),
         raft_multiplier: cfg.raft_multiplier,
         snapshot_threshold: cfg.raft_snapshot_threshold,
+        snapshot_interval: cfg.raft_snapshot_interval,
         join,
         gossip: cfg.serf_lan_port >= 0,
     };

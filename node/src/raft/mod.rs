@@ -146,6 +146,8 @@ pub struct ServerSpec<'a> {
     pub raft_multiplier: u64,
     /// Log entries between two snapshots.
     pub snapshot_threshold: u64,
+    /// How often to check whether a snapshot is due (Consul's `raft_snapshot_interval`).
+    pub snapshot_interval: Duration,
     /// `start_join` and `retry_join` hosts.
     pub join: Vec<String>,
     /// Whether the agent runs LAN gossip.
@@ -240,6 +242,9 @@ impl RaftStore {
             http: OnceLock::new(),
         });
         tokio::spawn(watch_leadership(Arc::downgrade(&store)));
+        let engine = store.engine.clone();
+        let (every, threshold) = (spec.snapshot_interval, spec.snapshot_threshold);
+        tokio::spawn(async move { engine.snapshots(every, threshold).await });
         let listener = tokio::net::TcpListener::bind(spec.bind).await?;
         let server = store.clone();
         tokio::spawn(transport::serve(listener, move |rpc| {
