@@ -168,7 +168,12 @@ pub async fn start(
                         let _ = ep.send_to_raw(to, STREAM, Box::new(bytes)).await;
                     }
                     // Replies go back as the request's answer (above).
-                    Output::StreamReply { .. } | Output::Event(_) => {}
+                    Output::StreamReply { .. } => {}
+                    Output::Event(e) => {
+                        if crate::debug() {
+                            eprintln!("t={:?} gossip {me}: {e:?}", madsim::time::Instant::now());
+                        }
+                    }
                 }
             }
             if let Some(done) = left {

@@ -458,41 +458,7 @@ async fn simulate(seed: u64, sabotage: Sabotage) -> SeedReport {
         madsim::time::sleep(Duration::from_millis(100)).await;
     }
     if !cluster.all_voters() {
-        if crate::debug() {
-            for (slot, ctx) in &cluster.ctxs {
-                if let Some((raft, _)) = ctx.live() {
-                    let m = raft.metrics().borrow_watched().clone();
-                    eprintln!(
-                        "server {slot} (id {}, {} unsynced, {} waiting): {:?} term {} leader {:?} \
-                        last log {:?} applied {:?} replication {:?} membership {:?}",
-                        ctx.id(),
-                        ctx.backend().unsynced_batches(),
-                        ctx.backend().waiting_batches(),
-                        m.state,
-                        m.current_term,
-                        m.current_leader,
-                        m.last_log_index,
-                        m.last_applied.map(|l| l.index),
-                        m.replication.as_ref().map(|r| r
-                            .iter()
-                            .map(|(k, v)| (*k, v.map(|l| l.index)))
-                            .collect::<Vec<_>>()),
-                        m.membership_config
-                    );
-                }
-                if let Some(pool) = ctx.pool.lock().unwrap().as_ref() {
-                    for m in pool.members() {
-                        eprintln!(
-                            "  sees {} {:?} inc {} raft_id {:?}",
-                            m.name,
-                            m.state,
-                            m.incarnation,
-                            m.tags.get("raft_id")
-                        );
-                    }
-                }
-            }
-        }
+        dump_servers(&cluster);
         failures.push(
             "liveness: the leader did not make every server a voter again after healing"
                 .to_string(),
@@ -500,6 +466,7 @@ async fn simulate(seed: u64, sabotage: Sabotage) -> SeedReport {
     }
     madsim::time::sleep(Duration::from_millis(3_000)).await;
     let mut converged = false;
+    let mut last_seen = Vec::new();
     while madsim::time::Instant::now() < liveness_deadline {
         madsim::time::sleep(Duration::from_millis(100)).await;
         let Some(target) = *probe_done.lock().unwrap() else {
@@ -515,6 +482,7 @@ async fn simulate(seed: u64, sabotage: Sabotage) -> SeedReport {
             converged = true;
             break;
         }
+        last_seen = applied;
     }
     if probe_done.lock().unwrap().is_none() {
         failures.push(format!(
@@ -522,9 +490,11 @@ async fn simulate(seed: u64, sabotage: Sabotage) -> SeedReport {
             plan.liveness_ms
         ));
     } else if !converged {
-        failures.push(
-            "liveness: servers did not converge to one applied index after healing".to_string(),
-        );
+        dump_servers(&cluster);
+        failures.push(format!(
+            "liveness: servers did not converge to one applied index after healing \
+            (applied, by slot: {last_seen:?})"
+        ));
     }
 
     // Identical state at equal index.
@@ -634,5 +604,45 @@ async fn simulate(seed: u64, sabotage: Sabotage) -> SeedReport {
             })
             .sum(),
         failures,
+    }
+}
+
+/// With TRIBUNE_SIM_DEBUG set, print each live server's Raft metrics and gossip view.
+fn dump_servers(cluster: &Cluster) {
+    if !crate::debug() {
+        return;
+    }
+    for (slot, ctx) in &cluster.ctxs {
+        if let Some((raft, _)) = ctx.live() {
+            let m = raft.metrics().borrow_watched().clone();
+            eprintln!(
+                "server {slot} (id {}, {} unsynced, {} waiting): {:?} term {} leader {:?} \
+                last log {:?} applied {:?} replication {:?} membership {:?}",
+                ctx.id(),
+                ctx.backend().unsynced_batches(),
+                ctx.backend().waiting_batches(),
+                m.state,
+                m.current_term,
+                m.current_leader,
+                m.last_log_index,
+                m.last_applied.map(|l| l.index),
+                m.replication.as_ref().map(|r| r
+                    .iter()
+                    .map(|(k, v)| (*k, v.map(|l| l.index)))
+                    .collect::<Vec<_>>()),
+                m.membership_config
+            );
+        }
+        if let Some(pool) = ctx.pool.lock().unwrap().as_ref() {
+            for m in pool.members() {
+                eprintln!(
+                    "  sees {} {:?} inc {} raft_id {:?}",
+                    m.name,
+                    m.state,
+                    m.incarnation,
+                    m.tags.get("raft_id")
+                );
+            }
+        }
     }
 }

@@ -49,6 +49,8 @@ pub struct Counters {
     pub conflicts_told: u64,
     /// Push-pulls started with a member held failed or left because it probed this node.
     pub stale_resyncs: u64,
+    /// Push-pulls started with a prober this node did not know.
+    pub unknown_resyncs: u64,
     /// Probes sent by this node.
     pub probes_sent: u64,
     /// Probes that got no ack (direct or indirect) by the end of the protocol period.

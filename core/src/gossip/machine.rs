@@ -209,6 +209,8 @@ pub struct Gossip {
     /// When this node last pushed its state to a member it holds failed or left that
     /// pinged it (see `resync_stale_prober`); one entry per such member at most.
     resyncs: BTreeMap<String, Millis>,
+    /// When this node last pushed its state to a prober it does not know.
+    unknown_resync: Option<Millis>,
     /// Moves on every change to what [`Gossip::members`] returns.
     members_version: u64,
 }
@@ -274,6 +276,7 @@ impl Gossip {
             events_seen: BTreeMap::new(),
             events_seen_len: 0,
             resyncs: BTreeMap::new(),
+            unknown_resync: None,
             members_version: 0,
         };
         g.members.insert(
@@ -1111,13 +1114,30 @@ impl Gossip {
     /// five probe intervals per member, rather than wait for a reconnect or push-pull round
     /// (30 s each in the LAN profile; memberlist waits for them).
     fn resync_stale_prober(&mut self, now: Millis, from: SocketAddr) {
-        let stale = self
+        let every = Millis(self.config.probe_interval.0.saturating_mul(5));
+        let known = self
             .members
             .values()
-            .find(|m| m.addr == from && m.name != self.me && !m.state.is_live())
-            .map(|m| m.name.clone());
-        let Some(name) = stale else { return };
-        let every = Millis(self.config.probe_interval.0.saturating_mul(5));
+            .find(|m| m.addr == from && m.name != self.me)
+            .map(|m| (m.name.clone(), m.state.is_live()));
+        let name = match known {
+            Some((_, true)) => return,
+            Some((name, false)) => name,
+            // A prober this node does not know at all: it joined where this node could
+            // not hear of it (behind a partition, its alive broadcasts spent) and would
+            // otherwise stay unknown here until a push-pull round (30 s). One such
+            // push-pull per period, whoever asks, so pings cannot make it send more.
+            None => {
+                if self.unknown_resync.is_some_and(|t| now < t.plus(every)) {
+                    return;
+                }
+                self.unknown_resync = Some(now);
+                self.counters.unknown_resyncs += 1;
+                let bytes = self.push_pull_bytes(false, false);
+                self.send_stream(from, bytes);
+                return;
+            }
+        };
         if self.resyncs.get(&name).is_some_and(|t| now < t.plus(every)) {
             return;
         }

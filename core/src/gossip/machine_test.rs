@@ -593,6 +593,38 @@ fn a_member_held_failed_that_probes_is_resynced_at_once() {
     assert!(resyncs >= 1);
 }
 
+/// A node that joins behind a partition is heard of only on its own side; its alive
+/// broadcasts are spent by the time the partition heals. When it then probes a member that
+/// does not know it, that member push-pulls with it at once instead of leaving it unknown
+/// until a push-pull round (30 s).
+#[test]
+fn a_prober_nobody_heard_of_is_resynced_at_once() {
+    let mut h = cluster(4, 5);
+    h.add_node(Config::lan(), Tags::new());
+    for a in [0, 4] {
+        for b in [1, 2, 3] {
+            h.cut(a, b);
+        }
+    }
+    h.join(4, &[0]);
+    h.run_for(Millis::secs(3));
+    assert!(h.node_ref(1).member(&node_name(4)).is_none());
+    h.heal();
+    h.run_for(Millis::secs(8));
+    for i in 0..4 {
+        let m = h.node_ref(i).member(&node_name(4));
+        assert!(
+            m.as_ref().is_some_and(|m| m.state.is_live()),
+            "node {i} holds node 4 as {:?}",
+            m.map(|m| m.state)
+        );
+    }
+    let resyncs: u64 = (1..4)
+        .map(|i| h.node_ref(i).counters().unknown_resyncs)
+        .sum();
+    assert!(resyncs >= 1);
+}
+
 /// Each node's member list and version, to compare against after a step.
 fn member_views(h: &Harness) -> Vec<(Vec<MemberInfo>, u64)> {
     (0..h.len())
