@@ -387,6 +387,72 @@ impl<C: Types, T: PeerTransport<C>> openraft::RaftNetworkV2<C> for Network<T> {
 mod tests {
     use super::*;
 
+    crate::declare_types!(RpcTypes, openraft_rt_tokio::TokioRuntime);
+
+    /// A transport that keeps the time each call was given and answers none.
+    #[derive(Clone, Default)]
+    struct Ttls(std::sync::Arc<std::sync::Mutex<Vec<Duration>>>);
+
+    impl PeerTransport<RpcTypes> for Ttls {
+        async fn call(
+            &self,
+            _addr: &str,
+            _rpc: PeerRpc<RpcTypes>,
+            ttl: Duration,
+        ) -> io::Result<PeerReply<RpcTypes>> {
+            self.0.lock().unwrap_or_else(|e| e.into_inner()).push(ttl);
+            Err(io::Error::other("no reply"))
+        }
+    }
+
+    /// Run a future that never waits (the transport above answers at once).
+    fn now<F: Future>(f: F) -> F::Output {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match std::pin::pin!(f).poll(&mut cx) {
+            std::task::Poll::Ready(out) => out,
+            std::task::Poll::Pending => panic!("the call waited"),
+        }
+    }
+
+    #[test]
+    fn an_append_gets_at_least_append_ttl_min_and_a_vote_its_own_ttl() {
+        use openraft::RaftNetworkV2;
+        let ttls = Ttls::default();
+        let mut net = Network {
+            transport: ttls.clone(),
+            addr: "peer:8300".into(),
+            target: 2,
+            chunk: 1,
+        };
+        let heartbeat = openraft::network::RPCOption::new(Duration::from_millis(100));
+        let append = AppendEntriesRequest::<RpcTypes> {
+            vote: Vote::new(1, 1),
+            prev_log_id: None,
+            leader_commit: None,
+            entries: vec![],
+        };
+        assert!(now(net.append_entries(append, heartbeat.clone())).is_err());
+        let vote = VoteRequest::<RpcTypes>::new(Vote::new(2, 1), None);
+        assert!(now(net.vote(vote, heartbeat)).is_err());
+        let seen = ttls.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        assert_eq!(seen, vec![APPEND_TTL_MIN, Duration::from_millis(100)]);
+        let long = openraft::network::RPCOption::new(Duration::from_secs(3));
+        let append = AppendEntriesRequest::<RpcTypes> {
+            vote: Vote::new(1, 1),
+            prev_log_id: None,
+            leader_commit: None,
+            entries: vec![],
+        };
+        assert!(now(net.append_entries(append, long)).is_err());
+        let last = ttls
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last()
+            .copied();
+        assert_eq!(last, Some(Duration::from_secs(3)), "a longer ttl is kept");
+    }
+
     fn meta(index: u64) -> SnapshotMeta {
         let log_id = crate::raft::LogId::new(crate::raft::CommittedLeaderId::new(1), index);
         SnapshotMeta {
