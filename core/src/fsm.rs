@@ -25,6 +25,10 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde::Serialize;
 
+use crate::catalog::Catalog;
+use crate::catalog::CatalogChange;
+use crate::catalog::CatalogError;
+use crate::catalog::CatalogOp;
 use crate::kv::KvOp;
 use crate::kv::KvOutcome;
 use crate::kv::KvStore;
@@ -47,9 +51,10 @@ pub struct Request {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     Kv(KvOp),
+    Catalog(CatalogOp),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
     /// The result of a KV write, and the index it was applied at.
     Kv { outcome: KvOutcome, index: u64 },
@@ -58,6 +63,13 @@ pub enum Response {
     Expired,
     /// A log entry that carries no command (blank or membership).
     Empty,
+    /// The result of a catalog write (what it changed, or why it was refused), and the
+    /// index it was applied at. Last, so that snapshots of version 1 (whose dedup records
+    /// hold responses) still decode.
+    Catalog {
+        result: Result<CatalogChange, CatalogError>,
+        index: u64,
+    },
 }
 
 /// Deliberately wrong behaviour, compiled in only for the simulator, so that its checks
@@ -74,7 +86,7 @@ pub struct Sabotage {
     pub no_eviction_horizon: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct ClientRecord {
     seq: u64,
     response: Response,
@@ -92,6 +104,7 @@ pub struct StateMachine {
     clients_by_index: BTreeMap<u64, u64>,
     /// The highest index an evicted client last wrote at (see the module docs).
     evicted_upto: u64,
+    catalog: Catalog,
     #[cfg(feature = "sabotage")]
     #[serde(skip)]
     pub sabotage: Sabotage,
@@ -108,6 +121,10 @@ impl StateMachine {
 
     pub fn kv(&self) -> &KvStore {
         &self.kv
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
     }
 
     pub fn last_applied(&self) -> u64 {
@@ -135,7 +152,7 @@ impl StateMachine {
         if req.client != 0 && !self.dedup_disabled() {
             if let Some(rec) = self.clients.get(&req.client) {
                 if req.seq == rec.seq {
-                    return rec.response;
+                    return rec.response.clone();
                 }
                 if req.seq < rec.seq {
                     return Response::Expired;
@@ -149,9 +166,13 @@ impl StateMachine {
                 let outcome = self.apply_kv(index, op);
                 Response::Kv { outcome, index }
             }
+            Command::Catalog(op) => Response::Catalog {
+                result: self.catalog.apply(index, op),
+                index,
+            },
         };
         if req.client != 0 {
-            self.remember(req.client, req.seq, response, index);
+            self.remember(req.client, req.seq, response.clone(), index);
         }
         response
     }
@@ -159,7 +180,10 @@ impl StateMachine {
     /// [`StateMachine::apply`], then check the write against the index rules and the
     /// table invariants; the simulator runs every entry through this.
     pub fn apply_checked(&mut self, index: u64, req: &Request) -> (Response, Result<(), String>) {
-        let Command::Kv(op) = &req.cmd;
+        let Command::Kv(op) = &req.cmd else {
+            let response = self.apply(index, req);
+            return (response, self.check_invariants());
+        };
         let key = match op {
             KvOp::Set { key, .. }
             | KvOp::Cas { key, .. }
@@ -231,6 +255,7 @@ impl StateMachine {
     /// Check every invariant of the state; returns the first violation.
     pub fn check_invariants(&self) -> Result<(), String> {
         self.kv.check_invariants(self.last_applied)?;
+        self.catalog.check_invariants(self.last_applied)?;
         if self.clients.len() != self.clients_by_index.len() {
             return Err("dedup table and its eviction order disagree".into());
         }
@@ -258,18 +283,46 @@ impl StateMachine {
                 .try_into()
                 .expect("4 bytes"),
         );
-        if version != SNAPSHOT_VERSION {
-            return Err(SnapshotError::Version(version));
-        }
-        let sm: StateMachine = postcard::from_bytes(&bytes[header..])
-            .map_err(|e| SnapshotError::Decode(e.to_string()))?;
+        let body = &bytes[header..];
+        let decode = |e: postcard::Error| SnapshotError::Decode(e.to_string());
+        let sm: StateMachine = match version {
+            SNAPSHOT_VERSION => postcard::from_bytes(body).map_err(decode)?,
+            1 => postcard::from_bytes::<StateV1>(body)
+                .map_err(decode)?
+                .into(),
+            v => return Err(SnapshotError::Version(v)),
+        };
         sm.check_invariants().map_err(SnapshotError::Invalid)?;
         Ok(sm)
     }
 }
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"TRIBSNAP";
-const SNAPSHOT_VERSION: u32 = 1;
+/// Version 2 added the catalog; version 1 snapshots are still read.
+const SNAPSHOT_VERSION: u32 = 2;
+
+/// A version 1 snapshot's state: everything but the catalog.
+#[derive(Deserialize)]
+struct StateV1 {
+    kv: KvStore,
+    last_applied: u64,
+    clients: BTreeMap<u64, ClientRecord>,
+    clients_by_index: BTreeMap<u64, u64>,
+    evicted_upto: u64,
+}
+
+impl From<StateV1> for StateMachine {
+    fn from(v: StateV1) -> Self {
+        StateMachine {
+            kv: v.kv,
+            last_applied: v.last_applied,
+            clients: v.clients,
+            clients_by_index: v.clients_by_index,
+            evicted_upto: v.evicted_upto,
+            ..StateMachine::default()
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SnapshotError {

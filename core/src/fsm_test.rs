@@ -158,13 +158,80 @@ fn arb_request() -> impl Strategy<Value = Request> {
         (key.clone(), 0u64..20).prop_map(|(key, index)| KvOp::DeleteCas { key, index }),
         prop::sample::select(vec!["a", ""]).prop_map(|p| KvOp::DeleteTree { prefix: p.into() }),
         (0u64..20).prop_map(|up_to| KvOp::ReapTombstones { up_to }),
-    ];
-    (0u64..4, 1u64..6, op).prop_map(|(client, seq, op)| Request {
+    ]
+    .prop_map(Command::Kv);
+    let cmd = prop_oneof![3 => op, 1 => arb_catalog_op().prop_map(Command::Catalog)];
+    (0u64..4, 1u64..6, cmd).prop_map(|(client, seq, cmd)| Request {
         opened_at: 0,
         client,
         seq,
-        cmd: Command::Kv(op),
+        cmd,
     })
+}
+
+fn arb_catalog_op() -> impl Strategy<Value = CatalogOp> {
+    use crate::catalog::{CheckInfo, Health, NodeInfo, Registration, ServiceInfo};
+    let node = prop::sample::select(vec!["n1", "N1", "n2"]).prop_map(String::from);
+    let sid = prop::sample::select(vec!["", "web", "db"]).prop_map(String::from);
+    let status = prop::sample::select(vec![Health::Passing, Health::Critical]);
+    prop_oneof![
+        (node.clone(), sid.clone(), 0u16..3, status, any::<bool>()).prop_map(
+            |(name, sid, port, status, with_check)| {
+                let service = (!sid.is_empty()).then(|| ServiceInfo {
+                    id: sid.clone(),
+                    name: sid.clone(),
+                    port,
+                    ..ServiceInfo::default()
+                });
+                let checks = match with_check {
+                    true => vec![CheckInfo {
+                        check_id: format!("{sid}-check"),
+                        name: "check".into(),
+                        service_id: sid,
+                        status,
+                        ..CheckInfo::default()
+                    }],
+                    false => vec![],
+                };
+                CatalogOp::Register(Box::new(Registration {
+                    node: NodeInfo {
+                        name,
+                        address: "10.0.0.1".into(),
+                        ..NodeInfo::default()
+                    },
+                    skip_node_update: false,
+                    service,
+                    checks,
+                }))
+            }
+        ),
+        (node, sid).prop_map(|(node, sid)| CatalogOp::Deregister {
+            node,
+            service_id: (!sid.is_empty()).then_some(sid),
+            check_id: None,
+        }),
+    ]
+}
+
+/// A snapshot written before the catalog existed (version 1) is still read.
+#[test]
+fn a_version_1_snapshot_is_restored_with_an_empty_catalog() {
+    let mut sm = StateMachine::new();
+    sm.apply(1, &put(1, 1, "k", "v"));
+    sm.apply(2, &put(2, 1, "j", "w"));
+    let v1_body = (
+        &sm.kv,
+        sm.last_applied,
+        &sm.clients,
+        &sm.clients_by_index,
+        sm.evicted_upto,
+    );
+    let mut bytes = SNAPSHOT_MAGIC.to_vec();
+    bytes.extend_from_slice(&1u32.to_be_bytes());
+    bytes.extend_from_slice(&postcard::to_allocvec(&v1_body).unwrap());
+    let restored = StateMachine::restore(&bytes).unwrap();
+    assert_eq!(restored, sm);
+    assert!(restored.catalog().is_empty());
 }
 
 proptest! {

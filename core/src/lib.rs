@@ -2,11 +2,13 @@
 //!
 //! Nothing in this crate reads a clock, opens a socket, spawns a thread or draws from a
 //! global random source: time and randomness are inputs. The crate holds the KV index
-//! (`kv`), the replicated state machine (`fsm`), the Raft glue (`raft`), gossip (`gossip`)
-//! and the cluster engine every server runs around Raft (`cluster`).
+//! (`kv`), the catalog of nodes, services and checks (`catalog`), the replicated state
+//! machine (`fsm`), the Raft glue (`raft`), gossip (`gossip`) and the cluster engine every
+//! server runs around Raft (`cluster`).
 
 #![forbid(unsafe_code)]
 
+pub mod catalog;
 pub mod cluster;
 pub mod fsm;
 pub mod gossip;

@@ -7,6 +7,9 @@
 //! - prefix watchers whose prefix is a prefix of the touched key, or (for a deleted prefix)
 //!   that start with it or that it starts with.
 //!
+//! Catalog reads watch one service name, one node or a whole table; a catalog write
+//! publishes the names and tables it moved ([`CatalogChange`]) and wakes only those.
+//!
 //! Waiters subscribe *before* they read the state, so a write that lands between the read
 //! and the wait is never lost (the channel remembers it was signalled).
 
@@ -17,12 +20,38 @@ use std::sync::Mutex;
 use std::sync::PoisonError;
 
 use tokio::sync::watch;
+use tribune_core::catalog::CatalogChange;
+use tribune_core::catalog::Table;
 
 /// What a blocking query watches.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Topic {
     Key(String),
     Prefix(String),
+    /// One service name (any case).
+    Service(String),
+    /// One node, its services and checks (any case).
+    Node(String),
+    /// A whole catalog table.
+    Table(CatalogTable),
+}
+
+/// [`Table`], ordered so that it can name a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CatalogTable {
+    Nodes,
+    Services,
+    Checks,
+}
+
+impl From<Table> for CatalogTable {
+    fn from(t: Table) -> Self {
+        match t {
+            Table::Nodes => CatalogTable::Nodes,
+            Table::Services => CatalogTable::Services,
+            Table::Checks => CatalogTable::Checks,
+        }
+    }
 }
 
 /// What a write touched.
@@ -30,6 +59,7 @@ pub enum Topic {
 pub enum Touched {
     Key(String),
     Tree(String),
+    Catalog(CatalogChange),
     All,
 }
 
@@ -51,16 +81,29 @@ impl Touched {
 struct Maps {
     keys: BTreeMap<String, watch::Sender<u64>>,
     prefixes: BTreeMap<String, watch::Sender<u64>>,
+    /// Catalog topics, by [`catalog_key`].
+    catalog: BTreeMap<String, watch::Sender<u64>>,
+}
+
+/// A catalog topic's name in [`Maps::catalog`]: names are folded, as the catalog's are.
+fn catalog_key(topic: &Topic) -> Option<String> {
+    match topic {
+        Topic::Service(n) => Some(format!("s/{}", n.to_ascii_lowercase())),
+        Topic::Node(n) => Some(format!("n/{}", n.to_ascii_lowercase())),
+        Topic::Table(t) => Some(format!("t/{t:?}")),
+        Topic::Key(_) | Topic::Prefix(_) => None,
+    }
 }
 
 impl Maps {
-    fn map<'a, 't>(
+    fn map<'a>(
         &'a mut self,
-        topic: &'t Topic,
-    ) -> (&'a mut BTreeMap<String, watch::Sender<u64>>, &'t str) {
+        topic: &Topic,
+    ) -> (&'a mut BTreeMap<String, watch::Sender<u64>>, String) {
         match topic {
-            Topic::Key(k) => (&mut self.keys, k.as_str()),
-            Topic::Prefix(p) => (&mut self.prefixes, p.as_str()),
+            Topic::Key(k) => (&mut self.keys, k.clone()),
+            Topic::Prefix(p) => (&mut self.prefixes, p.clone()),
+            other => (&mut self.catalog, catalog_key(other).unwrap_or_default()),
         }
     }
 }
@@ -99,9 +142,9 @@ impl Drop for Subscription {
             .unwrap_or_else(PoisonError::into_inner);
         drop(self.rx.take());
         let (map, name) = maps.map(&self.topic);
-        if let Some(tx) = map.get(name) {
+        if let Some(tx) = map.get(&name) {
             if tx.receiver_count() == 0 {
-                map.remove(name);
+                map.remove(&name);
             }
         }
     }
@@ -115,11 +158,11 @@ impl Hub {
     pub fn subscribe(&self, topic: Topic) -> Subscription {
         let mut maps = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let (map, name) = maps.map(&topic);
-        let rx = match map.get(name) {
+        let rx = match map.get(&name) {
             Some(tx) => tx.subscribe(),
             None => {
                 let (tx, rx) = watch::channel(0);
-                map.insert(name.to_string(), tx);
+                map.insert(name, tx);
                 rx
             }
         };
@@ -131,10 +174,10 @@ impl Hub {
         }
     }
 
-    /// Number of distinct topics being watched (keys, prefixes).
-    pub fn topics(&self) -> (usize, usize) {
+    /// Number of distinct topics being watched (keys, prefixes, catalog topics).
+    pub fn topics(&self) -> (usize, usize, usize) {
         let maps = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        (maps.keys.len(), maps.prefixes.len())
+        (maps.keys.len(), maps.prefixes.len(), maps.catalog.len())
     }
 
     /// Wake the watchers a write at `index` that touched `touched` could affect.
@@ -147,6 +190,30 @@ impl Hub {
             Touched::All => {
                 maps.keys.values().for_each(wake);
                 maps.prefixes.values().for_each(wake);
+                maps.catalog.values().for_each(wake);
+            }
+            Touched::Catalog(change) => {
+                let tables = [
+                    (change.nodes, CatalogTable::Nodes),
+                    (change.services, CatalogTable::Services),
+                    (change.checks, CatalogTable::Checks),
+                ];
+                let topics = change
+                    .service_names
+                    .iter()
+                    .map(|n| Topic::Service(n.clone()))
+                    .chain(change.node_names.iter().map(|n| Topic::Node(n.clone())))
+                    .chain(
+                        tables
+                            .into_iter()
+                            .filter(|t| t.0)
+                            .map(|t| Topic::Table(t.1)),
+                    );
+                for topic in topics {
+                    if let Some(tx) = catalog_key(&topic).and_then(|k| maps.catalog.get(&k)) {
+                        wake(tx);
+                    }
+                }
             }
             Touched::Key(k) => {
                 if let Some(tx) = maps.keys.get(k.as_str()) {
@@ -262,6 +329,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_catalog_change_wakes_only_the_names_and_tables_it_moved() {
+        let hub = Hub::new();
+        let mut web = hub.subscribe(Topic::Service("Web".into()));
+        let mut db = hub.subscribe(Topic::Service("db".into()));
+        let mut n1 = hub.subscribe(Topic::Node("n1".into()));
+        let mut n2 = hub.subscribe(Topic::Node("n2".into()));
+        let mut checks = hub.subscribe(Topic::Table(CatalogTable::Checks));
+        let mut nodes = hub.subscribe(Topic::Table(CatalogTable::Nodes));
+        let mut kv = hub.subscribe(prefix(""));
+        let change = CatalogChange {
+            checks: true,
+            service_names: ["web".to_string()].into(),
+            node_names: ["n1".to_string()].into(),
+            ..CatalogChange::default()
+        };
+        hub.publish(4, &Touched::Catalog(change));
+        assert!(
+            woke(&mut web).await,
+            "names are matched without regard to case"
+        );
+        assert!(woke(&mut n1).await);
+        assert!(woke(&mut checks).await);
+        assert!(!woke(&mut db).await);
+        assert!(!woke(&mut n2).await);
+        assert!(!woke(&mut nodes).await);
+        assert!(!woke(&mut kv).await, "a catalog write wakes no KV watcher");
+        hub.publish(5, &Touched::Key("k".into()));
+        assert!(!woke(&mut web).await, "a KV write wakes no catalog watcher");
+        hub.publish(6, &Touched::All);
+        assert!(
+            woke(&mut db).await,
+            "a snapshot install wakes catalog watchers too"
+        );
+    }
+
+    #[tokio::test]
     async fn reap_wakes_everyone() {
         let hub = Hub::new();
         let mut k = hub.subscribe(key("x"));
@@ -276,11 +379,11 @@ mod tests {
         let hub = Hub::new();
         let subs: Vec<_> = (0..10_000).map(|_| hub.subscribe(key("same"))).collect();
         let other = hub.subscribe(prefix("p/"));
-        assert_eq!(hub.topics(), (1, 1));
+        assert_eq!(hub.topics(), (1, 1, 0));
         drop(subs);
-        assert_eq!(hub.topics(), (0, 1));
+        assert_eq!(hub.topics(), (0, 1, 0));
         drop(other);
-        assert_eq!(hub.topics(), (0, 0));
+        assert_eq!(hub.topics(), (0, 0, 0));
     }
 
     #[test]

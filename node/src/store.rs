@@ -195,8 +195,9 @@ impl DevStore {
     }
 
     fn apply(&self, cmd: Command) -> Response {
-        let touched = match &cmd {
-            Command::Kv(op) => Touched::of(op),
+        let kv_touched = match &cmd {
+            Command::Kv(op) => Some(Touched::of(op)),
+            Command::Catalog(_) => None,
         };
         let response = {
             let mut seq = self.seq.lock().unwrap_or_else(PoisonError::into_inner);
@@ -213,10 +214,20 @@ impl DevStore {
                 },
             )
         };
-        if let Response::Kv { outcome, index } = response {
-            if outcome.changed {
-                self.hub.publish(index, &touched);
+        match (&response, kv_touched) {
+            (Response::Kv { outcome, index }, Some(touched)) if outcome.changed => {
+                self.hub.publish(*index, &touched);
             }
+            (
+                Response::Catalog {
+                    result: Ok(change),
+                    index,
+                },
+                _,
+            ) if change.changed() => {
+                self.hub.publish(*index, &Touched::Catalog(change.clone()));
+            }
+            _ => {}
         }
         response
     }

@@ -353,7 +353,7 @@ impl<C: Types, B: Backend> RaftLogStorage<C> for LogStore<C, B> {
 pub struct Applied<'a> {
     pub index: u64,
     pub entry: &'a LogEntry,
-    pub response: Response,
+    pub response: &'a Response,
     /// A broken index rule found while applying this entry, if any.
     pub violation: Option<String>,
 }
@@ -558,7 +558,7 @@ impl<C: Types, B: Backend> RaftStateMachine<C> for SmStore<C, B> {
                 observer(&Applied {
                     index,
                     entry: &entry,
-                    response,
+                    response: &response,
                     violation,
                 });
             }

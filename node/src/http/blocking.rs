@@ -197,7 +197,7 @@ mod tests {
         assert_eq!(i, new);
         assert!(took < Duration::from_secs(2));
         assert_eq!(m.blocking_open.load(Ordering::Relaxed), 0);
-        assert_eq!(s.hub().topics(), (0, 0));
+        assert_eq!(s.hub().topics(), (0, 0, 0));
     }
 
     #[tokio::test]

@@ -25,7 +25,7 @@ pub async fn agent_metrics(cx: Ctx) -> Result<Response, ApiError> {
     let wakeups = api.metrics.blocking_wakeups.load(Ordering::Relaxed);
     let mut applied = 0;
     api.store.with_state(&mut |sm| applied = sm.last_applied());
-    let (wk, wp) = api.store.hub().topics();
+    let (wk, wp, wc) = api.store.hub().topics();
     let accept = cx.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let prometheus = cx.query.get("format") == Some("prometheus")
         || accept.is_some_and(|a| a.contains("openmetrics-text"));
@@ -81,8 +81,9 @@ pub async fn agent_metrics(cx: Ctx) -> Result<Response, ApiError> {
         let topics = vec![
             ("{kind=\"key\"}".to_string(), wk.to_string()),
             ("{kind=\"prefix\"}".to_string(), wp.to_string()),
+            ("{kind=\"catalog\"}".to_string(), wc.to_string()),
         ];
-        let help = "Distinct keys and prefixes watched.";
+        let help = "Distinct keys, prefixes and catalog topics watched.";
         family("consul_kv_watched_topics", "gauge", help, topics);
         family(
             "consul_watch_fires_total",
@@ -129,6 +130,11 @@ pub async fn agent_metrics(cx: Ctx) -> Result<Response, ApiError> {
             "consul.kv.watched_topics",
             wp as f64,
             json!({"kind": "prefix"}),
+        ),
+        gauge(
+            "consul.kv.watched_topics",
+            wc as f64,
+            json!({"kind": "catalog"}),
         ),
         gauge("consul.watch.fires", fires as f64, json!({})),
     ]);

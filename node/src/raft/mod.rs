@@ -190,13 +190,23 @@ impl RaftStore {
         let sm = SmStore::open(backend.clone())?
             .without_checks()
             .with_observer(Arc::new(move |a| {
-                if let (openraft::EntryPayload::Normal(req), Response::Kv { outcome, index }) =
-                    (&a.entry.payload, a.response)
-                {
-                    if outcome.changed {
-                        let Command::Kv(op) = &req.cmd;
-                        publish.publish(index, &Touched::of(op));
+                let openraft::EntryPayload::Normal(req) = &a.entry.payload else {
+                    return;
+                };
+                match (&req.cmd, a.response) {
+                    (Command::Kv(op), Response::Kv { outcome, index }) if outcome.changed => {
+                        publish.publish(*index, &Touched::of(op));
                     }
+                    (
+                        Command::Catalog(_),
+                        Response::Catalog {
+                            result: Ok(c),
+                            index,
+                        },
+                    ) if c.changed() => {
+                        publish.publish(*index, &Touched::Catalog(c.clone()));
+                    }
+                    _ => {}
                 }
             }))
             // A snapshot replaces the whole state: every blocking query may have changed.
