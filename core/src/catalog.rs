@@ -200,7 +200,10 @@ pub enum CatalogError {
     NodeNotRegistered,
     #[error("failed inserting check on node {node:?}: Missing service registration")]
     ServiceNotRegistered { node: String },
-    #[error("failed inserting node: Node name {name} is reserved by node {id} with name {held_by} ({address})")]
+    #[error(
+        "failed inserting node: Node name {name} is reserved by node {id} with name \
+         {held_by} ({address})"
+    )]
     NameReserved {
         name: String,
         id: String,

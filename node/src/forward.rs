@@ -45,9 +45,15 @@ pub type Serve = Arc<dyn Fn(Request) -> BoxFuture<'static, Response> + Send + Sy
 /// Whether a path is served by the servers rather than the agent itself.
 pub fn is_forwarded(path: &str) -> bool {
     path == "/v1/kv"
-        || ["/v1/kv/", "/v1/status/", "/v1/operator/"]
-            .iter()
-            .any(|p| path.starts_with(p))
+        || [
+            "/v1/kv/",
+            "/v1/status/",
+            "/v1/operator/",
+            "/v1/catalog/",
+            "/v1/health/",
+        ]
+        .iter()
+        .any(|p| path.starts_with(p))
 }
 
 /// Server RPC's way to the HTTP API `serve`: each forwarded call is run through it.

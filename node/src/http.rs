@@ -13,10 +13,13 @@
 
 mod agent;
 mod blocking;
+mod catalog;
 mod context;
 mod error;
+mod health;
 mod kv;
 mod listener;
+mod loose;
 mod metrics;
 mod operator;
 pub(crate) mod query;

@@ -21,10 +21,12 @@ use axum::response::IntoResponse;
 use axum::response::Response;
 
 use super::agent;
+use super::catalog;
 use super::context::Ctx;
 use super::context::Reply;
 use super::error::allow_header;
 use super::error::ApiError;
+use super::health;
 use super::kv;
 use super::metrics;
 use super::operator;
@@ -98,6 +100,20 @@ pub static ROUTES: &[Route] = &[
     row!(Prefix("/v1/kv/"),                        [GET],    kv::get),
     row!(Prefix("/v1/kv/"),                        [PUT],    kv::put),
     row!(Prefix("/v1/kv/"),                        [DELETE], kv::delete),
+    // catalog
+    row!(Exact("/v1/catalog/register"),            [PUT],    catalog::register),
+    row!(Exact("/v1/catalog/deregister"),          [PUT],    catalog::deregister),
+    row!(Exact("/v1/catalog/datacenters"),         [GET],    catalog::datacenters),
+    row!(Exact("/v1/catalog/nodes"),               [GET],    catalog::nodes),
+    row!(Exact("/v1/catalog/services"),            [GET],    catalog::services),
+    row!(Prefix("/v1/catalog/service/"),           [GET],    catalog::service),
+    row!(Prefix("/v1/catalog/node/"),              [GET],    catalog::node),
+    row!(Prefix("/v1/catalog/node-services/"),     [GET],    catalog::node_services),
+    // health
+    row!(Prefix("/v1/health/node/"),               [GET],    health::node),
+    row!(Prefix("/v1/health/checks/"),             [GET],    health::checks),
+    row!(Prefix("/v1/health/state/"),              [GET],    health::state),
+    row!(Prefix("/v1/health/service/"),            [GET],    health::service),
     // status
     row!(Exact("/v1/status/leader"),               [GET],    status::leader),
     row!(Exact("/v1/status/peers"),                [GET],    status::peers),
