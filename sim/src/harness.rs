@@ -467,6 +467,7 @@ async fn simulate(seed: u64, sabotage: Sabotage) -> SeedReport {
     madsim::time::sleep(Duration::from_millis(3_000)).await;
     let mut converged = false;
     let mut last_seen = Vec::new();
+    let mut catalog = Err("never read".to_string());
     while madsim::time::Instant::now() < liveness_deadline {
         madsim::time::sleep(Duration::from_millis(100)).await;
         let Some(target) = *probe_done.lock().unwrap() else {
@@ -478,7 +479,8 @@ async fn simulate(seed: u64, sabotage: Sabotage) -> SeedReport {
             .map(|c| c.live().map(|(_, sm)| sm.read(|s| s.last_applied())))
             .collect();
         let top = applied.iter().flatten().max().copied().unwrap_or(0);
-        if top >= target && applied.iter().all(|a| *a == Some(top)) {
+        catalog = catalog_in_step(&cluster);
+        if top >= target && applied.iter().all(|a| *a == Some(top)) && catalog.is_ok() {
             converged = true;
             break;
         }
@@ -489,6 +491,9 @@ async fn simulate(seed: u64, sabotage: Sabotage) -> SeedReport {
             "liveness: no write succeeded within {} ms after healing",
             plan.liveness_ms
         ));
+    } else if let (false, Err(e)) = (converged, &catalog) {
+        dump_servers(&cluster);
+        failures.push(format!("catalog: {e}"));
     } else if !converged {
         dump_servers(&cluster);
         failures.push(format!(
@@ -645,4 +650,40 @@ fn dump_servers(cluster: &Cluster) {
             }
         }
     }
+}
+
+/// After healing, the leader's catalog reconcile must list every server: its node with a
+/// passing `serfHealth` check and its `consul` service. Read from one live server (all
+/// of them have applied the same entries once the cluster converged).
+fn catalog_in_step(cluster: &Cluster) -> Result<(), String> {
+    use tribune_core::catalog::Health;
+    let Some((_, sm)) = cluster.ctxs.values().find_map(|c| c.live()) else {
+        return Err("no live server".into());
+    };
+    sm.read(|s| {
+        let c = s.catalog();
+        for (slot, ctx) in &cluster.ctxs {
+            if ctx.live().is_none() {
+                continue;
+            }
+            let name = format!("server-{slot}");
+            let serf = c
+                .node_checks(&name)
+                .find(|ch| ch.info.check_id == tribune_core::catalog::SERF_CHECK_ID);
+            match serf {
+                None => return Err(format!("{name} has no serfHealth check after healing")),
+                Some(ch) if ch.info.status != Health::Passing => {
+                    return Err(format!(
+                        "{name}'s serfHealth is {} after healing",
+                        ch.info.status.as_str()
+                    ))
+                }
+                Some(_) => {}
+            }
+            if !c.node_services(&name).any(|s| s.info.name == "consul") {
+                return Err(format!("{name} has no consul service after healing"));
+            }
+        }
+        Ok(())
+    })
 }

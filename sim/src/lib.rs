@@ -69,10 +69,13 @@ pub enum Sabotage {
     /// The dedup table ignores its eviction horizon: a retried first write of an evicted
     /// client is applied again.
     NoEvictionHorizon,
+    /// The leader's catalog reconcile never updates a node it registered once: a server
+    /// that failed and came back stays critical.
+    StaleSerfHealth,
 }
 
 impl Sabotage {
-    pub const ALL: [(&'static str, Sabotage); 13] = [
+    pub const ALL: [(&'static str, Sabotage); 14] = [
         ("stale-read", Sabotage::StaleRead),
         ("ack-before-commit", Sabotage::AckBeforeCommit),
         ("skip-fsync", Sabotage::SkipFsync),
@@ -86,6 +89,7 @@ impl Sabotage {
         ("ignore-sync-errors", Sabotage::IgnoreSyncErrors),
         ("lane-poison", Sabotage::LanePoison),
         ("no-eviction-horizon", Sabotage::NoEvictionHorizon),
+        ("stale-serf-health", Sabotage::StaleSerfHealth),
     ];
 
     /// The checks that must catch this sabotage: a seed counts as catching it only if one
@@ -96,7 +100,7 @@ impl Sabotage {
             Sabotage::StaleRead | Sabotage::LeaderRestore => &["linearizability"],
             Sabotage::ShortLogReads => &[
                 "state machine safety",
-                "servers ",
+                " differ at index ",
                 "acknowledged write lost",
                 "linearizability",
                 "restart",
@@ -107,7 +111,7 @@ impl Sabotage {
                 "state machine safety",
                 "linearizability",
                 "acknowledged write lost",
-                "servers ",
+                " differ at index ",
             ],
             Sabotage::UnguardedRemoval => {
                 &["liveness: the leader did not make every server a voter"]
@@ -116,14 +120,14 @@ impl Sabotage {
                 "acknowledged write lost",
                 "state machine safety",
                 "linearizability",
-                "servers ",
+                " differ at index ",
             ],
             Sabotage::AckBeforeCommit => &["linearizability", "acknowledged write lost"],
             Sabotage::SkipFsync | Sabotage::IgnoreSyncErrors => &[
                 "acknowledged write lost",
                 "state machine safety",
                 "linearizability",
-                "servers ",
+                " differ at index ",
                 "restart",
             ],
             Sabotage::NoopBumpsIndex => &["index rule broken"],
@@ -131,6 +135,7 @@ impl Sabotage {
             Sabotage::NoDedup | Sabotage::NoEvictionHorizon => {
                 &["linearizability", "index rule broken"]
             }
+            Sabotage::StaleSerfHealth => &["catalog: "],
         }
     }
 

@@ -212,6 +212,7 @@ fn engine_config(ctx: &ServerCtx) -> ServerConfig {
         unguarded_removal: ctx.sabotage == Sabotage::UnguardedRemoval,
         no_claim: ctx.sabotage == Sabotage::NoClaim,
         lane_poison: ctx.sabotage == Sabotage::LanePoison,
+        stale_serf_health: ctx.sabotage == Sabotage::StaleSerfHealth,
     };
     cfg
 }
@@ -303,6 +304,8 @@ pub async fn run(ctx: Arc<ServerCtx>) {
         discovery,
         claims,
     ));
+    let reader = sm.clone();
+    engine.read_catalog_with(Arc::new(move |f| reader.read(|s| f(s.catalog()))));
     *ctx.live.lock().unwrap() = Some((engine.clone(), sm.clone()));
 
     // Production's forming and reconcile loops.

@@ -21,11 +21,14 @@ use openraft::storage::RaftStateMachine;
 use openraft::AsyncRuntime;
 use openraft::ChangeMembers;
 
+use super::catalog_sync;
 use super::now;
 use super::sleep;
 use super::Discovery;
 use super::Rt;
 use super::Server;
+use super::WriteError;
+use crate::fsm::Command;
 use crate::gossip::MemberInfo;
 use crate::gossip::MemberState;
 use crate::raft::rpc::PeerReply;
@@ -311,6 +314,13 @@ where
                     tracing::warn!("raft: a reconcile round timed out; starting another");
                 }
             }
+            match Rt::<C>::timeout(RECONCILE_ROUND_MAX, self.reconcile_catalog_once()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "catalog: reconciling the LAN pool failed");
+                }
+                Err(_) => tracing::warn!("catalog: a reconcile round timed out"),
+            }
         }
     }
 
@@ -361,6 +371,26 @@ where
                 }
                 _ => {}
             }
+        }
+        Ok(())
+    }
+
+    /// One round of the catalog reconcile, on the leader: at most
+    /// [`catalog_sync::CATALOG_OPS_PER_ROUND`] writes that bring the catalog in step with
+    /// the LAN pool.
+    pub async fn reconcile_catalog_once(&self) -> Result<(), WriteError> {
+        if !self.raft.is_leader() {
+            return Ok(());
+        }
+        let (Some(reader), Some(members)) = (self.catalog.get(), self.discovery.lan_members())
+        else {
+            return Ok(());
+        };
+        let mut ops = Vec::new();
+        let (dc, stale) = (&self.cfg.datacenter, self.sabotage().stale_serf_health);
+        reader(&mut |c| ops = catalog_sync::ops_for(&members, c, dc, stale));
+        for op in ops.into_iter().take(catalog_sync::CATALOG_OPS_PER_ROUND) {
+            self.write(Command::Catalog(op)).await?;
         }
         Ok(())
     }

@@ -10,19 +10,23 @@
 //! - [`Server::handle`]: requests from other servers ([`PeerRpc`]).
 //! - [`Server::form_cluster`], [`Server::reconcile`], [`Server::leave`]: Consul's
 //!   `bootstrap_expect`, the leader's coupling of the authenticated LAN gossip pool to the
-//!   Raft configuration, and a graceful leave (see `membership.rs`).
+//!   Raft configuration, and a graceful leave (see `membership.rs`). The same loop keeps
+//!   the catalog in step with the pool ([`catalog_sync`]).
 //!
 //! Generic over openraft's type config (its `AsyncRuntime` gives time, sleep and spawn), a
 //! [`PeerTransport`] and a [`Discovery`] (the LAN pool and the join addresses). Nothing here
 //! opens a socket or reads a clock of its own.
 
 pub mod bootstrap;
+pub mod catalog_sync;
 mod membership;
 mod write;
 
 use std::future::Future;
 use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use openraft::async_runtime::watch::WatchReceiver;
@@ -45,6 +49,10 @@ pub use membership::is_server_of;
 pub use membership::rpc_addr_of;
 pub use membership::MembershipError;
 pub use write::WriteError;
+
+/// How the engine reads the catalog of its server's state machine (the shell knows where
+/// that lives): it calls the function it is given with the catalog, under the state lock.
+pub type CatalogReader = Arc<dyn Fn(&mut dyn FnMut(&crate::catalog::Catalog)) + Send + Sync>;
 
 /// What the engine learns of the world around the server.
 pub trait Discovery: Send + Sync + 'static {
@@ -74,6 +82,9 @@ pub struct Sabotage {
     /// Bootstrap without claims: every server that found `expect` servers initializes
     /// Raft with all it found.
     pub no_claim: bool,
+    /// The catalog reconcile never marks a registered node alive again: a member that
+    /// failed and came back keeps a critical `serfHealth`.
+    pub stale_serf_health: bool,
 }
 
 /// A server's identity and the engine's timing.
@@ -163,6 +174,8 @@ pub struct Server<C: Types, SM: RaftStateMachine<C, SnapshotData = Vec<u8>>, T, 
     /// Jitter for retries (a xorshift state seeded by the shell's randomness).
     jitter: Mutex<u64>,
     snapshot: Mutex<crate::raft::rpc::SnapshotAssembly>,
+    /// Set by the shell; until then the leader does not reconcile the catalog.
+    catalog: OnceLock<CatalogReader>,
 }
 
 impl<C, SM, T, D> Server<C, SM, T, D>
@@ -193,7 +206,14 @@ where
             claim_lock: Mutex::new(()),
             jitter,
             snapshot: Mutex::default(),
+            catalog: OnceLock::new(),
         }
+    }
+
+    /// Give the engine its way to read the catalog, which turns on the leader's catalog
+    /// reconcile ([`catalog_sync`]).
+    pub fn read_catalog_with(&self, reader: CatalogReader) {
+        let _ = self.catalog.set(reader);
     }
 
     /// A pseudo-random duration in `[0, max)`.
@@ -390,6 +410,7 @@ struct NoSabotage {
     ignore_target: bool,
     unguarded_removal: bool,
     no_claim: bool,
+    stale_serf_health: bool,
 }
 
 #[cfg(test)]
