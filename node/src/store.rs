@@ -397,6 +397,32 @@ pub async fn reap_tombstones(
     }
 }
 
+/// The single-node agent's catalog (`-dev`): it is its own leader and has no gossip pool,
+/// so it registers itself, as the only member, by the decision a server leader makes for
+/// its pool ([`tribune_core::cluster::catalog_sync::catalog_ops`]), every `every`.
+pub async fn dev_catalog_sync(
+    store: std::sync::Arc<dyn Store>,
+    me: tribune_core::gossip::MemberInfo,
+    datacenter: String,
+    every: std::time::Duration,
+) {
+    use tribune_core::cluster::catalog_sync;
+    let mut tick = tokio::time::interval(every);
+    let members = [me];
+    loop {
+        tick.tick().await;
+        let mut ops = Vec::new();
+        store.with_state(&mut |sm| {
+            ops = catalog_sync::catalog_ops(&members, sm.catalog(), &datacenter);
+        });
+        for op in ops.into_iter().take(catalog_sync::CATALOG_OPS_PER_ROUND) {
+            if let Err(e) = store.write(Command::Catalog(op)).await {
+                tracing::warn!(error = %e, "catalog: registering the agent failed");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod reaper_tests {
     use super::*;

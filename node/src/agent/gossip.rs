@@ -92,6 +92,7 @@ pub fn join(
     if let (Some(raft), Some(lan)) = (raft, lan) {
         raft.start_reconcile(lan.clone(), RECONCILE_EVERY);
     }
+
     if let (Some(lan), Some(wan)) = (lan, wan) {
         tokio::spawn(crate::serf::flood_join(
             lan.clone(),
@@ -134,4 +135,27 @@ pub fn join(
         ));
     }
     snapshot
+}
+
+/// The `-dev` agent (no gossip pool) registers itself in its catalog, as its own leader.
+pub fn register_dev_agent(cfg: &Config, api: &http::Api) {
+    let record = http::member(&api.agent, false);
+    let Ok(ip) = api.agent.advertise_ip.parse() else {
+        return;
+    };
+    let port = u16::try_from(cfg.serf_lan_port).unwrap_or(8301);
+    let me = tribune_core::gossip::MemberInfo {
+        name: api.agent.node_name.clone(),
+        addr: std::net::SocketAddr::new(ip, port),
+        state: tribune_core::gossip::MemberState::Alive,
+        status: 1,
+        tags: crate::serf::tags_of(&record),
+        incarnation: 1,
+    };
+    tokio::spawn(crate::store::dev_catalog_sync(
+        api.store.clone(),
+        me,
+        cfg.datacenter.clone(),
+        RECONCILE_EVERY,
+    ));
 }

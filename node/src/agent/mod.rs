@@ -87,6 +87,9 @@ async fn start(opts: &LoadOptions) -> Result<Running, StartError> {
     }
     let watches = watches::spawn(&api, &cfg.http_listen(), watch_specs);
     let snapshot = gossip::join(&cfg, raft.as_ref(), api.lan.as_ref(), api.wan.as_ref());
+    if cfg.dev {
+        gossip::register_dev_agent(&cfg, &api);
+    }
     let signals = lifecycle::signals()?;
     println!("==> Tribune agent running!");
     Ok(Running {

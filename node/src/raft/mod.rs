@@ -242,6 +242,8 @@ impl RaftStore {
             rpc_port: spec.rpc_addr.port(),
         };
         let engine = Arc::new(Engine::new(raft, cfg, peers.clone(), discovery, claims));
+        let reader = sm.clone();
+        engine.read_catalog_with(Arc::new(move |f| reader.read(|s| f(s.catalog()))));
         let store = Arc::new(RaftStore {
             engine,
             sm,
