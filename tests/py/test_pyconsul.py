@@ -128,3 +128,49 @@ def test_agent_self_and_members(c):
     assert me["Config"]["Datacenter"]
     members = c.agent.members()
     assert members[0]["Status"] == 1
+
+
+def test_catalog_register_health_and_deregister(c):
+    node = f"py-{uuid.uuid4().hex[:8]}"
+    name = f"web-{uuid.uuid4().hex[:8]}"
+    service = {"ID": f"{name}-1", "Service": name, "Tags": ["v1"], "Port": 8080}
+    check = {"CheckID": f"{name}-alive", "Name": "alive", "ServiceID": f"{name}-1",
+             "Status": "passing"}
+    assert c.catalog.register(node, "10.9.0.1", service=service, check=check) is True
+    index, nodes = c.catalog.service(name)
+    assert [n["ServiceID"] for n in nodes] == [f"{name}-1"]
+    assert nodes[0]["Node"] == node and nodes[0]["ServicePort"] == 8080
+    _, tagged = c.catalog.service(name, tag="v1")
+    assert len(tagged) == 1
+    _, services = c.catalog.services()
+    assert services[name] == ["v1"]
+    _, entries = c.health.service(name, passing=True)
+    assert entries[0]["Service"]["ID"] == f"{name}-1"
+    assert entries[0]["Node"]["Datacenter"]
+    assert entries[0]["Checks"][0]["Status"] == "passing"
+    _, mine = c.catalog.node(node)
+    assert f"{name}-1" in mine["Services"]
+
+    # A long-poll on the service returns when its check goes critical.
+    index, _ = c.health.service(name)
+    result = {}
+
+    def watch():
+        result["index"], result["entries"] = c.health.service(
+            name, index=index, wait="10s", passing=True)
+
+    t = threading.Thread(target=watch)
+    t.start()
+    time.sleep(0.3)
+    failing = dict(check, Status="critical", Output="down")
+    assert c.catalog.register(node, "10.9.0.1", check=failing) is True
+    t.join(5)
+    assert not t.is_alive()
+    assert result["index"] > index
+    assert result["entries"] == []
+    _, critical = c.health.state("critical")
+    assert any(ch["CheckID"] == f"{name}-alive" for ch in critical)
+
+    assert c.catalog.deregister(node) is True
+    _, nodes = c.catalog.service(name)
+    assert nodes == []
