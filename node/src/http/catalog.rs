@@ -357,7 +357,7 @@ pub fn has_tags(tags: &[String], want: &[&str]) -> bool {
 }
 
 /// `?filter` is not evaluated yet: refuse it rather than answer unfiltered.
-pub fn refuse_filter(opts: &QueryOptions) -> Result<(), ApiError> {
+fn refuse_filter(opts: &QueryOptions) -> Result<(), ApiError> {
     match &opts.filter {
         Some(f) if !f.is_empty() => Err(ApiError::bad_request(format!(
             "Failed to create boolean expression evaluator: filter expressions are not \
@@ -367,13 +367,31 @@ pub fn refuse_filter(opts: &QueryOptions) -> Result<(), ApiError> {
     }
 }
 
+/// The options of a catalog or health read, once its datacenter is known to be this one
+/// and its `?filter` refused.
+pub fn read_options(cx: &Ctx) -> Result<QueryOptions, ApiError> {
+    cx.check_dc()?;
+    let opts = cx.read_options()?;
+    refuse_filter(&opts)?;
+    Ok(opts)
+}
+
+/// Serve a read as JSON (`?pretty` honoured), blocking on `topic` as `opts` asks.
+pub async fn serve<R: serde::Serialize>(
+    api: &super::Api,
+    opts: &QueryOptions,
+    topic: Topic,
+    read: impl Fn(&StateMachine) -> (R, u64),
+) -> Reply {
+    let pretty = opts.pretty;
+    blocking::respond(api, opts, topic, read, |r| json_response(&r, pretty)).await
+}
+
 // ----- reads -------------------------------------------------------------------------------
 
 /// `GET /v1/catalog/nodes`.
 pub async fn nodes(cx: Ctx) -> Reply {
-    cx.check_dc()?;
-    let opts = cx.read_options()?;
-    refuse_filter(&opts)?;
+    let opts = read_options(&cx)?;
     let read = |sm: &StateMachine| {
         let c = sm.catalog();
         let list: Vec<Value> = c
@@ -383,16 +401,12 @@ pub async fn nodes(cx: Ctx) -> Reply {
             .collect();
         (list, c.table_index(Table::Nodes))
     };
-    let pretty = opts.pretty;
-    let topic = Topic::Table(Table::Nodes.into());
-    blocking::respond(&cx.api, &opts, topic, read, |l| json_response(&l, pretty)).await
+    serve(&cx.api, &opts, Topic::Table(Table::Nodes.into()), read).await
 }
 
 /// `GET /v1/catalog/services`: every service name with its instances' tags.
 pub async fn services(cx: Ctx) -> Reply {
-    cx.check_dc()?;
-    let opts = cx.read_options()?;
-    refuse_filter(&opts)?;
+    let opts = read_options(&cx)?;
     let read = |sm: &StateMachine| {
         let c = sm.catalog();
         let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -408,17 +422,13 @@ pub async fn services(cx: Ctx) -> Reply {
         }
         (out, c.table_index(Table::Services))
     };
-    let pretty = opts.pretty;
-    let topic = Topic::Table(Table::Services.into());
-    blocking::respond(&cx.api, &opts, topic, read, |m| json_response(&m, pretty)).await
+    serve(&cx.api, &opts, Topic::Table(Table::Services.into()), read).await
 }
 
 /// `GET /v1/catalog/service/:name` (`?tag`, repeatable; `?node-meta`).
 pub async fn service(cx: Ctx) -> Reply {
-    cx.check_dc()?;
+    let opts = read_options(&cx)?;
     let name = name_of(&cx, "service")?;
-    let opts = cx.read_options()?;
-    refuse_filter(&opts)?;
     let tags: Vec<String> = cx.query.all("tag").map(str::to_string).collect();
     let read = |sm: &StateMachine| {
         let c = sm.catalog();
@@ -432,16 +442,13 @@ pub async fn service(cx: Ctx) -> Reply {
             .collect();
         (list, c.service_index(&name))
     };
-    let pretty = opts.pretty;
-    let topic = Topic::Service(name.clone());
-    blocking::respond(&cx.api, &opts, topic, read, |l| json_response(&l, pretty)).await
+    serve(&cx.api, &opts, Topic::Service(name.clone()), read).await
 }
 
 /// `GET /v1/catalog/node/:node`: the node and its services by id, or `null`.
 pub async fn node(cx: Ctx) -> Reply {
-    cx.check_dc()?;
+    let opts = read_options(&cx)?;
     let name = name_of(&cx, "node")?;
-    let opts = cx.read_options()?;
     let read = |sm: &StateMachine| {
         let c = sm.catalog();
         let v = c.node(&name).map(|n| {
@@ -453,18 +460,14 @@ pub async fn node(cx: Ctx) -> Reply {
         });
         (v.unwrap_or(Value::Null), c.node_index(&name))
     };
-    let pretty = opts.pretty;
-    let topic = Topic::Node(name.clone());
-    blocking::respond(&cx.api, &opts, topic, read, |v| json_response(&v, pretty)).await
+    serve(&cx.api, &opts, Topic::Node(name.clone()), read).await
 }
 
 /// `GET /v1/catalog/node-services/:node`: the node and a list of its services (`Node`
 /// null for an unknown node).
 pub async fn node_services(cx: Ctx) -> Reply {
-    cx.check_dc()?;
+    let opts = read_options(&cx)?;
     let name = name_of(&cx, "node")?;
-    let opts = cx.read_options()?;
-    refuse_filter(&opts)?;
     let read = |sm: &StateMachine| {
         let c = sm.catalog();
         let node = c.node(&name).map(node_json).unwrap_or(Value::Null);
@@ -474,9 +477,7 @@ pub async fn node_services(cx: Ctx) -> Reply {
             c.node_index(&name),
         )
     };
-    let pretty = opts.pretty;
-    let topic = Topic::Node(name.clone());
-    blocking::respond(&cx.api, &opts, topic, read, |v| json_response(&v, pretty)).await
+    serve(&cx.api, &opts, Topic::Node(name.clone()), read).await
 }
 
 #[cfg(test)]

@@ -226,3 +226,30 @@ async fn a_blocking_query_on_a_service_wakes_only_for_that_service() {
     let (_, h, _) = call(&api, "GET", "/v1/health/service/web", b"").await;
     assert_eq!(index(&h), new_index);
 }
+
+/// Every catalog and health read takes `?filter` through the same path: a malformed
+/// expression is a 400 on each of them, and `?dc` of another datacenter a 500.
+#[tokio::test]
+async fn every_read_takes_filter_and_dc_the_same_way() {
+    let api = dev_api();
+    call(&api, "PUT", "/v1/catalog/register", WEB).await;
+    let reads = [
+        "/v1/catalog/nodes",
+        "/v1/catalog/services",
+        "/v1/catalog/service/web",
+        "/v1/catalog/node/n1",
+        "/v1/catalog/node-services/n1",
+        "/v1/health/node/n1",
+        "/v1/health/checks/web",
+        "/v1/health/state/any",
+        "/v1/health/service/web",
+    ];
+    for path in reads {
+        let (status, _, body) = call(&api, "GET", &format!("{path}?filter=(("), b"").await;
+        assert_eq!(status, 400, "{path}: {}", String::from_utf8_lossy(&body));
+        let (status, _, _) = call(&api, "GET", &format!("{path}?dc=elsewhere"), b"").await;
+        assert_eq!(status, 500, "{path}");
+        let (status, _, _) = call(&api, "GET", path, b"").await;
+        assert_eq!(status, 200, "{path}");
+    }
+}
