@@ -177,8 +177,6 @@ pub const NO_EFFECT_YET: &[&str] = &[
     "dns_config.recursor_timeout",
     "dns_config.soa",
     "dns_config.use_cache",
-    "enable_local_script_checks",
-    "enable_script_checks",
     "encrypt_verify_incoming",
     "encrypt_verify_outgoing",
     "limits.rpc_max_burst",
@@ -313,6 +311,10 @@ pub struct Config {
     pub log_level: String,
     pub log_json: bool,
     pub leave_on_terminate: bool,
+    /// Script checks may be registered over HTTP and from config files.
+    pub enable_script_checks: bool,
+    /// Script checks may come from config files only.
+    pub enable_local_script_checks: bool,
     pub skip_leave_on_interrupt: bool,
     pub rejoin_after_leave: bool,
     pub start_join: Vec<String>,
@@ -992,6 +994,8 @@ fn build(dev: bool, v: Value) -> Result<Config, ConfigError> {
             .to_string(),
         log_json: b(&["log_json"], false),
         leave_on_terminate: b(&["leave_on_terminate"], !server),
+        enable_script_checks: b(&["enable_script_checks"], false),
+        enable_local_script_checks: b(&["enable_local_script_checks"], false),
         skip_leave_on_interrupt: b(&["skip_leave_on_interrupt"], server),
         rejoin_after_leave: b(&["rejoin_after_leave"], false),
         start_join: list(&["start_join"]),
@@ -1104,15 +1108,13 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        // Three of the walkthrough's keys are not acted on yet: warned about, and it starts.
+        // Two of the walkthrough's keys are not acted on yet: warned about, and it starts.
         let src = d.join("config.json").display().to_string();
         let no_effect = |k: &str| {
             format!("{src}: config key {k:?} is accepted but has no effect yet (ignored)")
         };
-        assert_eq!(
-            warnings,
-            ["enable_script_checks", "dns_config.only_passing", "ui"].map(no_effect),
-        );
+        assert_eq!(warnings, ["dns_config.only_passing", "ui"].map(no_effect),);
+        assert!(cfg.enable_script_checks && !cfg.enable_local_script_checks);
         assert_eq!(cfg.datacenter, "ke-dc");
         assert_eq!(cfg.bootstrap_expect, 3);
         assert!(cfg.server && cfg.enable_syslog && cfg.ui);

@@ -94,6 +94,7 @@ fn dev_api() -> Arc<Api> {
         metrics: Arc::default(),
         control,
         forward: None,
+        local: Arc::new(crate::local::Local::new(Default::default(), false, false)),
     })
 }
 

@@ -12,6 +12,7 @@
 //! listener with its connection caps ([`listener`]).
 
 mod agent;
+pub mod agent_services;
 mod blocking;
 mod catalog;
 mod context;
@@ -51,6 +52,8 @@ pub use self::agent::node_meta;
 pub use self::agent::session_ttl_min;
 pub use self::blocking::blocking;
 pub use self::blocking::ReadOpts;
+pub use self::catalog::registration_of;
+pub use self::error::ApiError;
 pub use self::listener::serve;
 use crate::config::ConfigError;
 use crate::metrics::Metrics;
@@ -109,6 +112,8 @@ pub struct Api {
     pub control: mpsc::UnboundedSender<Control>,
     /// On client agents: the way to the servers for what they hold.
     pub forward: Option<crate::forward::Forwarder>,
+    /// The services and checks registered with this agent.
+    pub local: Arc<crate::local::Local>,
 }
 
 pub fn router(api: Arc<Api>) -> Router {

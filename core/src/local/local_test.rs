@@ -476,7 +476,8 @@ proptest! {
                     let _ = a.change(|l| l.remove_check(&format!("c{i}")));
                 }
                 Step::Update(i, h) => {
-                    let _ = a.change(|l| l.update_check(&format!("c{i}"), health(h), "o".into(), S));
+                    let id = format!("c{i}");
+                    let _ = a.change(|l| l.update_check(&id, health(h), "o".into(), S));
                 }
                 Step::CatalogDrops(i) => {
                     let _ = cat.apply_op(&CatalogOp::Deregister {

@@ -16,6 +16,7 @@
 //! - `lifecycle`: signals, graceful leave, reload;
 //! - `error`: why the agent did not start, printed one way.
 
+mod catalog_port;
 mod datadir;
 mod error;
 mod flags;
@@ -82,6 +83,7 @@ async fn start(opts: &LoadOptions) -> Result<Running, StartError> {
 
     logging::banner(&cfg, &node_id);
     listeners::serve_http(&cfg, http_listener, &api);
+    catalog_port::spawn(&api);
     if cfg.dev {
         tracing::info!(leader = %rpc_addr, "agent: cluster leadership acquired (single node)");
     }

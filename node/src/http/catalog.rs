@@ -38,7 +38,7 @@ use crate::hub::Topic;
 pub const REGISTER_BODY_MAX: usize = 512 * 1024;
 
 /// Read a JSON request body of at most [`REGISTER_BODY_MAX`] bytes (`null` if empty).
-async fn json_body(cx: Ctx) -> Result<(Ctx, Value), ApiError> {
+pub(super) async fn json_body(cx: Ctx) -> Result<(Ctx, Value), ApiError> {
     let Ctx {
         api,
         headers,
@@ -84,7 +84,7 @@ fn check_body_dc(cx: &Ctx, l: &Loose<'_>) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn service_of(l: &Loose<'_>) -> Result<ServiceInfo, ApiError> {
+pub(super) fn service_of(l: &Loose<'_>) -> Result<ServiceInfo, ApiError> {
     let w = l.object("Weights", "Service.Weights")?;
     let weights = match w {
         Some(w) => Weights {
@@ -128,10 +128,19 @@ fn check_of(l: &Loose<'_>) -> Result<CheckInfo, ApiError> {
             .ok_or_else(|| ApiError::bad_request(format!("Invalid check status: {s:?}")))?,
     };
     let def = l.object("Definition", "Check.Definition")?;
-    let (interval, timeout) = match def {
-        Some(d) => (d.string("Interval")?, d.string("Timeout")?),
-        None => (l.string("Interval")?, l.string("Timeout")?),
+    // In `Definition` as registered, at the top level as read back.
+    let either = |name: &str| -> Result<String, ApiError> {
+        let inner = match &def {
+            Some(d) => d.string(name)?,
+            None => String::new(),
+        };
+        if inner.is_empty() {
+            l.string(name)
+        } else {
+            Ok(inner)
+        }
     };
+    let (interval, timeout) = (either("Interval")?, either("Timeout")?);
     Ok(CheckInfo {
         node: l.string("Node")?,
         check_id: l.string("CheckID")?,
