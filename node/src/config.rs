@@ -163,8 +163,6 @@ pub const NO_EFFECT_YET: &[&str] = &[
     "addresses.grpc",
     "addresses.https",
     "advertise_addr_wan",
-    "check",
-    "checks",
     "disable_keyring_file",
     "dns_config.a_record_limit",
     "dns_config.allow_stale",
@@ -190,8 +188,6 @@ pub const NO_EFFECT_YET: &[&str] = &[
     "reconnect_timeout",
     "recursors",
     "retry_max",
-    "service",
-    "services",
     "syslog_facility",
     "telemetry",
     "ui",
@@ -332,6 +328,10 @@ pub struct Config {
     pub max_query_time: Duration,
     pub ui: bool,
     pub watches: Vec<Value>,
+    /// `service` and `services`: service definitions, read where they are registered.
+    pub services: Vec<Value>,
+    /// `check` and `checks`: check definitions.
+    pub checks: Vec<Value>,
     pub dns: DnsConfig,
     /// The merged JSON, for `/v1/agent/self`'s DebugConfig.
     pub raw: Value,
@@ -586,6 +586,20 @@ pub fn merge(dst: &mut Value, src: Value) {
         (Value::Array(d), Value::Array(s)) => d.extend(s),
         (d, s) => *d = s,
     }
+}
+
+/// The objects under `one` (an object or a list of them) and `many` (a list), in that order.
+fn one_or_many(v: &Value, one: &str, many: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    match lookup(v, &[one]) {
+        Some(Value::Array(a)) => out.extend(a.iter().cloned()),
+        Some(o @ Value::Object(_)) => out.push(o.clone()),
+        _ => {}
+    }
+    if let Some(Value::Array(a)) = lookup(v, &[many]) {
+        out.extend(a.iter().cloned());
+    }
+    out
 }
 
 /// HCL blocks (and `key = { ... }` objects, which Consul's HCL reads the same) that are list
@@ -1013,6 +1027,8 @@ fn build(dev: bool, v: Value) -> Result<Config, ConfigError> {
             .and_then(Value::as_array)
             .cloned()
             .unwrap_or_default(),
+        services: one_or_many(&v, "service", "services"),
+        checks: one_or_many(&v, "check", "checks"),
         dns: DnsConfig {
             addr: s(&["addresses", "dns"]),
             enable_truncate: b(&["dns_config", "enable_truncate"], false),
@@ -1124,7 +1140,8 @@ mod tests {
     }
 
     /// A key that is checked but not acted on yet is warned about, as an unknown key is;
-    /// one the agent acts on (node_meta: `/v1/agent/self`'s Meta) is not.
+    /// one the agent acts on (node_meta: `/v1/agent/self`'s Meta; services and checks) is
+    /// not.
     #[test]
     fn keys_with_no_effect_yet_are_warned() {
         let d = tmpdir("noeffect");
@@ -1144,13 +1161,9 @@ mod tests {
             format!("{src}: config key {k:?} is accepted but has no effect yet (ignored)")
         };
         let mut want: Vec<String> = [
-            "check",
-            "checks",
             "dns_config.only_passing",
             "ports.https",
             "recursors",
-            "service",
-            "services",
             "telemetry",
             "ui_config",
         ]

@@ -20,7 +20,7 @@ mod error;
 mod health;
 mod kv;
 mod listener;
-mod loose;
+pub mod loose;
 mod metrics;
 mod operator;
 pub(crate) mod query;
@@ -54,6 +54,11 @@ pub use self::blocking::blocking;
 pub use self::blocking::ReadOpts;
 pub use self::catalog::registration_of;
 pub use self::error::ApiError;
+
+/// A config file's definition, read loosely as a request body is.
+pub fn loose(v: &Value) -> Result<self::loose::Loose<'_>, ApiError> {
+    self::loose::Loose::top(v)
+}
 pub use self::listener::serve;
 use crate::config::ConfigError;
 use crate::metrics::Metrics;

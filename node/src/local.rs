@@ -12,8 +12,8 @@
 //!   that many results in a row agree. A service whose check stays critical for
 //!   `deregister_critical_service_after` is removed.
 //!
-//! Bounds: one task per running check, at most `tribune_core::local::CHECKS_MAX` checks; an HTTP check reads
-//! at most [`HTTP_READ_MAX`] bytes of its response.
+//! Bounds: one task per running check, at most `tribune_core::local::CHECKS_MAX` checks;
+//! an HTTP check reads at most [`HTTP_READ_MAX`] bytes of its response.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -29,6 +29,7 @@ use tokio::time::Instant;
 use tribune_core::catalog::CheckInfo;
 use tribune_core::catalog::Health;
 use tribune_core::catalog::NodeInfo;
+use tribune_core::catalog::ServiceInfo;
 use tribune_core::local::anti_entropy::LocalAgent;
 use tribune_core::local::LocalState;
 use tribune_core::local::OUTPUT_MAX;
@@ -91,6 +92,8 @@ pub struct Local {
     pub script_checks: bool,
     /// `enable_local_script_checks`: script checks may come from config files.
     pub local_script_checks: bool,
+    /// The service and check ids the config files defined (a reload replaces them).
+    from_config: Mutex<(Vec<String>, Vec<String>)>,
 }
 
 impl Local {
@@ -101,7 +104,45 @@ impl Local {
             runners: Mutex::new(BTreeMap::new()),
             script_checks,
             local_script_checks,
+            from_config: Mutex::new((Vec::new(), Vec::new())),
         }
+    }
+
+    /// Take the services and checks of the config files: what an earlier load defined and
+    /// this one does not is removed, the rest is added or replaced (an unchanged definition
+    /// costs no catalog write). Services registered over HTTP are left alone.
+    pub fn load_config(
+        self: &Arc<Self>,
+        services: Vec<(ServiceInfo, Vec<CheckDef>)>,
+        checks: Vec<CheckDef>,
+    ) -> Result<(), tribune_core::local::LocalError> {
+        let fold = |s: &str| s.to_ascii_lowercase();
+        let new_services: Vec<String> = services.iter().map(|(s, _)| fold(&s.id)).collect();
+        let mut new_checks: Vec<String> = checks.iter().map(|c| fold(&c.info.check_id)).collect();
+        for (_, cs) in &services {
+            new_checks.extend(cs.iter().map(|c| fold(&c.info.check_id)));
+        }
+        let (old_services, old_checks) = {
+            let g = self.from_config.lock().unwrap_or_else(|e| e.into_inner());
+            g.clone()
+        };
+        for id in old_checks.iter().filter(|id| !new_checks.contains(id)) {
+            let _ = self.remove_check(id);
+        }
+        for id in old_services.iter().filter(|id| !new_services.contains(id)) {
+            let _ = self.remove_service(id);
+        }
+        for (svc, cs) in services {
+            self.agent.change(|s| s.add_service(svc, None))?;
+            for c in cs {
+                self.add_check(c)?;
+            }
+        }
+        for c in checks {
+            self.add_check(c)?;
+        }
+        *self.from_config.lock().unwrap_or_else(|e| e.into_inner()) = (new_services, new_checks);
+        Ok(())
     }
 
     /// The local state's clock: time since the agent started.

@@ -148,3 +148,115 @@ fn script_checks_are_refused_unless_enabled() {
     assert_eq!(r.status, 400);
     assert!(r.text().contains("enable_script_checks"), "{}", r.text());
 }
+
+fn service_ids(a: &Agent) -> Vec<String> {
+    let v = a.http("GET", "/v1/agent/services", b"").json();
+    let mut ids: Vec<String> = v
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
+fn catalog_port(a: &Agent, service: &str) -> Option<u64> {
+    let v = a
+        .http("GET", &format!("/v1/catalog/service/{service}"), b"")
+        .json();
+    v.as_array()?.first()?["ServicePort"].as_u64()
+}
+
+#[test]
+fn config_file_services_in_json_and_hcl_are_registered_and_reloaded_on_sighup() {
+    let dir = temp_dir("agent-config-services");
+    let web = |port: u16| {
+        format!(
+            r#"{{"service": {{"name": "web", "port": {port}, "tags": ["cfg"],
+                "check": {{"id": "web-ttl", "ttl": "30s"}}}}}}"#
+        )
+    };
+    std::fs::write(dir.join("web.json"), web(8080)).unwrap();
+    let hcl = r#"
+services {
+  name = "db"
+  port = 5432
+  checks {
+    id       = "db-tcp"
+    tcp      = "127.0.0.1:1"
+    interval = "1s"
+    timeout  = "500ms"
+  }
+}
+check {
+  id   = "disk"
+  name = "disk"
+  ttl  = "60s"
+}
+"#;
+    std::fs::write(dir.join("db.hcl"), hcl).unwrap();
+    let a = Agent::dev(&[&format!("-config-dir={}", dir.display())]);
+    assert_eq!(service_ids(&a), ["db", "web"]);
+    let checks = a.http("GET", "/v1/agent/checks", b"").json();
+    assert_eq!(checks["db-tcp"]["Type"], "tcp");
+    assert_eq!(checks["disk"]["Type"], "ttl");
+    let seen = eventually(Duration::from_secs(5), || catalog_port(&a, "db"));
+    assert_eq!(seen, Some(5432));
+    // Nothing listens on port 1: the TCP check goes critical.
+    wait_status(&a, "db", "db-tcp", "critical", Duration::from_secs(8));
+
+    // One service over HTTP too: a reload leaves it alone.
+    let body = br#"{"name": "adhoc", "port": 1}"#;
+    assert_eq!(
+        a.http("PUT", "/v1/agent/service/register", body).status,
+        200
+    );
+
+    // db.hcl goes, web's port changes; SIGHUP.
+    std::fs::remove_file(dir.join("db.hcl")).unwrap();
+    std::fs::write(dir.join("web.json"), web(9090)).unwrap();
+    let pid = a.child.id().to_string();
+    let st = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let reloaded = eventually(Duration::from_secs(5), || {
+        (service_ids(&a) == ["adhoc", "web"]).then_some(())
+    });
+    assert!(reloaded.is_some(), "after reload: {:?}", service_ids(&a));
+    let checks = a.http("GET", "/v1/agent/checks", b"").json();
+    assert!(
+        checks.get("disk").is_none() && checks.get("db-tcp").is_none(),
+        "{checks}"
+    );
+    let moved = eventually(Duration::from_secs(5), || {
+        (catalog_port(&a, "web") == Some(9090)).then_some(())
+    });
+    assert!(
+        moved.is_some(),
+        "the catalog keeps web on {:?}",
+        catalog_port(&a, "web")
+    );
+    let gone = eventually(Duration::from_secs(5), || {
+        catalog_port(&a, "db").is_none().then_some(())
+    });
+    assert!(gone.is_some(), "db stays in the catalog");
+}
+
+#[test]
+fn a_bad_service_definition_in_the_config_stops_the_start_with_its_name() {
+    let dir = temp_dir("agent-config-bad-service");
+    let bad = r#"{"service": {"name": "web", "check": {"http": "http://127.0.0.1/"}}}"#;
+    std::fs::write(dir.join("web.json"), bad).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["agent", "-dev", "-http-port=-1", "-dns-port=-1"])
+        .arg(format!("-config-dir={}", dir.display()))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("service \"web\"") && err.contains("Interval must be > 0"),
+        "{err}"
+    );
+}
