@@ -129,10 +129,28 @@ fn now<R: AsyncRuntime>() -> R::Instant {
     <R::Instant as openraft::rt::Instant>::now()
 }
 
+/// How often the syncer syncs in full, and how soon it retries a failed sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncTimes {
+    pub full: Duration,
+    pub retry: Duration,
+}
+
+impl Default for SyncTimes {
+    /// Consul's: [`FULL_SYNC_INTERVAL`] and [`RETRY_INTERVAL`].
+    fn default() -> Self {
+        SyncTimes {
+            full: FULL_SYNC_INTERVAL,
+            retry: RETRY_INTERVAL,
+        }
+    }
+}
+
 /// The syncer of one agent.
 pub struct AntiEntropy<R: AsyncRuntime, P> {
     agent: Arc<LocalAgent<R>>,
     port: P,
+    times: SyncTimes,
     rng: Mutex<ChaCha8Rng>,
     /// Full syncs that finished, and syncs that failed (for metrics and tests).
     pub stats: Mutex<SyncStats>,
@@ -153,9 +171,16 @@ impl<R: AsyncRuntime, P: CatalogPort> AntiEntropy<R, P> {
         AntiEntropy {
             agent,
             port,
+            times: SyncTimes::default(),
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
             stats: Mutex::new(SyncStats::default()),
         }
+    }
+
+    /// The same syncer on other intervals (the simulator's runs are seconds long).
+    pub fn with_times(mut self, times: SyncTimes) -> Self {
+        self.times = times;
+        self
     }
 
     fn stagger(&self, max: Duration) -> Duration {
@@ -218,7 +243,7 @@ impl<R: AsyncRuntime, P: CatalogPort> AntiEntropy<R, P> {
 
     /// The next full sync's wait: the scaled interval plus a stagger of up to as much again.
     fn full_wait(&self) -> Duration {
-        let scaled = FULL_SYNC_INTERVAL * scale_factor(self.port.cluster_size());
+        let scaled = self.times.full * scale_factor(self.port.cluster_size());
         scaled + self.stagger(scaled)
     }
 
@@ -235,7 +260,7 @@ impl<R: AsyncRuntime, P: CatalogPort> AntiEntropy<R, P> {
                     Err(e) => {
                         tracing::warn!(error = %e, "agent: syncing with the catalog failed");
                         self.count(|s| s.failures += 1);
-                        wait = RETRY_INTERVAL + self.stagger(RETRY_INTERVAL);
+                        wait = self.times.retry + self.stagger(self.times.retry);
                     }
                 }
             }
@@ -249,7 +274,8 @@ impl<R: AsyncRuntime, P: CatalogPort> AntiEntropy<R, P> {
                             tracing::debug!(error = %e, "agent: a partial sync failed");
                             self.count(|s| s.failures += 1);
                             // Retried by a full sync soon, not only at the next change.
-                            let retry = now::<R>() + RETRY_INTERVAL + self.stagger(RETRY_INTERVAL);
+                            let retry = self.times.retry + self.stagger(self.times.retry);
+                            let retry = now::<R>() + retry;
                             deadline = deadline.min(retry);
                         }
                     }

@@ -99,37 +99,10 @@ impl CatalogPort for Arc<MemCatalog> {
 
 /// Whether the catalog's slice of this node says what the local state says.
 fn catalog_matches(local: &LocalState, remote: &RemoteNode) -> Result<(), String> {
-    let node = remote.node.as_ref().ok_or("node not registered")?;
-    if node.meta != local.node().meta || node.address != local.node().address {
-        return Err(format!("node differs: {node:?}"));
+    match local.differs_from(remote) {
+        None => Ok(()),
+        Some(e) => Err(e),
     }
-    let mut want: Vec<&ServiceInfo> = local.services().collect();
-    let mut have: Vec<&ServiceInfo> = remote.services.iter().collect();
-    want.sort_by_key(|s| s.id.to_ascii_lowercase());
-    have.sort_by_key(|s| s.id.to_ascii_lowercase());
-    if want != have {
-        return Err(format!("services differ: local {want:?}, catalog {have:?}"));
-    }
-    let ours: Vec<&CheckInfo> = remote
-        .checks
-        .iter()
-        .filter(|c| c.check_id != SERF_CHECK_ID)
-        .collect();
-    if ours.len() != local.checks().count() {
-        return Err(format!("check count differs: catalog {ours:?}"));
-    }
-    for c in local.checks() {
-        let Some(r) = ours
-            .iter()
-            .find(|r| r.check_id.eq_ignore_ascii_case(&c.info.check_id))
-        else {
-            return Err(format!("check {} missing", c.info.check_id));
-        };
-        if r.status != c.info.status || r.service_id != c.info.service_id {
-            return Err(format!("check {} differs: {r:?}", c.info.check_id));
-        }
-    }
-    Ok(())
 }
 
 fn agent() -> Arc<LocalAgent<TokioRuntime>> {

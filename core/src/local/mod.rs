@@ -185,6 +185,10 @@ pub struct LocalState {
     version: u64,
     /// The last revision handed out.
     revisions: u64,
+    /// Wrong on purpose: a full sync keeps services the catalog has and this agent does
+    /// not (they are never deregistered).
+    #[cfg(feature = "sabotage")]
+    pub sabotage_keep_strays: bool,
 }
 
 impl LocalState {
@@ -202,7 +206,73 @@ impl LocalState {
             checks: BTreeMap::new(),
             version: 1,
             revisions: 1,
+            #[cfg(feature = "sabotage")]
+            sabotage_keep_strays: false,
         }
+    }
+
+    fn keep_strays(&self) -> bool {
+        #[cfg(feature = "sabotage")]
+        return self.sabotage_keep_strays;
+        #[cfg(not(feature = "sabotage"))]
+        false
+    }
+
+    /// How the catalog's slice of this node differs from this state, if it does: the node's
+    /// fields, the services, and the checks with their status (the servers' own `consul`
+    /// service and `serfHealth` check aside). `None` once a full sync has finished and
+    /// nothing changed since.
+    pub fn differs_from(&self, remote: &RemoteNode) -> Option<String> {
+        let Some(node) = remote.node.as_ref() else {
+            return Some(format!("node {} is not in the catalog", self.node.name));
+        };
+        if node.meta != self.node.meta || node.address != self.node.address {
+            return Some(format!("node {} differs: {node:?}", self.node.name));
+        }
+        let mut want: Vec<&ServiceInfo> = self.services().collect();
+        let mut have: Vec<&ServiceInfo> = remote
+            .services
+            .iter()
+            .filter(|s| !s.id.eq_ignore_ascii_case(CONSUL_SERVICE_ID))
+            .collect();
+        want.sort_by_key(|s| fold(&s.id));
+        have.sort_by_key(|s| fold(&s.id));
+        if want != have {
+            let ids = |l: &[&ServiceInfo]| l.iter().map(|s| s.id.clone()).collect::<Vec<_>>();
+            return Some(format!(
+                "services of {} differ: local {:?}, catalog {:?}",
+                self.node.name,
+                ids(&want),
+                ids(&have)
+            ));
+        }
+        let theirs: Vec<&CheckInfo> = remote
+            .checks
+            .iter()
+            .filter(|c| !c.check_id.eq_ignore_ascii_case(SERF_CHECK_ID))
+            .collect();
+        if theirs.len() != self.checks().count() {
+            return Some(format!(
+                "checks of {} differ: local {}, catalog {}",
+                self.node.name,
+                self.checks().count(),
+                theirs.len()
+            ));
+        }
+        for c in self.checks() {
+            let same = theirs.iter().any(|r| {
+                r.check_id.eq_ignore_ascii_case(&c.info.check_id)
+                    && r.status == c.info.status
+                    && r.service_id.eq_ignore_ascii_case(&c.info.service_id)
+            });
+            if !same {
+                return Some(format!(
+                    "check {} of {} differs in the catalog",
+                    c.info.check_id, self.node.name
+                ));
+            }
+        }
+        None
     }
 
     fn next_revision(&mut self) -> u64 {
@@ -614,7 +684,7 @@ impl LocalState {
             }
         }
         for (key, r) in &remote_services {
-            if !self.services.contains_key(key) && key != CONSUL_SERVICE_ID {
+            if !self.services.contains_key(key) && key != CONSUL_SERVICE_ID && !self.keep_strays() {
                 let sync = self.deleted();
                 let id = r.id.clone();
                 let e = ServiceEntry {
