@@ -619,3 +619,53 @@ proptest! {
         prop_assert_eq!(neg, got.map(|b| !b), "{}", src);
     }
 }
+
+#[test]
+fn bexprs_own_grammar_cases_parse() {
+    for src in [
+        "foo == 3",
+        "\"/foo\" == 3",
+        "\"/hy-phen/under_score/pi|pe/do.t/ti~lde/co:lon\" == 3",
+        "foo/bar == 3",
+        "list is not empty",
+        "bar not contains foo",
+        "foo not matches bar",
+        "not prod in tags",
+        "port != 80 and port != 8080",
+        "`foo` not in bar",
+        "x in foo and not str == something or list is empty",
+        "x in foo and not (str == something or list is empty)",
+        "\t\r\n  foo \t\r\n not \t\r\n in \t\r\n x \t\r\n",
+        "\t\r\n  foo \t\r\n is \t\r\n not \t\r\n empty \t\r\n",
+        "\t\r\n not \t\r\n  foo \t\r\n in \t\r\n x \t\r\n",
+        "\t\r\n foo \t\r\n == \t\r\n x \t\r\n or \t\r\n y \t\r\n is \t\r\n empty \t\r\n",
+        "\t\r\n ( \t\r\n foo \t\r\n == \t\r\n x \t\r\n ) \t\r\n",
+        "`environment` in foo.bar[\"meta\"].tags[\t`ENV` ]",
+        "environment in \"/hy-phen/under_score/pi|pe/do.t/ti~lde\"",
+        "environment in foo[\"bar\"][\"meta\"][\"tags\"][\"ENV\"]",
+        "environment in foo[\"abc-def ghi åß∂ƒ\"]",
+        "foo == -0.2",
+        "not not foo == 3",
+        "(((foo == 3) and (not ((bar in baz) and (not (one != two))))) or (((next is empty) \
+         and (not (foo is not empty))) and (bar not in foo)))",
+    ] {
+        if let Err(e) = Filter::parse(src) {
+            panic!("{src}: {e}");
+        }
+    }
+    // `not prod in tags` is `not ("prod" in tags)`.
+    let v = json!({"tags": ["prod"]});
+    assert_eq!(eval_on("not prod in tags", &v), Ok(false));
+    // The selector parts of an index chain.
+    let v = json!({"foo": {"bar": {"meta": {"tags": {"ENV": "environment"}}}}});
+    assert_eq!(
+        eval_on("environment in foo[\"bar\"].meta[\"tags\"].ENV", &v),
+        Ok(true)
+    );
+    assert_eq!(
+        Filter::parse("\"/hy-phen/under_score/pi|pe/do.t/ti~lde/\" == 3")
+            .unwrap_err()
+            .to_string(),
+        r#"1:43 (42): no match found, expected: "in", "not" or [ \t\r\n]"#
+    );
+}
