@@ -17,6 +17,7 @@ mod blocking;
 mod catalog;
 mod context;
 mod error;
+pub(crate) mod filter;
 mod health;
 mod kv;
 mod listener;

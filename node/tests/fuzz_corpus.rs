@@ -58,6 +58,11 @@ fn config_loader() {
 }
 
 #[test]
+fn filter() {
+    replay("filter", fuzzing::filter);
+}
+
+#[test]
 fn gossip_packet() {
     replay("gossip_packet", fuzzing::gossip_packet);
 }
