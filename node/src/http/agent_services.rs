@@ -254,24 +254,25 @@ fn local_check_json(c: &CheckInfo) -> Value {
 
 /// `GET /v1/agent/services`: this agent's services by id.
 pub async fn services(cx: Ctx) -> Reply {
-    refuse_filter(&cx)?;
     let dc = &cx.api.agent.datacenter;
     let m: serde_json::Map<String, Value> = cx.api.local.agent.read(|s| {
         s.services()
             .map(|svc| (svc.id.clone(), agent_service_json(svc, dc)))
             .collect()
     });
-    Ok(cx.json(&m))
+    Ok(cx.json(&filtered(&cx, m)?))
 }
 
-fn refuse_filter(cx: &Ctx) -> Result<(), ApiError> {
-    match cx.query.get("filter") {
-        Some(f) if !f.is_empty() => Err(ApiError::bad_request(format!(
-            "Failed to create boolean expression evaluator: filter expressions are not \
-             supported by this agent yet: {f:?}"
-        ))),
-        _ => Ok(()),
+/// The entries of an id-keyed map that `?filter` keeps.
+fn filtered(cx: &Ctx, m: serde_json::Map<String, Value>) -> Result<Value, ApiError> {
+    let filter = super::catalog::filter_of(cx.query.get("filter"))?;
+    let mut out = serde_json::Map::new();
+    for (k, v) in m {
+        if !super::catalog::retain(&filter, vec![v.clone()])?.is_empty() {
+            out.insert(k, v);
+        }
     }
+    Ok(Value::Object(out))
 }
 
 /// A service's content hash, as `/v1/agent/service/:id` reports and blocks on it.
@@ -400,13 +401,12 @@ pub async fn node_maintenance(cx: Ctx) -> Reply {
 
 /// `GET /v1/agent/checks`: this agent's checks by id.
 pub async fn checks(cx: Ctx) -> Reply {
-    refuse_filter(&cx)?;
     let m: serde_json::Map<String, Value> = cx.api.local.agent.read(|s| {
         s.checks()
             .map(|c| (c.info.check_id.clone(), local_check_json(&c.info)))
             .collect()
     });
-    Ok(cx.json(&m))
+    Ok(cx.json(&filtered(&cx, m)?))
 }
 
 /// `PUT /v1/agent/check/register`.

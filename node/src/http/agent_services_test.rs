@@ -225,3 +225,23 @@ async fn replace_existing_checks_drops_the_checks_not_given_again() {
     let ids: Vec<&String> = checks.as_object().unwrap().keys().collect();
     assert_eq!(ids, ["only"]);
 }
+
+#[tokio::test]
+async fn agent_services_and_checks_take_filters() {
+    let api = dev_api();
+    put(&api, "/v1/agent/service/register", WEB).await;
+    let other = br#"{"name": "db", "port": 5432, "tags": ["primary"]}"#;
+    put(&api, "/v1/agent/service/register", other).await;
+    let enc = |e: &str| form_urlencoded::byte_serialize(e.as_bytes()).collect::<String>();
+    let p = format!("/v1/agent/services?filter={}", enc("\"primary\" in Tags"));
+    let v = get_json(&api, &p).await;
+    assert_eq!(v.as_object().unwrap().keys().collect::<Vec<_>>(), ["db"]);
+    let p = format!("/v1/agent/checks?filter={}", enc("ServiceName == web"));
+    let v = get_json(&api, &p).await;
+    assert_eq!(
+        v.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["service:web-1"]
+    );
+    let p = format!("/v1/agent/services?filter={}", enc("(("));
+    assert_eq!(call(&api, "GET", &p, b"").await.0, 400);
+}

@@ -16,7 +16,7 @@ use super::catalog::node_json;
 use super::catalog::node_meta_matches;
 use super::catalog::node_service_json;
 use super::catalog::read_options;
-use super::catalog::serve;
+use super::catalog::serve_list;
 use super::context::Ctx;
 use super::context::Reply;
 use super::error::ApiError;
@@ -34,19 +34,19 @@ fn query_bool(cx: &Ctx, key: &str) -> Result<bool, ApiError> {
 
 /// `GET /v1/health/node/:node`: the node's checks.
 pub async fn node(cx: Ctx) -> Reply {
-    let opts = read_options(&cx)?;
+    let (opts, filter) = read_options(&cx)?;
     let name = name_of(&cx, "node")?;
     let read = |sm: &StateMachine| {
         let c = sm.catalog();
         let list: Vec<Value> = c.node_checks(&name).map(check_json).collect();
         (list, c.node_index(&name))
     };
-    serve(&cx.api, &opts, Topic::Node(name.clone()), read).await
+    serve_list(&cx.api, &opts, &filter, Topic::Node(name.clone()), read).await
 }
 
 /// `GET /v1/health/checks/:service`: the checks of every instance of a service.
 pub async fn checks(cx: Ctx) -> Reply {
-    let opts = read_options(&cx)?;
+    let (opts, filter) = read_options(&cx)?;
     let name = name_of(&cx, "service")?;
     let read = |sm: &StateMachine| {
         let c = sm.catalog();
@@ -66,13 +66,13 @@ pub async fn checks(cx: Ctx) -> Reply {
         }
         (list, c.service_index(&name))
     };
-    serve(&cx.api, &opts, Topic::Service(name.clone()), read).await
+    serve_list(&cx.api, &opts, &filter, Topic::Service(name.clone()), read).await
 }
 
 /// `GET /v1/health/state/:state`: every check in `passing`, `warning` or `critical`
 /// (`any`: all of them). Another state matches nothing, as in Consul.
 pub async fn state(cx: Ctx) -> Reply {
-    let opts = read_options(&cx)?;
+    let (opts, filter) = read_options(&cx)?;
     let state =
         name_of(&cx, "check state").map_err(|_| ApiError::bad_request("Missing check state"))?;
     let want = Health::parse(&state);
@@ -90,7 +90,14 @@ pub async fn state(cx: Ctx) -> Reply {
             .collect();
         (list, c.table_index(Table::Checks))
     };
-    serve(&cx.api, &opts, Topic::Table(Table::Checks.into()), read).await
+    serve_list(
+        &cx.api,
+        &opts,
+        &filter,
+        Topic::Table(Table::Checks.into()),
+        read,
+    )
+    .await
 }
 
 /// One `/v1/health/service` entry: the node, the instance and the checks that apply to
@@ -109,7 +116,7 @@ fn entry(c: &Catalog, s: &Service) -> Option<(Value, bool)> {
 
 /// `GET /v1/health/service/:service`.
 pub async fn service(cx: Ctx) -> Reply {
-    let opts = read_options(&cx)?;
+    let (opts, filter) = read_options(&cx)?;
     let name = name_of(&cx, "service")?;
     let passing_only = query_bool(&cx, "passing")?;
     let tags: Vec<String> = cx.query.all("tag").map(str::to_string).collect();
@@ -129,5 +136,5 @@ pub async fn service(cx: Ctx) -> Reply {
             .collect();
         (list, c.service_index(&name))
     };
-    serve(&cx.api, &opts, Topic::Service(name.clone()), read).await
+    serve_list(&cx.api, &opts, &filter, Topic::Service(name.clone()), read).await
 }
