@@ -622,8 +622,14 @@ where
                 return;
             }
             if self.raft.is_leader() && self.removal_keeps_quorum(self.cfg.id).await {
-                if let Err(e) = self.remove_server(self.cfg.id).await {
-                    tracing::debug!(error = %e, "raft: leaving the configuration; retrying");
+                // Bounded by the leave's deadline: a removal that cannot commit (the quorum
+                // is gone) must not hold the leave, and the agent's exit, for good.
+                match Rt::<C>::timeout_at(deadline, self.remove_server(self.cfg.id)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "raft: leaving the configuration; retrying");
+                    }
+                    Err(_) => break,
                 }
             }
             sleep::<C>(Duration::from_millis(200)).await;

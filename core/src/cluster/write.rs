@@ -172,7 +172,15 @@ where
                 },
             };
             match leader_hint {
-                Some(leader) if leader == self.cfg.rpc_addr => target = None,
+                // This server was named the leader, by itself (its Raft still holds a stale
+                // leader, as a removed server's does) or by another server: try it locally,
+                // after a pause if it was just tried, so a stale view is not spun on.
+                Some(leader) if leader == self.cfg.rpc_addr => {
+                    if target.is_none() {
+                        sleep::<C>(std::time::Duration::from_millis(100)).await;
+                    }
+                    target = None;
+                }
                 Some(leader) => target = Some(leader),
                 None => {
                     sleep::<C>(std::time::Duration::from_millis(100)).await;
