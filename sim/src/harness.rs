@@ -353,6 +353,7 @@ async fn simulate(seed: u64, sabotage: Sabotage) -> SeedReport {
             start_at,
         );
         ctx.dedup_clients_max = plan.dedup_clients_max;
+        ctx.local_seed = plan.seed.rotate_left(17) ^ id;
         let ctx = Arc::new(ctx);
         let c = ctx.clone();
         let node = handle
@@ -423,9 +424,14 @@ async fn simulate(seed: u64, sabotage: Sabotage) -> SeedReport {
         }));
     }
     madsim::time::sleep_until(start + Duration::from_millis(plan.safety_ms)).await;
-    // Every fault undone before the liveness phase.
+    // Every fault undone before the liveness phase, and the agents' local services left
+    // as they are.
     for ep in episodes {
         let _ = ep.await;
+    }
+    for ctx in cluster.ctxs.values() {
+        ctx.local_quiet
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     // Liveness phase: no faults. A write must succeed and every server converge.
@@ -467,7 +473,7 @@ async fn simulate(seed: u64, sabotage: Sabotage) -> SeedReport {
     madsim::time::sleep(Duration::from_millis(3_000)).await;
     let mut converged = false;
     let mut last_seen = Vec::new();
-    let mut catalog = Err("never read".to_string());
+    let mut catalog = Err("catalog: never read".to_string());
     while madsim::time::Instant::now() < liveness_deadline {
         madsim::time::sleep(Duration::from_millis(100)).await;
         let Some(target) = *probe_done.lock().unwrap() else {
@@ -479,7 +485,9 @@ async fn simulate(seed: u64, sabotage: Sabotage) -> SeedReport {
             .map(|c| c.live().map(|(_, sm)| sm.read(|s| s.last_applied())))
             .collect();
         let top = applied.iter().flatten().max().copied().unwrap_or(0);
-        catalog = catalog_in_step(&cluster);
+        catalog = catalog_in_step(&cluster)
+            .map_err(|e| format!("catalog: {e}"))
+            .and_then(|()| local_in_step(&cluster));
         if top >= target && applied.iter().all(|a| *a == Some(top)) && catalog.is_ok() {
             converged = true;
             break;
@@ -493,7 +501,7 @@ async fn simulate(seed: u64, sabotage: Sabotage) -> SeedReport {
         ));
     } else if let (false, Err(e)) = (converged, &catalog) {
         dump_servers(&cluster);
-        failures.push(format!("catalog: {e}"));
+        failures.push(e.clone());
     } else if !converged {
         dump_servers(&cluster);
         failures.push(format!(
@@ -650,6 +658,35 @@ fn dump_servers(cluster: &Cluster) {
             }
         }
     }
+}
+
+/// After healing, every server's agent must have brought its slice of the catalog in step
+/// with its local services and checks (anti-entropy). Read from one live server.
+fn local_in_step(cluster: &Cluster) -> Result<(), String> {
+    let Some((_, sm)) = cluster.ctxs.values().find_map(|c| c.live()) else {
+        return Err("anti-entropy: no live server".into());
+    };
+    for ctx in cluster.ctxs.values() {
+        if ctx.live().is_none() {
+            continue;
+        }
+        let Some(agent) = ctx.local.lock().unwrap().clone() else {
+            continue;
+        };
+        let name = format!("server-{}", ctx.slot);
+        let remote = sm.read(|s| {
+            let c = s.catalog();
+            tribune_core::local::RemoteNode {
+                node: c.node(&name).map(|n| n.info.clone()),
+                services: c.node_services(&name).map(|s| s.info.clone()).collect(),
+                checks: c.node_checks(&name).map(|ch| ch.info.clone()).collect(),
+            }
+        });
+        if let Some(e) = agent.read(|l| l.differs_from(&remote)) {
+            return Err(format!("anti-entropy: {e}"));
+        }
+    }
+    Ok(())
 }
 
 /// After healing, the leader's catalog reconcile must list every server: its node with a

@@ -13,6 +13,8 @@ pub mod gossip;
 #[cfg(madsim)]
 pub mod harness;
 #[cfg(madsim)]
+pub mod local;
+#[cfg(madsim)]
 pub mod net;
 #[cfg(madsim)]
 pub mod runtime;
@@ -72,10 +74,13 @@ pub enum Sabotage {
     /// The leader's catalog reconcile never updates a node it registered once: a server
     /// that failed and came back stays critical.
     StaleSerfHealth,
+    /// An agent's full sync keeps the services the catalog has and the agent does not: a
+    /// restarted server's old services are never deregistered.
+    KeepStrays,
 }
 
 impl Sabotage {
-    pub const ALL: [(&'static str, Sabotage); 14] = [
+    pub const ALL: [(&'static str, Sabotage); 15] = [
         ("stale-read", Sabotage::StaleRead),
         ("ack-before-commit", Sabotage::AckBeforeCommit),
         ("skip-fsync", Sabotage::SkipFsync),
@@ -90,6 +95,7 @@ impl Sabotage {
         ("lane-poison", Sabotage::LanePoison),
         ("no-eviction-horizon", Sabotage::NoEvictionHorizon),
         ("stale-serf-health", Sabotage::StaleSerfHealth),
+        ("keep-strays", Sabotage::KeepStrays),
     ];
 
     /// The checks that must catch this sabotage: a seed counts as catching it only if one
@@ -136,6 +142,7 @@ impl Sabotage {
                 &["linearizability", "index rule broken"]
             }
             Sabotage::StaleSerfHealth => &["catalog: "],
+            Sabotage::KeepStrays => &["anti-entropy: "],
         }
     }
 

@@ -141,6 +141,13 @@ pub struct ServerCtx {
     pub live: Mutex<Option<(Arc<Engine>, Store)>>,
     /// The state machine's dedup table size, if the plan makes it small.
     pub dedup_clients_max: Option<usize>,
+    /// The running incarnation's local services and checks (see `local`).
+    pub local: Mutex<Option<Arc<crate::local::SimLocal>>>,
+    /// Set by the harness when the fault plan ends: the local workload stops changing.
+    pub local_quiet: std::sync::atomic::AtomicBool,
+    /// The local workload's seed, and the incarnations started (each reseeds it).
+    pub local_seed: u64,
+    pub restarts: AtomicU64,
 }
 
 impl ServerCtx {
@@ -166,6 +173,10 @@ impl ServerCtx {
             start_at: Mutex::new(Some(start_at)),
             live: Mutex::new(None),
             dedup_clients_max: None,
+            local: Mutex::new(None),
+            local_quiet: std::sync::atomic::AtomicBool::new(false),
+            local_seed: id,
+            restarts: AtomicU64::new(0),
         }
     }
 
@@ -307,6 +318,7 @@ pub async fn run(ctx: Arc<ServerCtx>) {
     let reader = sm.clone();
     engine.read_catalog_with(Arc::new(move |f| reader.read(|s| f(s.catalog()))));
     *ctx.live.lock().unwrap() = Some((engine.clone(), sm.clone()));
+    crate::local::start(&ctx, engine.clone(), sm.clone());
 
     // Production's forming and reconcile loops.
     let expect = ctx.expect;
