@@ -185,6 +185,7 @@ fn zone() -> Zone {
         udp_answer_limit: 3,
         node_ttl: Duration::from_secs(1),
         service_ttl: vec![("*".into(), Duration::from_secs(5))],
+        ..DnsConfig::default()
     };
     Zone::new("consul", "dc1", Arc::new(nodes), settings, Arc::default()).expect("a valid zone")
 }
