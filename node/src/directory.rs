@@ -73,9 +73,10 @@ pub trait Directory: Send + Sync {
     fn with_catalogs(&self, _service: Option<&str>, _f: &mut dyn FnMut(&Catalog)) {}
 
     /// Make `service` answerable from local state (a client agent's view waits, bounded,
-    /// for the name's first fill); a no-op where the catalog is local.
-    fn prepare<'a>(&'a self, _service: &'a str) -> BoxFuture<'a, ()> {
-        Box::pin(async {})
+    /// for the name's first fill); a no-op where the catalog is local. False: it could not
+    /// be (the servers did not answer in time), and the lookup fails (SERVFAIL).
+    fn prepare<'a>(&'a self, _service: &'a str) -> BoxFuture<'a, bool> {
+        Box::pin(async { true })
     }
 }
 
@@ -441,10 +442,13 @@ impl Directory for Arc<ClientView> {
         }
     }
 
-    fn prepare<'a>(&'a self, service: &'a str) -> BoxFuture<'a, ()> {
+    fn prepare<'a>(&'a self, service: &'a str) -> BoxFuture<'a, bool> {
         Box::pin(async move {
             let mut rx = self.entry(service);
-            let _ = tokio::time::timeout(FIRST_FILL_WAIT, rx.wait_for(Option::is_some)).await;
+            let filled = tokio::time::timeout(FIRST_FILL_WAIT, rx.wait_for(Option::is_some))
+                .await
+                .is_ok_and(|r| r.is_ok());
+            filled
         })
     }
 }

@@ -30,9 +30,11 @@
 //! asked type NOERROR with no answer (NODATA); both with the SOA in the authority section.
 //!
 //! Names outside the zone are REFUSED, unless top-level `recursors` are set: then the
-//! query is forwarded over UDP to each in order, given `dns_config.recursor_timeout` (2s)
-//! each, and the first NOERROR or NXDOMAIN answer is relayed; SERVFAIL if all fail. A
-//! reverse name not found locally goes to the recursors too. Malformed and oversize
+//! query is forwarded to each in order (over UDP, or TCP for a query that came over TCP, as
+//! Consul), given `dns_config.recursor_timeout` (2s) each, and the first NOERROR or
+//! NXDOMAIN answer is relayed; SERVFAIL if all fail. A reverse name not found locally goes
+//! to the recursors too. A client agent's service lookup that its view cannot answer (no
+//! server answered within the first fill's wait) gets SERVFAIL. Malformed and oversize
 //! packets are dropped and counted.
 //!
 //! Bounds: queries of at most [`QUERY_BYTES_MAX`]; at most [`ANSWERS_MAX`] answer records;
@@ -645,16 +647,13 @@ impl Zone {
     /// The instances of a service; for `consul` without instances in any catalog (a
     /// client agent's view not filled yet, or no catalog at all), the LAN pool's servers.
     fn find_instances(&self, dir: &dyn Directory, name: &str, tag: Option<&str>) -> Vec<Instance> {
-        let mut found = Vec::new();
+        let (mut found, mut known) = (Vec::new(), false);
         let only_passing = self.settings.only_passing;
         dir.with_catalogs(Some(name), &mut |c| {
+            known |= c.instances(name).next().is_some();
             if found.is_empty() {
                 found = instances(c, name, tag, only_passing);
             }
-        });
-        let mut known = false;
-        dir.with_catalogs(Some(name), &mut |c| {
-            known |= c.instances(name).next().is_some()
         });
         if found.is_empty() && !known && name == "consul" && tag.is_none() {
             found = dir
@@ -946,30 +945,43 @@ impl Zone {
     pub(crate) async fn serve(&self, packet: &[u8], udp: bool) -> Option<Vec<u8>> {
         let req = self.decode(packet)?;
         match self.route(&req) {
-            Route::Recurse => return self.recurse(packet, &req).await,
-            Route::Service(name) => self.directory.prepare(&name).await,
+            Route::Recurse => return self.recurse(packet, &req, udp).await,
+            Route::Service(name) => {
+                // `consul` can still be answered from the LAN pool's servers.
+                if !self.directory.prepare(&name).await && name != "consul" {
+                    return self.encode(&req, &self.servfail(&req));
+                }
+            }
             Route::Local => {}
         }
         let resp = self.respond(&req, &*self.directory, udp);
         let unknown_reverse = resp.metadata.response_code == ResponseCode::NXDomain
             && Self::labels(&req).is_some_and(|l| is_arpa(&l));
         if unknown_reverse && !self.settings.recursors.is_empty() {
-            return self.recurse(packet, &req).await;
+            return self.recurse(packet, &req, udp).await;
         }
         self.encode(&req, &resp)
     }
 
-    /// Forward the query to the recursors in order, each given `recursor_timeout`; the
-    /// first answer that is NOERROR or NXDOMAIN (or truncated) is relayed as it came.
-    /// SERVFAIL when all fail, or when [`RECURSE_MAX`] forwards are in flight already.
-    async fn recurse(&self, packet: &[u8], req: &Message) -> Option<Vec<u8>> {
+    /// Forward the query to the recursors in order, each given `recursor_timeout`, over
+    /// the client's transport (as Consul: UDP, or TCP for a TCP client); the first answer
+    /// that is NOERROR or NXDOMAIN (or truncated) is relayed as it came. SERVFAIL when all
+    /// fail, or when [`RECURSE_MAX`] forwards are in flight already.
+    async fn recurse(&self, packet: &[u8], req: &Message, udp: bool) -> Option<Vec<u8>> {
         let Ok(_permit) = self.recursing.try_acquire() else {
             tracing::debug!("dns: too many recursive queries in flight");
             return self.encode(req, &self.servfail(req));
         };
         for &recursor in &self.settings.recursors {
             let timeout = self.settings.recursor_timeout;
-            match tokio::time::timeout(timeout, exchange(recursor, packet)).await {
+            let asked = async {
+                if udp {
+                    exchange_udp(recursor, packet).await
+                } else {
+                    exchange_tcp(recursor, packet).await
+                }
+            };
+            match tokio::time::timeout(timeout, asked).await {
                 Ok(Ok((bytes, m)))
                     if m.metadata.id == req.metadata.id
                         && (matches!(
@@ -992,8 +1004,27 @@ impl Zone {
     }
 }
 
+/// One TCP exchange with a recursor (a length-prefixed query and response): the
+/// response's bytes and the parsed message.
+async fn exchange_tcp(to: SocketAddr, packet: &[u8]) -> std::io::Result<(Vec<u8>, Message)> {
+    let mut s = TcpStream::connect(to).await?;
+    let len = u16::try_from(packet.len())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let mut frame = Vec::with_capacity(packet.len() + 2);
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(packet);
+    s.write_all(&frame).await?;
+    let n = usize::from(s.read_u16().await?);
+    let mut buf = vec![0u8; n];
+    s.read_exact(&mut buf).await?;
+    match Message::from_vec(&buf) {
+        Ok(m) if m.metadata.message_type == MessageType::Response => Ok((buf, m)),
+        _ => Err(std::io::Error::from(std::io::ErrorKind::InvalidData)),
+    }
+}
+
 /// One UDP exchange with a recursor: the response's bytes and the parsed message.
-async fn exchange(to: SocketAddr, packet: &[u8]) -> std::io::Result<(Vec<u8>, Message)> {
+async fn exchange_udp(to: SocketAddr, packet: &[u8]) -> std::io::Result<(Vec<u8>, Message)> {
     let any: SocketAddr = if to.is_ipv4() {
         (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
     } else {

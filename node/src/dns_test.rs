@@ -593,3 +593,76 @@ fn the_catalog_and_a_client_view_answer_alike() {
     assert_eq!(instances(&c, "web", Some("V1"), true).len(), 1);
     assert_eq!(catalog_node(&c, "N1").unwrap().meta["rack"], "r1");
 }
+
+/// A client agent's view whose servers never answered: nothing is filled.
+struct Unfilled;
+
+impl Directory for Unfilled {
+    fn node(&self, _name: &str) -> Option<Node> {
+        None
+    }
+
+    fn servers(&self) -> Vec<Node> {
+        vec![Node {
+            name: "s1".into(),
+            ip: "10.0.0.9".parse().unwrap(),
+            server_port: Some(8300),
+        }]
+    }
+
+    fn prepare<'a>(&'a self, _service: &'a str) -> crate::store::BoxFuture<'a, bool> {
+        Box::pin(async { false })
+    }
+}
+
+#[tokio::test]
+async fn an_unfilled_view_fails_service_lookups_but_consul_comes_from_gossip() {
+    let z = zone_with(Arc::new(Unfilled), settings());
+    let ask = |name: &str| {
+        let mut m = Message::query();
+        m.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+        m.to_vec().unwrap()
+    };
+    let r = Message::from_vec(&z.serve(&ask("web.service.consul."), true).await.unwrap());
+    assert_eq!(r.unwrap().metadata.response_code, ResponseCode::ServFail);
+    let r = Message::from_vec(&z.serve(&ask("consul.service.consul."), true).await.unwrap());
+    assert_eq!(ips(&r.unwrap()), ["10.0.0.9"]);
+    // Without recursors a name outside the zone is refused on this path too.
+    let r = Message::from_vec(&z.serve(&ask("example.com."), false).await.unwrap());
+    assert_eq!(r.unwrap().metadata.response_code, ResponseCode::Refused);
+}
+
+#[test]
+fn routes_pick_recursion_only_outside_the_zone_with_recursors() {
+    let q = |name: &str, qtype| {
+        let mut m = Message::query();
+        m.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+        m
+    };
+    let z = zone_with(catalog(), settings());
+    assert_eq!(z.route(&q("example.com.", RecordType::A)), Route::Local);
+    let z = zone_with(
+        catalog(),
+        DnsConfig {
+            recursors: vec!["127.0.0.1:53".parse().unwrap()],
+            ..settings()
+        },
+    );
+    assert_eq!(z.route(&q("example.com.", RecordType::A)), Route::Recurse);
+    assert_eq!(
+        z.route(&q("1.0.0.10.in-addr.arpa.", RecordType::PTR)),
+        Route::Local,
+        "reverse names are looked up first"
+    );
+    assert_eq!(
+        z.route(&q("_web._tcp.consul.", RecordType::SRV)),
+        Route::Service("web".into())
+    );
+    assert_eq!(z.route(&q("n1.node.consul.", RecordType::A)), Route::Local);
+    // Answers say recursion is available when recursors are set.
+    assert!(
+        ask(&z, "n1.node.consul.", RecordType::A)
+            .metadata
+            .recursion_available
+    );
+}

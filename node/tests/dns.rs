@@ -897,32 +897,61 @@ fn big_answers_are_truncated_on_udp_and_whole_on_tcp() {
     }
 }
 
-/// A tiny upstream DNS server on 127.0.0.1: every A question is answered with 203.0.113.7,
-/// others with NXDOMAIN. Runs until the test process ends.
+/// The tiny upstream's answer: every A question 203.0.113.7, others NXDOMAIN.
+fn upstream_answer(query: &[u8]) -> Option<Vec<u8>> {
+    let q = Message::from_vec(query).ok()?;
+    let mut r = Message::response(q.metadata.id, q.metadata.op_code);
+    r.queries = q.queries.clone();
+    r.metadata.recursion_desired = q.metadata.recursion_desired;
+    r.metadata.recursion_available = true;
+    match q.queries.first() {
+        Some(question) if question.query_type() == RecordType::A => {
+            r.answers.push(Record::from_rdata(
+                question.name().clone(),
+                60,
+                RData::A(A("203.0.113.7".parse().unwrap())),
+            ));
+        }
+        _ => r.metadata.response_code = ResponseCode::NXDomain,
+    }
+    r.to_vec().ok()
+}
+
+/// A tiny upstream DNS server on 127.0.0.1, over UDP and TCP on one port (see
+/// [`upstream_answer`]). Runs until the test process ends.
 fn upstream() -> u16 {
-    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let port = s.local_addr().unwrap().port();
+    let (udp, tcp) = loop {
+        let port = free_dns_port();
+        if let (Ok(u), Ok(t)) = (
+            UdpSocket::bind(("127.0.0.1", port)),
+            std::net::TcpListener::bind(("127.0.0.1", port)),
+        ) {
+            break (u, t);
+        }
+    };
+    let port = udp.local_addr().unwrap().port();
     std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
-        while let Ok((n, from)) = s.recv_from(&mut buf) {
-            let Ok(q) = Message::from_vec(&buf[..n]) else {
-                continue;
-            };
-            let mut r = Message::response(q.metadata.id, q.metadata.op_code);
-            r.queries = q.queries.clone();
-            r.metadata.recursion_desired = q.metadata.recursion_desired;
-            r.metadata.recursion_available = true;
-            match q.queries.first() {
-                Some(question) if question.query_type() == RecordType::A => {
-                    r.answers.push(Record::from_rdata(
-                        question.name().clone(),
-                        60,
-                        RData::A(A("203.0.113.7".parse().unwrap())),
-                    ));
-                }
-                _ => r.metadata.response_code = ResponseCode::NXDomain,
+        while let Ok((n, from)) = udp.recv_from(&mut buf) {
+            if let Some(out) = upstream_answer(&buf[..n]) {
+                let _ = udp.send_to(&out, from);
             }
-            let _ = s.send_to(&r.to_vec().unwrap(), from);
+        }
+    });
+    std::thread::spawn(move || {
+        for mut s in tcp.incoming().flatten() {
+            let mut len = [0u8; 2];
+            if s.read_exact(&mut len).is_err() {
+                continue;
+            }
+            let mut q = vec![0u8; u16::from_be_bytes(len) as usize];
+            if s.read_exact(&mut q).is_err() {
+                continue;
+            }
+            if let Some(out) = upstream_answer(&q) {
+                let _ = s.write_all(&(out.len() as u16).to_be_bytes());
+                let _ = s.write_all(&out);
+            }
         }
     });
     port
@@ -971,7 +1000,11 @@ fn names_outside_the_domain_go_to_the_recursors_in_order() {
     assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
     let l = resolve(dns, false, "resolver.example.test.", RecordType::A).unwrap();
     assert_eq!(sorted_ips(l.answers()), ["203.0.113.7"]);
+    let l = resolve(dns, true, "tcp.example.test.", RecordType::A).unwrap();
+    assert_eq!(sorted_ips(l.answers()), ["203.0.113.7"]);
     if let Some(out) = dig(dns, &["+short", "dig.example.test"]) {
+        assert_eq!(out.trim(), "203.0.113.7");
+        let out = dig(dns, &["+tcp", "+short", "dig.example.test"]).unwrap();
         assert_eq!(out.trim(), "203.0.113.7");
     }
     drop(a);
