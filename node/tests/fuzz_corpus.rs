@@ -79,7 +79,19 @@ fn seeds_reach_past_the_decoders() {
             postcard::from_bytes(&frame[4..4 + len]).unwrap_or_else(|e| panic!("{name}: {e}"));
         eprintln!("{name}: {rpc:?}");
     }
-    for name in ["a-web-service", "ptr", "srv-consul-edns"] {
+    for name in [
+        "a-web-service",
+        "ptr",
+        "srv-consul-edns",
+        "srv-web-tag",
+        "srv-web-all-edns",
+        "a-many-trimmed",
+        "txt-node-meta",
+        "a-addr-hex",
+        "ptr-service-address",
+        "aaaa-web-tag",
+        "any-external-node",
+    ] {
         let m = hickory_proto::op::Message::from_vec(&read("dns_query", name))
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(m.queries.len(), 1, "{name}");
