@@ -36,8 +36,10 @@ use crate::serf::Pool;
 use crate::store::BoxFuture;
 use crate::store::Store;
 
-/// Service names a client agent's view keeps at once.
-pub const VIEW_SERVICES_MAX: usize = 256;
+/// Service names a client agent's view keeps at once. Each holds one blocking query
+/// forwarded to a server, which runs at most `forward::FORWARDED_MAX` of them for all
+/// agents: a quarter of that.
+pub const VIEW_SERVICES_MAX: usize = 64;
 /// A name of the view not looked up for this long is dropped.
 pub const VIEW_IDLE: Duration = Duration::from_secs(180);
 /// How long the first lookup of a name waits for its first fill.
@@ -191,6 +193,8 @@ struct ViewEntry {
     /// Which loop fills it: a name dropped and looked up again gets a new loop, and the
     /// old one stops.
     generation: u64,
+    /// That loop, aborted when the entry makes room for another.
+    task: tokio::task::AbortHandle,
 }
 
 /// A client agent's bounded local view of the catalog, one entry per service name looked
@@ -228,23 +232,26 @@ impl ClientView {
                 .iter()
                 .min_by_key(|(_, e)| e.used)
                 .map(|(n, _)| n.clone());
-            if let Some(oldest) = oldest {
-                entries.remove(&oldest);
+            // Its loop is stopped at once, so no more than the cap are ever running.
+            if let Some(e) = oldest.and_then(|n| entries.remove(&n)) {
+                e.task.abort();
             }
         }
         let (tx, rx) = watch::channel(None);
         let generation = self
             .generations
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Spawned under the lock: the loop's first look at its entry waits for it.
+        let task = tokio::spawn(self.clone().keep(name.to_string(), generation, tx));
         entries.insert(
             name.to_string(),
             ViewEntry {
                 catalog: rx.clone(),
                 used: Instant::now(),
                 generation,
+                task: task.abort_handle(),
             },
         );
-        tokio::spawn(self.clone().keep(name.to_string(), generation, tx));
         rx
     }
 
@@ -471,6 +478,57 @@ mod tests {
         assert_eq!(nodes.node("WEB-1"), Some(node("web-1", None)));
         assert_eq!(nodes.node("nope"), None);
         assert_eq!(nodes.servers(), vec![node("Server-1", Some(8300))]);
+    }
+
+    #[tokio::test]
+    async fn a_client_view_is_capped_and_fails_without_servers() {
+        let identity = tribune_core::gossip::Identity {
+            name: "c1".into(),
+            addr: "127.0.0.1:1".parse().unwrap(),
+            tags: Default::default(),
+        };
+        let bind = "127.0.0.1:0".parse().unwrap();
+        let config = tribune_core::gossip::Config::lan();
+        let pool = Pool::start(bind, config, identity, "lan").await.unwrap();
+        let forward = Forwarder::new(pool.clone(), "dc1".into(), Duration::from_secs(1));
+        let lan = LanDirectory::new(node("c1", None), Some(pool));
+        let view = ClientView::new(lan, Arc::new(forward));
+        // No server to ask: the first fill never comes, and the lookup is told so.
+        let started = Instant::now();
+        assert!(!view.prepare("web").await);
+        assert!(started.elapsed() >= FIRST_FILL_WAIT);
+        let mut seen = 0;
+        view.with_catalogs(Some("web"), &mut |_| seen += 1);
+        assert_eq!(seen, 0);
+        // More names than the cap: the least recently used make room, their loops stop.
+        for i in 0..VIEW_SERVICES_MAX + 5 {
+            let _ = view.entry(&format!("s{i}"));
+        }
+        let entries = view.entries();
+        assert_eq!(entries.len(), VIEW_SERVICES_MAX);
+        assert!(!entries.contains_key("web") && !entries.contains_key("s0"));
+        assert!(entries.contains_key(&format!("s{}", VIEW_SERVICES_MAX + 4)));
+    }
+
+    #[test]
+    fn a_health_answer_becomes_a_catalog() {
+        let v = serde_json::json!([
+            {"Node": {"Node": "n1", "Address": "10.0.0.1", "Meta": {"a": "b"}},
+             "Service": {"ID": "web-1", "Service": "web", "Tags": ["t"], "Port": 80,
+                         "Weights": {"Passing": 3, "Warning": 2}},
+             "Checks": [{"Node": "n1", "CheckID": "c", "Status": "warning",
+                         "ServiceID": "web-1"}]},
+            {"Node": {"Node": "", "Address": ""}, "Service": {"Service": "web"}},
+            "not an entry"
+        ]);
+        let c = catalog_of_health(&v);
+        let s: Vec<_> = c.instances("web").collect();
+        assert_eq!(s.len(), 1, "the entry without a node is skipped");
+        assert_eq!((s[0].info.port, s[0].info.weights.passing), (80, 3));
+        assert_eq!(c.node("n1").unwrap().info.meta["a"], "b");
+        let checks: Vec<_> = c.instance_checks("n1", "web-1").collect();
+        assert_eq!(checks[0].info.status, Health::Warning);
+        assert!(catalog_of_health(&serde_json::json!({"x": 1})).is_empty());
     }
 
     #[test]
