@@ -11,11 +11,13 @@
 //!   `dns_config.only_passing`, one with a warning too; the SRV weight is the instance's
 //!   `Weights` for its health. Answers are shuffled; `dns_config.a_record_limit` caps the
 //!   A/AAAA answers (0: no cap).
-//! - `<node>.node[.<dc>].<domain>`: the catalog's node (else a LAN gossip member), with its
-//!   meta as TXT records (Consul's RFC 1464 `key=value`, the bare value for `rfc1035-`
-//!   keys): the answers for TXT and ANY, additional records of A/AAAA (and of SRV answers
-//!   for their nodes) while `dns_config.enable_additional_node_meta_txt` is on (default).
-//! - `<hex>.addr[.<dc>].<domain>`: the address spelled in 8 (IPv4) or 32 (IPv6) hex digits.
+//! - `<node>.node[.<dc>].<domain>` (A, AAAA, ANY, TXT; other types NODATA): the catalog's
+//!   node (else a LAN gossip member), with its meta as TXT records (Consul's RFC 1464
+//!   `key=value`, the bare value for `rfc1035-` keys): the answers for TXT and ANY,
+//!   additional records of A/AAAA (and of SRV answers for their nodes) while
+//!   `dns_config.enable_additional_node_meta_txt` is on (default).
+//! - `<hex>.addr[.<dc>].<domain>`: the address spelled in 8 (IPv4) or 32 (IPv6) hex digits
+//!   (asked for another type: NODATA, the address an additional record, as Consul).
 //! - PTR in `in-addr.arpa` and `ip6.arpa`: the node with that address, else the service
 //!   with that service address.
 //! - SOA and NS at the zone's apex; `consul.service` also from the LAN pool's servers when
@@ -539,19 +541,21 @@ impl Zone {
             .map_or(0, |t| ttl_secs(*t))
     }
 
-    /// NS records for up to [`NAMESERVERS_MAX`] servers, and their addresses.
+    /// NS records for up to [`NAMESERVERS_MAX`] servers, and their addresses (with
+    /// `node_ttl`, as Consul's).
     fn nameservers(&self, dir: &dyn Directory) -> (Vec<Record>, Vec<Record>) {
         let mut servers = dir.servers();
         shuffle(&mut servers);
+        let ttl = ttl_secs(self.settings.node_ttl);
         let (mut ns, mut glue) = (Vec::new(), Vec::new());
         for n in servers {
             let Some(fqdn) = self.node_fqdn(&n.name) else {
                 continue;
             };
-            glue.extend(address(&fqdn, n.ip, RecordType::ANY, 0));
+            glue.extend(address(&fqdn, n.ip, RecordType::ANY, ttl));
             ns.push(Record::from_rdata(
                 self.origin.clone(),
-                0,
+                ttl,
                 RData::NS(NS(fqdn)),
             ));
             if ns.len() == NAMESERVERS_MAX {
@@ -678,6 +682,16 @@ impl Zone {
     /// and its meta as TXT (answers for TXT and ANY, else additional records when
     /// `enable_additional_node_meta_txt`).
     fn node_answers(&self, qname: &Name, qtype: RecordType, node: &NodeRecord, resp: &mut Message) {
+        // Consul answers nodes for these types only; any other is NODATA.
+        let answered = [
+            RecordType::A,
+            RecordType::AAAA,
+            RecordType::ANY,
+            RecordType::TXT,
+        ];
+        if !answered.contains(&qtype) {
+            return;
+        }
         let ttl = ttl_secs(self.settings.node_ttl);
         if qtype != RecordType::TXT {
             match node.address.parse::<IpAddr>() {
@@ -875,8 +889,15 @@ impl Zone {
                 self.service_answers(q.name(), qtype, &name, list, resp);
             }
             Lookup::Addr(ip) => {
+                // Another type than the address's: NODATA, with the address as an
+                // additional record, as Consul sends it.
                 let ttl = ttl_secs(self.settings.node_ttl);
-                resp.answers.extend(address(q.name(), ip, qtype, ttl));
+                match address(q.name(), ip, qtype, ttl) {
+                    Some(r) => resp.answers.push(r),
+                    None => resp
+                        .additionals
+                        .extend(address(q.name(), ip, RecordType::ANY, ttl)),
+                }
             }
             Lookup::Invalid => {
                 resp.authorities.push(self.soa());

@@ -331,6 +331,11 @@ fn srv_targets_nodes_or_addr_names_with_additional_addresses() {
         (r.metadata.response_code, r.answers.len()),
         (ResponseCode::NoError, 0)
     );
+    assert_eq!(
+        r.additionals[0].data,
+        RData::A(A("192.168.7.4".parse().unwrap()))
+    );
+    soa_of(&r);
     let r = ask(
         &z,
         "fd000000000000000000000000000006.addr.consul.",
@@ -371,6 +376,12 @@ fn nxdomain_and_nodata_carry_the_configured_soa() {
         (ResponseCode::NoError, 0)
     );
     soa_of(&r);
+    let r = ask(&z, "n1.node.consul.", RecordType::MX);
+    assert_eq!(
+        (r.metadata.response_code, r.answers.len()),
+        (ResponseCode::NoError, 0)
+    );
+    assert!(r.additionals.is_empty(), "{r:?}");
     let r = ask(&z, "n9.node.consul.", RecordType::A);
     assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
     // Every instance critical: the name has nothing to answer with.
