@@ -588,7 +588,7 @@ impl Zone {
         }
         match labels.strip_suffix(self.domain.as_slice()) {
             Some(own) => {
-                let srv = req.queries[0].query_type() == RecordType::SRV;
+                let srv = req.queries.first().map(|q| q.query_type()) == Some(RecordType::SRV);
                 match parse(own, srv, &self.datacenter) {
                     Lookup::Service { name, .. } => Route::Service(name),
                     _ => Route::Local,
