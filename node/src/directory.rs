@@ -7,11 +7,12 @@
 //! - Client agents have no catalog: [`ClientView`] keeps one small catalog per service
 //!   name looked up, filled and kept current by a blocking query
 //!   (`/v1/health/service/NAME?index=N&stale`) sent to the servers the way the agent
-//!   forwards HTTP reads. At most [`VIEW_SERVICES_MAX`] names are kept; a name unused for
-//!   [`VIEW_IDLE`] is dropped (its loop stops), and when the view is full the least
-//!   recently used name makes room. The first lookup of a name waits at most
-//!   [`FIRST_FILL_WAIT`] for its first answer. Node lookups on a client find the nodes of
-//!   the services it keeps, then its LAN pool.
+//!   forwards HTTP reads. At most [`VIEW_SERVICES_MAX`] names are kept, and when the view
+//!   is full the least recently used name makes room (its loop is stopped); a name unused
+//!   for [`VIEW_IDLE`] is dropped at its loop's next turn (within a minute more). The first
+//!   lookup of a name waits at most [`FIRST_FILL_WAIT`] for its first answer. Node lookups
+//!   on a client find the nodes of the services it keeps, then its LAN pool.
+
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
