@@ -605,12 +605,9 @@ impl Catalog {
             .range(node_range(node_key))
             .map(|(k, _)| k.clone())
             .collect();
+        // The key's id is folded already, and folding is idempotent.
         for (_, sid) in services {
-            let id = self.services[&(node_key.to_string(), sid.clone())]
-                .info
-                .id
-                .clone();
-            self.delete_service(index, node_key, &id, t);
+            self.delete_service(index, node_key, &sid, t);
         }
         let checks: Vec<PairKey> = self
             .checks

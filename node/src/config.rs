@@ -170,8 +170,6 @@ pub const NO_EFFECT_YET: &[&str] = &[
     "addresses.grpc",
     "addresses.https",
     "advertise_addr_wan",
-    "check",
-    "checks",
     "disable_keyring_file",
     "dns_config.allow_stale",
     "dns_config.cache_max_age",
@@ -179,8 +177,6 @@ pub const NO_EFFECT_YET: &[&str] = &[
     "dns_config.max_stale",
     "dns_config.recursor_strategy",
     "dns_config.use_cache",
-    "enable_local_script_checks",
-    "enable_script_checks",
     "encrypt_verify_incoming",
     "encrypt_verify_outgoing",
     "limits.rpc_max_burst",
@@ -193,8 +189,6 @@ pub const NO_EFFECT_YET: &[&str] = &[
     "ports.https",
     "reconnect_timeout",
     "retry_max",
-    "service",
-    "services",
     "syslog_facility",
     "telemetry",
     "ui",
@@ -314,6 +308,10 @@ pub struct Config {
     pub log_level: String,
     pub log_json: bool,
     pub leave_on_terminate: bool,
+    /// Script checks may be registered over HTTP and from config files.
+    pub enable_script_checks: bool,
+    /// Script checks may come from config files only.
+    pub enable_local_script_checks: bool,
     pub skip_leave_on_interrupt: bool,
     pub rejoin_after_leave: bool,
     pub start_join: Vec<String>,
@@ -331,6 +329,10 @@ pub struct Config {
     pub max_query_time: Duration,
     pub ui: bool,
     pub watches: Vec<Value>,
+    /// `service` and `services`: service definitions, read where they are registered.
+    pub services: Vec<Value>,
+    /// `check` and `checks`: check definitions.
+    pub checks: Vec<Value>,
     pub dns: DnsConfig,
     /// The merged JSON, for `/v1/agent/self`'s DebugConfig.
     pub raw: Value,
@@ -654,6 +656,20 @@ pub fn merge(dst: &mut Value, src: Value) {
         (Value::Array(d), Value::Array(s)) => d.extend(s),
         (d, s) => *d = s,
     }
+}
+
+/// The objects under `one` (an object or a list of them) and `many` (a list), in that order.
+fn one_or_many(v: &Value, one: &str, many: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    match lookup(v, &[one]) {
+        Some(Value::Array(a)) => out.extend(a.iter().cloned()),
+        Some(o @ Value::Object(_)) => out.push(o.clone()),
+        _ => {}
+    }
+    if let Some(Value::Array(a)) = lookup(v, &[many]) {
+        out.extend(a.iter().cloned());
+    }
+    out
 }
 
 /// HCL blocks (and `key = { ... }` objects, which Consul's HCL reads the same) that are list
@@ -1088,6 +1104,8 @@ fn build(dev: bool, v: Value) -> Result<Config, ConfigError> {
             .to_string(),
         log_json: b(&["log_json"], false),
         leave_on_terminate: b(&["leave_on_terminate"], !server),
+        enable_script_checks: b(&["enable_script_checks"], false),
+        enable_local_script_checks: b(&["enable_local_script_checks"], false),
         skip_leave_on_interrupt: b(&["skip_leave_on_interrupt"], server),
         rejoin_after_leave: b(&["rejoin_after_leave"], false),
         start_join: list(&["start_join"]),
@@ -1105,6 +1123,8 @@ fn build(dev: bool, v: Value) -> Result<Config, ConfigError> {
             .and_then(Value::as_array)
             .cloned()
             .unwrap_or_default(),
+        services: one_or_many(&v, "service", "services"),
+        checks: one_or_many(&v, "check", "checks"),
         dns: DnsConfig {
             addr: s(&["addresses", "dns"]),
             enable_truncate: b(&["dns_config", "enable_truncate"], false),
@@ -1206,12 +1226,13 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        // Two of the walkthrough's keys are not acted on yet: warned about, and it starts.
+        // One of the walkthrough's keys (ui) is not acted on yet: warned about, and it starts.
         let src = d.join("config.json").display().to_string();
         let no_effect = |k: &str| {
             format!("{src}: config key {k:?} is accepted but has no effect yet (ignored)")
         };
-        assert_eq!(warnings, ["enable_script_checks", "ui"].map(no_effect),);
+        assert_eq!(warnings, ["ui"].map(no_effect),);
+        assert!(cfg.enable_script_checks && !cfg.enable_local_script_checks);
         assert_eq!(cfg.datacenter, "ke-dc");
         assert_eq!(cfg.bootstrap_expect, 3);
         assert!(cfg.server && cfg.enable_syslog && cfg.ui);
@@ -1221,7 +1242,8 @@ mod tests {
     }
 
     /// A key that is checked but not acted on yet is warned about, as an unknown key is;
-    /// one the agent acts on (node_meta: `/v1/agent/self`'s Meta) is not.
+    /// one the agent acts on (node_meta: `/v1/agent/self`'s Meta; services and checks) is
+    /// not.
     #[test]
     fn keys_with_no_effect_yet_are_warned() {
         let d = tmpdir("noeffect");
@@ -1241,11 +1263,7 @@ mod tests {
             format!("{src}: config key {k:?} is accepted but has no effect yet (ignored)")
         };
         let mut want: Vec<String> = [
-            "check",
-            "checks",
             "ports.https",
-            "service",
-            "services",
             "telemetry",
             "ui_config",
         ]

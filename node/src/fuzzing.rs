@@ -12,7 +12,8 @@
 //!   and read back through the API's KV endpoints; other bytes as a key and a value;
 //! - [`config_loader`]: a config source as JSON text and as HCL text, through the loader's
 //!   checks and the build of a [`Config`](crate::config::Config);
-//! - [`gossip_packet`]: the gossip state machine's target (`tribune_core::gossip::fuzzing`).
+//! - [`gossip_packet`]: the gossip state machine's target (`tribune_core::gossip::fuzzing`);
+//! - [`filter`]: a `?filter` expression parsed, evaluated, and checked against its negation.
 //!
 //! Async code runs on one current-thread runtime per thread, built once. Every call that
 //! needs an API gets a fresh dev store whose blocking queries never wait (query times of 0).
@@ -39,6 +40,8 @@ use crate::directory::Node;
 use crate::dns::Zone;
 use crate::dns::QUERY_BYTES_MAX;
 use crate::dns::UDP_BYTES_MAX;
+use crate::http::filter::Filter;
+use crate::http::filter::FilterError;
 use crate::http::query::Query;
 use crate::http::query::QueryOptions;
 use crate::http::query::QueryTimes;
@@ -94,6 +97,7 @@ fn dev_api() -> Arc<Api> {
         metrics: Arc::default(),
         control,
         forward: None,
+        local: Arc::new(crate::local::Local::new(Default::default(), false, false)),
     })
 }
 
@@ -496,5 +500,44 @@ pub fn gossip_packet(data: &[u8]) {
         let mut wrapped = vec![1u8];
         wrapped.extend_from_slice(&encrypt_with_fuzz_key(rest));
         exercise(&wrapped);
+    }
+}
+
+/// What a filter is evaluated against when its input brings no JSON: a health entry as
+/// `/v1/health/service` returns one.
+const FILTER_DATUM: &str = r#"{
+  "Node": {"ID": "n1-id", "Node": "n1", "Address": "10.0.0.1", "Datacenter": "dc1",
+           "TaggedAddresses": {"lan": "10.0.0.1"}, "Meta": {"rack": "r1", "env": ""},
+           "CreateIndex": 5, "ModifyIndex": 18446744073709551615},
+  "Service": {"ID": "web-1", "Service": "web", "Tags": ["v1", "primary"], "Address": "",
+              "Meta": {"version": "1.2"}, "Port": 8080, "Weights": {"Passing": 1,
+              "Warning": 1}, "EnableTagOverride": false, "Proxy": null},
+  "Checks": [{"Node": "n1", "CheckID": "serfHealth", "Status": "passing", "Output": "ok",
+              "ServiceTags": [], "Interval": 1.5}]
+}"#;
+
+/// A `?filter` expression: the bytes up to a first NUL (all of them without one), and the
+/// JSON after it as the value (else [`FILTER_DATUM`]). Parsing never panics; an expression
+/// that parses evaluates (to a result or an error) without panicking, and `not (e)` parses
+/// too, unless past a bound, and answers the negation, or the same error.
+pub fn filter(data: &[u8]) {
+    let (expr, json) = match data.iter().position(|&b| b == 0) {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (data, &[][..]),
+    };
+    let src = String::from_utf8_lossy(expr);
+    let datum: Value = serde_json::from_slice(json)
+        .or_else(|_| serde_json::from_str(FILTER_DATUM))
+        .unwrap();
+    let Ok(f) = Filter::parse(&src) else { return };
+    let got = f.matches(&datum);
+    if src.is_empty() {
+        assert_eq!(got, Ok(true));
+        return;
+    }
+    match Filter::parse(&format!("not ({src})")) {
+        Ok(neg) => assert_eq!(neg.matches(&datum), got.map(|b| !b), "{src:?}"),
+        Err(FilterError::TooLong(_) | FilterError::TooDeep) => {}
+        Err(e) => panic!("{src:?} parses but its negation does not: {e}"),
     }
 }

@@ -12,14 +12,16 @@
 //! listener with its connection caps ([`listener`]).
 
 mod agent;
+pub mod agent_services;
 mod blocking;
 mod catalog;
 mod context;
 mod error;
+pub(crate) mod filter;
 mod health;
 mod kv;
 mod listener;
-mod loose;
+pub mod loose;
 mod metrics;
 mod operator;
 pub(crate) mod query;
@@ -51,6 +53,13 @@ pub use self::agent::node_meta;
 pub use self::agent::session_ttl_min;
 pub use self::blocking::blocking;
 pub use self::blocking::ReadOpts;
+pub use self::catalog::registration_of;
+pub use self::error::ApiError;
+
+/// A config file's definition, read loosely as a request body is.
+pub fn loose(v: &Value) -> Result<self::loose::Loose<'_>, ApiError> {
+    self::loose::Loose::top(v)
+}
 pub use self::listener::serve;
 use crate::config::ConfigError;
 use crate::metrics::Metrics;
@@ -109,6 +118,8 @@ pub struct Api {
     pub control: mpsc::UnboundedSender<Control>,
     /// On client agents: the way to the servers for what they hold.
     pub forward: Option<crate::forward::Forwarder>,
+    /// The services and checks registered with this agent.
+    pub local: Arc<crate::local::Local>,
 }
 
 pub fn router(api: Arc<Api>) -> Router {

@@ -10,7 +10,8 @@
 //! 2. the seams and the gossip shell: `store` (what the API needs of a replicated state
 //!    machine, and the dev store), `serf` (the gossip pools), `watch_spec` (what a watch is);
 //! 3. servers and state: `raft` (the replicated store and its RPC transport), `config`,
-//!    `directory` (what DNS answers from: the catalog, a client agent's view of it, gossip);
+//!    `directory` (what DNS answers from: the catalog, a client agent's view of it, gossip),
+//!    `local` (this agent's services and the checks it runs);
 //! 4. the faces: `forward` (client agents to servers), `dns`, `http`, then `watch`, and on
 //!    top `cli` and `agent`, which wires everything together.
 
@@ -30,6 +31,7 @@ pub mod forward;
 pub mod fuzzing;
 pub mod http;
 pub mod hub;
+pub mod local;
 pub mod metrics;
 pub mod raft;
 pub mod serf;

@@ -559,6 +559,16 @@ fn a_node_with_the_wrong_encrypt_key_never_gets_in() {
     );
 }
 
+/// A client agent's node name, as its `/v1/agent/self` reports it.
+fn client_node_name(s: &Server) -> String {
+    let (_, body) = s.http("GET", "/v1/agent/self", b"").unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    v["Config"]["NodeName"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
 fn peers(s: &Server) -> String {
     s.http("GET", "/v1/status/peers", b"")
         .map(|(_, b)| b)
@@ -762,6 +772,46 @@ fn a_client_agent_forwards_to_the_servers() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+
+    // A service registered with the client reaches the catalog on the servers by
+    // anti-entropy (through the forwarding path), its TTL check's updates follow, and
+    // deregistering takes it out again.
+    let svc = br#"{"name": "pay", "id": "pay-1", "port": 7000,
+        "check": {"id": "pay-ttl", "ttl": "30s"}}"#;
+    let r = client.http("PUT", "/v1/agent/service/register", svc);
+    assert_eq!(r.as_ref().map(|(s, _)| *s), Some(200), "{r:?}");
+    let pay_status = |s: &Server| -> Option<String> {
+        let (_, body) = s.http("GET", "/v1/health/service/pay", b"")?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let entry = v.as_array()?.first()?.clone();
+        assert_eq!(entry["Node"]["Node"], client_node_name(&client), "{entry}");
+        let checks = entry["Checks"].as_array()?.clone();
+        let c = checks.iter().find(|c| c["CheckID"] == "pay-ttl")?;
+        c["Status"].as_str().map(str::to_string)
+    };
+    let seen = common::eventually(Duration::from_secs(10), || {
+        (pay_status(&servers[1]).as_deref() == Some("critical")).then_some(())
+    });
+    assert!(
+        seen.is_some(),
+        "the client's service never reached the catalog"
+    );
+    let r = client.http("PUT", "/v1/agent/check/pass/pay-ttl", b"");
+    assert_eq!(r.map(|(s, _)| s), Some(200));
+    let seen = common::eventually(Duration::from_secs(10), || {
+        (pay_status(&servers[2]).as_deref() == Some("passing")).then_some(())
+    });
+    assert!(seen.is_some(), "the check's pass never reached the catalog");
+    let r = client.http("PUT", "/v1/agent/service/deregister/pay-1", b"");
+    assert_eq!(r.map(|(s, _)| s), Some(200));
+    let gone = common::eventually(Duration::from_secs(10), || {
+        let (_, body) = servers[0].http("GET", "/v1/catalog/service/pay", b"")?;
+        (body.trim() == "[]").then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "the deregistered service stays in the catalog"
+    );
 
     // Too large a value: 413, nothing stored.
     let big = vec![b'x'; 512 * 1024 + 1];

@@ -174,3 +174,54 @@ def test_catalog_register_health_and_deregister(c):
     assert c.catalog.deregister(node) is True
     _, nodes = c.catalog.service(name)
     assert nodes == []
+
+
+def eventually(f, timeout=10.0):
+    """Call f until it returns something true, or fail after timeout seconds."""
+    deadline = time.time() + timeout
+    while True:
+        v = f()
+        if v:
+            return v
+        assert time.time() < deadline, "condition not reached in time"
+        time.sleep(0.1)
+
+
+def test_agent_service_with_ttl_check_reaches_health_by_anti_entropy(c):
+    sid = "pyweb-" + uuid.uuid4().hex[:8]
+    cid = f"service:{sid}"
+    assert c.agent.service.register(
+        "pyweb", service_id=sid, port=8123, tags=["a"], check=consul.Check.ttl("30s")
+    ) is True
+    services = c.agent.services()
+    assert services[sid]["Service"] == "pyweb"
+    assert services[sid]["Port"] == 8123
+    assert services[sid]["Tags"] == ["a"]
+    assert c.agent.service_definition(sid)["ContentHash"]
+    checks = c.agent.checks()
+    assert checks[cid]["Status"] == "critical"
+    assert checks[cid]["ServiceID"] == sid
+
+    assert c.agent.check.ttl_pass(cid, "ok") is True
+    assert c.agent.checks()[cid]["Output"] == "ok"
+
+    def passing_ids():
+        _, nodes = c.health.service("pyweb", passing=True)
+        return [n["Service"]["ID"] for n in nodes]
+
+    eventually(lambda: sid in passing_ids())
+    assert c.agent.service.maintenance(sid, True, "deploy") is True
+    eventually(lambda: sid not in passing_ids())
+    assert c.agent.service.maintenance(sid, False) is True
+    eventually(lambda: sid in passing_ids())
+
+    disk = "pydisk-" + uuid.uuid4().hex[:8]
+    assert c.agent.check.register("disk", check=consul.Check.ttl("30s"), check_id=disk) is True
+    assert c.agent.check.ttl_warn(disk, "80% used") is True
+    assert c.agent.checks()[disk]["Status"] == "warning"
+    assert c.agent.check.deregister(disk) is True
+    assert disk not in c.agent.checks()
+
+    assert c.agent.service.deregister(sid) is True
+    assert sid not in c.agent.services()
+    eventually(lambda: not [s for s in c.catalog.service("pyweb")[1] if s["ServiceID"] == sid])

@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 
+use super::membership::is_server_of;
 use crate::catalog::is_uuid;
 use crate::catalog::Catalog;
 use crate::catalog::CatalogOp;
@@ -33,13 +34,9 @@ pub const SERF_FAILED_OUTPUT: &str = "Agent not live or unreachable";
 /// The service every server registers (Consul's `consul` service, on the RPC port).
 pub const CONSUL_SERVICE: &str = "consul";
 
-fn is_server(m: &MemberInfo) -> bool {
-    m.tags.get("role").is_some_and(|r| r == "consul")
-}
-
-/// The `consul` service of a server member, from its gossip tags.
-fn consul_service(m: &MemberInfo) -> Option<ServiceInfo> {
-    if !is_server(m) {
+/// The `consul` service of a server member of `dc`, from its gossip tags.
+fn consul_service(m: &MemberInfo, dc: &str) -> Option<ServiceInfo> {
+    if !is_server_of(m, dc) {
         return None;
     }
     let port = m
@@ -147,7 +144,7 @@ pub(crate) fn ops_for(
         };
         // A failed member keeps its services as they were; only its check changes.
         let service = (status == Health::Passing)
-            .then(|| consul_service(m))
+            .then(|| consul_service(m, dc))
             .flatten();
         if in_step(catalog, m, status, service.as_ref(), sabotage_stale) {
             continue;

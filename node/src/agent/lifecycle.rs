@@ -113,8 +113,9 @@ pub async fn run(agent: Running, opts: &LoadOptions) -> i32 {
     0
 }
 
-/// Load the config again; if it loads, and its watches compile, take its log level and
-/// restart the watches with the new ones. Other settings wait for a restart.
+/// Load the config again; if it loads, and its watches and service definitions compile, take
+/// its log level, its services and checks, and restart the watches with the new ones. Other
+/// settings wait for a restart.
 fn reload(
     opts: &LoadOptions,
     level: &LevelHandle,
@@ -125,6 +126,8 @@ fn reload(
     let (new, warnings) = config::load(opts)?;
     logging::warn_all(warnings);
     let specs = watches::compile(&new)?;
+    let definitions = super::services::compile(&new)?;
+    super::services::apply(api, definitions)?;
     let _ = level.modify(|f| *f = logging::level_filter(&new.log_level));
     for w in watches.drain(..) {
         w.abort();

@@ -33,7 +33,13 @@ pub fn api(
     agent: AgentInfo,
     control: UnboundedSender<Control>,
 ) -> Arc<Api> {
+    let local = Arc::new(crate::local::Local::new(
+        local_node(cfg, &agent),
+        cfg.enable_script_checks,
+        cfg.enable_local_script_checks,
+    ));
     let api = Arc::new(Api {
+        local,
         store,
         lan: lan.clone(),
         wan,
@@ -52,6 +58,28 @@ pub fn api(
         let _ = raft.http.set(crate::forward::over_rpc(serve));
     }
     api
+}
+
+/// This agent's node as its anti-entropy registers it (Consul's: its id, name, advertise
+/// address as `lan` and `wan` tagged addresses, and `node_meta`).
+fn local_node(cfg: &Config, agent: &AgentInfo) -> tribune_core::catalog::NodeInfo {
+    let ip = agent.advertise_ip.clone();
+    let v4 = ip.parse::<std::net::Ipv4Addr>().is_ok();
+    let mut tagged = std::collections::BTreeMap::new();
+    for k in ["lan", "wan"] {
+        tagged.insert(k.to_string(), ip.clone());
+        if v4 {
+            tagged.insert(format!("{k}_ipv4"), ip.clone());
+        }
+    }
+    tribune_core::catalog::NodeInfo {
+        id: agent.node_id.clone(),
+        name: agent.node_name.clone(),
+        address: ip,
+        datacenter: cfg.datacenter.clone(),
+        tagged_addresses: tagged,
+        meta: agent.node_meta.clone(),
+    }
 }
 
 /// Bind the HTTP API's listener, unless `ports.http` is -1.

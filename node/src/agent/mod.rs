@@ -16,6 +16,7 @@
 //! - `lifecycle`: signals, graceful leave, reload;
 //! - `error`: why the agent did not start, printed one way.
 
+mod catalog_port;
 mod datadir;
 mod error;
 mod flags;
@@ -25,6 +26,7 @@ mod lifecycle;
 mod listeners;
 mod logging;
 mod process;
+mod services;
 mod storage;
 mod watches;
 
@@ -63,6 +65,7 @@ pub async fn run(argv: &[String]) -> i32 {
 async fn start(opts: &LoadOptions) -> Result<Running, StartError> {
     let (cfg, warnings) = config::load(opts)?;
     let watch_specs = watches::compile(&cfg)?;
+    let definitions = services::compile(&cfg)?;
     let lock = datadir::lock(&cfg)?;
     let node_id = identity::node_id(&cfg)?;
     process::write_pid_file(opts.pid_file.as_deref())?;
@@ -82,6 +85,8 @@ async fn start(opts: &LoadOptions) -> Result<Running, StartError> {
 
     logging::banner(&cfg, &node_id);
     listeners::serve_http(&cfg, http_listener, &api);
+    services::apply(&api, definitions)?;
+    catalog_port::spawn(&api);
     if cfg.dev {
         tracing::info!(leader = %rpc_addr, "agent: cluster leadership acquired (single node)");
     }

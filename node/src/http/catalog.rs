@@ -27,6 +27,7 @@ use super::blocking;
 use super::context::Ctx;
 use super::context::Reply;
 use super::error::ApiError;
+use super::filter::Filter;
 use super::json_response;
 use super::loose::Loose;
 use super::percent_decode;
@@ -38,7 +39,7 @@ use crate::hub::Topic;
 pub const REGISTER_BODY_MAX: usize = 512 * 1024;
 
 /// Read a JSON request body of at most [`REGISTER_BODY_MAX`] bytes (`null` if empty).
-async fn json_body(cx: Ctx) -> Result<(Ctx, Value), ApiError> {
+pub(super) async fn json_body(cx: Ctx) -> Result<(Ctx, Value), ApiError> {
     let Ctx {
         api,
         headers,
@@ -84,7 +85,7 @@ fn check_body_dc(cx: &Ctx, l: &Loose<'_>) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn service_of(l: &Loose<'_>) -> Result<ServiceInfo, ApiError> {
+pub(super) fn service_of(l: &Loose<'_>) -> Result<ServiceInfo, ApiError> {
     let w = l.object("Weights", "Service.Weights")?;
     let weights = match w {
         Some(w) => Weights {
@@ -128,10 +129,19 @@ fn check_of(l: &Loose<'_>) -> Result<CheckInfo, ApiError> {
             .ok_or_else(|| ApiError::bad_request(format!("Invalid check status: {s:?}")))?,
     };
     let def = l.object("Definition", "Check.Definition")?;
-    let (interval, timeout) = match def {
-        Some(d) => (d.string("Interval")?, d.string("Timeout")?),
-        None => (l.string("Interval")?, l.string("Timeout")?),
+    // In `Definition` as registered, at the top level as read back.
+    let either = |name: &str| -> Result<String, ApiError> {
+        let inner = match &def {
+            Some(d) => d.string(name)?,
+            None => String::new(),
+        };
+        if inner.is_empty() {
+            l.string(name)
+        } else {
+            Ok(inner)
+        }
     };
+    let (interval, timeout) = (either("Interval")?, either("Timeout")?);
     Ok(CheckInfo {
         node: l.string("Node")?,
         check_id: l.string("CheckID")?,
@@ -356,24 +366,73 @@ pub fn has_tags(tags: &[String], want: &[&str]) -> bool {
         .all(|w| tags.iter().any(|t| t.eq_ignore_ascii_case(w)))
 }
 
-/// `?filter` is not evaluated yet: refuse it rather than answer unfiltered.
-pub fn refuse_filter(opts: &QueryOptions) -> Result<(), ApiError> {
-    match &opts.filter {
-        Some(f) if !f.is_empty() => Err(ApiError::bad_request(format!(
-            "Failed to create boolean expression evaluator: filter expressions are not \
-             supported by this agent yet: {f:?}"
-        ))),
-        _ => Ok(()),
+/// `?filter`, parsed (an absent or empty one keeps everything), or Consul's 400.
+pub fn filter_of(filter: Option<&str>) -> Result<Filter, ApiError> {
+    Filter::parse(filter.unwrap_or_default()).map_err(filter_error)
+}
+
+fn filter_error(e: super::filter::FilterError) -> ApiError {
+    ApiError::bad_request(format!(
+        "Failed to create boolean expression evaluator: {e}"
+    ))
+}
+
+/// The elements of `list` that `filter` keeps.
+pub fn retain(filter: &Filter, list: Vec<Value>) -> Result<Vec<Value>, ApiError> {
+    let mut out = Vec::with_capacity(list.len());
+    for v in list {
+        if filter.matches(&v).map_err(filter_error)? {
+            out.push(v);
+        }
     }
+    Ok(out)
+}
+
+/// The options of a catalog or health read, once its datacenter is known to be this one,
+/// and its `?filter`.
+pub fn read_options(cx: &Ctx) -> Result<(QueryOptions, Filter), ApiError> {
+    cx.check_dc()?;
+    let opts = cx.read_options()?;
+    let filter = filter_of(opts.filter.as_deref())?;
+    Ok((opts, filter))
+}
+
+/// Serve a read as JSON (`?pretty` honoured), blocking on `topic` as `opts` asks; `finish`
+/// turns what was read into the answer (filtering it), or into an error.
+pub async fn serve<R>(
+    api: &super::Api,
+    opts: &QueryOptions,
+    topic: Topic,
+    read: impl Fn(&StateMachine) -> (R, u64),
+    finish: impl FnOnce(R) -> Result<Value, ApiError>,
+) -> Reply {
+    let pretty = opts.pretty;
+    let render = |r| match finish(r) {
+        Ok(v) => json_response(&v, pretty),
+        Err(e) => axum::response::IntoResponse::into_response(e),
+    };
+    blocking::respond(api, opts, topic, read, render).await
+}
+
+/// [`serve`] of a list, filtered.
+pub async fn serve_list(
+    api: &super::Api,
+    opts: &QueryOptions,
+    filter: &Filter,
+    topic: Topic,
+    read: impl Fn(&StateMachine) -> (Vec<Value>, u64),
+) -> Reply {
+    serve(api, opts, topic, read, |l| {
+        retain(filter, l).map(Value::Array)
+    })
+    .await
 }
 
 // ----- reads -------------------------------------------------------------------------------
 
 /// `GET /v1/catalog/nodes`.
 pub async fn nodes(cx: Ctx) -> Reply {
-    cx.check_dc()?;
-    let opts = cx.read_options()?;
-    refuse_filter(&opts)?;
+    let (opts, filter) = read_options(&cx)?;
     let read = |sm: &StateMachine| {
         let c = sm.catalog();
         let list: Vec<Value> = c
@@ -383,42 +442,52 @@ pub async fn nodes(cx: Ctx) -> Reply {
             .collect();
         (list, c.table_index(Table::Nodes))
     };
-    let pretty = opts.pretty;
     let topic = Topic::Table(Table::Nodes.into());
-    blocking::respond(&cx.api, &opts, topic, read, |l| json_response(&l, pretty)).await
+    serve_list(&cx.api, &opts, &filter, topic, read).await
 }
 
-/// `GET /v1/catalog/services`: every service name with its instances' tags.
+/// `GET /v1/catalog/services`: every service name with its instances' tags (`?filter`
+/// applies to the instances, as Consul's does).
 pub async fn services(cx: Ctx) -> Reply {
-    cx.check_dc()?;
-    let opts = cx.read_options()?;
-    refuse_filter(&opts)?;
+    let (opts, filter) = read_options(&cx)?;
     let read = |sm: &StateMachine| {
         let c = sm.catalog();
-        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut list = Vec::new();
         for n in c.nodes().filter(|n| node_meta_matches(&opts, &n.info)) {
-            for s in c.node_services(&n.info.name) {
-                let tags = out.entry(s.info.name.clone()).or_default();
-                for t in &s.info.tags {
-                    if !tags.contains(t) {
-                        tags.push(t.clone());
-                    }
+            list.extend(
+                c.node_services(&n.info.name)
+                    .map(|s| service_node_json(n, s)),
+            );
+        }
+        (list, c.table_index(Table::Services))
+    };
+    let finish = |list: Vec<Value>| {
+        let mut out: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        for v in retain(&filter, list)? {
+            let name = v["ServiceName"].as_str().unwrap_or_default().to_string();
+            let tags = out.entry(name).or_default();
+            for t in v["ServiceTags"].as_array().into_iter().flatten() {
+                if !tags.contains(t) {
+                    tags.push(t.clone());
                 }
             }
         }
-        (out, c.table_index(Table::Services))
+        Ok(json!(out))
     };
-    let pretty = opts.pretty;
-    let topic = Topic::Table(Table::Services.into());
-    blocking::respond(&cx.api, &opts, topic, read, |m| json_response(&m, pretty)).await
+    serve(
+        &cx.api,
+        &opts,
+        Topic::Table(Table::Services.into()),
+        read,
+        finish,
+    )
+    .await
 }
 
 /// `GET /v1/catalog/service/:name` (`?tag`, repeatable; `?node-meta`).
 pub async fn service(cx: Ctx) -> Reply {
-    cx.check_dc()?;
+    let (opts, filter) = read_options(&cx)?;
     let name = name_of(&cx, "service")?;
-    let opts = cx.read_options()?;
-    refuse_filter(&opts)?;
     let tags: Vec<String> = cx.query.all("tag").map(str::to_string).collect();
     let read = |sm: &StateMachine| {
         let c = sm.catalog();
@@ -432,51 +501,50 @@ pub async fn service(cx: Ctx) -> Reply {
             .collect();
         (list, c.service_index(&name))
     };
-    let pretty = opts.pretty;
-    let topic = Topic::Service(name.clone());
-    blocking::respond(&cx.api, &opts, topic, read, |l| json_response(&l, pretty)).await
+    serve_list(&cx.api, &opts, &filter, Topic::Service(name.clone()), read).await
 }
 
-/// `GET /v1/catalog/node/:node`: the node and its services by id, or `null`.
+/// `GET /v1/catalog/node/:node`: the node and its services by id, or `null` (`?filter`
+/// applies to the services).
 pub async fn node(cx: Ctx) -> Reply {
-    cx.check_dc()?;
+    let (opts, filter) = read_options(&cx)?;
     let name = name_of(&cx, "node")?;
-    let opts = cx.read_options()?;
     let read = |sm: &StateMachine| {
         let c = sm.catalog();
         let v = c.node(&name).map(|n| {
-            let services: serde_json::Map<String, Value> = c
-                .node_services(&name)
-                .map(|s| (s.info.id.clone(), node_service_json(s)))
-                .collect();
-            json!({"Node": node_json(n), "Services": services})
+            let services: Vec<Value> = c.node_services(&name).map(node_service_json).collect();
+            (node_json(n), services)
         });
-        (v.unwrap_or(Value::Null), c.node_index(&name))
+        (v, c.node_index(&name))
     };
-    let pretty = opts.pretty;
-    let topic = Topic::Node(name.clone());
-    blocking::respond(&cx.api, &opts, topic, read, |v| json_response(&v, pretty)).await
+    let finish = |v: Option<(Value, Vec<Value>)>| {
+        let Some((node, services)) = v else {
+            return Ok(Value::Null);
+        };
+        let by_id: serde_json::Map<String, Value> = retain(&filter, services)?
+            .into_iter()
+            .map(|s| (s["ID"].as_str().unwrap_or_default().to_string(), s))
+            .collect();
+        Ok(json!({"Node": node, "Services": by_id}))
+    };
+    serve(&cx.api, &opts, Topic::Node(name.clone()), read, finish).await
 }
 
 /// `GET /v1/catalog/node-services/:node`: the node and a list of its services (`Node`
-/// null for an unknown node).
+/// null for an unknown node; `?filter` applies to the services).
 pub async fn node_services(cx: Ctx) -> Reply {
-    cx.check_dc()?;
+    let (opts, filter) = read_options(&cx)?;
     let name = name_of(&cx, "node")?;
-    let opts = cx.read_options()?;
-    refuse_filter(&opts)?;
     let read = |sm: &StateMachine| {
         let c = sm.catalog();
         let node = c.node(&name).map(node_json).unwrap_or(Value::Null);
         let services: Vec<Value> = c.node_services(&name).map(node_service_json).collect();
-        (
-            json!({"Node": node, "Services": services}),
-            c.node_index(&name),
-        )
+        ((node, services), c.node_index(&name))
     };
-    let pretty = opts.pretty;
-    let topic = Topic::Node(name.clone());
-    blocking::respond(&cx.api, &opts, topic, read, |v| json_response(&v, pretty)).await
+    let finish = |(node, services): (Value, Vec<Value>)| {
+        Ok(json!({"Node": node, "Services": retain(&filter, services)?}))
+    };
+    serve(&cx.api, &opts, Topic::Node(name.clone()), read, finish).await
 }
 
 #[cfg(test)]

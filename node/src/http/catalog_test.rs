@@ -226,3 +226,83 @@ async fn a_blocking_query_on_a_service_wakes_only_for_that_service() {
     let (_, h, _) = call(&api, "GET", "/v1/health/service/web", b"").await;
     assert_eq!(index(&h), new_index);
 }
+
+/// Every catalog and health read takes `?filter` through the same path: a malformed
+/// expression is a 400 on each of them, and `?dc` of another datacenter a 500.
+#[tokio::test]
+async fn every_read_takes_filter_and_dc_the_same_way() {
+    let api = dev_api();
+    call(&api, "PUT", "/v1/catalog/register", WEB).await;
+    let reads = [
+        "/v1/catalog/nodes",
+        "/v1/catalog/services",
+        "/v1/catalog/service/web",
+        "/v1/catalog/node/n1",
+        "/v1/catalog/node-services/n1",
+        "/v1/health/node/n1",
+        "/v1/health/checks/web",
+        "/v1/health/state/any",
+        "/v1/health/service/web",
+    ];
+    for path in reads {
+        let (status, _, body) = call(&api, "GET", &format!("{path}?filter=(("), b"").await;
+        assert_eq!(status, 400, "{path}: {}", String::from_utf8_lossy(&body));
+        let (status, _, _) = call(&api, "GET", &format!("{path}?dc=elsewhere"), b"").await;
+        assert_eq!(status, 500, "{path}");
+        let (status, _, _) = call(&api, "GET", path, b"").await;
+        assert_eq!(status, 200, "{path}");
+    }
+}
+
+fn with_filter(path: &str, expr: &str) -> String {
+    let enc: String = form_urlencoded::byte_serialize(expr.as_bytes()).collect();
+    format!("{path}?filter={enc}")
+}
+
+/// `?filter` in Consul's expression language, on every read, over the JSON each returns.
+#[tokio::test]
+async fn filters_select_what_each_read_returns() {
+    let api = dev_api();
+    call(&api, "PUT", "/v1/catalog/register", WEB).await;
+    let second = br#"{"Node": "n2", "Address": "10.0.0.2", "NodeMeta": {"rack": "r2"},
+        "Service": {"ID": "web-2", "Service": "web", "Tags": ["v2"], "Port": 8001,
+                    "Meta": {"version": "2"}},
+        "Check": {"CheckID": "web-2-alive", "Name": "alive", "ServiceID": "web-2",
+                  "Status": "critical"}}"#;
+    call(&api, "PUT", "/v1/catalog/register", second).await;
+    let ids = |v: serde_json::Value, key: &str| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e.pointer(key).unwrap().as_str().unwrap().to_string())
+            .collect()
+    };
+    let p = with_filter("/v1/health/service/web", "Service.Tags contains \"v2\"");
+    assert_eq!(ids(get_json(&api, &p).await, "/Service/ID"), ["web-2"]);
+    let p = with_filter(
+        "/v1/health/service/web",
+        "Checks.0.Status == passing and Node.Meta.somekey == somevalue",
+    );
+    assert_eq!(ids(get_json(&api, &p).await, "/Service/ID"), ["web-1"]);
+    let p = with_filter("/v1/catalog/service/web", "ServiceMeta.version == \"1\"");
+    assert_eq!(ids(get_json(&api, &p).await, "/ServiceID"), ["web-1"]);
+    let p = with_filter("/v1/catalog/nodes", "Meta.rack == r2");
+    assert_eq!(ids(get_json(&api, &p).await, "/Node"), ["n2"]);
+    let p = with_filter("/v1/health/state/any", "Status != passing");
+    assert_eq!(ids(get_json(&api, &p).await, "/CheckID"), ["web-2-alive"]);
+    let p = with_filter("/v1/catalog/services", "ServicePort == 8001");
+    assert_eq!(get_json(&api, &p).await, json!({"web": ["v2"]}));
+    let p = with_filter("/v1/catalog/node/n1", "Port == 1");
+    assert_eq!(get_json(&api, &p).await["Services"], json!({}));
+    let p = with_filter("/v1/catalog/node-services/n2", "Port == 8001");
+    assert_eq!(
+        ids(get_json(&api, &p).await["Services"].clone(), "/ID"),
+        ["web-2"]
+    );
+    // A selector no entry has is Consul's 400.
+    let p = with_filter("/v1/catalog/service/web", "NoSuchField == 1");
+    let (status, _, body) = call(&api, "GET", &p, b"").await;
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body)
+        .starts_with("Failed to create boolean expression evaluator: "));
+}

@@ -9,18 +9,17 @@ use tribune_core::catalog::Service;
 use tribune_core::catalog::Table;
 use tribune_core::fsm::StateMachine;
 
-use super::blocking;
 use super::catalog::check_json;
 use super::catalog::has_tags;
 use super::catalog::name_of;
 use super::catalog::node_json;
 use super::catalog::node_meta_matches;
 use super::catalog::node_service_json;
-use super::catalog::refuse_filter;
+use super::catalog::read_options;
+use super::catalog::serve_list;
 use super::context::Ctx;
 use super::context::Reply;
 use super::error::ApiError;
-use super::json_response;
 use crate::hub::Topic;
 
 /// Go's `strconv.ParseBool`, with an empty value as `true` (Consul's `?passing`).
@@ -35,26 +34,20 @@ fn query_bool(cx: &Ctx, key: &str) -> Result<bool, ApiError> {
 
 /// `GET /v1/health/node/:node`: the node's checks.
 pub async fn node(cx: Ctx) -> Reply {
-    cx.check_dc()?;
+    let (opts, filter) = read_options(&cx)?;
     let name = name_of(&cx, "node")?;
-    let opts = cx.read_options()?;
-    refuse_filter(&opts)?;
     let read = |sm: &StateMachine| {
         let c = sm.catalog();
         let list: Vec<Value> = c.node_checks(&name).map(check_json).collect();
         (list, c.node_index(&name))
     };
-    let pretty = opts.pretty;
-    let topic = Topic::Node(name.clone());
-    blocking::respond(&cx.api, &opts, topic, read, |l| json_response(&l, pretty)).await
+    serve_list(&cx.api, &opts, &filter, Topic::Node(name.clone()), read).await
 }
 
 /// `GET /v1/health/checks/:service`: the checks of every instance of a service.
 pub async fn checks(cx: Ctx) -> Reply {
-    cx.check_dc()?;
+    let (opts, filter) = read_options(&cx)?;
     let name = name_of(&cx, "service")?;
-    let opts = cx.read_options()?;
-    refuse_filter(&opts)?;
     let read = |sm: &StateMachine| {
         let c = sm.catalog();
         let mut list = Vec::new();
@@ -73,19 +66,15 @@ pub async fn checks(cx: Ctx) -> Reply {
         }
         (list, c.service_index(&name))
     };
-    let pretty = opts.pretty;
-    let topic = Topic::Service(name.clone());
-    blocking::respond(&cx.api, &opts, topic, read, |l| json_response(&l, pretty)).await
+    serve_list(&cx.api, &opts, &filter, Topic::Service(name.clone()), read).await
 }
 
 /// `GET /v1/health/state/:state`: every check in `passing`, `warning` or `critical`
 /// (`any`: all of them). Another state matches nothing, as in Consul.
 pub async fn state(cx: Ctx) -> Reply {
-    cx.check_dc()?;
+    let (opts, filter) = read_options(&cx)?;
     let state =
         name_of(&cx, "check state").map_err(|_| ApiError::bad_request("Missing check state"))?;
-    let opts = cx.read_options()?;
-    refuse_filter(&opts)?;
     let want = Health::parse(&state);
     let any = state == "any";
     let read = |sm: &StateMachine| {
@@ -101,9 +90,14 @@ pub async fn state(cx: Ctx) -> Reply {
             .collect();
         (list, c.table_index(Table::Checks))
     };
-    let pretty = opts.pretty;
-    let topic = Topic::Table(Table::Checks.into());
-    blocking::respond(&cx.api, &opts, topic, read, |l| json_response(&l, pretty)).await
+    serve_list(
+        &cx.api,
+        &opts,
+        &filter,
+        Topic::Table(Table::Checks.into()),
+        read,
+    )
+    .await
 }
 
 /// One `/v1/health/service` entry: the node, the instance and the checks that apply to
@@ -122,10 +116,8 @@ fn entry(c: &Catalog, s: &Service) -> Option<(Value, bool)> {
 
 /// `GET /v1/health/service/:service`.
 pub async fn service(cx: Ctx) -> Reply {
-    cx.check_dc()?;
+    let (opts, filter) = read_options(&cx)?;
     let name = name_of(&cx, "service")?;
-    let opts = cx.read_options()?;
-    refuse_filter(&opts)?;
     let passing_only = query_bool(&cx, "passing")?;
     let tags: Vec<String> = cx.query.all("tag").map(str::to_string).collect();
     let read = |sm: &StateMachine| {
@@ -144,7 +136,5 @@ pub async fn service(cx: Ctx) -> Reply {
             .collect();
         (list, c.service_index(&name))
     };
-    let pretty = opts.pretty;
-    let topic = Topic::Service(name.clone());
-    blocking::respond(&cx.api, &opts, topic, read, |l| json_response(&l, pretty)).await
+    serve_list(&cx.api, &opts, &filter, Topic::Service(name.clone()), read).await
 }

@@ -21,6 +21,7 @@ use axum::response::IntoResponse;
 use axum::response::Response;
 
 use super::agent;
+use super::agent_services;
 use super::catalog;
 use super::context::Ctx;
 use super::context::Reply;
@@ -124,6 +125,21 @@ pub static ROUTES: &[Route] = &[
     row!(Exact("/v1/agent/reload"),                [PUT],    agent::reload),
     row!(Prefix("/v1/agent/join/"),                [PUT],    agent::join),
     row!(Prefix("/v1/agent/force-leave/"),         [PUT],    agent::force_leave),
+    row!(Exact("/v1/agent/services"),              [GET],    agent_services::services),
+    row!(Prefix("/v1/agent/service/"),             [GET],    agent_services::service),
+    row!(Exact("/v1/agent/service/register"),      [PUT],    agent_services::register_service),
+    row!(Prefix("/v1/agent/service/deregister/"),  [PUT],    agent_services::deregister_service),
+    row!(Prefix("/v1/agent/service/maintenance/"), [PUT],    agent_services::service_maintenance),
+    row!(Exact("/v1/agent/maintenance"),           [PUT],    agent_services::node_maintenance),
+    row!(Exact("/v1/agent/checks"),                [GET],    agent_services::checks),
+    row!(Exact("/v1/agent/check/register"),        [PUT],    agent_services::register_check),
+    row!(Prefix("/v1/agent/check/deregister/"),    [PUT],    agent_services::deregister_check),
+    row!(Prefix("/v1/agent/check/pass/"),          [PUT],    agent_services::pass),
+    row!(Prefix("/v1/agent/check/warn/"),          [PUT],    agent_services::warn),
+    row!(Prefix("/v1/agent/check/fail/"),          [PUT],    agent_services::fail),
+    row!(Prefix("/v1/agent/check/update/"),        [PUT],    agent_services::update),
+    row!(Prefix("/v1/agent/health/service/id/"),   [GET],    agent_services::health_by_id),
+    row!(Prefix("/v1/agent/health/service/name/"), [GET],    agent_services::health_by_name),
     // metrics
     row!(Exact("/v1/agent/metrics"),               [GET],    metrics::agent_metrics),
     // operator

@@ -46,6 +46,7 @@ pub fn api_with(store: Arc<dyn Store>, agent: AgentInfo) -> Arc<Api> {
         metrics: Arc::default(),
         control,
         forward: None,
+        local: Arc::new(crate::local::Local::new(Default::default(), false, false)),
     })
 }
 
