@@ -1262,13 +1262,9 @@ mod tests {
         let no_effect = |k: &str| {
             format!("{src}: config key {k:?} is accepted but has no effect yet (ignored)")
         };
-        let mut want: Vec<String> = [
-            "ports.https",
-            "telemetry",
-            "ui_config",
-        ]
-        .map(no_effect)
-        .to_vec();
+        let mut want: Vec<String> = ["ports.https", "telemetry", "ui_config"]
+            .map(no_effect)
+            .to_vec();
         want.push(format!(
             "{src}: unknown config key \"no_such_key\" (ignored)"
         ));
