@@ -82,10 +82,17 @@ const DNS_CONFIG: &[(&str, Kind)] = &[
     ("recursor_strategy", Kind::Str),
     ("recursor_timeout", Kind::Duration),
     ("disable_compression", Kind::Bool),
-    ("soa", Kind::AnyObj),
+    ("soa", Kind::Obj(DNS_SOA)),
     ("use_cache", Kind::Bool),
     ("cache_max_age", Kind::Duration),
     ("enable_additional_node_meta_txt", Kind::Bool),
+];
+
+const DNS_SOA: &[(&str, Kind)] = &[
+    ("refresh", Kind::Int(0, u32::MAX as i64)),
+    ("retry", Kind::Int(0, u32::MAX as i64)),
+    ("expire", Kind::Int(0, u32::MAX as i64)),
+    ("min_ttl", Kind::Int(0, u32::MAX as i64)),
 ];
 
 const PERFORMANCE: &[(&str, Kind)] = &[
@@ -164,16 +171,11 @@ pub const NO_EFFECT_YET: &[&str] = &[
     "addresses.https",
     "advertise_addr_wan",
     "disable_keyring_file",
-    "dns_config.a_record_limit",
     "dns_config.allow_stale",
     "dns_config.cache_max_age",
     "dns_config.disable_compression",
-    "dns_config.enable_additional_node_meta_txt",
     "dns_config.max_stale",
-    "dns_config.only_passing",
     "dns_config.recursor_strategy",
-    "dns_config.recursor_timeout",
-    "dns_config.soa",
     "dns_config.use_cache",
     "encrypt_verify_incoming",
     "encrypt_verify_outgoing",
@@ -186,7 +188,6 @@ pub const NO_EFFECT_YET: &[&str] = &[
     "ports.grpc_tls",
     "ports.https",
     "reconnect_timeout",
-    "recursors",
     "retry_max",
     "syslog_facility",
     "telemetry",
@@ -347,8 +348,77 @@ pub struct DnsConfig {
     /// Answers in a UDP response to a query without EDNS (Consul's default 3).
     pub udp_answer_limit: usize,
     pub node_ttl: Duration,
-    /// `service_ttl`: TTL per service name, `"*"` for any other.
+    /// `service_ttl`: TTL per service name (lowercase); a name ending in `*` is a prefix,
+    /// the longest matching one applies when no exact name does (`"*"` matches any).
     pub service_ttl: Vec<(String, Duration)>,
+    /// `only_passing`: leave out instances with a warning check too (critical ones always
+    /// are).
+    pub only_passing: bool,
+    /// `a_record_limit`: at most this many A/AAAA answers for a service (0: no limit).
+    pub a_record_limit: usize,
+    /// `enable_additional_node_meta_txt`: node meta as TXT records in the additional
+    /// section of node A/AAAA and service SRV answers (Consul's default: on).
+    pub node_meta_txt: bool,
+    /// `soa`: the zone's SOA timers, in seconds.
+    pub soa: SoaConfig,
+    /// Top-level `recursors`, each `ip[:port]` (port 53 by default), tried in order for
+    /// names outside the domain.
+    pub recursors: Vec<std::net::SocketAddr>,
+    /// `recursor_timeout`: how long one recursor gets to answer (Consul's default 2s).
+    pub recursor_timeout: Duration,
+}
+
+/// `dns_config.soa`, with Consul's defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SoaConfig {
+    pub refresh: u32,
+    pub retry: u32,
+    pub expire: u32,
+    /// The negative-caching TTL, and the SOA record's own TTL.
+    pub min_ttl: u32,
+}
+
+impl Default for SoaConfig {
+    fn default() -> Self {
+        SoaConfig {
+            refresh: 3600,
+            retry: 600,
+            expire: 86400,
+            min_ttl: 0,
+        }
+    }
+}
+
+impl Default for DnsConfig {
+    /// Consul's defaults.
+    fn default() -> Self {
+        DnsConfig {
+            addr: None,
+            enable_truncate: false,
+            udp_answer_limit: 3,
+            node_ttl: Duration::ZERO,
+            service_ttl: Vec::new(),
+            only_passing: false,
+            a_record_limit: 0,
+            node_meta_txt: true,
+            soa: SoaConfig::default(),
+            recursors: Vec::new(),
+            recursor_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A recursor's address as Consul takes it: `ip`, `ip:port` or `[ipv6]:port`.
+fn recursor_addr(s: &str) -> Option<std::net::SocketAddr> {
+    if let Ok(a) = s.parse() {
+        return Some(a);
+    }
+    let ip: std::net::IpAddr = s
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()?;
+    Some(std::net::SocketAddr::new(ip, 53))
 }
 
 #[derive(Debug, Default, Clone)]
@@ -972,6 +1042,32 @@ fn build(dev: bool, v: Value) -> Result<Config, ConfigError> {
             }
         }
     }
+    let mut soa = SoaConfig::default();
+    for (key, field) in [
+        ("refresh", &mut soa.refresh),
+        ("retry", &mut soa.retry),
+        ("expire", &mut soa.expire),
+        ("min_ttl", &mut soa.min_ttl),
+    ] {
+        let Some(x) = lookup(&v, &["dns_config", "soa", key]) else {
+            continue;
+        };
+        match x.as_u64().and_then(|n| u32::try_from(n).ok()) {
+            Some(n) => *field = n,
+            None => {
+                return invalid(format!(
+                    "dns_config.soa.{key}: expected a number of seconds, got {x}"
+                ))
+            }
+        }
+    }
+    let mut recursors = Vec::new();
+    for r in list(&["recursors"]) {
+        match recursor_addr(&r) {
+            Some(a) => recursors.push(a),
+            None => return invalid(format!("Invalid recursor address: {r:?}")),
+        }
+    }
     let loopback = "127.0.0.1".to_string();
     Ok(Config {
         dev,
@@ -1035,6 +1131,12 @@ fn build(dev: bool, v: Value) -> Result<Config, ConfigError> {
             udp_answer_limit: i(&["dns_config", "udp_answer_limit"], 3) as usize,
             node_ttl: d(&["dns_config", "node_ttl"], Duration::ZERO),
             service_ttl,
+            only_passing: b(&["dns_config", "only_passing"], false),
+            a_record_limit: i(&["dns_config", "a_record_limit"], 0) as usize,
+            node_meta_txt: b(&["dns_config", "enable_additional_node_meta_txt"], true),
+            soa,
+            recursors,
+            recursor_timeout: d(&["dns_config", "recursor_timeout"], Duration::from_secs(2)),
         },
         raw: v,
     })
@@ -1124,12 +1226,12 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        // Two of the walkthrough's keys are not acted on yet: warned about, and it starts.
+        // One of the walkthrough's keys (ui) is not acted on yet: warned about, and it starts.
         let src = d.join("config.json").display().to_string();
         let no_effect = |k: &str| {
             format!("{src}: config key {k:?} is accepted but has no effect yet (ignored)")
         };
-        assert_eq!(warnings, ["dns_config.only_passing", "ui"].map(no_effect),);
+        assert_eq!(warnings, ["ui"].map(no_effect),);
         assert!(cfg.enable_script_checks && !cfg.enable_local_script_checks);
         assert_eq!(cfg.datacenter, "ke-dc");
         assert_eq!(cfg.bootstrap_expect, 3);
@@ -1160,15 +1262,9 @@ mod tests {
         let no_effect = |k: &str| {
             format!("{src}: config key {k:?} is accepted but has no effect yet (ignored)")
         };
-        let mut want: Vec<String> = [
-            "dns_config.only_passing",
-            "ports.https",
-            "recursors",
-            "telemetry",
-            "ui_config",
-        ]
-        .map(no_effect)
-        .to_vec();
+        let mut want: Vec<String> = ["ports.https", "telemetry", "ui_config"]
+            .map(no_effect)
+            .to_vec();
         want.push(format!(
             "{src}: unknown config key \"no_such_key\" (ignored)"
         ));
@@ -1339,6 +1435,24 @@ mod tests {
                 }"#,
                 r#"{"dns_config": {"enable_truncate": true,
                     "service_ttl": {"*": "5s", "web": "1m"}}}"#,
+            ),
+            (
+                r#"
+                recursors = ["8.8.8.8", "1.1.1.1:53"]
+                dns_config {
+                  only_passing = true
+                  a_record_limit = 4
+                  recursor_timeout = "1s"
+                  enable_additional_node_meta_txt = false
+                  soa {
+                    refresh = 10
+                    min_ttl = 5
+                  }
+                }"#,
+                r#"{"recursors": ["8.8.8.8", "1.1.1.1:53"],
+                    "dns_config": {"only_passing": true, "a_record_limit": 4,
+                    "recursor_timeout": "1s", "enable_additional_node_meta_txt": false,
+                    "soa": {"refresh": 10, "min_ttl": 5}}}"#,
             ),
             (
                 "performance { raft_multiplier = 1 }",
@@ -1768,6 +1882,58 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("dns_config.service_ttl.web"), "{err}");
+        // Consul's defaults, then every DNS key set.
+        let cfg = dev(json!({})).unwrap();
+        let want = DnsConfig::default();
+        assert_eq!(
+            (
+                cfg.dns.only_passing,
+                cfg.dns.a_record_limit,
+                cfg.dns.node_meta_txt
+            ),
+            (false, 0, true)
+        );
+        assert_eq!((cfg.dns.soa, want.soa.refresh), (want.soa, 3600));
+        assert_eq!(cfg.dns.recursor_timeout, Duration::from_secs(2));
+        assert!(cfg.dns.recursors.is_empty());
+        let cfg = dev(json!({
+            "recursors": ["10.0.0.53", "10.0.0.54:5353", "::1", "[::2]:54"],
+            "dns_config": {"only_passing": true, "a_record_limit": 2,
+                "enable_additional_node_meta_txt": false, "recursor_timeout": "300ms",
+                "soa": {"refresh": 1, "retry": 2, "expire": 3, "min_ttl": 4}}
+        }))
+        .unwrap();
+        assert_eq!(
+            cfg.dns.recursors,
+            ["10.0.0.53:53", "10.0.0.54:5353", "[::1]:53", "[::2]:54"]
+                .map(|a| a.parse::<std::net::SocketAddr>().unwrap())
+        );
+        assert_eq!(
+            (
+                cfg.dns.only_passing,
+                cfg.dns.a_record_limit,
+                cfg.dns.node_meta_txt
+            ),
+            (true, 2, false)
+        );
+        assert_eq!(cfg.dns.recursor_timeout, Duration::from_millis(300));
+        assert_eq!(
+            cfg.dns.soa,
+            SoaConfig {
+                refresh: 1,
+                retry: 2,
+                expire: 3,
+                min_ttl: 4
+            }
+        );
+        let err = dev(json!({"recursors": ["not an address"]}))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("Invalid recursor address"), "{err}");
+        let err = dev(json!({"dns_config": {"soa": {"refresh": -1}}}))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("refresh"), "{err}");
     }
 
     #[test]

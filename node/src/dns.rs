@@ -1,21 +1,55 @@
 //! Consul's DNS interface on `ports.dns` (8600), UDP and TCP, for the `domain` zone
-//! (default `consul.`): `<node>.node[.<dc>].<domain>`, `consul.service[.<dc>].<domain>`
-//! (also RFC 2782 `_consul._tcp`), SOA and NS at the zone's apex.
+//! (default `consul.`), answered from local state (a [`Directory`]; never one server RPC
+//! per query):
 //!
-//! Answers come from a [`Directory`] of nodes (today this agent and the alive members of its
-//! LAN gossip pool: [`crate::directory::LanDirectory`]), with TTL
-//! `dns_config.node_ttl` / `service_ttl` (0 by default) and AA set. A name in the zone
-//! that does not exist gets NXDOMAIN, an existing name without records of the asked type
-//! NOERROR; both with the zone's SOA in the authority section. Names outside the zone are
-//! REFUSED (there are no recursors). Malformed and oversize packets are dropped and counted.
+//! - `[<tag>.]<service>.service[.<dc>].<domain>`: A/AAAA of the healthy instances (the
+//!   service's address, else its node's; a CNAME when it is a host name), and SRV when
+//!   asked; RFC 2782 `_<service>._<tag>[.service][.<dc>].<domain>` (`_tcp`: any tag) for
+//!   SRV. An SRV target is `<node>.node.<dc>.<domain>`, or `<hex>.addr.<dc>.<domain>` for
+//!   an instance with an address of its own; the targets' addresses are additional
+//!   records. An instance with a critical check (its own or its node's) is left out; with
+//!   `dns_config.only_passing`, one with a warning too; the SRV weight is the instance's
+//!   `Weights` for its health. Answers are shuffled; `dns_config.a_record_limit` caps the
+//!   A/AAAA answers (0: no cap).
+//! - `<node>.node[.<dc>].<domain>` (A, AAAA, ANY, TXT; other types NODATA): the catalog's
+//!   node (else a LAN gossip member), with its meta as TXT records (Consul's RFC 1464
+//!   `key=value`, the bare value for `rfc1035-` keys): the answers for TXT and ANY,
+//!   additional records of A/AAAA (and of SRV answers for their nodes) while
+//!   `dns_config.enable_additional_node_meta_txt` is on (default).
+//! - `<hex>.addr[.<dc>].<domain>`: the address spelled in 8 (IPv4) or 32 (IPv6) hex digits
+//!   (asked for another type: NODATA, the address an additional record, as Consul).
+//! - PTR in `in-addr.arpa` and `ip6.arpa`: the node with that address, else the service
+//!   with that service address.
+//! - SOA and NS at the zone's apex; `consul.service` also from the LAN pool's servers when
+//!   no catalog holds it.
+//!
+//! TTLs: `dns_config.node_ttl` for node and `.addr` answers, `service_ttl` per service name
+//! (an exact name, else the longest `prefix*`, `"*"` for any), 0 by default; AA is set.
+//! The SOA is `ns.<domain>`, `hostmaster.<domain>`, the current Unix time as serial, and
+//! `dns_config.soa`'s `refresh` (3600), `retry` (600), `expire` (86400) and `min_ttl` (0),
+//! which is also its own TTL. A name in the zone that does not exist, or a service without
+//! an instance to answer with, gets NXDOMAIN; an existing name without records of the
+//! asked type NOERROR with no answer (NODATA); both with the SOA in the authority section.
+//!
+//! Names outside the zone are REFUSED, unless top-level `recursors` are set: then the
+//! query is forwarded to each in order (over UDP, or TCP for a query that came over TCP, as
+//! Consul), given `dns_config.recursor_timeout` (2s) each, and the first NOERROR or
+//! NXDOMAIN answer is relayed; SERVFAIL if all fail. A reverse name not found locally goes
+//! to the recursors too. A client agent's service lookup that its view cannot answer (no
+//! server answered within the first fill's wait) gets SERVFAIL. Malformed and oversize
+//! packets are dropped and counted.
 //!
 //! Bounds: queries of at most [`QUERY_BYTES_MAX`]; at most [`ANSWERS_MAX`] answer records;
 //! a UDP response fits in 512 bytes, or in the query's EDNS size up to [`UDP_BYTES_MAX`]
-//! (without EDNS, at most `dns_config.udp_answer_limit` answers, as Consul); a TCP response
-//! in 65,535 bytes; [`TCP_CONNS_MAX`] TCP connections, each closed after [`TCP_IDLE`] without
-//! a query answered.
+//! (without EDNS, at most `dns_config.udp_answer_limit` answers, as Consul), with TC set
+//! when answers were cut and `dns_config.enable_truncate` is on; a TCP response in 65,535
+//! bytes; [`UDP_INFLIGHT_MAX`] UDP queries being answered at once (more are dropped);
+//! [`RECURSE_MAX`] forwards to recursors at once (more get SERVFAIL); [`TCP_CONNS_MAX`]
+//! TCP connections, each closed after [`TCP_IDLE`] without a query answered.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use std::time::SystemTime;
@@ -27,9 +61,12 @@ use hickory_proto::op::OpCode;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::rdata::AAAA;
+use hickory_proto::rr::rdata::CNAME;
 use hickory_proto::rr::rdata::NS;
+use hickory_proto::rr::rdata::PTR;
 use hickory_proto::rr::rdata::SOA;
 use hickory_proto::rr::rdata::SRV;
+use hickory_proto::rr::rdata::TXT;
 use hickory_proto::rr::Name;
 use hickory_proto::rr::RData;
 use hickory_proto::rr::Record;
@@ -40,6 +77,8 @@ use tokio::net::TcpListener;
 use tokio::net::TcpStream;
 use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
+use tribune_core::catalog::Catalog;
+use tribune_core::catalog::Health;
 
 use crate::config::Config;
 use crate::config::DnsConfig;
@@ -62,6 +101,11 @@ const UDP_ANSWER_LIMIT_MAX: usize = 8;
 pub const TCP_CONNS_MAX: usize = 128;
 /// A TCP connection is closed when a query does not arrive and get answered within this.
 pub const TCP_IDLE: Duration = Duration::from_secs(8);
+/// UDP queries being answered at once (a service's first fill on a client agent, or a
+/// recursor, can keep one waiting); more are dropped.
+pub const UDP_INFLIGHT_MAX: usize = 256;
+/// Forwards to recursors in flight at once; a query beyond gets SERVFAIL.
+pub const RECURSE_MAX: usize = 64;
 /// Servers named in an NS answer.
 const NAMESERVERS_MAX: usize = 3;
 
@@ -96,8 +140,68 @@ enum Lookup {
         name: String,
         tag: Option<String>,
     },
+    /// `<hex>.addr`: the address spelled in hex.
+    Addr(IpAddr),
     /// Not a name that can exist: NXDOMAIN.
     Invalid,
+}
+
+/// An address spelled as Consul's `.addr` names spell it: 8 hex digits for IPv4, 32 for
+/// IPv6.
+fn parse_hex_ip(hex: &str) -> Option<IpAddr> {
+    let byte = |i: usize| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok();
+    match hex.len() {
+        8 => {
+            let b: Option<Vec<u8>> = (0..4).map(|i| byte(2 * i)).collect();
+            let b: [u8; 4] = b?.try_into().ok()?;
+            Some(IpAddr::from(b))
+        }
+        32 => {
+            let b: Option<Vec<u8>> = (0..16).map(|i| byte(2 * i)).collect();
+            let b: [u8; 16] = b?.try_into().ok()?;
+            Some(IpAddr::from(b))
+        }
+        _ => None,
+    }
+}
+
+/// `ip` as an `.addr` label (IPv4 in 8 hex digits, IPv6 in 32).
+fn hex_ip(ip: IpAddr) -> String {
+    let bytes = match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    };
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The address a reverse name (`d.c.b.a.in-addr.arpa`, or 32 nibbles of `ip6.arpa`) is
+/// about; `None` if it is not a whole address. `labels` are lowercase.
+fn parse_arpa(labels: &[String]) -> Option<IpAddr> {
+    match labels {
+        [octets @ .., a, b] if a == "in-addr" && b == "arpa" && octets.len() == 4 => {
+            let mut ip = [0u8; 4];
+            for (k, o) in octets.iter().rev().enumerate() {
+                ip[k] = o.parse().ok()?;
+            }
+            Some(IpAddr::from(ip))
+        }
+        [nibbles @ .., a, b] if a == "ip6" && b == "arpa" && nibbles.len() == 32 => {
+            let mut ip = 0u128;
+            for n in nibbles.iter().rev() {
+                if n.len() != 1 {
+                    return None;
+                }
+                ip = (ip << 4) | u128::from(u8::from_str_radix(n, 16).ok()?);
+            }
+            Some(IpAddr::from(ip.to_be_bytes()))
+        }
+        _ => None,
+    }
+}
+
+/// Whether a name (lowercase labels) is in the reverse zones.
+fn is_arpa(labels: &[String]) -> bool {
+    labels.last().is_some_and(|l| l == "arpa")
 }
 
 /// Parse a name's labels (lowercase, without the domain) as Consul does: the last kind
@@ -136,8 +240,113 @@ fn parse(labels: &[String], srv: bool, datacenter: &str) -> Lookup {
             name: service.clone(),
             tag: (!tags.is_empty()).then(|| tags.join(".")),
         },
+        ("addr", [hex]) => parse_hex_ip(hex).map_or(Lookup::Invalid, Lookup::Addr),
         _ => Lookup::Invalid,
     }
+}
+
+/// A service instance as DNS answers with it: healthy enough to be in an answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Instance {
+    node: String,
+    node_address: String,
+    node_meta: BTreeMap<String, String>,
+    /// The service's own address; empty: the node's.
+    address: String,
+    port: u16,
+    /// The SRV weight for its health (Consul's `Weights.Passing` or `Weights.Warning`).
+    weight: u16,
+}
+
+/// The instances of service `name` (with `tag`, case-insensitively) that DNS answers
+/// with, as Consul filters them: any critical check (the instance's own or its node's)
+/// leaves an instance out, and with `only_passing` so does any warning.
+fn instances(c: &Catalog, name: &str, tag: Option<&str>, only_passing: bool) -> Vec<Instance> {
+    c.instances(name)
+        .filter(|s| tag.is_none_or(|t| s.info.tags.iter().any(|x| x.eq_ignore_ascii_case(t))))
+        .filter_map(|s| {
+            let node = c.node(&s.node)?;
+            let worst = c
+                .instance_checks(&s.node, &s.info.id)
+                .map(|ch| ch.info.status)
+                .max()
+                .unwrap_or(Health::Passing);
+            let weight = match worst {
+                Health::Critical => return None,
+                Health::Warning if only_passing => return None,
+                Health::Warning => s.info.weights.warning,
+                Health::Passing => s.info.weights.passing,
+            };
+            Some(Instance {
+                node: node.info.name.clone(),
+                node_address: node.info.address.clone(),
+                node_meta: node.info.meta.clone(),
+                address: s.info.address.clone(),
+                port: s.info.port,
+                weight: u16::try_from(weight).unwrap_or(u16::MAX),
+            })
+        })
+        .collect()
+}
+
+/// A node as DNS answers with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct NodeRecord {
+    name: String,
+    /// An IP address, or a host name (answered with a CNAME).
+    address: String,
+    meta: BTreeMap<String, String>,
+}
+
+fn catalog_node(c: &Catalog, name: &str) -> Option<NodeRecord> {
+    let n = c.node(name)?;
+    Some(NodeRecord {
+        name: n.info.name.clone(),
+        address: n.info.address.clone(),
+        meta: n.info.meta.clone(),
+    })
+}
+
+/// What a reverse lookup of `ip` names, as Consul's: the node with that address, or else
+/// the service with that service address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Reverse {
+    Node(String),
+    Service(String),
+}
+
+fn reverse(c: &Catalog, ip: IpAddr) -> Option<Reverse> {
+    let is = |a: &str| a.parse::<IpAddr>().is_ok_and(|a| a == ip);
+    if let Some(n) = c.nodes().find(|n| is(&n.info.address)) {
+        return Some(Reverse::Node(n.info.name.clone()));
+    }
+    c.service_names().into_keys().find_map(|name| {
+        c.instances(&name)
+            .find(|s| is(&s.info.address))
+            .map(|s| Reverse::Service(s.info.name.clone()))
+    })
+}
+
+/// Consul's TXT records of node meta: `key=value` as RFC 1464 escapes it, or the bare
+/// value for a key starting `rfc1035-`.
+fn meta_txt(meta: &BTreeMap<String, String>) -> Vec<String> {
+    meta.iter()
+        .map(|(k, v)| {
+            if k.to_ascii_lowercase().starts_with("rfc1035-") {
+                return v.clone();
+            }
+            let mut key = k.replace('`', "``").replace('=', "`=");
+            let lead = key.len() - key.trim_start_matches(' ').len();
+            let trail = key.len() - key.trim_end_matches(' ').len();
+            if lead == key.len() {
+                key = "` ".repeat(lead);
+            } else if lead + trail > 0 {
+                let mid = key[lead..key.len() - trail].to_string();
+                key = format!("{}{mid}{}", "` ".repeat(lead), "` ".repeat(trail));
+            }
+            format!("{key}={}", v.replace('`', "``"))
+        })
+        .collect()
 }
 
 /// The zone and where its answers come from.
@@ -151,6 +360,8 @@ pub(crate) struct Zone {
     directory: Arc<dyn Directory>,
     settings: DnsConfig,
     metrics: Arc<Metrics>,
+    /// Forwards to recursors in flight ([`RECURSE_MAX`]).
+    recursing: Semaphore,
 }
 
 fn ttl_secs(d: Duration) -> u32 {
@@ -170,6 +381,16 @@ fn address(name: &Name, ip: IpAddr, qtype: RecordType, ttl: u32) -> Option<Recor
     }
 }
 
+/// A host name as an absolute DNS name, if it is one.
+fn host_name(host: &str) -> Option<Name> {
+    let fqdn = if host.ends_with('.') {
+        host.to_string()
+    } else {
+        format!("{host}.")
+    };
+    Name::from_ascii(fqdn).ok()
+}
+
 /// Shuffle in place (Consul shuffles answers per query to spread the load).
 fn shuffle<T>(v: &mut [T]) {
     let mut x = getrandom::u64().unwrap_or(0x9e37_79b9_7f4a_7c15) | 1;
@@ -185,7 +406,8 @@ fn encoded_len(m: &Message) -> usize {
     m.to_vec().map_or(usize::MAX, |b| b.len())
 }
 
-/// Keep only the additional records that an answer or authority record points at.
+/// Keep only the additional records that an answer or authority record points at (an
+/// SRV or NS target), or that are about an answer's own name (a node's meta TXT).
 fn sync_additionals(resp: &mut Message) {
     let targets: Vec<Name> = resp
         .answers
@@ -196,6 +418,7 @@ fn sync_additionals(resp: &mut Message) {
             RData::NS(ns) => Some(ns.0.clone()),
             _ => None,
         })
+        .chain(resp.answers.iter().map(|r| r.name.clone()))
         .collect();
     resp.additionals.retain(|r| targets.contains(&r.name));
 }
@@ -224,6 +447,17 @@ fn trim(resp: &mut Message, max: usize, answers_max: usize) -> bool {
     resp.answers.len() < before
 }
 
+/// Where a query goes before it is answered.
+#[derive(Debug, PartialEq)]
+enum Route {
+    /// Answered from local state as it is.
+    Local,
+    /// A service lookup: the directory may need to make the name local first.
+    Service(String),
+    /// Outside the domain, with recursors set: forwarded.
+    Recurse,
+}
+
 impl Zone {
     pub(crate) fn new(
         domain: &str,
@@ -248,24 +482,28 @@ impl Zone {
             directory,
             settings,
             metrics,
+            recursing: Semaphore::new(RECURSE_MAX),
         })
     }
 
+    /// The zone's SOA record, with `dns_config.soa`'s timers; its TTL is `min_ttl`, as
+    /// Consul's.
     fn soa(&self) -> Record {
         let serial = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as u32);
+        let t = self.settings.soa;
         Record::from_rdata(
             self.origin.clone(),
-            0,
+            t.min_ttl,
             RData::SOA(SOA::new(
                 self.mname.clone(),
                 self.rname.clone(),
                 serial,
-                3600,
-                600,
-                86400,
-                0,
+                t.refresh as i32,
+                t.retry as i32,
+                t.expire as i32,
+                t.min_ttl,
             )),
         )
     }
@@ -275,27 +513,49 @@ impl Zone {
         Name::from_ascii(format!("{node}.node.{}.{}", self.datacenter, self.origin)).ok()
     }
 
-    fn service_ttl(&self, service: &str) -> u32 {
-        let ttls = &self.settings.service_ttl;
-        ttls.iter()
-            .find(|(n, _)| n == service)
-            .or_else(|| ttls.iter().find(|(n, _)| n == "*"))
-            .map_or(0, |(_, t)| ttl_secs(*t))
+    /// `<hex>.addr.<dc>.<domain>.`: the SRV target of an instance with its own address.
+    fn addr_fqdn(&self, ip: IpAddr) -> Option<Name> {
+        Name::from_ascii(format!(
+            "{}.addr.{}.{}",
+            hex_ip(ip),
+            self.datacenter,
+            self.origin
+        ))
+        .ok()
     }
 
-    /// NS records for up to [`NAMESERVERS_MAX`] servers, and their addresses.
+    /// Consul's `service_ttl`: the exact name, else the longest `prefix*` that matches.
+    fn service_ttl(&self, service: &str) -> u32 {
+        let ttls = &self.settings.service_ttl;
+        let exact = ttls.iter().find(|(n, _)| n == service);
+        let prefix = || {
+            ttls.iter()
+                .filter_map(|(n, t)| Some((n.strip_suffix('*')?, t)))
+                .filter(|(p, _)| service.starts_with(p))
+                .max_by_key(|(p, _)| p.len())
+                .map(|(_, t)| t)
+        };
+        exact
+            .map(|(_, t)| t)
+            .or_else(prefix)
+            .map_or(0, |t| ttl_secs(*t))
+    }
+
+    /// NS records for up to [`NAMESERVERS_MAX`] servers, and their addresses (with
+    /// `node_ttl`, as Consul's).
     fn nameservers(&self, dir: &dyn Directory) -> (Vec<Record>, Vec<Record>) {
         let mut servers = dir.servers();
         shuffle(&mut servers);
+        let ttl = ttl_secs(self.settings.node_ttl);
         let (mut ns, mut glue) = (Vec::new(), Vec::new());
         for n in servers {
             let Some(fqdn) = self.node_fqdn(&n.name) else {
                 continue;
             };
-            glue.extend(address(&fqdn, n.ip, RecordType::ANY, 0));
+            glue.extend(address(&fqdn, n.ip, RecordType::ANY, ttl));
             ns.push(Record::from_rdata(
                 self.origin.clone(),
-                0,
+                ttl,
                 RData::NS(NS(fqdn)),
             ));
             if ns.len() == NAMESERVERS_MAX {
@@ -305,10 +565,45 @@ impl Zone {
         (ns, glue)
     }
 
+    /// The question's name as lowercase labels, if there is exactly one question.
+    fn labels(req: &Message) -> Option<Vec<String>> {
+        let [q] = req.queries.as_slice() else {
+            return None;
+        };
+        let labels = q
+            .name()
+            .iter()
+            .map(|l| String::from_utf8_lossy(l).to_ascii_lowercase())
+            .collect();
+        Some(labels)
+    }
+
+    /// Where `req` goes (see [`Route`]).
+    fn route(&self, req: &Message) -> Route {
+        let Some(labels) = Self::labels(req) else {
+            return Route::Local;
+        };
+        if req.metadata.op_code != OpCode::Query {
+            return Route::Local;
+        }
+        match labels.strip_suffix(self.domain.as_slice()) {
+            Some(own) => {
+                let srv = req.queries.first().map(|q| q.query_type()) == Some(RecordType::SRV);
+                match parse(own, srv, &self.datacenter) {
+                    Lookup::Service { name, .. } => Route::Service(name),
+                    _ => Route::Local,
+                }
+            }
+            None if is_arpa(&labels) || self.settings.recursors.is_empty() => Route::Local,
+            None => Route::Recurse,
+        }
+    }
+
     /// The response to `req` from `dir`, fitted to its transport.
     fn respond(&self, req: &Message, dir: &dyn Directory, udp: bool) -> Message {
         let mut resp = Message::response(req.metadata.id, req.metadata.op_code);
         resp.metadata.recursion_desired = req.metadata.recursion_desired;
+        resp.metadata.recursion_available = !self.settings.recursors.is_empty();
         // One question at most is echoed: a FORMERR for many questions must still fit in
         // a plain UDP reply, and no client sends more than one.
         resp.queries = req.queries.iter().take(1).cloned().collect();
@@ -336,28 +631,231 @@ impl Zone {
         resp
     }
 
+    /// The node named `name`: from a catalog, else from the LAN pool.
+    fn find_node(&self, dir: &dyn Directory, name: &str) -> Option<NodeRecord> {
+        let mut found = None;
+        dir.with_catalogs(None, &mut |c| {
+            if found.is_none() {
+                found = catalog_node(c, name);
+            }
+        });
+        found.or_else(|| {
+            dir.node(name).map(|n| NodeRecord {
+                name: n.name,
+                address: n.ip.to_string(),
+                meta: BTreeMap::new(),
+            })
+        })
+    }
+
+    /// The instances of a service; for `consul` without instances in any catalog (a
+    /// client agent's view not filled yet, or no catalog at all), the LAN pool's servers.
+    fn find_instances(&self, dir: &dyn Directory, name: &str, tag: Option<&str>) -> Vec<Instance> {
+        let (mut found, mut known) = (Vec::new(), false);
+        let only_passing = self.settings.only_passing;
+        dir.with_catalogs(Some(name), &mut |c| {
+            known |= c.instances(name).next().is_some();
+            if found.is_empty() {
+                found = instances(c, name, tag, only_passing);
+            }
+        });
+        if found.is_empty() && !known && name == "consul" && tag.is_none() {
+            found = dir
+                .servers()
+                .into_iter()
+                .filter_map(|n| {
+                    Some(Instance {
+                        port: n.server_port?,
+                        node: n.name,
+                        node_address: n.ip.to_string(),
+                        node_meta: BTreeMap::new(),
+                        address: String::new(),
+                        weight: 1,
+                    })
+                })
+                .collect();
+        }
+        found
+    }
+
+    /// A node's answers: its address (or a CNAME to its host name) unless TXT is asked,
+    /// and its meta as TXT (answers for TXT and ANY, else additional records when
+    /// `enable_additional_node_meta_txt`).
+    fn node_answers(&self, qname: &Name, qtype: RecordType, node: &NodeRecord, resp: &mut Message) {
+        // Consul answers nodes for these types only; any other is NODATA.
+        let answered = [
+            RecordType::A,
+            RecordType::AAAA,
+            RecordType::ANY,
+            RecordType::TXT,
+        ];
+        if !answered.contains(&qtype) {
+            return;
+        }
+        let ttl = ttl_secs(self.settings.node_ttl);
+        if qtype != RecordType::TXT {
+            match node.address.parse::<IpAddr>() {
+                Ok(ip) => resp.answers.extend(address(qname, ip, qtype, ttl)),
+                Err(_) => {
+                    if let Some(target) = host_name(&node.address) {
+                        let cname = RData::CNAME(CNAME(target));
+                        resp.answers
+                            .push(Record::from_rdata(qname.clone(), ttl, cname));
+                    }
+                }
+            }
+        }
+        let as_answers = matches!(qtype, RecordType::TXT | RecordType::ANY);
+        if as_answers || self.settings.node_meta_txt {
+            let txt = meta_txt(&node.meta)
+                .into_iter()
+                .map(|t| Record::from_rdata(qname.clone(), ttl, RData::TXT(TXT::new(vec![t]))));
+            if as_answers {
+                resp.answers.extend(txt);
+            } else {
+                resp.additionals.extend(txt);
+            }
+        }
+    }
+
+    /// A service's answers: SRV records with their targets' addresses as additional
+    /// records, or the instances' addresses (at most `a_record_limit` of them; a CNAME to
+    /// a host name only when no instance has an address of the asked family).
+    fn service_answers(
+        &self,
+        qname: &Name,
+        qtype: RecordType,
+        name: &str,
+        mut list: Vec<Instance>,
+        resp: &mut Message,
+    ) {
+        shuffle(&mut list);
+        list.truncate(ANSWERS_MAX);
+        let ttl = self.service_ttl(name);
+        let mut seen = std::collections::HashSet::new();
+        if qtype == RecordType::SRV {
+            for i in list {
+                if !seen.insert((i.node.clone(), i.address.clone(), i.port)) {
+                    continue;
+                }
+                let own = if i.address.is_empty() {
+                    &i.node_address
+                } else {
+                    &i.address
+                };
+                let (target, ip) = match own.parse::<IpAddr>() {
+                    Ok(ip) if i.address.is_empty() => (self.node_fqdn(&i.node), Some(ip)),
+                    Ok(ip) => (self.addr_fqdn(ip), Some(ip)),
+                    Err(_) => (host_name(own), None),
+                };
+                let Some(target) = target else {
+                    continue;
+                };
+                if let Some(ip) = ip {
+                    resp.additionals
+                        .extend(address(&target, ip, RecordType::ANY, ttl));
+                }
+                if self.settings.node_meta_txt {
+                    if let Some(node_name) = self.node_fqdn(&i.node) {
+                        resp.additionals
+                            .extend(meta_txt(&i.node_meta).into_iter().map(|t| {
+                                Record::from_rdata(
+                                    node_name.clone(),
+                                    ttl,
+                                    RData::TXT(TXT::new(vec![t])),
+                                )
+                            }));
+                    }
+                }
+                let srv = SRV::new(1, i.weight, i.port, target);
+                resp.answers
+                    .push(Record::from_rdata(qname.clone(), ttl, RData::SRV(srv)));
+            }
+            return;
+        }
+        let limit = match self.settings.a_record_limit {
+            0 => usize::MAX,
+            n => n,
+        };
+        let mut cname = None;
+        let mut seen = std::collections::HashSet::new();
+        for i in list {
+            let own = if i.address.is_empty() {
+                &i.node_address
+            } else {
+                &i.address
+            };
+            match own.parse::<IpAddr>() {
+                Ok(ip) => {
+                    if resp.answers.len() >= limit || !seen.insert(ip) {
+                        continue;
+                    }
+                    resp.answers.extend(address(qname, ip, qtype, ttl));
+                }
+                Err(_) if cname.is_none() => cname = host_name(own),
+                Err(_) => {}
+            }
+        }
+        if resp.answers.is_empty() {
+            if let Some(target) = cname {
+                let cname = RData::CNAME(CNAME(target));
+                resp.answers
+                    .push(Record::from_rdata(qname.clone(), ttl, cname));
+            }
+        }
+    }
+
+    /// A reverse lookup's answer: a PTR to the node, or to the service.
+    fn reverse_answers(&self, dir: &dyn Directory, qname: &Name, ip: IpAddr, resp: &mut Message) {
+        let mut found = None;
+        dir.with_catalogs(None, &mut |c| {
+            if found.is_none() {
+                found = reverse(c, ip);
+            }
+        });
+        let target = match found {
+            Some(Reverse::Node(n)) => self.node_fqdn(&n),
+            Some(Reverse::Service(s)) => {
+                Name::from_ascii(format!("{s}.service.{}.{}", self.datacenter, self.origin)).ok()
+            }
+            None => None,
+        };
+        if let Some(t) = target {
+            resp.answers
+                .push(Record::from_rdata(qname.clone(), 0, RData::PTR(PTR(t))));
+        }
+    }
+
     /// Fill the sections of `resp` and return its response code.
     fn fill(&self, req: &Message, dir: &dyn Directory, resp: &mut Message) -> ResponseCode {
         if req.metadata.op_code != OpCode::Query {
             return ResponseCode::NotImp;
         }
-        let [q] = req.queries.as_slice() else {
+        let (Some(labels), [q]) = (Self::labels(req), req.queries.as_slice()) else {
             return ResponseCode::FormErr;
         };
-        let labels: Vec<String> = q
-            .name()
-            .iter()
-            .map(|l| String::from_utf8_lossy(l).to_ascii_lowercase())
-            .collect();
-        let Some(labels) = labels.strip_suffix(self.domain.as_slice()) else {
-            return ResponseCode::Refused;
+        let qtype = q.query_type();
+        let Some(own) = labels.strip_suffix(self.domain.as_slice()) else {
+            if !is_arpa(&labels) {
+                return ResponseCode::Refused;
+            }
+            resp.metadata.authoritative = true;
+            if let Some(ip) = parse_arpa(&labels) {
+                if matches!(qtype, RecordType::PTR | RecordType::ANY) {
+                    self.reverse_answers(dir, q.name(), ip, resp);
+                }
+            }
+            if resp.answers.is_empty() {
+                resp.authorities.push(self.soa());
+                return ResponseCode::NXDomain;
+            }
+            return ResponseCode::NoError;
         };
         resp.metadata.authoritative = true;
-        let qtype = q.query_type();
         if matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
             return ResponseCode::NotImp;
         }
-        match parse(labels, qtype == RecordType::SRV, &self.datacenter) {
+        match parse(own, qtype == RecordType::SRV, &self.datacenter) {
             Lookup::Apex => {
                 let (ns, glue) = self.nameservers(dir);
                 match qtype {
@@ -376,43 +874,29 @@ impl Zone {
                 sync_additionals(resp);
             }
             Lookup::Node(name) => {
-                let Some(node) = dir.node(&name) else {
+                let Some(node) = self.find_node(dir, &name) else {
                     resp.authorities.push(self.soa());
                     return ResponseCode::NXDomain;
                 };
-                resp.answers.extend(address(
-                    q.name(),
-                    node.ip,
-                    qtype,
-                    ttl_secs(self.settings.node_ttl),
-                ));
+                self.node_answers(q.name(), qtype, &node, resp);
             }
             Lookup::Service { name, tag } => {
-                // Only servers' `consul` service exists, without tags.
-                let mut servers = dir.servers();
-                if name != "consul" || tag.is_some() || servers.is_empty() {
+                let list = self.find_instances(dir, &name, tag.as_deref());
+                if list.is_empty() {
                     resp.authorities.push(self.soa());
                     return ResponseCode::NXDomain;
                 }
-                shuffle(&mut servers);
-                servers.truncate(ANSWERS_MAX);
-                let ttl = self.service_ttl(&name);
-                for n in servers {
-                    if qtype != RecordType::SRV {
-                        resp.answers.extend(address(q.name(), n.ip, qtype, ttl));
-                        continue;
-                    }
-                    let (Some(target), Some(port)) = (self.node_fqdn(&n.name), n.server_port)
-                    else {
-                        continue;
-                    };
-                    resp.additionals
-                        .extend(address(&target, n.ip, RecordType::ANY, ttl));
-                    resp.answers.push(Record::from_rdata(
-                        q.name().clone(),
-                        ttl,
-                        RData::SRV(SRV::new(1, 1, port, target)),
-                    ));
+                self.service_answers(q.name(), qtype, &name, list, resp);
+            }
+            Lookup::Addr(ip) => {
+                // Another type than the address's: NODATA, with the address as an
+                // additional record, as Consul sends it.
+                let ttl = ttl_secs(self.settings.node_ttl);
+                match address(q.name(), ip, qtype, ttl) {
+                    Some(r) => resp.answers.push(r),
+                    None => resp
+                        .additionals
+                        .extend(address(q.name(), ip, RecordType::ANY, ttl)),
                 }
             }
             Lookup::Invalid => {
@@ -426,39 +910,165 @@ impl Zone {
         ResponseCode::NoError
     }
 
-    /// Answer one query packet; `None` drops it (malformed or oversize, counted).
-    pub(crate) fn handle(&self, packet: &[u8], udp: bool) -> Option<Vec<u8>> {
+    /// The query in `packet`; `None` drops it (malformed or oversize, counted).
+    fn decode(&self, packet: &[u8]) -> Option<Message> {
         let counters = &self.metrics.dns;
         if packet.len() > QUERY_BYTES_MAX {
             counters.oversize();
             return None;
         }
-        let req = match Message::from_vec(packet) {
-            Ok(m) if m.metadata.message_type == MessageType::Query => m,
+        match Message::from_vec(packet) {
+            Ok(m) if m.metadata.message_type == MessageType::Query => Some(m),
             _ => {
                 counters.malformed();
-                return None;
+                None
             }
-        };
-        let resp = self.respond(&req, &*self.directory, udp);
+        }
+    }
+
+    /// `resp` on the wire (a SERVFAIL if it cannot be encoded), counted.
+    fn encode(&self, req: &Message, resp: &Message) -> Option<Vec<u8>> {
         let (bytes, rcode) = match resp.to_vec() {
             Ok(b) => (b, resp.metadata.response_code),
             Err(e) => {
                 tracing::warn!(error = %e, "dns: cannot encode a response");
-                let fail = Message::error_msg(
-                    req.metadata.id,
-                    req.metadata.op_code,
-                    ResponseCode::ServFail,
-                );
-                (fail.to_vec().ok()?, ResponseCode::ServFail)
+                (self.servfail(req).to_vec().ok()?, ResponseCode::ServFail)
             }
         };
-        counters.answered(rcode);
+        self.metrics.dns.answered(rcode);
         Some(bytes)
+    }
+
+    fn servfail(&self, req: &Message) -> Message {
+        let mut m = Message::error_msg(
+            req.metadata.id,
+            req.metadata.op_code,
+            ResponseCode::ServFail,
+        );
+        m.queries = req.queries.iter().take(1).cloned().collect();
+        m.metadata.recursion_desired = req.metadata.recursion_desired;
+        m.metadata.recursion_available = !self.settings.recursors.is_empty();
+        m
+    }
+
+    /// Answer one query packet from local state as it is, without waiting (no recursion,
+    /// no first fill of a client agent's view); `None` drops it (malformed or oversize,
+    /// counted).
+    pub(crate) fn handle(&self, packet: &[u8], udp: bool) -> Option<Vec<u8>> {
+        let req = self.decode(packet)?;
+        let resp = self.respond(&req, &*self.directory, udp);
+        self.encode(&req, &resp)
+    }
+
+    /// Answer one query packet as the servers do: a service lookup first lets the
+    /// directory make the name local, a name outside the domain goes to the recursors
+    /// (and so does a reverse name that is not found, when there are recursors).
+    pub(crate) async fn serve(&self, packet: &[u8], udp: bool) -> Option<Vec<u8>> {
+        let req = self.decode(packet)?;
+        match self.route(&req) {
+            Route::Recurse => return self.recurse(packet, &req, udp).await,
+            Route::Service(name) => {
+                // `consul` can still be answered from the LAN pool's servers.
+                if !self.directory.prepare(&name).await && name != "consul" {
+                    return self.encode(&req, &self.servfail(&req));
+                }
+            }
+            Route::Local => {}
+        }
+        let resp = self.respond(&req, &*self.directory, udp);
+        let unknown_reverse = resp.metadata.response_code == ResponseCode::NXDomain
+            && Self::labels(&req).is_some_and(|l| is_arpa(&l));
+        if unknown_reverse && !self.settings.recursors.is_empty() {
+            return self.recurse(packet, &req, udp).await;
+        }
+        self.encode(&req, &resp)
+    }
+
+    /// Forward the query to the recursors in order, each given `recursor_timeout`, over
+    /// the client's transport (as Consul: UDP, or TCP for a TCP client); the first answer
+    /// that is NOERROR or NXDOMAIN (or truncated) is relayed as it came. SERVFAIL when all
+    /// fail, or when [`RECURSE_MAX`] forwards are in flight already.
+    async fn recurse(&self, packet: &[u8], req: &Message, udp: bool) -> Option<Vec<u8>> {
+        let Ok(_permit) = self.recursing.try_acquire() else {
+            tracing::debug!("dns: too many recursive queries in flight");
+            return self.encode(req, &self.servfail(req));
+        };
+        for &recursor in &self.settings.recursors {
+            let timeout = self.settings.recursor_timeout;
+            let asked = async {
+                if udp {
+                    exchange_udp(recursor, packet).await
+                } else {
+                    exchange_tcp(recursor, packet).await
+                }
+            };
+            match tokio::time::timeout(timeout, asked).await {
+                Ok(Ok((bytes, m)))
+                    if m.metadata.id == req.metadata.id
+                        && (matches!(
+                            m.metadata.response_code,
+                            ResponseCode::NoError | ResponseCode::NXDomain
+                        ) || m.metadata.truncation) =>
+                {
+                    self.metrics.dns.answered(m.metadata.response_code);
+                    return Some(bytes);
+                }
+                Ok(Ok((_, m))) => tracing::debug!(
+                    %recursor, rcode = %m.metadata.response_code, "dns: recursor failed"
+                ),
+                Ok(Err(e)) => tracing::debug!(%recursor, error = %e, "dns: recursor failed"),
+                Err(_) => tracing::debug!(%recursor, "dns: recursor timed out"),
+            }
+        }
+        tracing::warn!("dns: all recursors failed");
+        self.encode(req, &self.servfail(req))
+    }
+}
+
+/// One TCP exchange with a recursor (a length-prefixed query and response): the
+/// response's bytes and the parsed message.
+async fn exchange_tcp(to: SocketAddr, packet: &[u8]) -> std::io::Result<(Vec<u8>, Message)> {
+    let mut s = TcpStream::connect(to).await?;
+    let len = u16::try_from(packet.len())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let mut frame = Vec::with_capacity(packet.len() + 2);
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(packet);
+    s.write_all(&frame).await?;
+    let n = usize::from(s.read_u16().await?);
+    let mut buf = vec![0u8; n];
+    s.read_exact(&mut buf).await?;
+    match Message::from_vec(&buf) {
+        Ok(m) if m.metadata.message_type == MessageType::Response => Ok((buf, m)),
+        _ => Err(std::io::Error::from(std::io::ErrorKind::InvalidData)),
+    }
+}
+
+/// One UDP exchange with a recursor: the response's bytes and the parsed message.
+async fn exchange_udp(to: SocketAddr, packet: &[u8]) -> std::io::Result<(Vec<u8>, Message)> {
+    let any: SocketAddr = if to.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = UdpSocket::bind(any).await?;
+    socket.connect(to).await?;
+    socket.send(packet).await?;
+    let mut buf = vec![0u8; UDP_BYTES_MAX];
+    loop {
+        let n = socket.recv(&mut buf).await?;
+        // Anything that is not a response is ignored; the timeout ends the wait.
+        if let Ok(m) = Message::from_vec(&buf[..n]) {
+            if m.metadata.message_type == MessageType::Response {
+                return Ok((buf[..n].to_vec(), m));
+            }
+        }
     }
 }
 
 async fn serve_udp(socket: UdpSocket, zone: Arc<Zone>) {
+    let socket = Arc::new(socket);
+    let inflight = Arc::new(Semaphore::new(UDP_INFLIGHT_MAX));
     // One byte more than the bound, to tell an oversize query from one that fits.
     let mut buf = vec![0u8; QUERY_BYTES_MAX + 1];
     loop {
@@ -469,9 +1079,17 @@ async fn serve_udp(socket: UdpSocket, zone: Arc<Zone>) {
                 continue;
             }
         };
-        if let Some(out) = zone.handle(&buf[..n], true) {
-            let _ = socket.send_to(&out, from).await;
-        }
+        // Over the bound the query is dropped; its client asks again.
+        let Ok(permit) = inflight.clone().try_acquire_owned() else {
+            continue;
+        };
+        let (zone, socket, packet) = (zone.clone(), socket.clone(), buf[..n].to_vec());
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Some(out) = zone.serve(&packet, true).await {
+                let _ = socket.send_to(&out, from).await;
+            }
+        });
     }
 }
 
@@ -505,7 +1123,7 @@ async fn serve_conn(mut s: TcpStream, zone: &Zone) -> std::io::Result<()> {
             let len = usize::from(s.read_u16().await?);
             let mut query = vec![0u8; len];
             s.read_exact(&mut query).await?;
-            if let Some(out) = zone.handle(&query, false) {
+            if let Some(out) = zone.serve(&query, false).await {
                 let mut frame = Vec::with_capacity(out.len() + 2);
                 frame.extend_from_slice(&(out.len() as u16).to_be_bytes());
                 frame.extend_from_slice(&out);
@@ -553,6 +1171,10 @@ pub async fn start(
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "dns_test.rs"]
+mod catalog_tests;
 
 #[cfg(test)]
 mod tests {
@@ -618,16 +1240,19 @@ mod tests {
         assert_eq!(p("_consul._tcp.dc1", true), service("consul", None));
         assert_eq!(p("_consul._tcp", false), Lookup::Invalid, "only for SRV");
         assert_eq!(p("x.query", false), Lookup::Invalid);
-        assert_eq!(p("7f000001.addr.dc1", false), Lookup::Invalid);
+        assert_eq!(
+            p("7f000001.addr.dc1", false),
+            Lookup::Addr("127.0.0.1".parse().unwrap())
+        );
+        assert_eq!(p("7f000001.addr.dc2", false), Lookup::Invalid);
+        assert_eq!(p("x.7f000001.addr", false), Lookup::Invalid);
     }
 
     fn settings() -> DnsConfig {
         DnsConfig {
-            addr: None,
             enable_truncate: true,
-            udp_answer_limit: 3,
-            node_ttl: Duration::ZERO,
             service_ttl: vec![("*".into(), Duration::from_secs(5))],
+            ..DnsConfig::default()
         }
     }
 

@@ -10,8 +10,8 @@
 //! 2. the seams and the gossip shell: `store` (what the API needs of a replicated state
 //!    machine, and the dev store), `serf` (the gossip pools), `watch_spec` (what a watch is);
 //! 3. servers and state: `raft` (the replicated store and its RPC transport), `config`,
-//!    `directory` (the nodes DNS answers about), `local` (this agent's services and the
-//!    checks it runs);
+//!    `directory` (what DNS answers from: the catalog, a client agent's view of it, gossip),
+//!    `local` (this agent's services and the checks it runs);
 //! 4. the faces: `forward` (client agents to servers), `dns`, `http`, then `watch`, and on
 //!    top `cli` and `agent`, which wires everything together.
 

@@ -9,7 +9,11 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::error::StartError;
 use super::identity;
 use crate::config::Config;
+use crate::directory::ClientView;
+use crate::directory::Directory;
 use crate::directory::LanDirectory;
+use crate::directory::StoreDirectory;
+use crate::forward::Forwarder;
 use crate::http;
 use crate::http::AgentInfo;
 use crate::http::Api;
@@ -93,10 +97,21 @@ pub async fn bind_http(cfg: &Config) -> Result<Option<TcpListener>, StartError> 
     }
 }
 
-/// Start the DNS interface, answering about the nodes LAN gossip knows and this one.
+/// Start the DNS interface. A server or `-dev` agent answers from its own catalog; a
+/// client agent from its bounded view of the servers' (see `directory`); both know the
+/// nodes LAN gossip knows and this one.
 pub async fn start_dns(cfg: &Config, api: &Api) -> Result<(), StartError> {
     let own = identity::own_node(&api.agent)?;
-    let directory = Arc::new(LanDirectory::new(own, api.lan.clone()));
+    let lan = LanDirectory::new(own, api.lan.clone());
+    let client = api.lan.as_ref().filter(|_| api.forward.is_some());
+    let directory: Arc<dyn Directory> = match client {
+        Some(pool) => {
+            let dc = cfg.datacenter.clone();
+            let forward = Forwarder::new(pool.clone(), dc, cfg.max_query_time);
+            Arc::new(ClientView::new(lan, Arc::new(forward)))
+        }
+        None => Arc::new(StoreDirectory::new(api.store.clone(), lan)),
+    };
     crate::dns::start(cfg, directory, api.metrics.clone()).await?;
     Ok(())
 }
