@@ -318,8 +318,33 @@ pub fn run_seed(seed: u64, sabotage: Sabotage) -> SeedReport {
     let mut config = madsim::Config::default();
     config.net.send_latency = base_latency();
     let rt = madsim::runtime::Runtime::with_seed_and_config(seed, config);
-    rt.block_on(simulate(seed, sabotage))
+    rt.block_on(async move {
+        match madsim::time::timeout(SEED_SIM_MAX, simulate(seed, sabotage)).await {
+            Ok(report) => report,
+            // A hang (a task waiting for good) is a verdict with its repro line, not a run
+            // that never ends.
+            Err(_) => SeedReport {
+                seed,
+                trace: 0,
+                ops: 0,
+                unknown: 0,
+                inconclusive: 0,
+                keys: 0,
+                sim_ms: SEED_SIM_MAX.as_millis() as u64,
+                leader_terms: 0,
+                membership_changes: 0,
+                chunked_snapshots: 0,
+                failures: vec![format!(
+                    "hang: the seed did not finish within {} simulated seconds",
+                    SEED_SIM_MAX.as_secs()
+                )],
+            },
+        }
+    })
 }
+
+/// The simulated time one seed may take (its plans take under a minute).
+pub const SEED_SIM_MAX: Duration = Duration::from_secs(600);
 
 async fn simulate(seed: u64, sabotage: Sabotage) -> SeedReport {
     let plan = Plan::from_seed(seed);
