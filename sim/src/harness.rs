@@ -699,14 +699,7 @@ fn local_in_step(cluster: &Cluster) -> Result<(), String> {
             continue;
         };
         let name = format!("server-{}", ctx.slot);
-        let remote = sm.read(|s| {
-            let c = s.catalog();
-            tribune_core::local::RemoteNode {
-                node: c.node(&name).map(|n| n.info.clone()),
-                services: c.node_services(&name).map(|s| s.info.clone()).collect(),
-                checks: c.node_checks(&name).map(|ch| ch.info.clone()).collect(),
-            }
-        });
+        let remote = sm.read(|s| tribune_core::local::RemoteNode::of(s.catalog(), &name));
         if let Some(e) = agent.read(|l| l.differs_from(&remote)) {
             return Err(format!("anti-entropy: {e}"));
         }

@@ -51,14 +51,7 @@ struct ServerPort {
 
 impl CatalogPort for ServerPort {
     async fn node_slice(&self, name: &str) -> Result<RemoteNode, SyncError> {
-        Ok(self.sm.read(|s| {
-            let c = s.catalog();
-            RemoteNode {
-                node: c.node(name).map(|n| n.info.clone()),
-                services: c.node_services(name).map(|s| s.info.clone()).collect(),
-                checks: c.node_checks(name).map(|ch| ch.info.clone()).collect(),
-            }
-        }))
+        Ok(self.sm.read(|s| RemoteNode::of(s.catalog(), name)))
     }
 
     async fn apply(&self, op: CatalogOp) -> Result<(), SyncError> {

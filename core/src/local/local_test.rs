@@ -67,11 +67,7 @@ impl MemCatalog {
     }
 
     fn slice(&self, name: &str) -> RemoteNode {
-        self.with(|c, _| RemoteNode {
-            node: c.node(name).map(|n| n.info.clone()),
-            services: c.node_services(name).map(|s| s.info.clone()).collect(),
-            checks: c.node_checks(name).map(|ch| ch.info.clone()).collect(),
-        })
+        self.with(|c, _| RemoteNode::of(c, name))
     }
 
     fn apply_op(&self, op: &CatalogOp) -> Result<(), SyncError> {

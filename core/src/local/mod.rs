@@ -143,6 +143,20 @@ pub struct RemoteNode {
     pub checks: Vec<CheckInfo>,
 }
 
+impl RemoteNode {
+    /// Node `name`'s slice of `catalog`.
+    pub fn of(catalog: &crate::catalog::Catalog, name: &str) -> RemoteNode {
+        RemoteNode {
+            node: catalog.node(name).map(|n| n.info.clone()),
+            services: catalog
+                .node_services(name)
+                .map(|s| s.info.clone())
+                .collect(),
+            checks: catalog.node_checks(name).map(|c| c.info.clone()).collect(),
+        }
+    }
+}
+
 /// Ids are matched without regard to case, as the catalog matches them.
 fn fold(id: &str) -> String {
     id.to_ascii_lowercase()
@@ -281,10 +295,11 @@ impl LocalState {
         self.revisions
     }
 
-    fn dirty(&mut self) -> Sync {
+    /// A new revision, out of sync: to register again, or, if `deleted`, to deregister.
+    fn mark(&mut self, deleted: bool) -> Sync {
         Sync {
             in_sync: false,
-            deleted: false,
+            deleted,
             revision: self.next_revision(),
         }
     }
@@ -356,7 +371,7 @@ impl LocalState {
         }
         let unchanged = self.service(&s.id) == Some(&s);
         if !unchanged {
-            let sync = self.dirty();
+            let sync = self.mark(false);
             let id = s.id.clone();
             self.services.insert(
                 key,
@@ -382,20 +397,12 @@ impl LocalState {
         for c in checks {
             self.remove_check(&c)?;
         }
-        let sync = self.deleted();
+        let sync = self.mark(true);
         if let Some(e) = self.services.get_mut(&fold(id)) {
             e.service = None;
             e.sync = sync;
         }
         Ok(())
-    }
-
-    fn deleted(&mut self) -> Sync {
-        Sync {
-            in_sync: false,
-            deleted: true,
-            revision: self.next_revision(),
-        }
     }
 
     /// Add or replace a check (its id defaults to its name; its node is this one). A
@@ -429,7 +436,7 @@ impl LocalState {
         if self.check(&c.info.check_id) == Some(&c) {
             return Ok(());
         }
-        let sync = self.dirty();
+        let sync = self.mark(false);
         let id = c.info.check_id.clone();
         self.checks.insert(
             key,
@@ -447,7 +454,7 @@ impl LocalState {
         if self.check(id).is_none() {
             return Err(LocalError::UnknownCheck(id.to_string()));
         }
-        let sync = self.deleted();
+        let sync = self.mark(true);
         if let Some(e) = self.checks.get_mut(&fold(id)) {
             e.check = None;
             e.sync = sync;
@@ -473,32 +480,25 @@ impl LocalState {
         let output = bound_output(output);
         let status_changed = c.info.status != status;
         let output_changed = c.info.output != output;
-        let ttl = c.ttl;
-        let revision = if status_changed {
-            self.next_revision()
-        } else {
-            self.version += u64::from(output_changed);
-            0
-        };
-        let Some(e) = self.checks.get_mut(&key) else {
+        // A new status is a new revision, to push; new output alone is only seen here.
+        let sync = status_changed.then(|| self.mark(false));
+        self.version += u64::from(!status_changed && output_changed);
+        let Some((e, c)) = self
+            .checks
+            .get_mut(&key)
+            .and_then(|e| e.check.as_mut().map(|c| (&mut e.sync, c)))
+        else {
             return Err(LocalError::UnknownCheck(id.to_string()));
         };
-        let Some(c) = e.check.as_mut() else {
-            return Err(LocalError::UnknownCheck(id.to_string()));
-        };
-        c.ttl_deadline = ttl.map(|t| now + t);
+        c.ttl_deadline = c.ttl.map(|t| now + t);
         if !status_changed && !output_changed {
             return Ok(false);
         }
         c.info.output = output;
-        if status_changed {
+        if let Some(sync) = sync {
             c.info.status = status;
             c.critical_since = (status == Health::Critical).then_some(now);
-            e.sync = Sync {
-                in_sync: false,
-                deleted: false,
-                revision,
-            };
+            *e = sync;
         }
         Ok(true)
     }
@@ -685,7 +685,7 @@ impl LocalState {
         }
         for (key, r) in &remote_services {
             if !self.services.contains_key(key) && key != CONSUL_SERVICE_ID && !self.keep_strays() {
-                let sync = self.deleted();
+                let sync = self.mark(true);
                 let id = r.id.clone();
                 let e = ServiceEntry {
                     id,
@@ -709,7 +709,7 @@ impl LocalState {
         }
         for (key, r) in &remote_checks {
             if !self.checks.contains_key(key) && !r.check_id.eq_ignore_ascii_case(SERF_CHECK_ID) {
-                let sync = self.deleted();
+                let sync = self.mark(true);
                 let id = r.check_id.clone();
                 let e = CheckEntry {
                     id,
@@ -867,7 +867,7 @@ impl LocalState {
     pub fn set_node(&mut self, node: NodeInfo) {
         if node != self.node {
             self.node = node;
-            self.node_sync = self.dirty();
+            self.node_sync = self.mark(false);
         }
     }
 

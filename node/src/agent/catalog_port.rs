@@ -7,7 +7,6 @@ use std::sync::Arc;
 use serde_json::json;
 use serde_json::Value;
 use tribune_core::catalog::CatalogOp;
-use tribune_core::catalog::ServiceInfo;
 use tribune_core::fsm::Command;
 use tribune_core::fsm::Response;
 use tribune_core::local::anti_entropy::CatalogPort;
@@ -81,12 +80,7 @@ impl CatalogPort for ApiPort {
                 .map_err(|e| SyncError::Unavailable(e.to_string()));
         }
         let (slice, _) = crate::store::read(&*api.store, Consistency::Stale, |sm| {
-            let c = sm.catalog();
-            RemoteNode {
-                node: c.node(name).map(|n| n.info.clone()),
-                services: c.node_services(name).map(|s| s.info.clone()).collect(),
-                checks: c.node_checks(name).map(|ch| ch.info.clone()).collect(),
-            }
+            RemoteNode::of(sm.catalog(), name)
         })
         .await
         .map_err(unavailable)?;
@@ -147,28 +141,16 @@ pub fn registration_json(r: &tribune_core::catalog::Registration) -> Value {
             })
         })
         .collect();
-    let service = r.service.as_ref().map(service_json);
+    let service = r
+        .service
+        .as_ref()
+        .map(|s| crate::http::agent_services::agent_service_json(s, &n.datacenter));
     json!({
         "ID": n.id, "Node": n.name, "Address": n.address, "Datacenter": n.datacenter,
         "TaggedAddresses": n.tagged_addresses, "NodeMeta": n.meta,
         "SkipNodeUpdate": r.skip_node_update,
         "Service": service,
         "Checks": checks,
-    })
-}
-
-fn service_json(s: &ServiceInfo) -> Value {
-    let tagged: serde_json::Map<String, Value> = s
-        .tagged_addresses
-        .iter()
-        .map(|(k, a)| (k.clone(), json!({"Address": a.address, "Port": a.port})))
-        .collect();
-    json!({
-        "ID": s.id, "Service": s.name, "Tags": s.tags, "Address": s.address,
-        "Meta": s.meta, "Port": s.port,
-        "Weights": {"Passing": s.weights.passing, "Warning": s.weights.warning},
-        "EnableTagOverride": s.enable_tag_override,
-        "TaggedAddresses": tagged,
     })
 }
 

@@ -23,6 +23,8 @@ use super::catalog::check_json;
 use super::catalog::json_body;
 use super::catalog::name_of;
 use super::catalog::service_of;
+use super::catalog::tagged_json;
+use super::catalog::weights_json;
 use super::context::Ctx;
 use super::context::Reply;
 use super::error::ApiError;
@@ -220,8 +222,9 @@ fn local_error(e: LocalError) -> ApiError {
     }
 }
 
-/// Consul's `AgentService`.
-fn agent_service_json(s: &ServiceInfo, datacenter: &str) -> Value {
+/// Consul's `AgentService` (also the `Service` of a catalog registration, which reads the
+/// same fields).
+pub fn agent_service_json(s: &ServiceInfo, datacenter: &str) -> Value {
     let mut v = json!({
         "ID": s.id,
         "Service": s.name,
@@ -229,17 +232,12 @@ fn agent_service_json(s: &ServiceInfo, datacenter: &str) -> Value {
         "Meta": s.meta,
         "Port": s.port,
         "Address": s.address,
-        "Weights": {"Passing": s.weights.passing, "Warning": s.weights.warning},
+        "Weights": weights_json(s.weights),
         "EnableTagOverride": s.enable_tag_override,
         "Datacenter": datacenter,
     });
     if !s.tagged_addresses.is_empty() {
-        let m: serde_json::Map<String, Value> = s
-            .tagged_addresses
-            .iter()
-            .map(|(k, a)| (k.clone(), json!({"Address": a.address, "Port": a.port})))
-            .collect();
-        v["TaggedAddresses"] = Value::Object(m);
+        v["TaggedAddresses"] = tagged_json(&s.tagged_addresses);
     }
     v
 }
@@ -268,7 +266,7 @@ fn filtered(cx: &Ctx, m: serde_json::Map<String, Value>) -> Result<Value, ApiErr
     let filter = super::catalog::filter_of(cx.query.get("filter"))?;
     let mut out = serde_json::Map::new();
     for (k, v) in m {
-        if !super::catalog::retain(&filter, vec![v.clone()])?.is_empty() {
+        if super::catalog::keep(&filter, &v)? {
             out.insert(k, v);
         }
     }
@@ -432,16 +430,21 @@ pub async fn deregister_check(cx: Ctx) -> Reply {
     Ok(ok())
 }
 
-async fn ttl_update(cx: Ctx, status: Health) -> Reply {
-    let id = name_of(&cx, "check ID")?;
-    let note = cx.query.get("note").unwrap_or_default().to_string();
+/// Set TTL check `id` to `status` with `output` (`pass`, `warn`, `fail`, `update`).
+fn set_ttl(cx: &Ctx, id: &str, status: Health, output: String) -> Reply {
     let local = &cx.api.local;
     let now = local.now();
     local
         .agent
-        .change(|s| s.update_ttl(&id, status, note, now))
+        .change(|s| s.update_ttl(id, status, output, now))
         .map_err(local_error)?;
     Ok(ok())
+}
+
+async fn ttl_update(cx: Ctx, status: Health) -> Reply {
+    let id = name_of(&cx, "check ID")?;
+    let note = cx.query.get("note").unwrap_or_default().to_string();
+    set_ttl(&cx, &id, status, note)
 }
 
 /// `PUT /v1/agent/check/pass/:id?note=`.
@@ -464,24 +467,10 @@ pub async fn update(cx: Ctx) -> Reply {
     let id = name_of(&cx, "check ID")?;
     let (cx, v) = json_body(cx).await?;
     let l = Loose::top(&v)?;
-    let status = match l.string("Status")?.as_str() {
-        "passing" => Health::Passing,
-        "warning" => Health::Warning,
-        "critical" => Health::Critical,
-        other => {
-            return Err(ApiError::bad_request(format!(
-                "Invalid check status: '{other}'"
-            )))
-        }
-    };
-    let output = l.string("Output")?;
-    let local = &cx.api.local;
-    let now = local.now();
-    local
-        .agent
-        .change(|s| s.update_ttl(&id, status, output, now))
-        .map_err(local_error)?;
-    Ok(ok())
+    let status = l.string("Status")?;
+    let status = Health::parse(&status)
+        .ok_or_else(|| ApiError::bad_request(format!("Invalid check status: '{status}'")))?;
+    set_ttl(&cx, &id, status, l.string("Output")?)
 }
 
 /// A service's aggregated status, as Consul computes it: maintenance beats critical beats

@@ -260,11 +260,11 @@ pub fn node_json(n: &Node) -> Value {
     })
 }
 
-fn weights_json(w: Weights) -> Value {
+pub(super) fn weights_json(w: Weights) -> Value {
     json!({"Passing": w.passing, "Warning": w.warning})
 }
 
-fn tagged_json(t: &BTreeMap<String, TaggedAddress>) -> Value {
+pub(super) fn tagged_json(t: &BTreeMap<String, TaggedAddress>) -> Value {
     let m: serde_json::Map<String, Value> = t
         .iter()
         .map(|(k, a)| (k.clone(), json!({"Address": a.address, "Port": a.port})))
@@ -381,11 +381,16 @@ fn filter_error(e: super::filter::FilterError) -> ApiError {
 pub fn retain(filter: &Filter, list: Vec<Value>) -> Result<Vec<Value>, ApiError> {
     let mut out = Vec::with_capacity(list.len());
     for v in list {
-        if filter.matches(&v).map_err(filter_error)? {
+        if keep(filter, &v)? {
             out.push(v);
         }
     }
     Ok(out)
+}
+
+/// Whether `filter` keeps `v` (an evaluation error is Consul's 400).
+pub fn keep(filter: &Filter, v: &Value) -> Result<bool, ApiError> {
+    filter.matches(v).map_err(filter_error)
 }
 
 /// The options of a catalog or health read, once its datacenter is known to be this one,
