@@ -4,8 +4,9 @@ connections). Prints RESULT lines on stdout, progress as `# ...` on stderr.
 
   bench-catalog.py ae --agent H:P --server H:P --label L [--n 5000] [--clients 16]
       Registers N services (one instance each, a TTL check registered passing) on the agent
-      with CLIENTS concurrent keep-alive clients, and polls the server's /v1/catalog/services
-      until all N are there; then deregisters them the same way and waits until they are gone.
+      with CLIENTS concurrent keep-alive clients; once the agent took them all, polls the
+      server's /v1/catalog/services every 100 ms until all N are there. Then deregisters them
+      the same way and waits until they are gone.
 
   bench-catalog.py select --agent H:P --servers H:P,... --label L [--watchers 200]
                           [--duration 10] [--rate 200] [--churners 4]
@@ -189,19 +190,21 @@ def scenario_ae(a):
         t0 = time.monotonic()
         t = threading.Thread(target=load, daemon=True)
         t.start()
-        # Poll the server's service list (names only: the cheapest full count) every 100 ms.
-        seen, t_all, deadline = None, None, t0 + a.timeout
+        # Once the agent took them all (the catalog cannot have them sooner), poll the
+        # server's service list (names only: the cheapest full count) every 100 ms.
+        deadline = t0 + a.timeout
+        t.join(timeout=a.timeout)
+        seen, t_all = None, None
         while time.monotonic() < deadline:
             try:
                 seen = count_services()
             except Exception as e:
                 log(f"{a.label}: poll failed: {e}")
                 seen = None
-            if seen == want and not t.is_alive():
+            if seen == want:
                 t_all = time.monotonic()
                 break
             time.sleep(0.1)
-        t.join(timeout=max(0.0, deadline - time.monotonic()))
         ok, fail, err = done.get("r", (0, a.n, "did not finish"))
         api_s = done["t"] - t0 if "t" in done else None
         cat_s = None if t_all is None else t_all - t0
@@ -248,22 +251,28 @@ class Watcher(threading.Thread):
         c.close()
 
 
-def scenario_select(a):
-    ag = Conn(a.agent)
-    servers = [s for s in a.servers.split(",") if s]
-    counted = list(dict.fromkeys([a.agent] + servers))
-    nodes = [f"sel-n{j}" for j in range(10)]
-    others = [(f"other-{s:03d}", j) for s in range(100) for j in range(10)]
-    locals_ = [f"local-{i:02d}" for i in range(20)]
+class Select:
+    """The selectivity scenario on one agent (see the module docs)."""
 
-    def catalog_reg(c, svc, j, tags=("t0",), meta=None, status="passing"):
-        node = nodes[j]
+    KINDS = ["kv", "catalog-service", "catalog-check", "agent-service", "agent-check"]
+
+    def __init__(self, a):
+        self.a = a
+        self.ag = Conn(a.agent)
+        servers = [s for s in a.servers.split(",") if s]
+        self.counted = list(dict.fromkeys([a.agent] + servers))
+        self.nodes = [f"sel-n{j}" for j in range(10)]
+        self.others = [(f"other-{s:03d}", j) for s in range(100) for j in range(10)]
+        self.locals = [f"local-{i:02d}" for i in range(20)]
+        self.webs = [f"web-{i}" for i in range(3)]
+
+    def catalog_reg(self, c, svc, j, tags=("t0",), meta=None, status="passing"):
         sid = f"{svc}-{j}"
         c.ok(
             "PUT",
             "/v1/catalog/register",
             {
-                "Node": node,
+                "Node": self.nodes[j],
                 "Address": f"10.9.0.{j + 1}",
                 "Service": {"ID": sid, "Service": svc, "Port": 9000 + j, "Tags": list(tags),
                             "Meta": meta or {}},
@@ -272,19 +281,20 @@ def scenario_select(a):
             },
         )
 
-    def check_flip(c, svc, j, status):
+    def check_flip(self, c, svc, j, status):
         sid = f"{svc}-{j}"
         c.ok(
             "PUT",
             "/v1/catalog/register",
             {
-                "Node": nodes[j],
+                "Node": self.nodes[j],
                 "Address": f"10.9.0.{j + 1}",
                 "Check": {"CheckID": f"{sid}:hc", "Name": "hc", "ServiceID": sid,
                           "Status": status},
             },
         )
 
+    @staticmethod
     def agent_reg(c, sid, name, tags):
         c.ok(
             "PUT",
@@ -293,172 +303,200 @@ def scenario_select(a):
              "Check": {"CheckID": f"{sid}:ttl", "Name": "ttl", "TTL": TTL, "Status": "passing"}},
         )
 
-    # --- setup
-    t0 = time.monotonic()
-    for i in range(3):
-        agent_reg(ag, f"web-{i}", "web", ["v1"])
-    for sid in locals_:
-        agent_reg(ag, sid, sid, ["r0"])
-    ok, fail, err = run_pool(8, others, lambda c, o: catalog_reg(c, *o), a.agent)
-    if fail:
-        log(f"{a.label}: {fail} of {len(others)} catalog registrations failed, e.g. {err}")
-    # Anti-entropy pushes the agent's services: wait until the catalog shows them all.
-    web_path = "/v1/health/service/web"
-    deadline = time.monotonic() + 60
-    while True:
-        status, r, body = ag.request("GET", web_path)
-        n_web = len(json.loads(body)) if status == 200 else 0
-        names = ag.json("/v1/catalog/services") if n_web == 3 else {}
-        if n_web == 3 and all(s in names for s in locals_):
-            break
-        if time.monotonic() > deadline:
-            log(f"{a.label}: web/local services not in the catalog after 60 s ({n_web} web)")
-            return 1
-        time.sleep(0.1)
-    index = int(r.getheader("X-Consul-Index"))
-    log(f"{a.label}: setup {len(others)} catalog instances, 23 agent services in "
-        f"{time.monotonic() - t0:.1f} s; web index {index}")
+    def index_of(self, path):
+        """The X-Consul-Index of a read through the agent (None if it is refused)."""
+        status, r, _ = self.ag.request("GET", path)
+        return int(r.getheader("X-Consul-Index")) if status == 200 else None
 
-    # --- open the long-polls
-    base = blocking_counters(counted)
-    open0 = sum(v[0] for v in base.values())
-    watchers = [Watcher(a.agent, f"{web_path}?index={index}&wait=5m") for _ in range(a.watchers)]
-    for w in watchers:
-        w.start()
-    deadline = time.monotonic() + 30
-    while True:
-        cur = blocking_counters(counted)
-        open_now = sum(v[0] for v in cur.values())
-        if open_now - open0 >= a.watchers or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
-    where = ",".join(f"{k}={v[0]}" for k, v in cur.items() if v[0])
-    log(f"{a.label}: {open_now - open0} of {a.watchers} long-polls open ({where or 'none'})")
-    time.sleep(0.5)
-
-    # --- churn
-    kinds = ["kv", "catalog-service", "catalog-check", "agent-service", "agent-check"]
-    tally = {k: [0, 0] for k in kinds}
-    lock = threading.Lock()
-    seq = {"k": 0}
-    errors = []
-    def table_indexes():
-        return (int(ag.request("GET", "/v1/catalog/services")[1].getheader("X-Consul-Index")),
-                int(ag.request("GET", "/v1/health/state/any")[1].getheader("X-Consul-Index")))
-
-    idx0 = table_indexes()
-    m0 = blocking_counters(counted)
-    start = time.monotonic()
-    stop_at = start + a.duration
-
-    def churn_op(c, k):
-        kind = kinds[k % len(kinds)]
-        r = k // len(kinds)
+    def churn_op(self, c, k):
+        kind = self.KINDS[k % len(self.KINDS)]
+        r = k // len(self.KINDS)
         if kind == "kv":
             c.ok("PUT", f"/v1/kv/churn/{r % 1000}", str(k).encode())
         elif kind == "catalog-service":
-            svc, j = others[(r * 7) % len(others)]
-            catalog_reg(c, svc, j, tags=(f"t{r % 5}",), meta={"rev": str(r)})
+            svc, j = self.others[(r * 7) % len(self.others)]
+            self.catalog_reg(c, svc, j, tags=(f"t{r % 5}",), meta={"rev": str(r)})
         elif kind == "catalog-check":
-            svc, j = others[(r * 13) % len(others)]
-            check_flip(c, svc, j, "warning" if r % 2 == 0 else "passing")
+            svc, j = self.others[(r * 13) % len(self.others)]
+            self.check_flip(c, svc, j, "warning" if r % 2 == 0 else "passing")
         elif kind == "agent-service":
-            sid = locals_[r % len(locals_)]
-            agent_reg(c, sid, sid, [f"r{r}"])
+            sid = self.locals[r % len(self.locals)]
+            self.agent_reg(c, sid, sid, [f"r{r}"])
         else:
-            sid = locals_[r % len(locals_)]
-            verb = "warn" if (r // len(locals_)) % 2 == 0 else "pass"
+            sid = self.locals[r % len(self.locals)]
+            verb = "warn" if (r // len(self.locals)) % 2 == 0 else "pass"
             c.ok("PUT", f"/v1/agent/check/{verb}/{sid}:ttl")
-        return kind
 
-    def churner():
-        c = Conn(a.agent)
-        while True:
-            with lock:
-                k = seq["k"]
-                seq["k"] += 1
-            due = start + k / a.rate
-            if due >= stop_at:
-                break
-            delay = due - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            kind = kinds[k % len(kinds)]
-            try:
-                churn_op(c, k)
-                good = True
-            except Exception as e:
-                good = False
+    def churn(self):
+        """RATE writes/s for DURATION s on CHURNERS connections; {kind: [ok, failed]}."""
+        a = self.a
+        tally = {k: [0, 0] for k in self.KINDS}
+        lock = threading.Lock()
+        seq = {"k": 0, "err": None}
+        start = time.monotonic()
+        stop_at = start + a.duration
+
+        def churner():
+            c = Conn(a.agent)
+            while True:
                 with lock:
-                    errors.append(str(e))
-            with lock:
-                tally[kind][0 if good else 1] += 1
-        c.close()
+                    k = seq["k"]
+                    seq["k"] += 1
+                due = start + k / a.rate
+                if due >= stop_at:
+                    break
+                delay = due - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                try:
+                    self.churn_op(c, k)
+                    good = True
+                except Exception as e:
+                    good = False
+                    with lock:
+                        seq["err"] = seq["err"] or str(e)
+                with lock:
+                    tally[self.KINDS[k % len(self.KINDS)]][0 if good else 1] += 1
+            c.close()
 
-    threads = [threading.Thread(target=churner, daemon=True) for _ in range(a.churners)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    churn_s = time.monotonic() - start
-    time.sleep(a.settle)  # let anti-entropy push the last agent changes
-    m1 = blocking_counters(counted)
-    idx1 = table_indexes()
-    early = [w.returned for w in watchers if w.returned is not None]
-    writes = sum(v[0] for v in tally.values())
-    failed = sum(v[1] for v in tally.values())
-    if errors:
-        log(f"{a.label}: {len(errors)} churn writes failed, e.g. {errors[0]}")
+        threads = [threading.Thread(target=churner, daemon=True) for _ in range(a.churners)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if seq["err"]:
+            log(f"{a.label}: churn writes failed, e.g. {seq['err']}")
+        return tally, time.monotonic() - start
 
-    # --- one change to web
-    tw = time.monotonic()
-    agent_reg(ag, "web-0", "web", ["v2"])
-    t_api = time.monotonic() - tw
-    for w in watchers:
-        w.done.wait(timeout=max(0.0, tw + 30 - time.monotonic()))
-    m2 = blocking_counters(counted)
-    lat = sorted(w.returned[0] - tw for w in watchers if w.returned and w.returned[0] >= tw)
-    answered = sum(1 for w in watchers if w.returned and w.returned[0] >= tw
-                   and w.returned[1] == 200 and int(w.returned[2] or 0) > index)
+    def setup(self):
+        """Register everything and wait until the catalog shows this agent's services; the
+        index of web, or None."""
+        ag, a = self.ag, self.a
+        me = ag.json("/v1/agent/self")["Config"]["NodeName"]
+        t0 = time.monotonic()
+        for sid in self.webs:
+            self.agent_reg(ag, sid, "web", ["v1"])
+        for sid in self.locals:
+            self.agent_reg(ag, sid, sid, ["r0"])
+        _, fail, err = run_pool(8, self.others, lambda c, o: self.catalog_reg(c, *o), a.agent)
+        if fail:
+            log(f"{a.label}: {fail} of {len(self.others)} catalog registrations failed: {err}")
+        # Anti-entropy pushes the agent's services: wait until the catalog shows them all.
+        deadline = time.monotonic() + 60
+        while True:
+            status, r, body = ag.request("GET", "/v1/health/service/web")
+            mine = set()
+            if status == 200:
+                mine = {e["Service"]["ID"] for e in json.loads(body) if e["Node"]["Node"] == me}
+            names = ag.json("/v1/catalog/services") if mine == set(self.webs) else {}
+            if names and all(s in names for s in self.locals):
+                break
+            if time.monotonic() > deadline:
+                log(f"{a.label}: its services are not in the catalog after 60 s")
+                return None
+            time.sleep(0.1)
+        index = int(r.getheader("X-Consul-Index"))
+        log(f"{a.label}: setup {len(self.others)} catalog instances, "
+            f"{len(self.webs) + len(self.locals)} agent services on {me} in "
+            f"{time.monotonic() - t0:.1f} s; web index {index}")
+        return index
 
-    def deltas(x, y):
-        return {k: y[k][1] - x[k][1] for k in counted}
+    def cleanup(self):
+        for sid in self.webs + self.locals:
+            self.ag.request("PUT", f"/v1/agent/service/deregister/{sid}")
+        for node in self.nodes:
+            self.ag.request("PUT", "/v1/catalog/deregister", {"Node": node})
+        self.ag.close()
 
-    d_churn, d_web = deltas(m0, m1), deltas(m1, m2)
-    wake_agent = d_churn[a.agent]
-    wake_all = sum(d_churn.values())
-    per = ",".join(f"{k}:{v}" for k, v in d_churn.items())
-    per_web = ",".join(f"{k}:{v}" for k, v in d_web.items())
-    by_kind = ",".join(f"{k}:{v[0]}" for k, v in tally.items())
-    print(
-        f"RESULT scenario=select-churn agent={a.label} watchers={a.watchers} "
-        f"open={open_now - open0} churn_s={fmt(churn_s)} writes={writes} failed={failed} "
-        f"writes_per_s={fmt(writes / churn_s if churn_s else None, 0)} by_kind={by_kind} "
-        f"wakeups_agent={wake_agent} wakeups_all={wake_all} "
-        f"wakeups_per_watcher={fmt(wake_all / a.watchers if a.watchers else None)} "
-        f"wakeups_by_agent={per} early_returns={len(early)} "
-        f"services_index={idx0[0]}..{idx1[0]} checks_index={idx0[1]}..{idx1[1]}",
-        flush=True,
-    )
-    print(
-        f"RESULT scenario=select-web agent={a.label} watchers={a.watchers} "
-        f"answered={answered} returned={len(lat)} api_ms={fmt(1000 * t_api, 1)} "
-        f"first_ms={fmt(1000 * lat[0] if lat else None, 1)} "
-        f"p50_ms={fmt(1000 * lat[len(lat) // 2] if lat else None, 1)} "
-        f"all_ms={fmt(1000 * lat[-1] if len(lat) == a.watchers else None, 1)} "
-        f"wakeups_by_agent={per_web}",
-        flush=True,
-    )
-    for w in watchers:  # a watcher that never answered holds a connection; let it go
-        w.join(timeout=0)
+    def run(self):
+        a, ag, counted = self.a, self.ag, self.counted
+        index = self.setup()
+        if index is None:
+            return 1
+        # --- open the long-polls
+        open0 = sum(v[0] for v in blocking_counters(counted).values())
+        path = f"/v1/health/service/web?index={index}&wait=5m"
+        watchers = [Watcher(a.agent, path) for _ in range(a.watchers)]
+        for w in watchers:
+            w.start()
+        deadline = time.monotonic() + 30
+        while True:
+            cur = blocking_counters(counted)
+            opened = sum(v[0] for v in cur.values()) - open0
+            done = sum(1 for w in watchers if w.returned)
+            if opened + done >= a.watchers or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        where = ",".join(f"{k}={v[0]}" for k, v in cur.items() if v[0])
+        log(f"{a.label}: {opened} of {a.watchers} long-polls open ({where or 'none'})")
+        time.sleep(0.5)
 
-    # --- clean up what this scenario registered (the next one starts from the same catalog)
-    for sid in [f"web-{i}" for i in range(3)] + locals_:
-        ag.ok("PUT", f"/v1/agent/service/deregister/{sid}")
-    for node in nodes:
-        ag.ok("PUT", "/v1/catalog/deregister", {"Node": node})
-    ag.close()
-    return 1 if writes == 0 or open_now - open0 <= 0 else 0
+        # --- churn
+        idx0 = (self.index_of("/v1/catalog/services"), self.index_of("/v1/health/state/any"))
+        m0 = blocking_counters(counted)
+        tally, churn_s = self.churn()
+        time.sleep(a.settle)  # let anti-entropy push the last agent changes
+        m1 = blocking_counters(counted)
+        idx1 = (self.index_of("/v1/catalog/services"), self.index_of("/v1/health/state/any"))
+        early = [w.returned for w in watchers if w.returned is not None]
+        early_by = {}
+        for _, status, _ in early:
+            early_by[status] = early_by.get(status, 0) + 1
+        writes = sum(v[0] for v in tally.values())
+        failed = sum(v[1] for v in tally.values())
+
+        # --- one change to web
+        tw = time.monotonic()
+        self.agent_reg(ag, "web-0", "web", ["v2"])
+        t_api = time.monotonic() - tw
+        for w in watchers:
+            w.done.wait(timeout=max(0.0, tw + 30 - time.monotonic()))
+        m2 = blocking_counters(counted)
+        late = [w.returned for w in watchers if w.returned and w.returned[0] >= tw]
+        lat = sorted(t - tw for t, _, _ in late)
+        answered = sum(1 for _, st, ix in late if st == 200 and int(ix or 0) > index)
+
+        def deltas(x, y):
+            return {k: y[k][1] - x[k][1] for k in counted}
+
+        d_churn, d_web = deltas(m0, m1), deltas(m1, m2)
+        wake_all = sum(d_churn.values())
+
+        def kv(d):
+            return ",".join(f"{k}:{v}" for k, v in d.items())
+
+        print(
+            f"RESULT scenario=select-churn agent={a.label} watchers={a.watchers} "
+            f"open={opened} churn_s={fmt(churn_s)} writes={writes} failed={failed} "
+            f"writes_per_s={fmt(writes / churn_s if churn_s else None, 0)} "
+            f"by_kind={kv({k: v[0] for k, v in tally.items()})} "
+            f"wakeups_agent={d_churn[a.agent]} wakeups_all={wake_all} "
+            f"wakeups_per_watcher={fmt(wake_all / opened if opened > 0 else None)} "
+            f"wakeups_by_agent={kv(d_churn)} early_returns={len(early)}"
+            f"{' early_by_status=' + kv(early_by) if early_by else ''} "
+            f"services_index={idx0[0]}..{idx1[0]} checks_index={idx0[1]}..{idx1[1]}",
+            flush=True,
+        )
+        print(
+            f"RESULT scenario=select-web agent={a.label} watchers={a.watchers} "
+            f"answered={answered} returned={len(lat)} api_ms={fmt(1000 * t_api, 1)} "
+            f"first_ms={fmt(1000 * lat[0] if lat else None, 1)} "
+            f"p50_ms={fmt(1000 * lat[len(lat) // 2] if lat else None, 1)} "
+            f"all_ms={fmt(1000 * lat[-1] if answered == a.watchers else None, 1)} "
+            f"wakeups_by_agent={kv(d_web)}",
+            flush=True,
+        )
+        return 1 if writes == 0 or opened <= 0 else 0
+
+
+def scenario_select(a):
+    sel = Select(a)
+    try:
+        return sel.run()
+    finally:
+        # What this scenario registered goes, so that the next one starts from the same
+        # catalog (a long-poll that never answered is left to the process exit).
+        sel.cleanup()
 
 
 def main():
