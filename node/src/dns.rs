@@ -759,8 +759,14 @@ impl Zone {
                     resp.additionals
                         .extend(address(&target, ip, RecordType::ANY, ttl));
                 }
-                if self.settings.node_meta_txt {
-                    if let Some(node_name) = self.node_fqdn(&i.node) {
+                if self.settings.node_meta_txt && !i.node_meta.is_empty() {
+                    // The target, unless the instance has an address of its own.
+                    let node_name = if i.address.is_empty() && ip.is_some() {
+                        Some(target.clone())
+                    } else {
+                        self.node_fqdn(&i.node)
+                    };
+                    if let Some(node_name) = node_name {
                         resp.additionals
                             .extend(meta_txt(&i.node_meta).into_iter().map(|t| {
                                 Record::from_rdata(
