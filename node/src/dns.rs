@@ -402,10 +402,6 @@ fn shuffle<T>(v: &mut [T]) {
     }
 }
 
-fn encoded_len(m: &Message) -> usize {
-    m.to_vec().map_or(usize::MAX, |b| b.len())
-}
-
 /// Keep only the additional records that an answer or authority record points at (an
 /// SRV or NS target), or that are about an answer's own name (a node's meta TXT).
 fn sync_additionals(resp: &mut Message) {
@@ -426,14 +422,16 @@ fn sync_additionals(resp: &mut Message) {
 /// Fit `resp` into `max` bytes after keeping at most `answers_max` answers, as Consul does:
 /// the authority section goes first, then answers from the end (down to one, with the
 /// additional records only they pointed at), then additional records. Returns whether
-/// answers were dropped.
-fn trim(resp: &mut Message, max: usize, answers_max: usize) -> bool {
+/// answers were dropped, and `resp` as last encoded (None if it cannot be), so that a
+/// response that fits is encoded once.
+fn trim(resp: &mut Message, max: usize, answers_max: usize) -> (bool, Option<Vec<u8>>) {
     let before = resp.answers.len();
     if before > answers_max {
         resp.answers.truncate(answers_max);
         sync_additionals(resp);
     }
-    while encoded_len(resp) > max {
+    let mut wire = resp.to_vec().ok();
+    while wire.as_ref().map_or(usize::MAX, Vec::len) > max {
         if !resp.answers.is_empty() && !resp.authorities.is_empty() {
             resp.authorities.clear();
             sync_additionals(resp);
@@ -443,8 +441,9 @@ fn trim(resp: &mut Message, max: usize, answers_max: usize) -> bool {
         } else if resp.additionals.pop().is_none() {
             break;
         }
+        wire = resp.to_vec().ok();
     }
-    resp.answers.len() < before
+    (resp.answers.len() < before, wire)
 }
 
 /// Where a query goes before it is answered.
@@ -599,8 +598,9 @@ impl Zone {
         }
     }
 
-    /// The response to `req` from `dir`, fitted to its transport.
-    fn respond(&self, req: &Message, dir: &dyn Directory, udp: bool) -> Message {
+    /// The response to `req` from `dir`, fitted to its transport, and its encoding when
+    /// fitting it made one that still holds.
+    fn respond(&self, req: &Message, dir: &dyn Directory, udp: bool) -> (Message, Option<Vec<u8>>) {
         let mut resp = Message::response(req.metadata.id, req.metadata.op_code);
         resp.metadata.recursion_desired = req.metadata.recursion_desired;
         resp.metadata.recursion_available = !self.settings.recursors.is_empty();
@@ -622,13 +622,17 @@ impl Zone {
             } else {
                 ANSWERS_MAX
             };
-            if trim(&mut resp, max, answers_max) && self.settings.enable_truncate {
+            let (cut, wire) = trim(&mut resp, max, answers_max);
+            if cut && self.settings.enable_truncate {
+                // The header changes: encoded again.
                 resp.metadata.truncation = true;
+                return (resp, None);
             }
+            (resp, wire)
         } else {
-            trim(&mut resp, TCP_BYTES_MAX, ANSWERS_MAX);
+            let (_, wire) = trim(&mut resp, TCP_BYTES_MAX, ANSWERS_MAX);
+            (resp, wire)
         }
-        resp
     }
 
     /// The node named `name`: from a catalog, else from the LAN pool.
@@ -755,8 +759,14 @@ impl Zone {
                     resp.additionals
                         .extend(address(&target, ip, RecordType::ANY, ttl));
                 }
-                if self.settings.node_meta_txt {
-                    if let Some(node_name) = self.node_fqdn(&i.node) {
+                if self.settings.node_meta_txt && !i.node_meta.is_empty() {
+                    // The target, unless the instance has an address of its own.
+                    let node_name = if i.address.is_empty() && ip.is_some() {
+                        Some(target.clone())
+                    } else {
+                        self.node_fqdn(&i.node)
+                    };
+                    if let Some(node_name) = node_name {
                         resp.additionals
                             .extend(meta_txt(&i.node_meta).into_iter().map(|t| {
                                 Record::from_rdata(
@@ -939,6 +949,16 @@ impl Zone {
         Some(bytes)
     }
 
+    /// A response of [`Zone::respond`] on the wire: the encoding that fitting it made,
+    /// else [`Zone::encode`]'s.
+    fn fitted(&self, req: &Message, (resp, wire): (Message, Option<Vec<u8>>)) -> Option<Vec<u8>> {
+        let Some(bytes) = wire else {
+            return self.encode(req, &resp);
+        };
+        self.metrics.dns.answered(resp.metadata.response_code);
+        Some(bytes)
+    }
+
     fn servfail(&self, req: &Message) -> Message {
         let mut m = Message::error_msg(
             req.metadata.id,
@@ -957,7 +977,7 @@ impl Zone {
     pub(crate) fn handle(&self, packet: &[u8], udp: bool) -> Option<Vec<u8>> {
         let req = self.decode(packet)?;
         let resp = self.respond(&req, &*self.directory, udp);
-        self.encode(&req, &resp)
+        self.fitted(&req, resp)
     }
 
     /// Answer one query packet as the servers do: a service lookup first lets the
@@ -976,12 +996,12 @@ impl Zone {
             Route::Local => {}
         }
         let resp = self.respond(&req, &*self.directory, udp);
-        let unknown_reverse = resp.metadata.response_code == ResponseCode::NXDomain
+        let unknown_reverse = resp.0.metadata.response_code == ResponseCode::NXDomain
             && Self::labels(&req).is_some_and(|l| is_arpa(&l));
         if unknown_reverse && !self.settings.recursors.is_empty() {
             return self.recurse(packet, &req, udp).await;
         }
-        self.encode(&req, &resp)
+        self.fitted(&req, resp)
     }
 
     /// Forward the query to the recursors in order, each given `recursor_timeout`, over
@@ -1287,6 +1307,16 @@ mod tests {
         m
     }
 
+    /// `z.respond`, checking that the encoding it hands on, if any, is the response's
+    /// (after trimming and the TC flag).
+    fn respond(z: &Zone, req: &Message, dir: &dyn Directory, udp: bool) -> Message {
+        let (r, wire) = z.respond(req, dir, udp);
+        if let Some(w) = wire {
+            assert_eq!(w, r.to_vec().unwrap(), "a stale encoding of {r:?}");
+        }
+        r
+    }
+
     /// Through the wire format, as the UDP server does, for this node alone.
     fn ask(z: &Zone, name: &str, qtype: RecordType) -> Message {
         let bytes = z
@@ -1338,7 +1368,8 @@ mod tests {
     #[test]
     fn srv_answers_point_at_nodes_with_addresses() {
         let z = zone(settings());
-        let r = z.respond(
+        let r = respond(
+            &z,
             &query("_consul._tcp.service.consul.", RecordType::SRV, None),
             &servers(2),
             true,
@@ -1357,7 +1388,8 @@ mod tests {
     fn udp_answers_are_trimmed_and_flagged() {
         let z = zone(settings());
         // Without EDNS: Consul's udp_answer_limit (3) and TC.
-        let r = z.respond(
+        let r = respond(
+            &z,
             &query("consul.service.consul.", RecordType::A, None),
             &servers(10),
             true,
@@ -1370,7 +1402,8 @@ mod tests {
             udp_answer_limit: 8,
             ..settings()
         });
-        let r = z8.respond(
+        let r = respond(
+            &z8,
             &query("consul.service.consul.", RecordType::SRV, None),
             &servers(8),
             true,
@@ -1383,13 +1416,15 @@ mod tests {
         );
         assert_eq!(r.additionals.len(), r.answers.len());
         // EDNS with room: everything; TCP: everything, never TC.
-        let r = z.respond(
+        let r = respond(
+            &z,
             &query("consul.service.consul.", RecordType::A, Some(4096)),
             &servers(10),
             true,
         );
         assert_eq!((r.answers.len(), r.metadata.truncation), (10, false));
-        let r = z.respond(
+        let r = respond(
+            &z,
             &query("consul.service.consul.", RecordType::SRV, None),
             &servers(200),
             false,
@@ -1403,7 +1438,8 @@ mod tests {
             enable_truncate: false,
             ..settings()
         });
-        let r = z.respond(
+        let r = respond(
+            &z,
             &query("consul.service.consul.", RecordType::A, None),
             &servers(10),
             true,

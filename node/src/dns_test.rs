@@ -401,6 +401,48 @@ fn nxdomain_and_nodata_carry_the_configured_soa() {
 }
 
 #[test]
+fn srv_meta_txt_is_named_by_the_node_whatever_the_target() {
+    let sm = Arc::new(Sm::default());
+    let meta: &[(&str, &str)] = &[("rack", "r2")];
+    for (node, address, service_address) in [
+        ("m1", "10.0.0.5", "192.168.7.5"),
+        ("m2", "m2.example.com", ""),
+        ("m3", "10.0.0.6", ""),
+    ] {
+        let id = format!("api-{node}");
+        sm.register(Reg {
+            node,
+            address,
+            meta: if node == "m3" { &[] } else { meta },
+            service: Some((&id, &[], service_address, 9000)),
+            checks: &[],
+        });
+    }
+    let z = zone_with(sm, settings());
+    let r = ask(&z, "api.service.consul.", RecordType::SRV);
+    assert_eq!(
+        srvs(&r),
+        [
+            ("c0a80705.addr.dc1.consul.".into(), 9000, 10),
+            ("m2.example.com.".into(), 9000, 10),
+            ("m3.node.dc1.consul.".into(), 9000, 10),
+        ]
+    );
+    let mut txt: Vec<String> = r
+        .additionals
+        .iter()
+        .filter(|x| matches!(x.data, RData::TXT(_)))
+        .map(|x| format!("{} {}", x.name.to_ascii(), x.data))
+        .collect();
+    txt.sort();
+    assert_eq!(
+        txt,
+        ["m1.node.dc1.consul. rack=r2", "m2.node.dc1.consul. rack=r2"],
+        "m3 has no meta: no TXT"
+    );
+}
+
+#[test]
 fn nodes_come_from_the_catalog_with_meta_as_txt() {
     let z = zone_with(catalog(), settings());
     let r = ask(&z, "n1.node.dc1.consul.", RecordType::A);
