@@ -469,10 +469,10 @@ impl Catalog {
             },
         );
         self.by_name.entry(name.clone()).or_default().insert(sk);
-        // The checks of this instance carry its name and tags.
-        for c in self.checks.values_mut() {
-            let mine =
-                fold(&c.info.node) == node_key && c.info.service_id.eq_ignore_ascii_case(&s.id);
+        // The checks of this instance carry its name and tags (only this node's checks are
+        // looked at: a registration costs its node's checks, not the whole catalog's).
+        for (_, c) in self.checks.range_mut(node_range(node_key)) {
+            let mine = c.info.service_id.eq_ignore_ascii_case(&s.id);
             if mine && (c.info.service_name != s.name || c.info.service_tags != s.tags) {
                 c.info.service_name = s.name.clone();
                 c.info.service_tags = s.tags.clone();
