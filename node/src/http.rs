@@ -15,6 +15,7 @@ mod agent;
 pub mod agent_services;
 mod blocking;
 mod catalog;
+mod conn;
 mod context;
 mod error;
 pub(crate) mod filter;
@@ -34,14 +35,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::Request;
-use axum::extract::State;
 use axum::http::header;
 use axum::http::HeaderValue;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::response::Response;
-use axum::Router;
 use base64::Engine;
 use serde::Serialize;
 use serde_json::Value;
@@ -60,9 +58,11 @@ pub use self::error::ApiError;
 pub fn loose(v: &Value) -> Result<self::loose::Loose<'_>, ApiError> {
     self::loose::Loose::top(v)
 }
+pub use self::conn::ConnConfig;
 pub use self::listener::serve;
 use crate::config::ConfigError;
 use crate::metrics::Metrics;
+use crate::store::BoxFuture;
 use crate::store::Store;
 
 /// Tribune's own version.
@@ -122,25 +122,29 @@ pub struct Api {
     pub local: Arc<crate::local::Local>,
 }
 
-pub fn router(api: Arc<Api>) -> Router {
-    Router::new().fallback(handle).with_state(api)
-}
-
-/// The API as a function, for requests forwarded by client agents.
+/// The API as a function: what the listener serves, and what a server runs requests
+/// forwarded by client agents through. The request is routed before its future is made, so
+/// that the future holds only the handler's state and the counting below (a blocking query
+/// holds it for as long as it waits).
 pub fn serve_forwarded(api: Arc<Api>) -> crate::forward::Serve {
     Arc::new(move |req| {
         let api = api.clone();
-        Box::pin(async move { handle(State(api), req).await })
+        let run: BoxFuture<'static, Response> = match &api.forward {
+            Some(_) if crate::forward::is_forwarded(req.uri().path()) => {
+                let api = api.clone();
+                Box::pin(async move {
+                    let f = api.forward.as_ref().expect("matched above");
+                    f.forward(req).await
+                })
+            }
+            _ => routes::dispatch(api.clone(), req),
+        };
+        Box::pin(async move {
+            let resp = run.await;
+            api.metrics.count(resp.status().as_u16());
+            resp
+        })
     })
-}
-
-async fn handle(State(api): State<Arc<Api>>, req: Request) -> Response {
-    let resp = match &api.forward {
-        Some(f) if crate::forward::is_forwarded(req.uri().path()) => f.forward(req).await,
-        _ => routes::dispatch(api.clone(), req).await,
-    };
-    api.metrics.count(resp.status().as_u16());
-    resp
 }
 
 /// A plain-text response.

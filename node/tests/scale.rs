@@ -1,5 +1,7 @@
-//! 10,000 idle long-polls on one dev agent: they cost little memory, a write wakes only the
-//! waiters of its key, and disconnecting frees everything.
+//! Idle long-polls on one dev agent: 10,000 on KV keys cost little memory, a write wakes
+//! only the waiters of its key, and disconnecting frees everything; 15,000 on
+//! `/v1/health/service/web` cost at most 4 KiB each and are all answered soon after `web`
+//! changes.
 
 mod common;
 
@@ -51,8 +53,12 @@ fn gauge(a: &Agent, name: &str) -> u64 {
         .unwrap()
 }
 
+/// The tests take turns: together they would need more sockets than a process may open.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn ten_thousand_idle_long_polls() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let limit = raise_fd_limit();
     // 10,000 where the fd limit allows (it does on Linux defaults of 20k+ hard); fewer
     // otherwise, so the properties are still checked on a constrained CI box.
@@ -102,8 +108,8 @@ fn ten_thousand_idle_long_polls() {
     let after = rss_kib(a.child.id());
     let per_poll = (after.saturating_sub(before)) * 1024 / n as u64;
     eprintln!("{n} idle long-polls: RSS {before} KiB -> {after} KiB ({per_poll} bytes each)");
-    // Mostly hyper's two 8 KiB connection buffers; Go's net/http (Consul) spends about as much.
-    assert!(per_poll < 24 * 1024, "{per_poll} bytes per idle long-poll");
+    // The connection holds no buffer while its request waits (src/http/conn.rs).
+    assert!(per_poll <= 4096, "{per_poll} bytes per idle long-poll");
 
     // A write to one key wakes exactly that key's waiters, quickly.
     let wakeups_before = gauge(&a, "consul_http_blocking_wakeups_total");
@@ -149,4 +155,93 @@ fn ten_thousand_idle_long_polls() {
         m.contains("consul_kv_watched_topics{kind=\"key\"} 0"),
         "{m}"
     );
+}
+
+/// Register `web` on node `n{i}` with a check in `status`, through the catalog.
+fn register_web(a: &Agent, i: usize, status: &str) {
+    let body = format!(
+        r#"{{"Node":"n{i}","Address":"10.0.0.{i}","Service":{{"ID":"web","Service":"web",
+        "Port":80}},"Check":{{"CheckID":"web-up","Name":"web up","ServiceID":"web",
+        "Status":"{status}"}}}}"#
+    );
+    assert_eq!(
+        a.http("PUT", "/v1/catalog/register", body.as_bytes())
+            .status,
+        200
+    );
+}
+
+#[test]
+fn fifteen_thousand_idle_health_long_polls() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let limit = raise_fd_limit();
+    // 15,000 where the fd limit allows (the agent and this test each hold one socket per
+    // long-poll); fewer otherwise, so that the properties are still checked.
+    let n: usize = 15_000.min((limit as usize).saturating_sub(500) / 100 * 100);
+    if n < 200 {
+        eprintln!("skipping: fd limit {limit} is too low");
+        return;
+    }
+    let dir = temp_dir("scale-health");
+    std::fs::write(
+        dir.join("limits.json"),
+        r#"{"limits":{"http_max_conns_per_client":30000}}"#,
+    )
+    .unwrap();
+    let a = Agent::dev(&[&format!("-config-dir={}", dir.display())]);
+    for i in 1..=3 {
+        register_web(&a, i, "passing");
+    }
+    let idx = a.http("GET", "/v1/health/service/web", b"").index();
+    let before = rss_kib(a.child.id());
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = TcpStream::connect(("127.0.0.1", a.port)).unwrap();
+        let req = format!(
+            "GET /v1/health/service/web?passing&index={idx}&wait=10m HTTP/1.1\r\nHost: x\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        conns.push(s);
+    }
+    let all_open = eventually(Duration::from_secs(60), || {
+        (gauge(&a, "consul_http_blocking_queries") == n as u64).then_some(())
+    });
+    assert!(
+        all_open.is_some(),
+        "only {} of {n} long-polls open",
+        gauge(&a, "consul_http_blocking_queries")
+    );
+    let after = rss_kib(a.child.id());
+    let per_poll = (after.saturating_sub(before)) * 1024 / n as u64;
+    eprintln!(
+        "{n} idle /v1/health/service long-polls: RSS {before} KiB -> {after} KiB \
+         ({per_poll} bytes each)"
+    );
+    assert!(per_poll <= 4096, "{per_poll} bytes per idle long-poll");
+
+    // One instance's check fails: every waiter is answered, with the instance left out.
+    let start = Instant::now();
+    register_web(&a, 2, "critical");
+    let answered = eventually(Duration::from_secs(30), || {
+        (gauge(&a, "consul_http_blocking_queries") == 0).then_some(start.elapsed())
+    });
+    let took = answered.expect("every long-poll answered");
+    eprintln!("one change to web answered all {n} long-polls in {took:?}");
+    // Each connection got its answer: read a few of them.
+    for s in conns.iter_mut().step_by(n / 10) {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains("\"n3\"") {
+            let k = std::io::Read::read(s, &mut buf).expect("an answer");
+            assert!(k > 0, "closed without an answer");
+            got.extend_from_slice(&buf[..k]);
+        }
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+        assert!(
+            !text.contains("\"n2\""),
+            "the critical instance is listed: {text}"
+        );
+    }
 }

@@ -119,9 +119,10 @@ pub async fn start_dns(cfg: &Config, api: &Api) -> Result<(), StartError> {
 /// Serve the HTTP API on its listener, if it has one.
 pub fn serve_http(cfg: &Config, listener: Option<TcpListener>, api: &Arc<Api>) {
     if let Some(l) = listener {
-        let router = http::router(api.clone());
+        let serve = http::serve_forwarded(api.clone());
         let per_client = cfg.http_max_conns_per_client;
-        tokio::spawn(http::serve(l, router, per_client, 65_536));
+        let conn = http::ConnConfig::for_values(cfg.kv_max_value_size);
+        tokio::spawn(http::serve(l, serve, conn, per_client, 65_536));
         tracing::info!(address = %cfg.http_listen(), "agent: Started HTTP server");
     }
 }

@@ -84,6 +84,9 @@ pub async fn blocking<R>(
         if idx > opts.min_index || tokio::time::Instant::now() >= deadline {
             return Ok((r, idx, meta));
         }
+        // The result is read again when woken: an idle query holds none of it (a health
+        // listing's entries are kilobytes each).
+        drop(r);
         tokio::select! {
             _ = sub.changed() => { metrics.blocking_wakeups.fetch_add(1, Ordering::Relaxed); }
             _ = tokio::time::sleep_until(deadline) => {}

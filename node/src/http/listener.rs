@@ -7,18 +7,29 @@ use std::sync::Mutex;
 use std::sync::PoisonError;
 use std::time::Duration;
 
-use axum::Router;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+
+use super::conn::serve_conn;
+use super::conn::ConnConfig;
+use crate::forward::Serve;
 
 /// Consul's answer to a client over `limits.http_max_conns_per_client`.
 const TOO_MANY: &str =
     "Your IP is issuing too many concurrent connections, please rate limit your calls\n";
 
-/// Serve `router` on `listener`: at most `max_per_client` concurrent connections per client
-/// IP (more get a 429 and are closed) and `max_total` overall (further accepts wait).
-pub async fn serve(listener: TcpListener, router: Router, max_per_client: u64, max_total: usize) {
+/// Serve the API (`serve`) on `listener`, each connection as [`super::conn`] serves it: at
+/// most `max_per_client` concurrent connections per client IP (more get a 429 and are
+/// closed) and `max_total` overall (further accepts wait).
+pub async fn serve(
+    listener: TcpListener,
+    serve: Serve,
+    conn: ConnConfig,
+    max_per_client: u64,
+    max_total: usize,
+) {
+    let conn = Arc::new(conn);
     let per_client: Arc<Mutex<HashMap<IpAddr, u64>>> = Arc::default();
     let total = Arc::new(Semaphore::new(max_total));
     loop {
@@ -58,12 +69,10 @@ pub async fn serve(listener: TcpListener, router: Router, max_per_client: u64, m
             continue;
         }
         let _ = stream.set_nodelay(true);
-        let svc = hyper_util::service::TowerToHyperService::new(router.clone());
+        let (serve, conn) = (serve.clone(), conn.clone());
         let per_client = per_client.clone();
         tokio::spawn(async move {
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let mut conn = hyper::server::conn::http1::Builder::new();
-            let _ = conn.keep_alive(true).serve_connection(io, svc).await;
+            serve_conn(stream, serve, &conn).await;
             let mut m = per_client.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(n) = m.get_mut(&ip) {
                 *n -= 1;

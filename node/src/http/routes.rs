@@ -169,37 +169,42 @@ fn allowed(rows: &[&Route]) -> Vec<Method> {
     out
 }
 
-/// Serve `req` from the table.
-pub async fn dispatch(api: Arc<Api>, req: Request) -> Response {
-    let path = req.uri().path().to_string();
-    let rows = lookup(&path);
-    if rows.is_empty() {
-        return index(&path);
-    }
-    let mut resp = match serve(api, req, &path, &rows).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    };
-    // Consul sends the ACL default policy on every API response, ACLs on or off.
+/// Serve `req` from the table: routed at once, so that the future is the handler's and
+/// the ACL header set on its answer.
+pub fn dispatch(api: Arc<Api>, req: Request) -> BoxFuture<'static, Response> {
+    let run = route(api, req);
+    Box::pin(async move { with_policy(run.await.unwrap_or_else(IntoResponse::into_response)) })
+}
+
+/// Consul sends the ACL default policy on every API response, ACLs on or off.
+fn with_policy(mut resp: Response) -> Response {
     let policy = HeaderValue::from_static("allow");
     resp.headers_mut()
         .insert("X-Consul-Default-ACL-Policy", policy);
     resp
 }
 
-async fn serve(api: Arc<Api>, req: Request, path: &str, rows: &[&'static Route]) -> Reply {
+/// The handler's run for `req` (or the answer when no row takes it).
+fn route(api: Arc<Api>, req: Request) -> BoxFuture<'static, Reply> {
+    let answer = |r: Response| -> BoxFuture<'static, Reply> { Box::pin(std::future::ready(Ok(r))) };
+    let path = req.uri().path();
+    let rows = lookup(path);
+    if rows.is_empty() {
+        return answer(index(path));
+    }
     let method = req.method().clone();
     if method == Method::OPTIONS {
         let mut r = StatusCode::OK.into_response();
         r.headers_mut()
-            .insert(header::ALLOW, allow_header(&allowed(rows)));
-        return Ok(r);
+            .insert(header::ALLOW, allow_header(&allowed(&rows)));
+        return answer(r);
     }
     let Some(row) = rows.iter().find(|r| r.takes(&method)) else {
-        return Err(ApiError::MethodNotAllowed {
+        let e = ApiError::MethodNotAllowed {
             method,
-            allow: allowed(rows),
-        });
+            allow: allowed(&rows),
+        };
+        return answer(e.into_response());
     };
     let tail = match row.path {
         Prefix(p) => path.get(p.len()..).unwrap_or("").to_string(),
@@ -214,7 +219,7 @@ async fn serve(api: Arc<Api>, req: Request, path: &str, rows: &[&'static Route])
         tail,
         body,
     };
-    (row.handler)(cx).await
+    (row.handler)(cx)
 }
 
 /// Consul's index handler, which the mux falls back to: `/` names the agent, and any other
