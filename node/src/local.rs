@@ -42,6 +42,7 @@ use tribune_core::catalog::Health;
 use tribune_core::catalog::NodeInfo;
 use tribune_core::catalog::ServiceInfo;
 use tribune_core::local::alias::aggregate;
+use tribune_core::local::alias::Aggregate;
 use tribune_core::local::anti_entropy::LocalAgent;
 use tribune_core::local::Alias;
 use tribune_core::local::LocalState;
@@ -316,6 +317,7 @@ impl Local {
 
     /// Follow a remote alias check's node in the catalog until the check is gone.
     async fn run_remote_alias(self: Arc<Self>, id: String, alias: Alias) {
+        let own = self.agent.read(|s| s.node().name.clone());
         let mut index = 0u64;
         let mut failures = 0u32;
         loop {
@@ -331,7 +333,7 @@ impl Local {
                     failures = 0;
                     // Consul's floor: an index of 0 would not block.
                     index = next.max(1);
-                    let agg = aggregate(&alias, checks.iter());
+                    let agg = remote_aggregate(&alias, &checks, &own, &id);
                     let exists = agg.service_found || self.aliased_service_exists(&alias).await;
                     agg.resolve(&alias, exists)
                 }
@@ -397,6 +399,16 @@ impl Local {
             }
         }
     }
+}
+
+/// What remote alias `id` of this agent (whose node is `own`) reads in its node's
+/// `checks`: itself left out (an alias of its own node by name would find itself there),
+/// as a local alias never reads itself.
+fn remote_aggregate(alias: &Alias, checks: &[CheckInfo], own: &str, id: &str) -> Aggregate {
+    let others = checks
+        .iter()
+        .filter(|c| !(c.node.eq_ignore_ascii_case(own) && c.check_id.eq_ignore_ascii_case(id)));
+    aggregate(alias, others)
 }
 
 /// The pause after `failures` failed queries of a remote alias in a row (past the ones
@@ -600,6 +612,33 @@ mod tests {
         assert_eq!(s.observe(Health::Critical, 2, 1), Some(Health::Critical));
         let mut s = Streak::default();
         assert_eq!(s.observe(Health::Warning, 0, 0), Some(Health::Warning));
+    }
+
+    #[test]
+    fn a_remote_alias_of_its_own_node_does_not_read_itself() {
+        let check = |node: &str, id: &str, status| CheckInfo {
+            node: node.into(),
+            check_id: id.into(),
+            name: id.into(),
+            status,
+            ..CheckInfo::default()
+        };
+        let alias = Alias {
+            node: "box".into(),
+            service: String::new(),
+        };
+        let checks = [
+            check("box", "serfHealth", Health::Passing),
+            check("box", "Self-Alias", Health::Critical),
+        ];
+        let agg = remote_aggregate(&alias, &checks, "box", "self-alias");
+        assert_eq!(
+            (agg.status, agg.output.as_str()),
+            (Health::Passing, "All checks passing.")
+        );
+        // Another agent's check of the same id is not itself.
+        let agg = remote_aggregate(&alias, &checks, "other", "self-alias");
+        assert_eq!(agg.status, Health::Critical);
     }
 
     #[test]
