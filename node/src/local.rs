@@ -11,13 +11,24 @@
 //!   output. `success_before_passing` and `failures_before_critical` hold a status until
 //!   that many results in a row agree. A service whose check stays critical for
 //!   `deregister_critical_service_after` is removed.
+//! - Alias checks mirror another service's or node's health
+//!   (`tribune_core::local::alias`). One of a local service is kept in step by the local
+//!   state itself; one of another node follows that node's checks in the catalog through a
+//!   blocking query ([`NodeHealth`]: the agent's own store on a server, its servers on a
+//!   client agent), as Consul's does: an error is retried at once up to
+//!   [`ALIAS_RETRIES_AT_ONCE`] times, then after a pause doubling from 2 s up to
+//!   [`ALIAS_BACKOFF_MAX`], and from the second error in a row on the check is critical
+//!   (`Failure checking aliased node or service: ...`).
 //!
-//! Bounds: one task per running check, at most `tribune_core::local::CHECKS_MAX` checks;
-//! an HTTP check reads at most [`HTTP_READ_MAX`] bytes of its response.
+//! Bounds: one task per running check (an alias of a local service has none), at most
+//! `tribune_core::local::CHECKS_MAX` checks; an HTTP check reads at most [`HTTP_READ_MAX`]
+//! bytes of its response; a remote alias holds one blocking query of at most
+//! [`ALIAS_QUERY_WAIT`] at a time.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use openraft::rt::watch::WatchReceiver;
@@ -30,9 +41,14 @@ use tribune_core::catalog::CheckInfo;
 use tribune_core::catalog::Health;
 use tribune_core::catalog::NodeInfo;
 use tribune_core::catalog::ServiceInfo;
+use tribune_core::local::alias::aggregate;
+use tribune_core::local::alias::Aggregate;
 use tribune_core::local::anti_entropy::LocalAgent;
+use tribune_core::local::Alias;
 use tribune_core::local::LocalState;
 use tribune_core::local::OUTPUT_MAX;
+
+use crate::store::BoxFuture;
 
 /// The most of an HTTP check's response read (its head and the start of its body).
 pub const HTTP_READ_MAX: usize = 64 * 1024;
@@ -40,6 +56,31 @@ pub const HTTP_READ_MAX: usize = 64 * 1024;
 pub const CHECK_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 /// The shortest interval a check runs at (Consul's `MinInterval`).
 pub const CHECK_INTERVAL_MIN: Duration = Duration::from_secs(1);
+/// The wait of each blocking query of a remote alias (Consul's).
+pub const ALIAS_QUERY_WAIT: Duration = Duration::from_secs(60);
+/// Failed queries of a remote alias retried at once before pausing (Consul's).
+pub const ALIAS_RETRIES_AT_ONCE: u32 = 3;
+/// The longest pause between failed queries of a remote alias (Consul's).
+pub const ALIAS_BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// Tries of the look-up whether an aliased service is on its node (Consul's), each after a
+/// pause one second longer; when all fail, it is taken to be there.
+const ALIAS_SERVICE_TRIES: u32 = 4;
+
+/// Where an alias of another node reads that node's health: the catalog.
+pub trait NodeHealth: Send + Sync + 'static {
+    /// The checks of node `node` once the catalog's index for it passes `index` (at once
+    /// for 0), waiting at most about `wait`; with the index to wait on next.
+    fn node_checks<'a>(
+        &'a self,
+        node: &'a str,
+        index: u64,
+        wait: Duration,
+    ) -> BoxFuture<'a, Result<(Vec<CheckInfo>, u64), String>>;
+
+    /// Whether service `id` is registered on node `node`.
+    fn has_service<'a>(&'a self, node: &'a str, id: &'a str)
+        -> BoxFuture<'a, Result<bool, String>>;
+}
 
 /// What a check does to find its status.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +95,8 @@ pub enum CheckKind {
     },
     Tcp(String),
     Script(Vec<String>),
+    /// Mirrors another service's or node's health.
+    Alias(Alias),
     /// A check whose status is set by its registration only (and maintenance checks).
     Static,
 }
@@ -78,6 +121,7 @@ impl CheckDef {
             CheckKind::Http { .. } => "http",
             CheckKind::Tcp(_) => "tcp",
             CheckKind::Script(_) => "script",
+            CheckKind::Alias(_) => "alias",
             CheckKind::Static => "",
         }
     }
@@ -94,6 +138,8 @@ pub struct Local {
     pub local_script_checks: bool,
     /// The service and check ids the config files defined (a reload replaces them).
     from_config: Mutex<(Vec<String>, Vec<String>)>,
+    /// Where remote alias checks read the catalog (set once the API is up).
+    remote: OnceLock<Arc<dyn NodeHealth>>,
 }
 
 impl Local {
@@ -105,7 +151,13 @@ impl Local {
             script_checks,
             local_script_checks,
             from_config: Mutex::new((Vec::new(), Vec::new())),
+            remote: OnceLock::new(),
         }
+    }
+
+    /// Set where remote alias checks read the catalog (once; later calls are ignored).
+    pub fn set_remote(&self, remote: Arc<dyn NodeHealth>) {
+        let _ = self.remote.set(remote);
     }
 
     /// Take the services and checks of the config files: what an earlier load defined and
@@ -157,22 +209,41 @@ impl Local {
     ) -> Result<(), tribune_core::local::LocalError> {
         let mut c = tribune_core::local::LocalCheck::new(def.info.clone());
         c.info.kind = def.type_name().to_string();
-        if let CheckKind::Ttl(ttl) = def.kind {
-            c.ttl = Some(ttl);
+        match &def.kind {
+            CheckKind::Ttl(ttl) => c.ttl = Some(*ttl),
+            CheckKind::Alias(a) => c.alias = Some(a.clone()),
+            _ => {}
         }
         c.deregister_after = def.deregister_after;
         let now = self.now();
-        self.agent.change(|s| s.add_check(c, now))?;
+        self.agent.change(|s| {
+            let same = s.check(&c.info.check_id).filter(|old| old.alias == c.alias);
+            if let Some(old) = same.filter(|_| c.alias.is_some()) {
+                // An alias defined again (a reload) keeps what it last saw until it looks
+                // again, rather than flapping to its definition's status.
+                c.info.status = old.info.status;
+                c.info.output = old.info.output.clone();
+            }
+            s.add_check(c, now)
+        })?;
         let id = self
             .agent
             .read(|s| s.check(&def.info.check_id).map(|c| c.info.check_id.clone()))
             .unwrap_or_default();
+        let own = self.agent.read(|s| s.node().name.clone());
         let runner = match def.kind {
             CheckKind::Http { .. } | CheckKind::Tcp(_) | CheckKind::Script(_) => {
                 let me = self.clone();
                 Some(tokio::spawn(async move { me.run_check(def).await }))
             }
-            CheckKind::Ttl(_) | CheckKind::Static => None,
+            CheckKind::Alias(a) if !a.follows_local(&own) => {
+                let me = self.clone();
+                let id = id.clone();
+                Some(tokio::spawn(
+                    async move { me.run_remote_alias(id, a).await },
+                ))
+            }
+            CheckKind::Ttl(_) | CheckKind::Alias(_) | CheckKind::Static => None,
         };
         let mut runners = self.runners.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(old) = runners.remove(&id.to_ascii_lowercase()) {
@@ -244,6 +315,68 @@ impl Local {
         }
     }
 
+    /// Follow a remote alias check's node in the catalog until the check is gone.
+    async fn run_remote_alias(self: Arc<Self>, id: String, alias: Alias) {
+        let own = self.agent.read(|s| s.node().name.clone());
+        let mut index = 0u64;
+        let mut failures = 0u32;
+        loop {
+            if failures > ALIAS_RETRIES_AT_ONCE {
+                tokio::time::sleep(alias_backoff(failures)).await;
+            }
+            let answer = match self.remote.get() {
+                Some(r) => r.node_checks(&alias.node, index, ALIAS_QUERY_WAIT).await,
+                None => Err("no catalog to ask yet".to_string()),
+            };
+            let (status, output) = match answer {
+                Ok((checks, next)) => {
+                    failures = 0;
+                    // Consul's floor: an index of 0 would not block.
+                    index = next.max(1);
+                    let agg = remote_aggregate(&alias, &checks, &own, &id);
+                    let exists = agg.service_found || self.aliased_service_exists(&alias).await;
+                    agg.resolve(&alias, exists)
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    if failures < 2 {
+                        continue;
+                    }
+                    let output = format!("Failure checking aliased node or service: {e}");
+                    (Health::Critical, output)
+                }
+            };
+            let now = self.now();
+            if self
+                .agent
+                .change(|s| s.update_check(&id, status, output, now))
+                .is_err()
+            {
+                return; // the check is gone
+            }
+        }
+    }
+
+    /// Whether the service a remote alias names is on its node; taken to be when the
+    /// catalog cannot tell (Consul's rule).
+    async fn aliased_service_exists(&self, alias: &Alias) -> bool {
+        let Some(remote) = self.remote.get() else {
+            return true;
+        };
+        for attempt in 1..=ALIAS_SERVICE_TRIES {
+            match remote.has_service(&alias.node, &alias.service).await {
+                Ok(found) => return found,
+                Err(e) => {
+                    tracing::debug!(node = %alias.node, error = %e, "agent: alias look-up failed");
+                    if attempt < ALIAS_SERVICE_TRIES {
+                        tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
+                    }
+                }
+            }
+        }
+        true
+    }
+
     /// Expire TTL checks and remove services critical for too long, until the agent stops.
     pub async fn run_timers(self: Arc<Self>) {
         let mut changed = self.agent.subscribe();
@@ -266,6 +399,23 @@ impl Local {
             }
         }
     }
+}
+
+/// What remote alias `id` of this agent (whose node is `own`) reads in its node's
+/// `checks`: itself left out (an alias of its own node by name would find itself there),
+/// as a local alias never reads itself.
+fn remote_aggregate(alias: &Alias, checks: &[CheckInfo], own: &str, id: &str) -> Aggregate {
+    let others = checks
+        .iter()
+        .filter(|c| !(c.node.eq_ignore_ascii_case(own) && c.check_id.eq_ignore_ascii_case(id)));
+    aggregate(alias, others)
+}
+
+/// The pause after `failures` failed queries of a remote alias in a row (past the ones
+/// retried at once): 2 s, doubling, at most [`ALIAS_BACKOFF_MAX`].
+fn alias_backoff(failures: u32) -> Duration {
+    let shift = failures.saturating_sub(ALIAS_RETRIES_AT_ONCE).min(31);
+    Duration::from_secs(1u64 << shift).min(ALIAS_BACKOFF_MAX)
 }
 
 /// A small non-cryptographic random number for check staggering.
@@ -330,7 +480,9 @@ async fn probe(kind: &CheckKind) -> (Health, String) {
             Err(e) => (Health::Critical, format!("dial tcp {addr}: {e}")),
         },
         CheckKind::Script(args) => script_probe(args).await,
-        CheckKind::Ttl(_) | CheckKind::Static => (Health::Critical, String::new()),
+        CheckKind::Ttl(_) | CheckKind::Alias(_) | CheckKind::Static => {
+            (Health::Critical, String::new())
+        }
     }
 }
 
@@ -460,5 +612,39 @@ mod tests {
         assert_eq!(s.observe(Health::Critical, 2, 1), Some(Health::Critical));
         let mut s = Streak::default();
         assert_eq!(s.observe(Health::Warning, 0, 0), Some(Health::Warning));
+    }
+
+    #[test]
+    fn a_remote_alias_of_its_own_node_does_not_read_itself() {
+        let check = |node: &str, id: &str, status| CheckInfo {
+            node: node.into(),
+            check_id: id.into(),
+            name: id.into(),
+            status,
+            ..CheckInfo::default()
+        };
+        let alias = Alias {
+            node: "box".into(),
+            service: String::new(),
+        };
+        let checks = [
+            check("box", "serfHealth", Health::Passing),
+            check("box", "Self-Alias", Health::Critical),
+        ];
+        let agg = remote_aggregate(&alias, &checks, "box", "self-alias");
+        assert_eq!(
+            (agg.status, agg.output.as_str()),
+            (Health::Passing, "All checks passing.")
+        );
+        // Another agent's check of the same id is not itself.
+        let agg = remote_aggregate(&alias, &checks, "other", "self-alias");
+        assert_eq!(agg.status, Health::Critical);
+    }
+
+    #[test]
+    fn remote_alias_backoff_is_consuls() {
+        let waits: Vec<u64> = (4..=11).map(|f| alias_backoff(f).as_secs()).collect();
+        assert_eq!(waits, [2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(alias_backoff(u32::MAX), ALIAS_BACKOFF_MAX);
     }
 }

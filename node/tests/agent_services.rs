@@ -260,3 +260,121 @@ fn a_bad_service_definition_in_the_config_stops_the_start_with_its_name() {
         "{err}"
     );
 }
+
+/// The status and output of check `check` in the catalog's health of service `service`.
+fn catalog_check(a: &Agent, service: &str, check: &str) -> Option<(String, String)> {
+    let v = a
+        .http("GET", &format!("/v1/health/service/{service}"), b"")
+        .json();
+    let entry = v.as_array()?.first()?.clone();
+    let c = entry["Checks"]
+        .as_array()?
+        .iter()
+        .find(|c| c["CheckID"] == check)?
+        .clone();
+    Some((c["Status"].as_str()?.into(), c["Output"].as_str()?.into()))
+}
+
+/// Wait until the catalog holds check `check` of `service` as `status` with `output`.
+fn wait_catalog(a: &Agent, service: &str, check: &str, status: &str, output: &str) {
+    let want = Some((status.to_string(), output.to_string()));
+    let got = eventually(Duration::from_secs(8), || {
+        (catalog_check(a, service, check) == want).then_some(())
+    });
+    assert!(
+        got.is_some(),
+        "{check} of {service} never became {want:?}: {:?}",
+        catalog_check(a, service, check)
+    );
+}
+
+/// The status and output of agent check `id`.
+fn agent_check(a: &Agent, id: &str) -> (String, String) {
+    let v = a.http("GET", "/v1/agent/checks", b"").json();
+    let text = |k: &str| v[id][k].as_str().unwrap_or_default().to_string();
+    (text("Status"), text("Output"))
+}
+
+#[test]
+fn alias_checks_follow_a_local_service_and_a_node_of_the_catalog() {
+    let dir = temp_dir("agent-alias-checks");
+    // A proxy aliasing web (HCL), and an edge aliasing the proxy on this node (JSON).
+    let proxy = r#"
+services {
+  name = "proxy"
+  port = 21000
+  checks {
+    id            = "proxy-alias"
+    alias_service = "web"
+  }
+}
+"#;
+    std::fs::write(dir.join("proxy.hcl"), proxy).unwrap();
+    let edge = r#"{"service": {"name": "edge", "port": 443,
+        "check": {"id": "edge-alias", "alias_service": "proxy", "alias_node": "box"}}}"#;
+    std::fs::write(dir.join("edge.json"), edge).unwrap();
+    let a = Agent::dev(&["-node=box", &format!("-config-dir={}", dir.display())]);
+    let missing = "Service web could not be found on node ";
+    wait_catalog(&a, "proxy", "proxy-alias", "critical", missing);
+    assert_eq!(
+        agent_check(&a, "edge-alias"),
+        (
+            "critical".into(),
+            format!("Aliased check \"Service 'proxy' check\" failing: {missing}")
+        )
+    );
+
+    // web comes, with a TTL check that is critical until its first update.
+    let web = br#"{"name": "web", "port": 8080,
+        "check": {"id": "web-ttl", "name": "web-ttl", "ttl": "30s"}}"#;
+    let r = a.http("PUT", "/v1/agent/service/register", web);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let failing = "Aliased check \"web-ttl\" failing: ";
+    wait_catalog(&a, "proxy", "proxy-alias", "critical", failing);
+    let r = a.http("PUT", "/v1/agent/check/pass/web-ttl", b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_catalog(&a, "proxy", "proxy-alias", "passing", "All checks passing.");
+    wait_catalog(&a, "edge", "edge-alias", "passing", "All checks passing.");
+    let r = a.http("PUT", "/v1/agent/check/fail/web-ttl?note=down", b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_catalog(
+        &a,
+        "proxy",
+        "proxy-alias",
+        "critical",
+        &format!("{failing}down"),
+    );
+    let passing = a
+        .http("GET", "/v1/health/service/proxy?passing", b"")
+        .json();
+    assert_eq!(passing.as_array().map(Vec::len), Some(0));
+    let r = a.http("PUT", "/v1/agent/check/pass/web-ttl", b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_catalog(&a, "proxy", "proxy-alias", "passing", "All checks passing.");
+    let r = a.http("PUT", "/v1/agent/service/deregister/web", b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_catalog(&a, "proxy", "proxy-alias", "critical", missing);
+
+    // An alias of another node follows that node's checks in the catalog.
+    let ext = br#"{"Node": "ext", "Address": "10.9.9.9",
+        "Service": {"ID": "db", "Service": "db"},
+        "Check": {"CheckID": "db-up", "Name": "db-up", "Status": "passing", "ServiceID": "db"}}"#;
+    assert_eq!(a.http("PUT", "/v1/catalog/register", ext).status, 200);
+    let alias = br#"{"name": "db-alias", "alias_node": "ext", "alias_service": "db"}"#;
+    let r = a.http("PUT", "/v1/agent/check/register", alias);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let want = |status: &str, output: &str| (status.to_string(), output.to_string());
+    let seen = eventually(Duration::from_secs(5), || {
+        (agent_check(&a, "db-alias") == want("passing", "All checks passing.")).then_some(())
+    });
+    assert!(seen.is_some(), "{:?}", agent_check(&a, "db-alias"));
+    let down = br#"{"Node": "ext", "Address": "10.9.9.9",
+        "Check": {"CheckID": "db-up", "Name": "db-up", "Status": "critical",
+                  "ServiceID": "db", "Output": "boom"}}"#;
+    assert_eq!(a.http("PUT", "/v1/catalog/register", down).status, 200);
+    let boom = want("critical", "Aliased check \"db-up\" failing: boom");
+    let seen = eventually(Duration::from_secs(5), || {
+        (agent_check(&a, "db-alias") == boom).then_some(())
+    });
+    assert!(seen.is_some(), "{:?}", agent_check(&a, "db-alias"));
+}

@@ -477,3 +477,381 @@ proptest! {
         prop_assert!(a.read(LocalState::in_sync));
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Alias checks.
+
+fn alias_check(id: &str, service_id: &str, node: &str, aliased: &str) -> LocalCheck {
+    let mut c = check(id, service_id, Health::Critical);
+    c.alias = Some(Alias {
+        node: node.into(),
+        service: aliased.into(),
+    });
+    c.info.kind = "alias".into();
+    c
+}
+
+fn status_of(l: &LocalState, id: &str) -> (Health, String) {
+    let c = l.check(id).unwrap();
+    (c.info.status, c.info.output.clone())
+}
+
+fn info(id: &str, node: &str, service_id: &str, status: Health, output: &str) -> CheckInfo {
+    CheckInfo {
+        node: node.into(),
+        check_id: id.into(),
+        name: id.into(),
+        status,
+        output: output.into(),
+        service_id: service_id.into(),
+        ..CheckInfo::default()
+    }
+}
+
+#[test]
+fn an_alias_aggregates_as_consul_does_with_its_texts() {
+    use super::alias::aggregate;
+    let web = Alias {
+        node: "n2".into(),
+        service: "web".into(),
+    };
+    let resolve =
+        |checks: &[CheckInfo], exists: bool| aggregate(&web, checks.iter()).resolve(&web, exists);
+    let passing = Health::Passing;
+    // Nothing to read, the service there: passing, with no check.
+    assert_eq!(
+        resolve(&[], true),
+        (passing, "No checks found.".to_string())
+    );
+    // Nothing of it, and it is not there either.
+    assert_eq!(
+        resolve(&[], false),
+        (
+            Health::Critical,
+            "Service web could not be found on node n2".to_string()
+        )
+    );
+    let ok = info("ok", "n2", "web", passing, "fine");
+    let node_ok = info("serfHealth", "n2", "", passing, "");
+    assert_eq!(
+        resolve(&[node_ok.clone(), ok.clone()], false),
+        (passing, "All checks passing.".to_string()),
+        "a check of the service is found: its presence is not asked"
+    );
+    // Another node's and another service's checks do not count.
+    let elsewhere = [
+        info("x", "n3", "web", Health::Critical, "x"),
+        info("y", "n2", "db", Health::Critical, "y"),
+    ];
+    assert_eq!(resolve(&elsewhere, true).0, passing);
+    assert_eq!(resolve(&elsewhere, false).0, Health::Critical);
+    // A node check counts: the node is down, so is what runs on it.
+    let node_down = info("serfHealth", "N2", "", Health::Critical, "Agent not live");
+    assert_eq!(
+        resolve(&[ok.clone(), node_down], true),
+        (
+            Health::Critical,
+            "Aliased check \"serfHealth\" failing: Agent not live".to_string()
+        )
+    );
+    // The first critical check decides; else the last warning one; a passing check after a
+    // warning does not hide it.
+    let w1 = info("w1", "n2", "web", Health::Warning, "slow");
+    let w2 = info("w2", "n2", "web", Health::Warning, "slower");
+    let c1 = info("c1", "n2", "web", Health::Critical, "down");
+    let c2 = info("c2", "n2", "web", Health::Critical, "gone");
+    assert_eq!(
+        resolve(&[w1.clone(), w2.clone(), ok.clone()], true),
+        (
+            Health::Warning,
+            "Aliased check \"w2\" failing: slower".to_string()
+        )
+    );
+    assert_eq!(
+        resolve(&[w1, c1, c2, w2], true),
+        (
+            Health::Critical,
+            "Aliased check \"c1\" failing: down".to_string()
+        )
+    );
+    // A check name is quoted as Go quotes it.
+    let odd = info("say \"hi\"\t", "n2", "web", Health::Warning, "");
+    assert_eq!(
+        resolve(&[odd], true).1,
+        "Aliased check \"say \\\"hi\\\"\\t\" failing: "
+    );
+    // An alias of a node alone reads the node's checks only, and names no service.
+    let node_only = Alias {
+        node: "n2".into(),
+        service: String::new(),
+    };
+    let svc_down = info("c", "n2", "web", Health::Critical, "");
+    let agg = aggregate(&node_only, [&svc_down, &node_ok]);
+    assert!(agg.service_found);
+    assert_eq!(agg.resolve(&node_only, false).0, passing);
+    assert_eq!(
+        aggregate(&node_only, [&svc_down]).resolve(&node_only, false),
+        (
+            Health::Critical,
+            "Service  could not be found on node n2".to_string()
+        )
+    );
+}
+
+#[test]
+fn which_aliases_follow_the_local_state() {
+    let a = |node: &str, service: &str| Alias {
+        node: node.into(),
+        service: service.into(),
+    };
+    assert!(a("", "web").follows_local("agent-1"));
+    assert!(a("AGENT-1", "web").follows_local("agent-1"));
+    assert!(
+        !a("agent-1", "").follows_local("agent-1"),
+        "serfHealth is in the catalog"
+    );
+    assert!(!a("agent-2", "web").follows_local("agent-1"));
+}
+
+#[test]
+fn a_local_alias_follows_its_service_through_every_change() {
+    let mut l = LocalState::new(me());
+    l.add_service(service("web", "web", 80), None).unwrap();
+    l.add_check(ttl_check("web-ttl", "web", 10 * S), S).unwrap();
+    l.add_service(service("proxy", "proxy", 21000), None)
+        .unwrap();
+    l.add_check(alias_check("proxy-alias", "proxy", "", "web"), S)
+        .unwrap();
+    // It starts as what it mirrors: a TTL check not yet updated is critical.
+    assert_eq!(
+        status_of(&l, "proxy-alias"),
+        (
+            Health::Critical,
+            "Aliased check \"web-ttl\" failing: ".to_string()
+        )
+    );
+    l.update_ttl("web-ttl", Health::Passing, "up".into(), 2 * S)
+        .unwrap();
+    assert_eq!(
+        status_of(&l, "proxy-alias"),
+        (Health::Passing, "All checks passing.".to_string())
+    );
+    l.update_ttl("web-ttl", Health::Warning, "slow".into(), 3 * S)
+        .unwrap();
+    assert_eq!(
+        status_of(&l, "proxy-alias"),
+        (
+            Health::Warning,
+            "Aliased check \"web-ttl\" failing: slow".to_string()
+        )
+    );
+    // A TTL running out is a change too.
+    l.expire_ttls(13 * S);
+    assert_eq!(
+        status_of(&l, "proxy-alias"),
+        (
+            Health::Critical,
+            "Aliased check \"web-ttl\" failing: TTL expired (last output before timeout \
+             follows): slow"
+                .to_string()
+        )
+    );
+    assert_eq!(l.check("proxy-alias").unwrap().critical_since, Some(13 * S));
+    // A node check counts; maintenance of the service too.
+    l.update_ttl("web-ttl", Health::Passing, String::new(), 14 * S)
+        .unwrap();
+    l.add_check(check("disk", "", Health::Warning), 14 * S)
+        .unwrap();
+    assert_eq!(status_of(&l, "proxy-alias").0, Health::Warning);
+    l.remove_check("disk").unwrap();
+    assert_eq!(status_of(&l, "proxy-alias").0, Health::Passing);
+    l.service_maintenance("web", true, "", 15 * S).unwrap();
+    assert_eq!(
+        status_of(&l, "proxy-alias"),
+        (
+            Health::Critical,
+            "Aliased check \"Service Maintenance Mode\" failing: ".to_string()
+        )
+    );
+    l.service_maintenance("web", false, "", 16 * S).unwrap();
+    assert_eq!(status_of(&l, "proxy-alias").0, Health::Passing);
+    // Its checks gone, the service is still there; then the service goes.
+    l.remove_check("web-ttl").unwrap();
+    assert_eq!(
+        status_of(&l, "proxy-alias"),
+        (Health::Passing, "No checks found.".to_string())
+    );
+    l.remove_service("web").unwrap();
+    assert_eq!(
+        status_of(&l, "proxy-alias"),
+        (
+            Health::Critical,
+            "Service web could not be found on node ".to_string()
+        )
+    );
+    l.add_service(service("web", "web", 80), None).unwrap();
+    assert_eq!(status_of(&l, "proxy-alias").0, Health::Passing);
+}
+
+#[test]
+fn alias_changes_are_pushed_and_an_unchanged_alias_costs_nothing() {
+    let mut l = LocalState::new(me());
+    l.add_service(service("web", "web", 80), None).unwrap();
+    l.add_check(ttl_check("web-ttl", "web", 10 * S), S).unwrap();
+    l.add_service(service("proxy", "proxy", 1), None).unwrap();
+    l.add_check(alias_check("proxy-alias", "proxy", "agent-1", "web"), S)
+        .unwrap();
+    for (k, _) in l.pending(100) {
+        l.confirm(&k);
+    }
+    assert!(l.in_sync());
+    // The same definition again (as a reload registers it) is no change.
+    l.add_check(alias_check("proxy-alias", "proxy", "agent-1", "web"), S)
+        .unwrap();
+    assert!(l.in_sync());
+    // A change of what it mirrors is pushed for both checks.
+    l.update_ttl("web-ttl", Health::Passing, String::new(), 2 * S)
+        .unwrap();
+    let pushed: Vec<String> = l
+        .pending(100)
+        .into_iter()
+        .flat_map(|(_, op)| match op {
+            CatalogOp::Register(r) => r.checks.into_iter().map(|c| c.check_id).collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    assert!(
+        pushed.contains(&"web-ttl".to_string()) && pushed.contains(&"proxy-alias".to_string()),
+        "{pushed:?}"
+    );
+}
+
+#[test]
+fn aliases_of_aliases_settle_and_none_reads_itself() {
+    let mut l = LocalState::new(me());
+    l.add_service(service("web", "web", 80), None).unwrap();
+    l.add_check(ttl_check("web-ttl", "web", 10 * S), S).unwrap();
+    l.add_service(service("proxy", "proxy", 1), None).unwrap();
+    l.add_service(service("edge", "edge", 2), None).unwrap();
+    // `a-edge` sorts before `b-proxy`: it is read first and must see the update after.
+    l.add_check(alias_check("a-edge", "edge", "", "proxy"), S)
+        .unwrap();
+    l.add_check(alias_check("b-proxy", "proxy", "", "web"), S)
+        .unwrap();
+    // A node check aliasing web: a node check itself, it must not hold itself critical.
+    l.add_check(alias_check("node-alias", "", "", "web"), S)
+        .unwrap();
+    l.update_ttl("web-ttl", Health::Passing, String::new(), 2 * S)
+        .unwrap();
+    for id in ["a-edge", "b-proxy", "node-alias"] {
+        assert_eq!(status_of(&l, id).0, Health::Passing, "{id}");
+    }
+    l.update_ttl("web-ttl", Health::Critical, "boom".into(), 3 * S)
+        .unwrap();
+    assert_eq!(status_of(&l, "b-proxy").0, Health::Critical);
+    // edge's alias reads proxy's check and the node's (the node alias, critical too).
+    assert_eq!(status_of(&l, "a-edge").0, Health::Critical);
+    l.update_ttl("web-ttl", Health::Passing, String::new(), 4 * S)
+        .unwrap();
+    for id in ["a-edge", "b-proxy", "node-alias"] {
+        assert_eq!(status_of(&l, id).0, Health::Passing, "{id}");
+    }
+}
+
+#[test]
+fn alias_cycles_and_remote_aliases_stay_bounded() {
+    let mut l = LocalState::new(me());
+    l.add_service(service("a", "a", 1), None).unwrap();
+    l.add_service(service("b", "b", 2), None).unwrap();
+    l.add_check(alias_check("a-alias", "a", "", "b"), S)
+        .unwrap();
+    l.add_check(alias_check("b-alias", "b", "", "a"), S)
+        .unwrap();
+    // Each change runs a bounded number of rounds; outputs stay bounded.
+    for i in 0..20 {
+        l.add_check(check("n", "", health(i)), S).unwrap();
+    }
+    assert!(l.check("a-alias").unwrap().info.output.len() <= OUTPUT_MAX);
+    // An alias of another node is the caller's to update: local changes leave it alone.
+    l.add_check(alias_check("remote", "", "n2", "web"), S)
+        .unwrap();
+    assert_eq!(status_of(&l, "remote"), (Health::Critical, String::new()));
+    l.add_check(check("n", "", Health::Passing), S).unwrap();
+    assert_eq!(status_of(&l, "remote"), (Health::Critical, String::new()));
+    l.update_check("remote", Health::Passing, "All checks passing.".into(), S)
+        .unwrap();
+    assert_eq!(status_of(&l, "remote").0, Health::Passing);
+}
+
+/// A change to a small agent whose alias checks alias only services of lower number, so
+/// that they form no cycle (and chains are at most three deep).
+#[derive(Debug, Clone)]
+enum AliasStep {
+    AddService(u8),
+    RemoveService(u8),
+    AddTtl(u8, u8),
+    RemoveCheck(u8),
+    Update(u8, u8),
+    AddAlias(u8, u8),
+    Expire(u8),
+}
+
+fn alias_step() -> impl Strategy<Value = AliasStep> {
+    prop_oneof![
+        (0..4u8).prop_map(AliasStep::AddService),
+        (0..4u8).prop_map(AliasStep::RemoveService),
+        (0..4u8, 0..5u8).prop_map(|(c, s)| AliasStep::AddTtl(c, s)),
+        (0..4u8).prop_map(AliasStep::RemoveCheck),
+        (0..4u8, 0..3u8).prop_map(|(c, h)| AliasStep::Update(c, h)),
+        (1..4u8, 0..3u8).prop_map(|(on, of)| AliasStep::AddAlias(on, of)),
+        (0..30u8).prop_map(AliasStep::Expire),
+    ]
+}
+
+proptest! {
+    /// After any change, every local alias says what its service's and its node's checks
+    /// (without itself) say.
+    #[test]
+    fn local_aliases_are_always_up_to_date(
+        steps in proptest::collection::vec(alias_step(), 1..40)
+    ) {
+        use super::alias::aggregate;
+        let mut l = LocalState::new(me());
+        let mut now = S;
+        for s in steps {
+            now += S;
+            let svc = |i: u8| format!("s{i}");
+            let _ = match s {
+                AliasStep::AddService(i) => l.add_service(service(&svc(i), "svc", 1), None),
+                AliasStep::RemoveService(i) => l.remove_service(&svc(i)),
+                AliasStep::AddTtl(c, s) => {
+                    let on = if s == 4 { String::new() } else { svc(s) };
+                    l.add_check(ttl_check(&format!("t{c}"), &on, 5 * S), now)
+                }
+                AliasStep::RemoveCheck(c) => l.remove_check(&format!("t{c}")),
+                AliasStep::Update(c, h) => {
+                    l.update_ttl(&format!("t{c}"), health(h), format!("o{h}"), now).map(|_| ())
+                }
+                AliasStep::AddAlias(on, of) => {
+                    let of = of.min(on - 1);
+                    l.add_check(alias_check(&format!("alias{on}"), &svc(on), "", &svc(of)), now)
+                }
+                AliasStep::Expire(secs) => {
+                    l.expire_ttls(now + Duration::from_secs(u64::from(secs)));
+                    Ok(())
+                }
+            };
+            for c in l.checks() {
+                let Some(alias) = &c.alias else { continue };
+                let others = l.checks().filter(|o| o.info.check_id != c.info.check_id);
+                let want = aggregate(alias, others.map(|o| &o.info))
+                    .resolve(alias, l.service(&alias.service).is_some());
+                prop_assert_eq!(
+                    (c.info.status, c.info.output.clone()),
+                    want,
+                    "{}", c.info.check_id
+                );
+            }
+        }
+    }
+}

@@ -14,11 +14,15 @@
 //!
 //! TTL checks are kept here too, as deadlines on the caller's clock (a `Duration` since
 //! some origin the caller chooses): [`LocalState::expire_ttls`] turns the checks whose TTL
-//! ran out critical.
+//! ran out critical. Alias checks of local services are kept in step here as well
+//! ([`alias`]): every change re-evaluates them. A change that takes no time (adding or
+//! removing a service, removing a check) dates what it changes at the latest time any call
+//! brought.
 //!
 //! Bounds: at most [`SERVICES_MAX`] services and [`CHECKS_MAX`] checks; a check's output is
 //! cut at [`OUTPUT_MAX`] bytes.
 
+pub mod alias;
 pub mod anti_entropy;
 
 use std::collections::BTreeMap;
@@ -31,6 +35,8 @@ use crate::catalog::NodeInfo;
 use crate::catalog::Registration;
 use crate::catalog::ServiceInfo;
 use crate::catalog::SERF_CHECK_ID;
+
+pub use self::alias::Alias;
 
 /// Services one agent holds.
 pub const SERVICES_MAX: usize = 65_536;
@@ -78,6 +84,8 @@ pub struct LocalCheck {
     pub deregister_after: Option<Duration>,
     /// Since when the check has been critical (caller's clock), for `deregister_after`.
     pub critical_since: Option<Duration>,
+    /// An alias check: what it mirrors (its status is set from that, not from outside).
+    pub alias: Option<Alias>,
 }
 
 impl LocalCheck {
@@ -88,6 +96,7 @@ impl LocalCheck {
             ttl_deadline: None,
             deregister_after: None,
             critical_since: None,
+            alias: None,
         }
     }
 }
@@ -199,6 +208,8 @@ pub struct LocalState {
     version: u64,
     /// The last revision handed out.
     revisions: u64,
+    /// The latest time a call brought (the caller's clock), for changes that take none.
+    clock: Duration,
     /// Wrong on purpose: a full sync keeps services the catalog has and this agent does
     /// not (they are never deregistered).
     #[cfg(feature = "sabotage")]
@@ -220,6 +231,7 @@ impl LocalState {
             checks: BTreeMap::new(),
             version: 1,
             revisions: 1,
+            clock: Duration::ZERO,
             #[cfg(feature = "sabotage")]
             sabotage_keep_strays: false,
         }
@@ -366,7 +378,7 @@ impl LocalState {
                 .filter(|id| !keep.iter().any(|k| k.eq_ignore_ascii_case(id)))
                 .collect();
             for id in gone {
-                self.remove_check(&id)?;
+                self.forget_check(&id)?;
             }
         }
         let unchanged = self.service(&s.id) == Some(&s);
@@ -382,6 +394,7 @@ impl LocalState {
                 },
             );
         }
+        self.refresh_aliases(self.clock);
         Ok(())
     }
 
@@ -395,19 +408,22 @@ impl LocalState {
             .map(|c| c.info.check_id.clone())
             .collect();
         for c in checks {
-            self.remove_check(&c)?;
+            self.forget_check(&c)?;
         }
         let sync = self.mark(true);
         if let Some(e) = self.services.get_mut(&fold(id)) {
             e.service = None;
             e.sync = sync;
         }
+        self.refresh_aliases(self.clock);
         Ok(())
     }
 
     /// Add or replace a check (its id defaults to its name; its node is this one). A
-    /// service check's service must be registered here.
+    /// service check's service must be registered here. An alias of a local service starts
+    /// with the status it mirrors.
     pub fn add_check(&mut self, mut c: LocalCheck, now: Duration) -> Result<(), LocalError> {
+        self.tick(now);
         if c.info.name.is_empty() {
             return Err(LocalError::MissingCheckName);
         }
@@ -431,6 +447,7 @@ impl LocalState {
                 max: CHECKS_MAX,
             });
         }
+        self.initial_alias_status(&key, &mut c);
         c.ttl_deadline = c.ttl.map(|t| now + t);
         c.critical_since = (c.info.status == Health::Critical).then_some(now);
         if self.check(&c.info.check_id) == Some(&c) {
@@ -446,11 +463,24 @@ impl LocalState {
                 sync,
             },
         );
+        self.refresh_aliases(now);
         Ok(())
     }
 
     /// Remove a check.
     pub fn remove_check(&mut self, id: &str) -> Result<(), LocalError> {
+        self.forget_check(id)?;
+        self.refresh_aliases(self.clock);
+        Ok(())
+    }
+
+    /// Note the caller's time: changes that take none are dated by the latest.
+    fn tick(&mut self, now: Duration) {
+        self.clock = self.clock.max(now);
+    }
+
+    /// Mark a check deleted (the alias checks are left for the caller to refresh).
+    fn forget_check(&mut self, id: &str) -> Result<(), LocalError> {
         if self.check(id).is_none() {
             return Err(LocalError::UnknownCheck(id.to_string()));
         }
@@ -467,6 +497,22 @@ impl LocalState {
     /// full sync, as Consul's `check_update_interval` defers it, so a chatty check does not
     /// cost a Raft write per run. Returns whether anything changed.
     pub fn update_check(
+        &mut self,
+        id: &str,
+        status: Health,
+        output: String,
+        now: Duration,
+    ) -> Result<bool, LocalError> {
+        self.tick(now);
+        let changed = self.set_check(id, status, output, now)?;
+        if changed {
+            self.refresh_aliases(now);
+        }
+        Ok(changed)
+    }
+
+    /// [`LocalState::update_check`] without refreshing the alias checks.
+    fn set_check(
         &mut self,
         id: &str,
         status: Health,
@@ -521,6 +567,7 @@ impl LocalState {
     /// Turn critical every TTL check whose deadline is at or before `now`, with Consul's
     /// output. Returns the ids expired.
     pub fn expire_ttls(&mut self, now: Duration) -> Vec<String> {
+        self.tick(now);
         let due: Vec<(String, String)> = self
             .checks()
             .filter(|c| c.ttl_deadline.is_some_and(|d| d <= now))
@@ -534,10 +581,7 @@ impl LocalState {
             } else {
                 format!("TTL expired (last output before timeout follows): {last}")
             };
-            if self
-                .update_check(&id, Health::Critical, output, now)
-                .is_ok()
-            {
+            if self.set_check(&id, Health::Critical, output, now).is_ok() {
                 if let Some(e) = self.checks.get_mut(&fold(&id)) {
                     if let Some(c) = e.check.as_mut() {
                         // Expired once; the next update re-arms it.
@@ -546,6 +590,9 @@ impl LocalState {
                 }
                 expired.push(id);
             }
+        }
+        if !expired.is_empty() {
+            self.refresh_aliases(now);
         }
         expired
     }

@@ -1,18 +1,26 @@
 //! The catalog port of this agent's anti-entropy: it reads and writes the catalog through
 //! the agent's own store on a server or `-dev` agent, and through the forwarding path to a
-//! server on a client agent (as Consul's clients call `Catalog.Register`).
+//! server on a client agent (as Consul's clients call `Catalog.Register`). Remote alias
+//! checks read the catalog the same way ([`ApiHealth`]): a blocking query on the aliased
+//! node's checks (`/v1/health/node/:node?stale&index=`), in the store or at the servers.
 
 use std::sync::Arc;
+use std::sync::Weak;
+use std::time::Duration;
 
 use serde_json::json;
 use serde_json::Value;
 use tribune_core::catalog::CatalogOp;
+use tribune_core::catalog::CheckInfo;
 use tribune_core::fsm::Command;
 use tribune_core::fsm::Response;
 use tribune_core::local::anti_entropy::CatalogPort;
 use tribune_core::local::anti_entropy::SyncError;
 use tribune_core::local::RemoteNode;
 
+use crate::hub::Topic;
+use crate::local::NodeHealth;
+use crate::store::BoxFuture;
 use crate::store::Consistency;
 
 /// How this agent reaches the catalog: its own store, or the servers through forwarding.
@@ -22,41 +30,56 @@ fn unavailable(e: impl std::fmt::Display) -> SyncError {
     SyncError::Unavailable(e.to_string())
 }
 
-impl ApiPort {
-    /// A request through the forwarding path: its status and body.
-    async fn forwarded(
-        &self,
-        fwd: &crate::forward::Forwarder,
-        method: &str,
-        uri: &str,
-        body: Vec<u8>,
-    ) -> Result<(u16, Vec<u8>), SyncError> {
-        let req = axum::http::Request::builder()
-            .method(method)
-            .uri(uri)
-            .body(axum::body::Body::from(body))
-            .map_err(unavailable)?;
-        let resp = fwd.forward(req).await;
-        let status = resp.status().as_u16();
-        let bytes = axum::body::to_bytes(resp.into_body(), crate::wire::FRAME_BYTES_MAX)
-            .await
-            .map_err(unavailable)?;
-        Ok((status, bytes.to_vec()))
-    }
+/// A forwarded answer: its status, its `X-Consul-Index` (0 without one) and its body.
+struct Forwarded {
+    status: u16,
+    index: u64,
+    body: Vec<u8>,
+}
 
-    async fn forwarded_json(
-        &self,
-        fwd: &crate::forward::Forwarder,
-        uri: &str,
-    ) -> Result<Value, SyncError> {
-        let (status, body) = self.forwarded(fwd, "GET", uri, Vec::new()).await?;
-        if status != 200 {
-            return Err(SyncError::Unavailable(
-                String::from_utf8_lossy(&body).into_owned(),
-            ));
-        }
-        serde_json::from_slice(&body).map_err(unavailable)
+/// A request through the forwarding path.
+async fn forwarded(
+    fwd: &crate::forward::Forwarder,
+    method: &str,
+    uri: &str,
+    body: Vec<u8>,
+) -> Result<Forwarded, SyncError> {
+    let req = axum::http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(axum::body::Body::from(body))
+        .map_err(unavailable)?;
+    let resp = fwd.forward(req).await;
+    let status = resp.status().as_u16();
+    let index = resp
+        .headers()
+        .get("X-Consul-Index")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let bytes = axum::body::to_bytes(resp.into_body(), crate::wire::FRAME_BYTES_MAX)
+        .await
+        .map_err(unavailable)?;
+    Ok(Forwarded {
+        status,
+        index,
+        body: bytes.to_vec(),
+    })
+}
+
+/// A forwarded GET that must answer 200 with JSON: the JSON and its index.
+async fn forwarded_json(
+    fwd: &crate::forward::Forwarder,
+    uri: &str,
+) -> Result<(Value, u64), SyncError> {
+    let r = forwarded(fwd, "GET", uri, Vec::new()).await?;
+    if r.status != 200 {
+        return Err(SyncError::Unavailable(
+            String::from_utf8_lossy(&r.body).into_owned(),
+        ));
     }
+    let v = serde_json::from_slice(&r.body).map_err(unavailable)?;
+    Ok((v, r.index))
 }
 
 fn escape(name: &str) -> String {
@@ -67,15 +90,10 @@ impl CatalogPort for ApiPort {
     async fn node_slice(&self, name: &str) -> Result<RemoteNode, SyncError> {
         let api = &self.0;
         if let Some(fwd) = &api.forward {
-            let services = self
-                .forwarded_json(
-                    fwd,
-                    &format!("/v1/catalog/node-services/{}?stale", escape(name)),
-                )
-                .await?;
-            let checks = self
-                .forwarded_json(fwd, &format!("/v1/health/node/{}?stale", escape(name)))
-                .await?;
+            let uri = format!("/v1/catalog/node-services/{}?stale", escape(name));
+            let (services, _) = forwarded_json(fwd, &uri).await?;
+            let uri = format!("/v1/health/node/{}?stale", escape(name));
+            let (checks, _) = forwarded_json(fwd, &uri).await?;
             return remote_of_json(&services, &checks)
                 .map_err(|e| SyncError::Unavailable(e.to_string()));
         }
@@ -102,15 +120,12 @@ impl CatalogPort for ApiPort {
                 ),
             };
             let body = serde_json::to_vec(&body).map_err(unavailable)?;
-            let (status, text) = self.forwarded(fwd, "PUT", uri, body).await?;
-            return match status {
+            let r = forwarded(fwd, "PUT", uri, body).await?;
+            let text = String::from_utf8_lossy(&r.body).into_owned();
+            return match r.status {
                 200 => Ok(()),
-                400 => Err(SyncError::Refused(
-                    String::from_utf8_lossy(&text).into_owned(),
-                )),
-                _ => Err(SyncError::Unavailable(
-                    String::from_utf8_lossy(&text).into_owned(),
-                )),
+                400 => Err(SyncError::Refused(text)),
+                _ => Err(SyncError::Unavailable(text)),
             };
         }
         match api.store.write(Command::Catalog(op)).await {
@@ -179,13 +194,110 @@ fn remote_of_json(services: &Value, checks: &Value) -> Result<RemoteNode, crate:
             out.services.extend(reg.service);
         }
     }
+    out.checks = checks_of_json(checks)?;
+    Ok(out)
+}
+
+/// The checks of a `/v1/health/node/:node` answer.
+fn checks_of_json(checks: &Value) -> Result<Vec<CheckInfo>, crate::http::ApiError> {
+    let mut out = Vec::new();
     if let Some(list) = checks.as_array() {
         for c in list {
             let reg = crate::http::registration_of(&json!({"Check": c}))?;
-            out.checks.extend(reg.checks);
+            out.extend(reg.checks);
         }
     }
     Ok(out)
+}
+
+/// Where this agent's remote alias checks read the catalog: where its anti-entropy writes.
+/// It holds the API weakly (the API holds the local state, which holds this).
+pub struct ApiHealth(pub Weak<crate::http::Api>);
+
+impl ApiHealth {
+    fn api(&self) -> Result<Arc<crate::http::Api>, String> {
+        self.0
+            .upgrade()
+            .ok_or_else(|| "the agent is stopping".to_string())
+    }
+
+    async fn checks(
+        &self,
+        node: &str,
+        index: u64,
+        wait: Duration,
+    ) -> Result<(Vec<CheckInfo>, u64), String> {
+        let api = self.api()?;
+        if let Some(fwd) = &api.forward {
+            let uri = format!(
+                "/v1/health/node/{}?stale&index={index}&wait={}s",
+                escape(node),
+                wait.as_secs().max(1)
+            );
+            let (v, next) = forwarded_json(fwd, &uri).await.map_err(|e| e.to_string())?;
+            return Ok((checks_of_json(&v).map_err(|e| e.to_string())?, next));
+        }
+        let opts = crate::http::ReadOpts {
+            mode: Consistency::Stale,
+            min_index: index,
+            wait,
+        };
+        let topic = Topic::Node(node.to_string());
+        let read = |sm: &tribune_core::fsm::StateMachine| {
+            let c = sm.catalog();
+            let checks = c.node_checks(node).map(|ch| ch.info.clone()).collect();
+            (checks, c.node_index(node))
+        };
+        let (checks, next, _) =
+            crate::http::blocking(&*api.store, &api.metrics, topic, &opts, read)
+                .await
+                .map_err(|e| e.to_string())?;
+        Ok((checks, next))
+    }
+
+    async fn service(&self, node: &str, id: &str) -> Result<bool, String> {
+        let api = self.api()?;
+        let slice = if let Some(fwd) = &api.forward {
+            let uri = format!("/v1/catalog/node-services/{}?stale", escape(node));
+            let (v, _) = forwarded_json(fwd, &uri).await.map_err(|e| e.to_string())?;
+            remote_of_json(&v, &Value::Null).map_err(|e| e.to_string())?
+        } else {
+            let read = |sm: &tribune_core::fsm::StateMachine| RemoteNode::of(sm.catalog(), node);
+            crate::store::read(&*api.store, Consistency::Stale, read)
+                .await
+                .map_err(|e| e.to_string())?
+                .0
+        };
+        Ok(slice
+            .services
+            .iter()
+            .any(|s| !id.is_empty() && s.id.eq_ignore_ascii_case(id)))
+    }
+}
+
+impl NodeHealth for ApiHealth {
+    fn node_checks<'a>(
+        &'a self,
+        node: &'a str,
+        index: u64,
+        wait: Duration,
+    ) -> BoxFuture<'a, Result<(Vec<CheckInfo>, u64), String>> {
+        Box::pin(self.checks(node, index, wait))
+    }
+
+    fn has_service<'a>(
+        &'a self,
+        node: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<bool, String>> {
+        Box::pin(self.service(node, id))
+    }
+}
+
+/// Point the agent's remote alias checks at its catalog.
+pub fn wire_aliases(api: &Arc<crate::http::Api>) {
+    api.local
+        .set_remote(Arc::new(ApiHealth(Arc::downgrade(api))));
 }
 
 /// Start this agent's anti-entropy and its check timers (TTL expiry, critical services

@@ -57,6 +57,7 @@ pub fn api(
         let serve = http::serve_forwarded(api.clone());
         let _ = raft.http.set(crate::forward::over_rpc(serve));
     }
+    super::catalog_port::wire_aliases(&api);
     api
 }
 

@@ -16,7 +16,7 @@
 //! - `lifecycle`: signals, graceful leave, reload;
 //! - `error`: why the agent did not start, printed one way.
 
-mod catalog_port;
+pub(crate) mod catalog_port;
 mod datadir;
 mod error;
 mod flags;

@@ -3,7 +3,8 @@
 //! owns and keeps the catalog in step with (`tribune_core::local`).
 //!
 //! Service and check definitions are read as Consul reads them (any case, snake_case), so
-//! the same functions read them from config files.
+//! the same functions read them from config files. A check is a TTL, HTTP, TCP, script or
+//! alias check (`AliasService`, `AliasNode`) by the fields it sets.
 
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use tribune_core::catalog::Check;
 use tribune_core::catalog::CheckInfo;
 use tribune_core::catalog::Health;
 use tribune_core::catalog::ServiceInfo;
+use tribune_core::local::Alias;
 use tribune_core::local::LocalError;
 
 use super::catalog::check_json;
@@ -103,7 +105,13 @@ pub fn check_def(
     if args.is_empty() {
         args = l.strings("ScriptArgs")?;
     }
+    let alias = Alias {
+        node: l.string("AliasNode")?,
+        service: l.string("AliasService")?,
+    };
+    let is_alias = !alias.node.is_empty() || !alias.service.is_empty();
     let periodic = !http.is_empty() || !tcp.is_empty() || !args.is_empty();
+    // Consul's rules, in its order (an alias may carry an interval, which it ignores).
     if interval.is_some() && ttl.is_some() {
         return Err(invalid("Interval and TTL cannot both be specified"));
     }
@@ -112,7 +120,13 @@ pub fn check_def(
             "Interval must be > 0 for Script, HTTP, or TCP checks",
         ));
     }
-    if !periodic && ttl.is_none() {
+    if periodic && is_alias {
+        return Err(invalid("Interval cannot be set for Alias checks"));
+    }
+    if is_alias && ttl.is_some() {
+        return Err(invalid("TTL must be not be set for Alias checks"));
+    }
+    if !periodic && !is_alias && ttl.is_none() {
         return Err(invalid("TTL must be > 0 for TTL checks"));
     }
     if !args.is_empty() && !scripts_allowed {
@@ -132,6 +146,8 @@ pub fn check_def(
         }
     } else if !tcp.is_empty() {
         CheckKind::Tcp(tcp)
+    } else if is_alias {
+        CheckKind::Alias(alias)
     } else {
         CheckKind::Script(args)
     };

@@ -245,3 +245,138 @@ async fn agent_services_and_checks_take_filters() {
     let p = format!("/v1/agent/services?filter={}", enc("(("));
     assert_eq!(call(&api, "GET", &p, b"").await.0, 400);
 }
+
+/// Check `id` of `/v1/agent/checks`: its status and output.
+async fn check_state(api: &std::sync::Arc<crate::http::Api>, id: &str) -> (String, String) {
+    let checks = get_json(api, "/v1/agent/checks").await;
+    let c = &checks[id];
+    let text = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+    (text("Status"), text("Output"))
+}
+
+/// Wait (bounded) until check `id` is `status` with `output`.
+async fn wait_check(api: &std::sync::Arc<crate::http::Api>, id: &str, status: &str, output: &str) {
+    let want = (status.to_string(), output.to_string());
+    for _ in 0..100 {
+        if check_state(api, id).await == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(check_state(api, id).await, want, "{id}");
+}
+
+#[tokio::test]
+async fn an_alias_check_mirrors_a_local_service_and_a_node_of_the_catalog() {
+    let api = dev_api();
+    let web = br#"{"name": "web", "check": {"id": "web-ttl", "ttl": "30s"}}"#;
+    assert_eq!(put(&api, "/v1/agent/service/register", web).await.0, 200);
+    // snake_case, in a service definition's `checks`.
+    let proxy = br#"{"name": "proxy", "checks": [{"id": "proxy-alias", "alias_service": "web"}]}"#;
+    assert_eq!(put(&api, "/v1/agent/service/register", proxy).await.0, 200);
+    let checks = get_json(&api, "/v1/agent/checks").await;
+    assert_eq!(checks["proxy-alias"]["Type"], "alias");
+    assert_eq!(checks["proxy-alias"]["ServiceID"], "proxy");
+    let failing = "Aliased check \"Service 'web' check\" failing: ";
+    assert_eq!(
+        check_state(&api, "proxy-alias").await,
+        ("critical".into(), failing.into())
+    );
+    put(&api, "/v1/agent/check/pass/web-ttl", b"").await;
+    assert_eq!(
+        check_state(&api, "proxy-alias").await,
+        ("passing".into(), "All checks passing.".into())
+    );
+    put(&api, "/v1/agent/check/warn/web-ttl?note=slow", b"").await;
+    assert_eq!(
+        check_state(&api, "proxy-alias").await,
+        ("warning".into(), format!("{failing}slow"))
+    );
+    let (status, _, _) = call(&api, "GET", "/v1/agent/health/service/id/proxy", b"").await;
+    assert_eq!(status, 429, "the proxy's health is its alias's");
+    put(&api, "/v1/agent/service/deregister/web", b"").await;
+    assert_eq!(
+        check_state(&api, "proxy-alias").await,
+        (
+            "critical".into(),
+            "Service web could not be found on node ".into()
+        )
+    );
+
+    // Registered on its own, in Consul's spelling: an alias of a node in the catalog.
+    let n2 = br#"{"Node": "n2", "Address": "10.0.0.2",
+        "Service": {"ID": "db", "Service": "db"},
+        "Check": {"CheckID": "db-up", "Name": "db-up", "Status": "passing", "ServiceID": "db"}}"#;
+    assert_eq!(put(&api, "/v1/catalog/register", n2).await.0, 200);
+    let alias = br#"{"Name": "db-alias", "AliasNode": "n2", "AliasService": "db"}"#;
+    assert_eq!(put(&api, "/v1/agent/check/register", alias).await.0, 200);
+    wait_check(&api, "db-alias", "passing", "All checks passing.").await;
+    // Defined again (as a reload does), it keeps what it saw instead of flapping.
+    assert_eq!(put(&api, "/v1/agent/check/register", alias).await.0, 200);
+    assert_eq!(
+        check_state(&api, "db-alias").await,
+        ("passing".into(), "All checks passing.".into())
+    );
+    let down = br#"{"Node": "n2", "Address": "10.0.0.2",
+        "Check": {"CheckID": "db-up", "Name": "db-up", "Status": "critical", "ServiceID": "db",
+                  "Output": "boom"}}"#;
+    assert_eq!(put(&api, "/v1/catalog/register", down).await.0, 200);
+    wait_check(
+        &api,
+        "db-alias",
+        "critical",
+        "Aliased check \"db-up\" failing: boom",
+    )
+    .await;
+    let gone = br#"{"Node": "n2", "ServiceID": "db"}"#;
+    assert_eq!(put(&api, "/v1/catalog/deregister", gone).await.0, 200);
+    wait_check(
+        &api,
+        "db-alias",
+        "critical",
+        "Service db could not be found on node n2",
+    )
+    .await;
+    // Deregistered, it is gone (and its query with it).
+    put(&api, "/v1/agent/check/deregister/db-alias", b"").await;
+    assert!(get_json(&api, "/v1/agent/checks")
+        .await
+        .get("db-alias")
+        .is_none());
+}
+
+#[tokio::test]
+async fn alias_definitions_get_consuls_errors() {
+    let api = dev_api();
+    let cases: &[(&'static [u8], &str)] = &[
+        (
+            br#"{"name": "a", "alias_service": "web", "ttl": "5s"}"#,
+            "Invalid check: TTL must be not be set for Alias checks",
+        ),
+        (
+            br#"{"name": "a", "AliasService": "web", "http": "http://x/", "interval": "5s"}"#,
+            "Invalid check: Interval cannot be set for Alias checks",
+        ),
+        (
+            br#"{"name": "a", "alias_node": "n2", "tcp": "127.0.0.1:1"}"#,
+            "Invalid check: Interval must be > 0 for Script, HTTP, or TCP checks",
+        ),
+        (
+            br#"{"name": "a", "alias_node": "n2", "ttl": "5s", "interval": "5s"}"#,
+            "Invalid check: Interval and TTL cannot both be specified",
+        ),
+    ];
+    for (body, text) in cases {
+        assert_eq!(
+            put(&api, "/v1/agent/check/register", body).await,
+            (400, text.to_string()),
+            "{}",
+            String::from_utf8_lossy(body)
+        );
+    }
+    // An interval alone is Consul's to ignore: the alias is taken.
+    let body = br#"{"name": "a", "alias_service": "web", "interval": "10s"}"#;
+    assert_eq!(put(&api, "/v1/agent/check/register", body).await.0, 200);
+    let checks = get_json(&api, "/v1/agent/checks").await;
+    assert_eq!(checks["a"]["Type"], "alias");
+}

@@ -14,8 +14,12 @@
 //! parentheses (`not` binds tightest, then `and`, then `or`); dotted selectors with `.N`
 //! array indexes and `["key"]` map indexes, and quoted JSON-pointer selectors (`"/a/b"`);
 //! values as double-quoted strings (Go escapes), backtick raw strings, numbers and bare
-//! words (a bare word is a selector spelled as a value: its text is the value).
-//! Not supported: bexpr's `any`/`all` collection expressions (an error says so).
+//! words (a bare word is a selector spelled as a value: its text is the value); and
+//! bexpr's collection expressions (since its 0.1.13), `any Checks as c { c.Status ==
+//! critical }` and `all Service.Meta as k, v { v != "" }`, which bind for their body each
+//! member's index or key and value (`as x`: a list's element or a map's key; `as i, v`;
+//! `as i, _`; `as _, v`). As in bexpr's grammar, a collection expression is an `or`
+//! chain's last term, and an operand of `and` or `not` only in parentheses.
 //!
 //! Evaluation follows bexpr on Go structs, with JSON standing in for them:
 //! - a literal is text until a field's type asks for more: strings compare as bytes, a
@@ -30,19 +34,33 @@
 //!   every other object is a struct. A key missing from a map, as the selector's last step,
 //!   answers as bexpr answers a missing map key (nothing equals or is in it, it is empty);
 //!   a key missing from a struct, or earlier in the path, is an error, as a field that a
-//!   Go struct lacks is in Consul.
+//!   Go struct lacks is in Consul;
+//! - a name bound by a collection expression stands, as a selector's first part, for the
+//!   path to its member (resolved through the names further out) or for its index or key
+//!   (which has no parts below it); values are never names, only text. A key missing from a
+//!   map and `null` have no members: `any` is false over them, `all` true; a struct or a
+//!   primitive is an error.
+//!
+//! Evaluation is bounded as bexpr's is not: each element may take at most
+//! [`FILTER_STEPS_MAX`] steps (matches and collection members), so nested collections over
+//! large lists fail rather than run for long.
 //!
 //! Regular expressions are compiled when the filter is parsed (bexpr compiles them at their
 //! first evaluation), with [`REGEX_SIZE_MAX`] as the compiled program's bound; their syntax
 //! is the `regex` crate's, which is RE2's as Go's is, give or take a few classes.
+
+use std::borrow::Cow;
 
 use regex::Regex;
 use serde_json::Value;
 
 /// The longest expression parsed, in bytes; a longer one is refused before parsing.
 pub const FILTER_BYTES_MAX: usize = 4096;
-/// How deeply `not`s and parentheses may nest.
+/// How deeply `not`s, parentheses and collection bodies may nest.
 pub const FILTER_DEPTH_MAX: usize = 32;
+/// The steps one element's evaluation may take: each match evaluated, and each member a
+/// collection expression visits (nested ones multiply).
+pub const FILTER_STEPS_MAX: usize = 65_536;
 /// The bound on one compiled regular expression (`regex::RegexBuilder::size_limit`).
 pub const REGEX_SIZE_MAX: usize = 256 * 1024;
 /// Keys whose object values are Go maps in Consul's structs (`Meta`, `NodeMeta`,
@@ -58,8 +76,8 @@ pub const MAP_FIELDS: &[&str] = &[
 ];
 
 /// Why a filter could not be parsed or evaluated. The texts are bexpr's (what Consul puts
-/// after `Failed to create boolean expression evaluator: `), except for the bounds and the
-/// collection expressions, which bexpr does not have or Tribune does not take.
+/// after `Failed to create boolean expression evaluator: `), except for the bounds, which
+/// bexpr does not have.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FilterError {
     /// The grammar's error, positioned as bexpr positions it (`line:column (offset)`).
@@ -71,15 +89,19 @@ pub enum FilterError {
         max = FILTER_BYTES_MAX
     )]
     TooLong(usize),
-    /// `not`s and parentheses nest deeper than [`FILTER_DEPTH_MAX`].
+    /// `not`s, parentheses and collection bodies nest deeper than [`FILTER_DEPTH_MAX`].
     #[error("filter expression nests deeper than {max} levels", max = FILTER_DEPTH_MAX)]
     TooDeep,
     /// A `matches` operand is no regular expression, or compiles too large.
     #[error("failed to compile regular expression {}: {reason}", go_quote(.pattern.as_bytes()))]
     Regex { pattern: String, reason: String },
-    /// bexpr's `any`/`all` collection expressions.
-    #[error("collection expressions (any, all) are not supported")]
-    Unsupported,
+    /// One element took more than [`FILTER_STEPS_MAX`] steps (nested `any`/`all` over
+    /// large collections).
+    #[error(
+        "filter expression takes more than {max} steps on one element",
+        max = FILTER_STEPS_MAX
+    )]
+    TooCostly,
     /// Evaluation failed: a selector that names nothing, a literal of the wrong type, an
     /// operator the value does not take.
     #[error("{0}")]
@@ -112,7 +134,7 @@ impl Filter {
     pub fn matches(&self, v: &Value) -> Result<bool, FilterError> {
         match &self.expr {
             None => Ok(true),
-            Some(e) => e.eval(v),
+            Some(e) => e.eval(v, &mut Scope::default()),
         }
     }
 }
@@ -128,6 +150,30 @@ enum Expr {
     And(Vec<Expr>),
     Not(Box<Expr>),
     Match(Box<Match>),
+    Collection(Box<Collection>),
+}
+
+/// `any`/`all` over a list's elements or a map's entries, with names bound for the body.
+#[derive(Debug, Clone)]
+struct Collection {
+    all: bool,
+    selector: Selector,
+    binding: Binding,
+    inner: Expr,
+}
+
+/// The names a collection expression binds: each member's index (a list's position, a
+/// map's key) or value (the member itself, a path into the datum).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Binding {
+    /// `as x`: a list's element, or a map's key.
+    Default(String),
+    /// `as i, _`.
+    Index(String),
+    /// `as _, v`.
+    Value(String),
+    /// `as i, v`.
+    IndexValue(String, String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,16 +214,6 @@ impl Selector {
     /// The selector as bexpr prints it in messages and as a bare-word value.
     fn text(&self) -> String {
         self.path.join(if self.pointer { "/" } else { "." })
-    }
-
-    /// The selector's first `upto` parts as a JSON pointer, as errors name them.
-    fn pointer_text(&self, upto: usize) -> String {
-        let mut s = String::new();
-        for part in &self.path[..upto.min(self.path.len())] {
-            s.push('/');
-            s.push_str(&part.replace('~', "~0").replace('/', "~1"));
-        }
-        s
     }
 }
 
@@ -437,14 +473,15 @@ impl<'a> Parser<'a> {
 
     // -- expressions ----------------------------------------------------------------------
 
-    /// `OrExpression`: `AndExpression (_ "or" _ OrExpression)?`, or a collection expression
-    /// (refused). The right recursion is parsed as a loop; the tree is n-ary.
+    /// `OrExpression`: `AndExpression (_ "or" _ OrExpression)?`, or a collection
+    /// expression. The right recursion is parsed as a loop; the tree is n-ary. A collection
+    /// expression is the grammar's last alternative, with nothing after it: it may end an
+    /// `or` chain, and is an operand of `and` or `not` only in parentheses.
     fn or_expr(&mut self) -> Option<Expr> {
         let start = self.pos;
         let Some(first) = self.and_expr() else {
             self.pos = start;
-            self.collection();
-            return None;
+            return self.collection();
         };
         let mut terms = vec![first];
         loop {
@@ -456,7 +493,10 @@ impl<'a> Parser<'a> {
                     continue;
                 }
                 self.pos = right;
-                self.collection();
+                if let Some(e) = self.collection() {
+                    terms.push(e);
+                    break;
+                }
             }
             self.pos = save;
             break;
@@ -495,14 +535,88 @@ impl<'a> Parser<'a> {
         })
     }
 
-    /// `CollectionExpression`, which starts `any _` or `all _`: recorded as wanted where
-    /// bexpr would try it, and refused where it is written.
-    fn collection(&mut self) {
-        if self.fatal.is_none()
-            && (self.seq(&[Tok::Lit("any"), Tok::Ws]) || self.seq(&[Tok::Lit("all"), Tok::Ws]))
-        {
-            self.fatal = Some(FilterError::Unsupported);
+    /// `CollectionExpression`: `("any" / "all") _ Selector _ "as" _ CollectionIdentifiers
+    /// _? "{" _? OrExpression _? "}"`; its body is one level of nesting. The position is
+    /// restored where it does not match.
+    fn collection(&mut self) -> Option<Expr> {
+        if self.fatal.is_some() {
+            return None;
         }
+        let start = self.pos;
+        let c = self.collection_at();
+        if c.is_none() {
+            self.pos = start;
+        }
+        c.map(|c| Expr::Collection(Box::new(c)))
+    }
+
+    fn collection_at(&mut self) -> Option<Collection> {
+        let all = if self.seq(&[Tok::Lit("any"), Tok::Ws]) {
+            false
+        } else if self.seq(&[Tok::Lit("all"), Tok::Ws]) {
+            true
+        } else {
+            return None;
+        };
+        let selector = self.selector()?;
+        if !self.seq(&[Tok::Ws, Tok::Lit("as"), Tok::Ws]) {
+            return None;
+        }
+        let binding = self.binding()?;
+        self.ws_opt();
+        if !self.lit("{") || !self.enter() {
+            return None;
+        }
+        self.ws_opt();
+        let inner = self.or_expr();
+        self.depth -= 1;
+        let inner = inner?;
+        self.ws_opt();
+        if !self.lit("}") {
+            return None;
+        }
+        Some(Collection {
+            all,
+            selector,
+            binding,
+            inner,
+        })
+    }
+
+    /// `CollectionIdentifiers`: `i, v`, `i, _`, `_, v` or `x`, tried in that order (the
+    /// first two share their start, parsed once; what a second parse of it would record is
+    /// what the first recorded).
+    fn binding(&mut self) -> Option<Binding> {
+        let start = self.pos;
+        if let Some(first) = self.identifier() {
+            let alone = self.pos;
+            self.ws_opt();
+            if self.lit(",") {
+                self.ws_opt();
+                if let Some(second) = self.identifier() {
+                    return Some(Binding::IndexValue(first, second));
+                }
+                if self.lit("_") {
+                    return Some(Binding::Index(first));
+                }
+            }
+            // `"_" ...` is tried (and fails) before the identifier alone is taken.
+            self.pos = start;
+            self.lit("_");
+            self.pos = alone;
+            return Some(Binding::Default(first));
+        }
+        if self.lit("_") {
+            self.ws_opt();
+            if self.lit(",") {
+                self.ws_opt();
+                if let Some(second) = self.identifier() {
+                    return Some(Binding::Value(second));
+                }
+            }
+        }
+        self.pos = start;
+        None
     }
 
     /// `NotExpression`: `"not" _ NotExpression / ParenthesizedExpression` (so `not in Tags`
@@ -609,13 +723,22 @@ impl<'a> Parser<'a> {
 
     // -- selectors and values -------------------------------------------------------------
 
+    /// `Identifier`: `[a-zA-Z] [a-zA-Z0-9_/]*`.
+    fn identifier(&mut self) -> Option<String> {
+        let start = self.pos;
+        if !self.class("[a-zA-Z]", |c| c.is_ascii_alphabetic()) {
+            return None;
+        }
+        while self.class("[a-zA-Z0-9_/]", is_ident_char) {}
+        Some(self.src[start..self.pos].to_string())
+    }
+
     /// `Selector`: an identifier and its `.name`, `["key"]` and `.N` steps, or a quoted
     /// JSON pointer.
     fn selector(&mut self) -> Option<Selector> {
         let start = self.pos;
-        if self.class("[a-zA-Z]", |c| c.is_ascii_alphabetic()) {
-            while self.class("[a-zA-Z0-9_/]", is_ident_char) {}
-            let mut path = vec![self.src[start..self.pos].to_string()];
+        if let Some(first) = self.identifier() {
+            let mut path = vec![first];
             while let Some(step) = self.selector_step() {
                 path.push(step);
             }
@@ -650,10 +773,8 @@ impl<'a> Parser<'a> {
     fn selector_step(&mut self) -> Option<String> {
         let start = self.pos;
         if self.lit(".") {
-            let id = self.pos;
-            if self.class("[a-zA-Z]", |c| c.is_ascii_alphabetic()) {
-                while self.class("[a-zA-Z0-9_/]", is_ident_char) {}
-                return Some(self.src[id..self.pos].to_string());
+            if let Some(id) = self.identifier() {
+                return Some(id);
             }
         }
         self.pos = start;
@@ -947,6 +1068,7 @@ impl Expr {
         match self {
             Expr::Or(terms) | Expr::And(terms) => terms.iter_mut().try_for_each(Expr::compile),
             Expr::Not(e) => e.compile(),
+            Expr::Collection(c) => c.inner.compile(),
             Expr::Match(m) if matches!(m.op, Op::Matches | Op::NotMatches) => {
                 m.regex = Some(compile(&m.value)?);
                 Ok(())
@@ -955,11 +1077,11 @@ impl Expr {
         }
     }
 
-    fn eval(&self, v: &Value) -> Result<bool, FilterError> {
+    fn eval(&self, v: &Value, cx: &mut Scope) -> Result<bool, FilterError> {
         match self {
             Expr::Or(terms) => {
                 for t in terms {
-                    if t.eval(v)? {
+                    if t.eval(v, cx)? {
                         return Ok(true);
                     }
                 }
@@ -967,15 +1089,179 @@ impl Expr {
             }
             Expr::And(terms) => {
                 for t in terms {
-                    if !t.eval(v)? {
+                    if !t.eval(v, cx)? {
                         return Ok(false);
                     }
                 }
                 Ok(true)
             }
-            Expr::Not(e) => Ok(!e.eval(v)?),
-            Expr::Match(m) => m.eval(v),
+            Expr::Not(e) => Ok(!e.eval(v, cx)?),
+            Expr::Match(m) => m.eval(v, cx),
+            Expr::Collection(c) => c.eval(v, cx),
         }
+    }
+}
+
+/// A name a collection expression bound for its body.
+struct Local {
+    name: String,
+    bound: Bound,
+}
+
+/// What a name stands for: a path into the datum, as written (a name it starts with is
+/// resolved in turn, outward), or a value of its own (a list index, a map key).
+enum Bound {
+    Path(Vec<String>),
+    Value(Value),
+}
+
+/// What a selector resolves to.
+enum Resolved<'a> {
+    Path(Cow<'a, [String]>),
+    Value(&'a Value),
+}
+
+/// One evaluation's names in scope, and the steps it has taken.
+#[derive(Default)]
+struct Scope {
+    locals: Vec<Local>,
+    steps: usize,
+}
+
+impl Scope {
+    /// One more step (a match, a collection member), or the bound's error.
+    fn step(&mut self) -> Result<(), FilterError> {
+        self.steps += 1;
+        if self.steps > FILTER_STEPS_MAX {
+            return Err(FilterError::TooCostly);
+        }
+        Ok(())
+    }
+
+    /// `path` with the names in scope replaced, innermost first (bexpr's `getValue`): a
+    /// name bound to a path is replaced by it and the result looked at again by the names
+    /// further out; a name bound to a value is that value, with nothing after it.
+    fn resolve<'a>(&'a self, path: &'a [String]) -> Result<Resolved<'a>, FilterError> {
+        let mut path = Cow::Borrowed(path);
+        for l in self.locals.iter().rev() {
+            if path.first() != Some(&l.name) {
+                continue;
+            }
+            match &l.bound {
+                Bound::Value(v) if path.len() > 1 => {
+                    return Err(FilterError::Eval(format!(
+                        "{} references a {} so {} is invalid",
+                        pointer(&path[..1]),
+                        go_type_of_key(v),
+                        pointer(&path)
+                    )));
+                }
+                Bound::Value(v) => return Ok(Resolved::Value(v)),
+                Bound::Path(p) => {
+                    let mut full = p.clone();
+                    full.extend_from_slice(&path[1..]);
+                    path = Cow::Owned(full);
+                }
+            }
+        }
+        Ok(Resolved::Path(path))
+    }
+}
+
+/// The Go type of a list index or map key a name stands for, as bexpr's `%T` prints it.
+fn go_type_of_key(v: &Value) -> &'static str {
+    if v.is_string() {
+        "string"
+    } else {
+        "int"
+    }
+}
+
+/// A path as a JSON pointer (pointerstructure's `String`).
+fn pointer(path: &[String]) -> String {
+    let mut s = String::new();
+    for part in path {
+        s.push('/');
+        s.push_str(&part.replace('~', "~0").replace('/', "~1"));
+    }
+    s
+}
+
+impl Collection {
+    /// bexpr's `any`/`all`: the body for each member, in order, until one decides. A key
+    /// missing from a map and `null` (a nil list or map) have no members: `any` is false,
+    /// `all` true. Each member is a step.
+    fn eval(&self, root: &Value, cx: &mut Scope) -> Result<bool, FilterError> {
+        let found = match cx.resolve(&self.selector.path)? {
+            Resolved::Value(_) => None,
+            Resolved::Path(p) => match lookup(root, &p)? {
+                None => return Ok(self.all),
+                Some(f) => Some(f),
+            },
+        };
+        let members: Vec<(Value, String)> = match found {
+            Some(Found {
+                value: Value::Array(items),
+                ..
+            }) => (0..items.len())
+                .map(|i| (Value::from(i), i.to_string()))
+                .collect(),
+            Some(Found {
+                value: Value::Object(obj),
+                map: true,
+            }) => obj
+                .keys()
+                .map(|k| (Value::String(k.clone()), k.clone()))
+                .collect(),
+            Some(Found {
+                value: Value::Null, ..
+            }) => Vec::new(),
+            _ => {
+                return Err(FilterError::Eval(format!(
+                    "{} is not a list or a map",
+                    self.selector.text()
+                )))
+            }
+        };
+        for (index, key) in members {
+            cx.step()?;
+            let mut path = self.selector.path.clone();
+            path.push(key);
+            let bound = self.bind(index, path)?;
+            let n = bound.len();
+            cx.locals.extend(bound);
+            let r = self.inner.eval(root, cx);
+            cx.locals.truncate(cx.locals.len() - n);
+            let r = r?;
+            if r != self.all {
+                return Ok(r);
+            }
+        }
+        Ok(self.all)
+    }
+
+    /// The names one member binds: `index` is its index or key, `path` the selector's path
+    /// to it as written.
+    fn bind(&self, index: Value, path: Vec<String>) -> Result<Vec<Local>, FilterError> {
+        let local = |name: &String, bound| Local {
+            name: name.clone(),
+            bound,
+        };
+        let is_map = index.is_string();
+        Ok(match &self.binding {
+            Binding::Default(x) if is_map => vec![local(x, Bound::Value(index))],
+            Binding::Default(x) | Binding::Value(x) => vec![local(x, Bound::Path(path))],
+            Binding::Index(i) => vec![local(i, Bound::Value(index))],
+            Binding::IndexValue(i, v) if i == v => {
+                return Err(FilterError::Eval(format!(
+                    "{} cannot be used as a placeholder for both the index and the value",
+                    go_quote(i.as_bytes())
+                )))
+            }
+            Binding::IndexValue(i, v) => {
+                vec![local(i, Bound::Value(index)), local(v, Bound::Path(path))]
+            }
+        })
     }
 }
 
@@ -995,8 +1281,16 @@ impl Match {
         }
     }
 
-    fn eval(&self, root: &Value) -> Result<bool, FilterError> {
-        let Some(found) = self.lookup(root)? else {
+    fn eval(&self, root: &Value, cx: &mut Scope) -> Result<bool, FilterError> {
+        cx.step()?;
+        let found = match cx.resolve(&self.selector.path)? {
+            Resolved::Value(v) => Some(Found {
+                value: v,
+                map: false,
+            }),
+            Resolved::Path(p) => lookup(root, &p)?,
+        };
+        let Some(found) = found else {
             return Ok(self.op.missing());
         };
         let v = found.value;
@@ -1013,62 +1307,6 @@ impl Match {
             Op::IsNotNil => !self.nil(&found)?,
         };
         Ok(yes)
-    }
-
-    /// Follows the selector from `root`: none for a key missing from a map at the last
-    /// step, an error where bexpr's JSON-pointer walk fails.
-    fn lookup<'v>(&self, root: &'v Value) -> Result<Option<Found<'v>>, FilterError> {
-        let path = &self.selector.path;
-        let mut cur = Found {
-            value: root,
-            map: false,
-        };
-        for (i, part) in path.iter().enumerate() {
-            let last = i + 1 == path.len();
-            let ptr = || self.selector.pointer_text(path.len());
-            let next = match cur.value {
-                Value::Object(obj) => match obj.get(part) {
-                    Some(v) => Found {
-                        value: v,
-                        map: MAP_FIELDS.contains(&part.as_str()) || (cur.map && v.is_object()),
-                    },
-                    None if cur.map && last => return Ok(None),
-                    None if cur.map => {
-                        return Err(not_found(format!(
-                            "{} at part {i}: couldn't find key {}",
-                            ptr(),
-                            go_quote(part.as_bytes())
-                        )))
-                    }
-                    None => {
-                        return Err(not_found(format!(
-                            "{} at part {i}: couldn't find key: struct field with name {}",
-                            ptr(),
-                            go_quote(part.as_bytes())
-                        )))
-                    }
-                },
-                Value::Array(items) => Found {
-                    value: array_item(items, part)
-                        .map_err(|e| not_found(format!("{} at part {i}: {e}", ptr())))?,
-                    map: cur.map,
-                },
-                Value::Null if cur.map && last => return Ok(None),
-                other => {
-                    let kind = if other.is_null() {
-                        "invalid"
-                    } else {
-                        kind(other, false)
-                    };
-                    return Err(not_found(format!(
-                        "{}: at part {i}, invalid value kind: {kind}",
-                        ptr()
-                    )));
-                }
-            };
-            cur = next;
-        }
-        Ok(Some(cur))
     }
 
     /// `==` on a primitive: the literal converted to the field's type.
@@ -1149,6 +1387,61 @@ impl Match {
             go_quote(self.selector.text().as_bytes())
         ))
     }
+}
+
+/// Follows `path` from `root`: none for a key missing from a map at the last step, an
+/// error where bexpr's JSON-pointer walk fails.
+fn lookup<'v>(root: &'v Value, path: &[String]) -> Result<Option<Found<'v>>, FilterError> {
+    let mut cur = Found {
+        value: root,
+        map: false,
+    };
+    for (i, part) in path.iter().enumerate() {
+        let last = i + 1 == path.len();
+        let ptr = || pointer(path);
+        let next = match cur.value {
+            Value::Object(obj) => match obj.get(part) {
+                Some(v) => Found {
+                    value: v,
+                    map: MAP_FIELDS.contains(&part.as_str()) || (cur.map && v.is_object()),
+                },
+                None if cur.map && last => return Ok(None),
+                None if cur.map => {
+                    return Err(not_found(format!(
+                        "{} at part {i}: couldn't find key {}",
+                        ptr(),
+                        go_quote(part.as_bytes())
+                    )))
+                }
+                None => {
+                    return Err(not_found(format!(
+                        "{} at part {i}: couldn't find key: struct field with name {}",
+                        ptr(),
+                        go_quote(part.as_bytes())
+                    )))
+                }
+            },
+            Value::Array(items) => Found {
+                value: array_item(items, part)
+                    .map_err(|e| not_found(format!("{} at part {i}: {e}", ptr())))?,
+                map: cur.map,
+            },
+            Value::Null if cur.map && last => return Ok(None),
+            other => {
+                let kind = if other.is_null() {
+                    "invalid"
+                } else {
+                    kind(other, false)
+                };
+                return Err(not_found(format!(
+                    "{}: at part {i}, invalid value kind: {kind}",
+                    ptr()
+                )));
+            }
+        };
+        cur = next;
+    }
+    Ok(Some(cur))
 }
 
 fn not_found(msg: String) -> FilterError {

@@ -484,10 +484,22 @@ fn bounds() {
     assert_eq!(Filter::parse(&open).unwrap_err(), FilterError::TooDeep);
     let chain = vec!["a == 1"; FILTER_BYTES_MAX / 12].join(" or ");
     assert!(Filter::parse(&chain).is_ok());
+    // Collection bodies nest as parentheses do.
+    let bodies = |n: usize| {
+        let open = "any Checks as c { ".repeat(n);
+        format!("{open}c == 1{}", " }".repeat(n))
+    };
+    assert!(Filter::parse(&bodies(FILTER_DEPTH_MAX)).is_ok());
     assert_eq!(
-        Filter::parse("any Service.Tags as t { t == v1 }").unwrap_err(),
-        FilterError::Unsupported
+        Filter::parse(&bodies(FILTER_DEPTH_MAX + 1)).unwrap_err(),
+        FilterError::TooDeep
     );
+    // Nested collections multiply: bounded per element, not left to run.
+    let wide = json!({"L": (0..64).collect::<Vec<u32>>()});
+    let three = "all L as a { all L as b { all L as c { c != 99 } } }";
+    assert_eq!(eval_on(three, &wide), Err(FilterError::TooCostly));
+    let two = "all L as a { all L as b { b != 99 } }";
+    assert_eq!(eval_on(two, &wide), Ok(true), "64 * 64 * 2 steps fit");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -540,14 +552,48 @@ fn leaf() -> impl Strategy<Value = String> {
     ]
 }
 
-/// Expressions of leaves joined by `and`, `or`, `not` and parentheses.
+/// A match on a name a collection expression binds (an error outside one).
+fn bound_leaf() -> impl Strategy<Value = String> {
+    prop::sample::select(vec![
+        "t == v1",
+        "t != primary",
+        "t matches \"^p\"",
+        "i == 1",
+        "k == version",
+        "v == \"1.2\"",
+        "c.Status == passing",
+        "c.ServiceTags is empty",
+        "t.x == 1",
+    ])
+    .prop_map(str::to_string)
+}
+
+/// A collection expression around `body`, over the entry's lists and maps.
+fn collection(body: String) -> impl Strategy<Value = String> {
+    let head = prop::sample::select(vec![
+        "any Service.Tags as t",
+        "all Service.Tags as i, t",
+        "any Service.Meta as k",
+        "all Service.Meta as k, v",
+        "any Service.Meta as _, v",
+        "all Checks as c",
+        "any Checks as i, _",
+        "all Service.Meta.nope as t",
+        "any Service.Port as t",
+    ]);
+    head.prop_map(move |h| format!("({h} {{ {body} }})"))
+}
+
+/// Expressions of leaves joined by `and`, `or`, `not`, parentheses and collection
+/// expressions.
 fn expression() -> impl Strategy<Value = String> {
-    leaf().prop_recursive(4, 24, 3, |inner| {
+    prop_oneof![3 => leaf(), 1 => bound_leaf()].prop_recursive(4, 24, 3, |inner| {
         prop_oneof![
             (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("{a} and {b}")),
             (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("{a} or {b}")),
             inner.clone().prop_map(|a| format!("not {a}")),
-            inner.prop_map(|a| format!("({a})")),
+            inner.clone().prop_map(|a| format!("({a})")),
+            inner.prop_flat_map(collection),
         ]
     })
 }
@@ -599,7 +645,7 @@ proptest! {
         parts in prop::collection::vec(prop::sample::select(vec![
             "a", "Service.Meta", "[", "]", "\"", "`", "(", ")", " ", "==", "!=", "in", "not",
             "is", "empty", "nil", "and", "or", "contains", "matches", "-", "0", "1.5", "3x",
-            ".", "\"/x/y\"", "\\", "\n", "any", "é",
+            ".", "\"/x/y\"", "\\", "\n", "any", "é", "all", "as", "{", "}", ",", "_", "x",
         ]), 0..40)
     ) {
         let src: String = parts.concat();
@@ -617,6 +663,18 @@ proptest! {
         prop_assert!(neg.is_ok(), "{:?}", neg.err());
         let neg = neg.unwrap().matches(&v);
         prop_assert_eq!(neg, got.map(|b| !b), "{}", src);
+    }
+
+    /// `any X as x { e }` is `not (all X as x { not (e) })`, errors included.
+    #[test]
+    fn any_is_not_all_not(src in expression(), v in datum(), over in prop::sample::select(vec![
+        "Service.Tags as i, t", "Service.Meta as k, v", "Checks as c", "Service.Proxy as t",
+    ])) {
+        let any = Filter::parse(&format!("any {over} {{ {src} }}"));
+        prop_assume!(any.is_ok());
+        let all = Filter::parse(&format!("not (all {over} {{ not ({src}) }})"));
+        prop_assert!(all.is_ok(), "{:?}", all.err());
+        prop_assert_eq!(any.unwrap().matches(&v), all.unwrap().matches(&v), "{}", src);
     }
 }
 
@@ -668,4 +726,213 @@ fn bexprs_own_grammar_cases_parse() {
             .to_string(),
         r#"1:43 (42): no match found, expected: "in", "not" or [ \t\r\n]"#
     );
+}
+
+#[test]
+fn any_and_all_over_lists_and_maps() {
+    // Lists: the name is the element.
+    assert!(yes("any Checks as c { c.Status == critical }"));
+    assert!(!yes("all Checks as c { c.Status == passing }"));
+    assert!(yes("all Checks as c { c.Status != warning }"));
+    assert!(yes("any Service.Tags as t { t == primary }"));
+    assert!(yes("any Service.Tags as i, t { i == 1 and t == primary }"));
+    assert!(yes("all Service.Tags as i, _ { i != 2 }"));
+    assert!(yes("any Service.Tags as _, t { t == v1 }"));
+    assert!(yes("any Checks as c { \"/c/CheckID\" == serfHealth }"));
+    // Maps: the name alone is the key; the value needs `k, v` or `_, v`.
+    assert!(yes("any Service.Meta as k { k == version }"));
+    assert!(!yes("any Service.Meta as k { k == \"1.2\" }"));
+    assert!(yes(
+        "any Service.Meta as k, v { k == version and v == \"1.2\" }"
+    ));
+    assert!(yes("any Service.Meta as _, v { v == baz }"));
+    assert!(!yes("all Service.Meta as k, _ { k != \"foo-bar\" }"));
+    // Nested, through the outer name; an inner name shadows an outer one.
+    assert!(yes(
+        "any Checks as c { any c.ServiceTags as t { t == v1 } }"
+    ));
+    assert!(yes(
+        "any Checks as c { any c.ServiceTags as c { c == v1 } }"
+    ));
+    assert!(!yes(
+        "all Checks as c { any c.ServiceTags as t { t == v1 } }"
+    ));
+    // A name shadows a field of the datum; values are text, never names.
+    assert!(yes("any Service.Tags as Service { Service == v1 }"));
+    assert!(yes("any Service.Tags as v1 { v1 == v1 }"));
+    assert!(!yes("any Service.Tags as t { Service.Service == t }"));
+    // Nothing to visit: a missing map key, an empty or a null list or map.
+    assert!(!yes("any Service.Meta.nope as x { x == 1 }"));
+    assert!(yes("all Service.Meta.nope as x { x == 1 }"));
+    assert!(
+        yes("all Checks.0.ServiceTags as t, t { t == 1 }"),
+        "no member, no error"
+    );
+    let c = catalog();
+    assert_eq!(
+        eval_on("all ServiceTaggedAddresses as k { k == x }", &c),
+        Ok(true)
+    );
+    assert_eq!(
+        eval_on("any ServiceTaggedAddresses as k { k == x }", &c),
+        Ok(false)
+    );
+    // Where the grammar puts them: last in an `or` chain, in parentheses elsewhere.
+    assert!(yes(
+        "Service.Port == 1 or any Service.Tags as t { t == v1 }"
+    ));
+    assert!(yes(
+        "(any Service.Tags as t { t == v1 }) and Service.Port == 8080"
+    ));
+    assert!(!yes("not (any Service.Tags as t { t == v1 })"));
+    assert!(yes("(all Service.Tags as t { t != v9 })"));
+    for src in [
+        "any Service.Tags as t { t == v1 } or Service.Port == 1",
+        "Service.Port == 8080 and any Service.Tags as t { t == v1 }",
+        "not any Service.Tags as t { t == v1 }",
+    ] {
+        assert!(Filter::parse(src).is_err(), "{src}");
+    }
+    // A number must be followed by a space, the end or `)`, even before a `}`.
+    assert!(yes("any Service.Tags as t { t == v1}"));
+    assert_eq!(
+        Filter::parse("any Service.Tags as t { t == 1}")
+            .unwrap_err()
+            .to_string(),
+        "1:31 (30): rule \"number\": Invalid number literal"
+    );
+}
+
+#[test]
+fn collection_errors_read_as_bexprs() {
+    let cases = [
+        (
+            "any Service.Port as p { p == 1 }",
+            "Service.Port is not a list or a map",
+        ),
+        (
+            "all Service.Weights as w { w == 1 }",
+            "Service.Weights is not a list or a map",
+        ),
+        (
+            "any Service.Tags as t { any t as x { x == 1 } }",
+            "t is not a list or a map",
+        ),
+        (
+            "all Service.Meta as k, k { Service.Port == 1 }",
+            "\"k\" cannot be used as a placeholder for both the index and the value",
+        ),
+        (
+            "any Service.Meta as k { k.Color == red }",
+            "/k references a string so /k/Color is invalid",
+        ),
+        (
+            "any Service.Tags as i, _ { i.Color == red }",
+            "/i references a int so /i/Color is invalid",
+        ),
+        (
+            "any Checks as c { c.Nope == 1 }",
+            "error finding value in datum: /Checks/0/Nope at part 2: couldn't find key: \
+             struct field with name \"Nope\"",
+        ),
+        // The name is bound in the body only.
+        (
+            "(any Service.Tags as t { t == v1 }) and t == 1",
+            "error finding value in datum: /t at part 0: couldn't find key: struct field \
+             with name \"t\"",
+        ),
+    ];
+    for (src, want) in cases {
+        assert_eq!(err(src), want, "{src}");
+    }
+}
+
+/// bexpr's own evaluation cases for `any` and `all`, on its test datum (its `Map` renamed
+/// `Meta`, which is a map here by name).
+#[test]
+fn bexprs_own_collection_cases() {
+    let v = json!({
+        "Nested": {
+            "Meta": {"foo": "bar", "bar": "baz", "abc": "123", "colon": "co:lon",
+                     "co:lon": "co:lon", "email": "foo@example.com"},
+            "SliceOfInts": [1, 3, 5, 7, 9],
+            "SliceOfStructs": [{"X": 1, "Y": 2}, {"X": 3, "Y": 5}]
+        },
+        "TopInt": 5
+    });
+    let cases: &[(&str, Result<bool, &str>)] = &[
+        ("all Nested.SliceOfInts as i { i != 42 }", Ok(true)),
+        ("all Nested.SliceOfInts as i { i == 1 }", Ok(false)),
+        ("all Nested.Meta as v { v == \"bar\" }", Ok(false)),
+        ("all Nested.Meta as v { v != \"hello\" }", Ok(true)),
+        (
+            "all Nested.Meta as k, k { TopInt == 5 }",
+            Err("\"k\" cannot be used as a placeholder for both the index and the value"),
+        ),
+        ("all Nested.Meta as k, _ { k != \"foo\" }", Ok(false)),
+        ("all Nested.Meta as k, _ { k != \"hello\" }", Ok(true)),
+        (
+            "all Nested.Meta as k, v { k != \"foo\" or v != \"baz\" }",
+            Ok(true),
+        ),
+        (
+            "all TopInt as k, v { k != \"foo\" or v != \"baz\" }",
+            Err("TopInt is not a list or a map"),
+        ),
+        ("any Nested.SliceOfInts as i { i == 1 }", Ok(true)),
+        ("any Nested.SliceOfInts as i { i == 42 }", Ok(false)),
+        ("any Nested.SliceOfStructs as i { \"/i/X\" == 1 }", Ok(true)),
+        ("any Nested.Meta as k { k != \"bar\" }", Ok(true)),
+        ("any Nested.Meta as k { k == \"bar\" }", Ok(true)),
+        ("any Nested.Meta as k { k == \"hello\" }", Ok(false)),
+        (
+            "any Nested.Meta as k, v { k == \"foo\" and v == \"bar\" }",
+            Ok(true),
+        ),
+        (
+            "any Nested.Meta as k { k.Color == \"red\" }",
+            Err("/k references a string so /k/Color is invalid"),
+        ),
+        (
+            "any Nested.SliceOfInts as i, _ { i.Color == \"red\" }",
+            Err("/i references a int so /i/Color is invalid"),
+        ),
+    ];
+    for (src, want) in cases {
+        let got = eval_on(src, &v).map_err(|e| e.to_string());
+        assert_eq!(got, want.map_err(str::to_string), "{src}");
+    }
+}
+
+#[test]
+fn bexprs_own_collection_grammar_cases() {
+    for src in [
+        "all group.tasks as t { t.name == \"hello\" }",
+        "all group.tasks as t { all t.test as i { i == \"test\" }}",
+        "all group.tasks as k, v { k == v }",
+        "any group.tasks as t { t.name == \"vmware\" }",
+        "any group.tasks as t { any t.test as t { t == \"test\" }}",
+        "any \"/group/tasks\" as i , _ { i == 1 }",
+        "all x as _,v{v == 1 }",
+    ] {
+        if let Err(e) = Filter::parse(src) {
+            panic!("{src}: {e}");
+        }
+    }
+    let cases = [
+        (
+            "all group.tasks as { t.name == \"hello\" }",
+            r#"1:20 (19): no match found, expected: "_", [ \t\r\n] or [a-zA-Z]"#,
+        ),
+        (
+            "all as t { t.name == \"hello\" }",
+            r#"1:8 (7): no match found, expected: "as" or [ \t\r\n]"#,
+        ),
+    ];
+    for (src, want) in cases {
+        match Filter::parse(src) {
+            Ok(_) => panic!("{src}: parsed"),
+            Err(e) => assert_eq!(e.to_string(), want, "{src}"),
+        }
+    }
 }

@@ -35,7 +35,7 @@ pub fn agent_info() -> AgentInfo {
 
 pub fn api_with(store: Arc<dyn Store>, agent: AgentInfo) -> Arc<Api> {
     let (control, _rx) = mpsc::unbounded_channel();
-    Arc::new(Api {
+    let api = Arc::new(Api {
         lan: None,
         wan: None,
         store,
@@ -47,7 +47,9 @@ pub fn api_with(store: Arc<dyn Store>, agent: AgentInfo) -> Arc<Api> {
         control,
         forward: None,
         local: Arc::new(crate::local::Local::new(Default::default(), false, false)),
-    })
+    });
+    crate::agent::catalog_port::wire_aliases(&api);
+    api
 }
 
 pub fn api_over(store: Arc<dyn Store>) -> Arc<Api> {
