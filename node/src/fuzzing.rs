@@ -13,7 +13,9 @@
 //! - [`config_loader`]: a config source as JSON text and as HCL text, through the loader's
 //!   checks and the build of a [`Config`](crate::config::Config);
 //! - [`gossip_packet`]: the gossip state machine's target (`tribune_core::gossip::fuzzing`);
-//! - [`filter`]: a `?filter` expression parsed, evaluated, and checked against its negation.
+//! - [`filter`]: a `?filter` expression parsed, evaluated, and checked against its negation;
+//! - [`http_request`]: bytes as an HTTP connection's reader takes them (the request head,
+//!   then a chunked body), whole and cut in two.
 //!
 //! Async code runs on one current-thread runtime per thread, built once. Every call that
 //! needs an API gets a fresh dev store whose blocking queries never wait (query times of 0).
@@ -539,5 +541,48 @@ pub fn filter(data: &[u8]) {
         Ok(neg) => assert_eq!(neg.matches(&datum), got.map(|b| !b), "{src:?}"),
         Err(FilterError::TooLong(_) | FilterError::TooDeep) => {}
         Err(e) => panic!("{src:?} parses but its negation does not: {e}"),
+    }
+}
+
+/// Bytes as the HTTP connection loop reads them: the head parsed (no prefix of a complete
+/// head is complete), then what follows it decoded as a chunked body, whole and in two
+/// pieces cut where the first byte says, which must agree.
+pub fn http_request(data: &[u8]) {
+    use crate::http::conn::parse_head;
+    use crate::http::conn::Chunked;
+    let rest = match parse_head(data) {
+        Ok(Some((_, len))) => {
+            assert!(len <= data.len());
+            for cut in [0, len / 2, len.saturating_sub(1)] {
+                assert!(
+                    !matches!(parse_head(&data[..cut]), Ok(Some(_))),
+                    "prefix complete"
+                );
+            }
+            &data[len..]
+        }
+        _ => data,
+    };
+    let mut whole = rest.to_vec();
+    let mut a = Chunked::default();
+    let one = a.feed(&mut whole, 4096);
+    let cut = usize::from(rest.first().copied().unwrap_or(0)).min(rest.len());
+    let mut first = rest[..cut].to_vec();
+    let mut b = Chunked::default();
+    let two = match b.feed(&mut first, 4096) {
+        Ok(false) => {
+            first.extend_from_slice(&rest[cut..]);
+            b.feed(&mut first, 4096)
+        }
+        other => other,
+    };
+    match (&one, &two) {
+        (Ok(true), Ok(true)) => {
+            assert_eq!(whole, first, "left over after the body");
+            assert_eq!(a.into_body(), b.into_body());
+        }
+        // A bad chunk may be found in the first piece, or only with more input.
+        (Err(_), _) | (_, Err(_)) | (Ok(false), Ok(false)) => {}
+        _ => panic!("whole: {one:?}, in two pieces: {two:?}"),
     }
 }

@@ -15,7 +15,7 @@ mod agent;
 pub mod agent_services;
 mod blocking;
 mod catalog;
-mod conn;
+pub(crate) mod conn;
 mod context;
 mod error;
 pub(crate) mod filter;

@@ -63,6 +63,11 @@ fn filter() {
 }
 
 #[test]
+fn http_request() {
+    replay("http_request", fuzzing::http_request);
+}
+
+#[test]
 fn gossip_packet() {
     replay("gossip_packet", fuzzing::gossip_packet);
 }
