@@ -277,6 +277,16 @@ fn fold(s: &str) -> String {
     s.to_ascii_lowercase()
 }
 
+/// `s` folded for a lookup: borrowed when it is folded already (names mostly are), so
+/// that a read allocates nothing for it.
+fn folded(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(fold(s))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
+}
+
 /// The indexes blocking queries wait on (see the module docs).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Indexes {
@@ -696,7 +706,7 @@ impl Catalog {
     }
 
     pub fn node(&self, name: &str) -> Option<&Node> {
-        self.nodes.get(&fold(name))
+        self.nodes.get(folded(name).as_ref())
     }
 
     /// Every service name with the union of its instances' tags.
@@ -713,7 +723,7 @@ impl Catalog {
     /// The instances of service `name`, ordered by node then id.
     pub fn instances(&self, name: &str) -> impl Iterator<Item = &Service> {
         self.by_name
-            .get(&fold(name))
+            .get(folded(name).as_ref())
             .into_iter()
             .flatten()
             .filter_map(|k| self.services.get(k))
@@ -733,11 +743,15 @@ impl Catalog {
     /// node's.
     pub fn instance_checks<'a>(
         &'a self,
-        node: &str,
+        node: &'a str,
         service_id: &'a str,
     ) -> impl Iterator<Item = &'a Check> + 'a {
+        // From the node's first key while keys are the node's (they are folded): one
+        // allocation, where a range's two bounds took three.
+        let first = (fold(node), String::new());
         self.checks
-            .range(node_range(&fold(node)))
+            .range(first..)
+            .take_while(move |(k, _)| k.0.eq_ignore_ascii_case(node))
             .map(|(_, c)| c)
             .filter(move |c| {
                 c.info.service_id.is_empty() || c.info.service_id.eq_ignore_ascii_case(service_id)

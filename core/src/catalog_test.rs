@@ -421,3 +421,40 @@ fn a_change_names_exactly_the_services_and_nodes_it_moved() {
     assert_eq!(gone.service_names, BTreeSet::from(["db".to_string()]));
     assert_eq!(gone.node_names, BTreeSet::from(["n2".to_string()]));
 }
+
+#[test]
+fn reads_fold_names_and_keep_to_their_node() {
+    let mut c = Catalog::default();
+    let ch = |id: &str, sid: &str| check(id, sid, Health::Passing);
+    let web = service("web-1", "Web", 80);
+    register(&mut c, 1, node("n1", "10.0.0.1"), Some(web.clone()), vec![]).unwrap();
+    register(
+        &mut c,
+        2,
+        node("N1x", "10.0.0.2"),
+        Some(web.clone()),
+        vec![],
+    )
+    .unwrap();
+    register(&mut c, 3, node("n", "10.0.0.3"), Some(web), vec![]).unwrap();
+    let checks = vec![ch("serf", ""), ch("a", "web-1"), ch("b", "db-1")];
+    let db = || Some(service("db-1", "db", 5432));
+    register(&mut c, 4, node("n1", "10.0.0.1"), db(), checks.clone()).unwrap();
+    register(&mut c, 5, node("N1x", "10.0.0.2"), db(), checks.clone()).unwrap();
+    register(&mut c, 6, node("n", "10.0.0.3"), db(), checks).unwrap();
+    for name in ["n1", "N1", "n1X", "N1X", "n"] {
+        let n = c.node(name).unwrap();
+        assert!(n.info.name.eq_ignore_ascii_case(name));
+        let mut ids: Vec<_> = c
+            .instance_checks(name, "WEB-1")
+            .map(|ch| (ch.info.node.to_ascii_lowercase(), ch.info.check_id.clone()))
+            .collect();
+        ids.sort();
+        let folded = name.to_ascii_lowercase();
+        assert_eq!(ids, [(folded.clone(), "a".into()), (folded, "serf".into())]);
+    }
+    assert!(c.node("n2").is_none());
+    assert_eq!(c.instance_checks("n2", "web-1").count(), 0);
+    assert_eq!(c.instances("WEB").count(), 3);
+    assert_eq!(c.instances("web").count(), 3);
+}
