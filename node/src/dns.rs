@@ -357,6 +357,9 @@ pub(crate) struct Zone {
     mname: Name,
     rname: Name,
     datacenter: String,
+    /// `node.<dc>.<domain>.`, which node names are put in front of (None if the
+    /// datacenter makes no DNS name).
+    node_suffix: Option<Name>,
     directory: Arc<dyn Directory>,
     settings: DnsConfig,
     metrics: Arc<Metrics>,
@@ -478,6 +481,7 @@ impl Zone {
             rname: name("hostmaster.")?,
             domain: domain.split('.').map(str::to_string).collect(),
             datacenter: datacenter.to_ascii_lowercase(),
+            node_suffix: name(&format!("node.{}.", datacenter.to_ascii_lowercase())).ok(),
             directory,
             settings,
             metrics,
@@ -509,7 +513,14 @@ impl Zone {
 
     /// `<node>.node.<dc>.<domain>.`, when the node's name makes a valid DNS name.
     fn node_fqdn(&self, node: &str) -> Option<Name> {
-        Name::from_ascii(format!("{node}.node.{}.{}", self.datacenter, self.origin)).ok()
+        match &self.node_suffix {
+            // A relative name in front of the suffix: no text formatted and parsed whole
+            // per instance of an answer.
+            Some(suffix) if !node.is_empty() && !node.ends_with('.') => {
+                Name::from_ascii(node).ok()?.append_domain(suffix).ok()
+            }
+            _ => Name::from_ascii(format!("{node}.node.{}.{}", self.datacenter, self.origin)).ok(),
+        }
     }
 
     /// `<hex>.addr.<dc>.<domain>.`: the SRV target of an instance with its own address.
@@ -1363,6 +1374,30 @@ mod tests {
         );
         let r = ask(&z, "consul.", RecordType::AXFR);
         assert_eq!(r.metadata.response_code, ResponseCode::NotImp);
+    }
+
+    #[test]
+    fn node_names_are_built_as_the_whole_text_parses() {
+        let long = "x".repeat(63);
+        let longest = [long.as_str(); 3].join(".");
+        let too_long = [long.as_str(); 4].join(".");
+        for dc in ["dc1", "DC-2", "bad dc"] {
+            let z = Zone::new("Consul.", dc, Arc::new(vec![]), settings(), Arc::default());
+            let z = z.unwrap();
+            for node in [
+                "n00", "Web-1", "a.b", "", ".", "x.", "a..b", "bad name", "a\\.b", &long, &longest,
+                &too_long,
+            ] {
+                let whole = format!("{node}.node.{}.{}", z.datacenter, z.origin);
+                let want = Name::from_ascii(whole).ok();
+                let got = z.node_fqdn(node);
+                assert_eq!(got, want, "{node:?} in {dc}");
+                if let (Some(got), Some(want)) = (got, want) {
+                    assert_eq!(got.to_string(), want.to_string());
+                    assert!(got.iter().eq(want.iter()) && got.is_fqdn() && want.is_fqdn());
+                }
+            }
+        }
     }
 
     #[test]
