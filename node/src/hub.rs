@@ -69,9 +69,11 @@ impl Touched {
         use tribune_core::kv::KvOp;
         match op {
             KvOp::DeleteTree { prefix } => Touched::Tree(prefix.clone()),
+            // An op of no one key (a tombstone reap) touches the whole KV tree, and no
+            // catalog topic.
             other => match other.touched() {
                 Some(k) => Touched::Key(k.to_string()),
-                None => Touched::All,
+                None => Touched::Tree(String::new()),
             },
         }
     }
@@ -365,13 +367,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn reap_wakes_everyone() {
+    async fn reap_wakes_every_kv_watcher_and_no_catalog_one() {
         let hub = Hub::new();
         let mut k = hub.subscribe(key("x"));
         let mut p = hub.subscribe(prefix("y/"));
-        hub.publish(3, &Touched::All);
+        let mut web = hub.subscribe(Topic::Service("web".into()));
+        let reap = Touched::of(&tribune_core::kv::KvOp::ReapTombstones { up_to: 3 });
+        hub.publish(3, &reap);
         assert!(woke(&mut k).await);
         assert!(woke(&mut p).await);
+        assert!(
+            !woke(&mut web).await,
+            "a tombstone reap woke a catalog watcher"
+        );
     }
 
     #[tokio::test]
@@ -399,7 +407,7 @@ mod tests {
         );
         assert_eq!(
             Touched::of(&KvOp::ReapTombstones { up_to: 3 }),
-            Touched::All
+            Touched::Tree(String::new())
         );
     }
 }
