@@ -56,25 +56,58 @@ fn gauge(a: &Agent, name: &str) -> u64 {
 /// The tests take turns: together they would need more sockets than a process may open.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-#[test]
-fn ten_thousand_idle_long_polls() {
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+/// How many long-polls this test may open, up to `want`, where the fd limit allows (the
+/// agent and this test each hold one socket per long-poll; Linux defaults allow 20k+);
+/// fewer otherwise, so that the properties are still checked; `None` when too few.
+fn long_polls_allowed(want: usize) -> Option<usize> {
     let limit = raise_fd_limit();
-    // 10,000 where the fd limit allows (it does on Linux defaults of 20k+ hard); fewer
-    // otherwise, so the properties are still checked on a constrained CI box.
-    let n: usize = 10_000.min((limit as usize).saturating_sub(500) / 100 * 100);
+    let n = want.min((limit as usize).saturating_sub(500) / 100 * 100);
     if n < 200 {
         eprintln!("skipping: fd limit {limit} is too low");
-        return;
+        return None;
     }
-    const KEYS: usize = 100;
-    let dir = temp_dir("scale");
+    Some(n)
+}
+
+/// A `-dev` agent that takes 30,000 connections from one client.
+fn agent_for_many(name: &str) -> Agent {
+    let dir = temp_dir(name);
     std::fs::write(
         dir.join("limits.json"),
         r#"{"limits":{"http_max_conns_per_client":30000}}"#,
     )
     .unwrap();
-    let a = Agent::dev(&[&format!("-config-dir={}", dir.display())]);
+    Agent::dev(&[&format!("-config-dir={}", dir.display())])
+}
+
+/// Wait until `n` blocking queries are open on `a`, and check the agent's RSS growth per
+/// query since `before` (KiB): at most 4 KiB: the connection holds no buffer while its request
+/// waits (src/http/conn.rs).
+fn bytes_per_open_poll(a: &Agent, n: usize, before: u64, what: &str) {
+    let all_open = eventually(Duration::from_secs(60), || {
+        (gauge(a, "consul_http_blocking_queries") == n as u64).then_some(())
+    });
+    assert!(
+        all_open.is_some(),
+        "only {} of {n} long-polls open",
+        gauge(a, "consul_http_blocking_queries")
+    );
+    let after = rss_kib(a.child.id());
+    let per_poll = (after.saturating_sub(before)) * 1024 / n as u64;
+    eprintln!(
+        "{n} idle {what} long-polls: RSS {before} KiB -> {after} KiB ({per_poll} bytes each)"
+    );
+    assert!(per_poll <= 4096, "{per_poll} bytes per idle long-poll");
+}
+
+#[test]
+fn ten_thousand_idle_long_polls() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(n) = long_polls_allowed(10_000) else {
+        return;
+    };
+    const KEYS: usize = 100;
+    let a = agent_for_many("scale");
     for k in 0..KEYS {
         a.http("PUT", &format!("/v1/kv/idle/{k}"), b"0");
     }
@@ -90,14 +123,7 @@ fn ten_thousand_idle_long_polls() {
         s.write_all(req.as_bytes()).unwrap();
         conns.push(s);
     }
-    let all_open = eventually(Duration::from_secs(30), || {
-        (gauge(&a, "consul_http_blocking_queries") == n as u64).then_some(())
-    });
-    assert!(
-        all_open.is_some(),
-        "only {} of {n} long-polls open",
-        gauge(&a, "consul_http_blocking_queries")
-    );
+    bytes_per_open_poll(&a, n, before, "KV");
     let keys_watched = a
         .http("GET", "/v1/agent/metrics?format=prometheus", b"")
         .text();
@@ -105,12 +131,6 @@ fn ten_thousand_idle_long_polls() {
         keys_watched.contains(&format!("consul_kv_watched_topics{{kind=\"key\"}} {KEYS}")),
         "{keys_watched}"
     );
-    let after = rss_kib(a.child.id());
-    let per_poll = (after.saturating_sub(before)) * 1024 / n as u64;
-    eprintln!("{n} idle long-polls: RSS {before} KiB -> {after} KiB ({per_poll} bytes each)");
-    // The connection holds no buffer while its request waits (src/http/conn.rs).
-    assert!(per_poll <= 4096, "{per_poll} bytes per idle long-poll");
-
     // A write to one key wakes exactly that key's waiters, quickly.
     let wakeups_before = gauge(&a, "consul_http_blocking_wakeups_total");
     let start = Instant::now();
@@ -174,21 +194,10 @@ fn register_web(a: &Agent, i: usize, status: &str) {
 #[test]
 fn fifteen_thousand_idle_health_long_polls() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let limit = raise_fd_limit();
-    // 15,000 where the fd limit allows (the agent and this test each hold one socket per
-    // long-poll); fewer otherwise, so that the properties are still checked.
-    let n: usize = 15_000.min((limit as usize).saturating_sub(500) / 100 * 100);
-    if n < 200 {
-        eprintln!("skipping: fd limit {limit} is too low");
+    let Some(n) = long_polls_allowed(15_000) else {
         return;
-    }
-    let dir = temp_dir("scale-health");
-    std::fs::write(
-        dir.join("limits.json"),
-        r#"{"limits":{"http_max_conns_per_client":30000}}"#,
-    )
-    .unwrap();
-    let a = Agent::dev(&[&format!("-config-dir={}", dir.display())]);
+    };
+    let a = agent_for_many("scale-health");
     for i in 1..=3 {
         register_web(&a, i, "passing");
     }
@@ -203,21 +212,7 @@ fn fifteen_thousand_idle_health_long_polls() {
         s.write_all(req.as_bytes()).unwrap();
         conns.push(s);
     }
-    let all_open = eventually(Duration::from_secs(60), || {
-        (gauge(&a, "consul_http_blocking_queries") == n as u64).then_some(())
-    });
-    assert!(
-        all_open.is_some(),
-        "only {} of {n} long-polls open",
-        gauge(&a, "consul_http_blocking_queries")
-    );
-    let after = rss_kib(a.child.id());
-    let per_poll = (after.saturating_sub(before)) * 1024 / n as u64;
-    eprintln!(
-        "{n} idle /v1/health/service long-polls: RSS {before} KiB -> {after} KiB \
-         ({per_poll} bytes each)"
-    );
-    assert!(per_poll <= 4096, "{per_poll} bytes per idle long-poll");
+    bytes_per_open_poll(&a, n, before, "/v1/health/service");
 
     // One instance's check fails: every waiter is answered, with the instance left out.
     let start = Instant::now();
