@@ -97,7 +97,11 @@ pub fn aggregate<'a>(alias: &Alias, checks: impl IntoIterator<Item = &'a CheckIn
         match c.status {
             Health::Critical | Health::Warning => {
                 out.status = c.status;
-                out.output = format!("Aliased check {} failing: {}", go_quote(&c.name), c.output);
+                out.output = format!(
+                    "Aliased check {} failing: {}",
+                    go_quote(c.name.as_bytes()),
+                    c.output
+                );
                 if c.status == Health::Critical {
                     break;
                 }
@@ -112,26 +116,32 @@ pub fn aggregate<'a>(alias: &Alias, checks: impl IntoIterator<Item = &'a CheckIn
     out
 }
 
-/// `s` as Go's `%q` writes it, for the check names in outputs: quotes and backslashes
-/// escaped, ASCII control characters as Go escapes them (other characters as they are).
-fn go_quote(s: &str) -> String {
+/// `s` quoted as Go's `%q` quotes it: escapes for quotes, backslashes, control characters
+/// and bytes that are not UTF-8 (the check names in alias outputs, the texts in `?filter`
+/// errors).
+pub fn go_quote(s: &[u8]) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\u{7}' => out.push_str("\\a"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{b}' => out.push_str("\\v"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => {
-                out.push_str(&format!("\\x{:02x}", c as u32));
+    for chunk in s.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                '\u{7}' => out.push_str("\\a"),
+                '\u{8}' => out.push_str("\\b"),
+                '\u{c}' => out.push_str("\\f"),
+                '\u{b}' => out.push_str("\\v"),
+                c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                    out.push_str(&format!("\\x{:02x}", c as u32));
+                }
+                c => out.push(c),
             }
-            c => out.push(c),
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
         }
     }
     out.push('"');

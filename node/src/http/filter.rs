@@ -50,6 +50,7 @@
 //! is the `regex` crate's, which is RE2's as Go's is, give or take a few classes.
 
 use std::borrow::Cow;
+use tribune_core::local::alias::go_quote;
 
 use regex::Regex;
 use serde_json::Value;
@@ -1612,37 +1613,6 @@ fn go_type(v: &Value, map: bool) -> &'static str {
 /// Whether `needle` occurs in `hay` (Go's `strings.Contains`: the empty needle does).
 fn memmem(hay: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
-}
-
-/// `s` quoted as Go's `%q` quotes it: escapes for quotes, backslashes, control characters
-/// and bytes that are not UTF-8.
-fn go_quote(s: &[u8]) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for chunk in s.utf8_chunks() {
-        for c in chunk.valid().chars() {
-            match c {
-                '"' => out.push_str("\\\""),
-                '\\' => out.push_str("\\\\"),
-                '\n' => out.push_str("\\n"),
-                '\r' => out.push_str("\\r"),
-                '\t' => out.push_str("\\t"),
-                '\u{7}' => out.push_str("\\a"),
-                '\u{8}' => out.push_str("\\b"),
-                '\u{c}' => out.push_str("\\f"),
-                '\u{b}' => out.push_str("\\v"),
-                c if (c as u32) < 0x20 || c == '\u{7f}' => {
-                    out.push_str(&format!("\\x{:02x}", c as u32));
-                }
-                c => out.push(c),
-            }
-        }
-        for b in chunk.invalid() {
-            out.push_str(&format!("\\x{b:02x}"));
-        }
-    }
-    out.push('"');
-    out
 }
 
 #[cfg(test)]
